@@ -1,0 +1,370 @@
+"""The charrnn command line: corpus, train, sample, evaluate, gradcheck.
+
+Parses options, calls charrnn, renders what comes back (tqdm bar, rich tables). No maths here.
+Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit code 1; bad
+option values -> click usage errors, exit code 2; never a traceback.
+"""
+import inspect
+import json
+import shlex
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from tqdm import tqdm
+
+from charrnn import train as training
+from charrnn.data import load_corpus
+from charrnn.errors import CharrnnError
+from charrnn.evaluate import evaluate_text
+from charrnn.gradcheck import run_gradcheck
+from charrnn.model import parse_truncation
+from charrnn.sample import sample_text
+
+console = Console()
+DEFAULTS = training.TrainConfig()
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
+
+
+class Truncation(click.ParamType):
+    """full | regular:K | randomized:P, checked by the model's own parser."""
+
+    name = "full|regular:K|randomized:P"
+
+    def convert(self, value, param, ctx):
+        try:
+            parse_truncation(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        return value
+
+
+class Clip(click.ParamType):
+    """A positive gradient-norm threshold, or `none` for no clipping."""
+
+    name = "THETA|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).lower() == "none":
+            return None
+        try:
+            theta = float(value)
+        except ValueError:
+            theta = float("nan")
+        if not theta > 0:
+            self.fail(f"{value!r} is not a positive number or 'none'", param, ctx)
+        return theta
+
+
+def one_line(text):
+    return " ".join(str(text).split())
+
+
+class CharrnnGroup(click.Group):
+    """Turns user-facing errors into one line on stderr and exit code 1 (Ctrl-C: 130)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CharrnnError as err:
+            raise click.ClickException(one_line(err)) from None
+        except OSError as err:
+            where = f": {err.filename}" if err.filename else ""
+            raise click.ClickException(one_line(f"{err.strerror or err}{where}")) from None
+        except MemoryError:
+            raise click.ClickException("out of memory; try smaller sizes") from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(name="charrnn", cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="charrnn")
+def main():
+    """Character-level RNN language models trained by exact backpropagation through time."""
+
+
+def warn(message):
+    click.echo(f"Warning: {one_line(message)}", err=True)
+
+
+def warn_unknown(unknown, what):
+    if unknown:
+        shown = ", ".join(repr(token) for token in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        warn(f"{len(unknown)} token(s) of {what} are not in the vocabulary and were read as <unk>: {shown}")
+
+
+def say(text, **style):
+    """Print user-provided text as it is: no markup, no highlighting, no wrapping."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True, **style)
+
+
+def fmt(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------- corpus
+
+level_option = click.option("--level", type=click.Choice(["char", "word"]), default=DEFAULTS.level,
+                            show_default=True, help="Tokens: characters or words.")
+preprocess_option = click.option(
+    "--preprocess", type=click.Choice(["d2l", "raw"]), default=DEFAULTS.preprocess, show_default=True,
+    help="d2l: letters only, lowercased, other runs -> one space; raw: the text as it is.")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where registered corpora are looked for first [default: $CHARRNN_DATA_DIR].")
+
+
+@main.command()
+@click.argument("corpus", default=DEFAULTS.corpus)
+@level_option
+@preprocess_option
+@data_dir_option
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many of the most frequent tokens to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def corpus(corpus, level, preprocess, data_dir, top, as_json):
+    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path)."""
+    ids, vocab = load_corpus(corpus, level=level, preprocess=preprocess, data_dir=data_dir)
+    top_tokens = vocab.token_freqs[:top]
+    if as_json:
+        click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
+                               "tokens": len(ids), "vocab_size": len(vocab),
+                               "top": [[token, count] for token, count in top_tokens]}))
+        return
+    say(f"{corpus}: {len(ids):,} tokens, vocabulary of {len(vocab):,} ({level}, {preprocess})")
+    table = Table()
+    for column in ("rank", "token", "count", "share"):
+        table.add_column(column, justify="left" if column == "token" else "right")
+    for rank, (token, count) in enumerate(top_tokens, 1):
+        table.add_row(str(rank), escape(repr(token)), f"{count:,}", f"{count / len(ids):.2%}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- train
+
+class ConsoleReporter(training.Reporter):
+    """A tqdm bar per step; a line and a sample per evaluation; a summary table at the end."""
+
+    def on_start(self, info):
+        cfg = info["config"]
+        verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
+        say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
+            f"vocabulary {info['vocab_size']}), {info['num_params']:,} parameters -> {info['out_dir']}")
+        self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
+                        unit_scale=True, dynamic_ncols=True, disable=None)
+
+    def on_step(self, stats):
+        self.bar.update(stats["tokens"] - self.bar.n)
+        self.bar.set_postfix_str(  # the bar itself shows tokens/s
+            f"epoch {stats['epoch']} loss {stats['loss']:.3f} ppl {stats['perplexity']:.2f} "
+            f"|grad| {stats['grad_norm']:.2f}" + (f" skipped {stats['skipped']}" if stats["skipped"] else ""),
+            refresh=False)
+
+    def on_evaluate(self, record):
+        with tqdm.external_write_mode():
+            best = " [green](best)[/green]" if record["best"] else ""
+            console.print(f"[bold]epoch {record['epoch']}[/bold] {record['tokens']:,} tokens  "
+                          f"train ppl {fmt(record['train_ppl'], 2)}  val ppl {fmt(record['val_ppl'], 2)}{best}")
+            if record["sample"] is not None:
+                say(f"  {record['sample']!r}", style="dim")
+
+    def on_end(self, result):
+        self.bar.close()
+
+
+def print_summary(result):
+    p = result.progress
+    table = Table(title="Training summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    best = "-" if p.best_val_ppl is None else f"{p.best_val_ppl:.3f} (step {p.best_step:,})"
+    rows = [
+        ("stopped by", result.reason), ("epochs", f"{p.epoch} done, {p.step_in_epoch} steps into the next"),
+        ("steps / tokens", f"{p.step:,} / {p.tokens:,}"), ("train perplexity", fmt(result.train_ppl)),
+        ("validation perplexity", fmt(result.val_ppl)), ("best validation perplexity", best),
+        ("tokens/s", f"{result.tokens_per_s:,.0f}"), ("wall time", f"{result.wall_time:.1f} s"),
+    ]
+    if p.skipped:
+        rows.insert(3, ("skipped minibatches", str(p.skipped)))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    say(f"checkpoint: {result.checkpoint}\nbest checkpoint: {result.best or '-'}")
+
+
+def config_changes(ctx, options):
+    """The TrainConfig fields set on the command line (or environment), not by default."""
+    return {name: value for name, value in options.items()
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+
+
+@main.command()
+@click.argument("corpus", default=DEFAULTS.corpus)
+@level_option
+@preprocess_option
+@data_dir_option
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=DEFAULTS.val_fraction, show_default=True, help="Tail of the corpus held out for validation.")
+@click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True)
+@click.option("--activation", type=click.Choice(["tanh", "linear"]), default=DEFAULTS.activation, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=DEFAULTS.dtype, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
+@click.option("--num-steps", type=click.IntRange(min=1), default=DEFAULTS.num_steps, show_default=True,
+              help="Time steps per minibatch (the BPTT window).")
+@click.option("--sampler", type=click.Choice(["sequential", "random"]), default=DEFAULTS.sampler,
+              show_default=True, help="sequential carries the hidden state across minibatches.")
+@click.option("--truncation", type=Truncation(), default=DEFAULTS.truncation, show_default=True,
+              help="BPTT inside a window: full, regular:K (cut every K steps), randomized:P.")
+@click.option("--clip", type=Clip(), default=DEFAULTS.clip, show_default=True,
+              help="Clip the global gradient norm to THETA; 'none' to switch off.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default=DEFAULTS.optimizer,
+              show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True,
+              help="Learning rate.")
+@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=DEFAULTS.lr_decay,
+              show_default=True, help="Multiply the learning rate by this after each epoch.")
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help=f"Budget in passes over the training split [default: {training.DEFAULT_EPOCHS} "
+                   f"when no budget is given].")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Budget in training tokens.")
+@click.option("--max-time", type=click.FloatRange(0, min_open=True), default=None,
+              help="Budget in seconds of training (wall clock).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=DEFAULTS.eval_every, show_default=True,
+              help="Tokens between validation evaluations (there is one at the end too).")
+@click.option("--on-nonfinite", type=click.Choice(["stop", "skip"]), default=DEFAULTS.on_nonfinite,
+              show_default=True, help="On a NaN/inf loss or gradient: stop, or skip the minibatch.")
+@click.option("--sample-prefix", default=DEFAULTS.sample_prefix, show_default=True,
+              help="Prefix continued at each evaluation.")
+@click.option("--sample-length", type=click.IntRange(min=0), default=DEFAULTS.sample_length, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for checkpoints and metrics [default: runs/<corpus>-<date>-<time>].")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the run in this directory (its settings; a budget may be raised).")
+@click.pass_context
+def train(ctx, data_dir, out, resume, **options):
+    """Train a character-level RNN language model on CORPUS (a registered name or a path;
+    default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run.
+    """
+    reporter = ConsoleReporter()
+    try:
+        if resume is not None:
+            if out is not None and out.resolve() != resume.resolve():
+                raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
+            result = training.resume(resume, config_changes(ctx, options), data_dir, reporter)
+        else:
+            config = training.TrainConfig(**options)
+            result = training.train(config, out or training.default_out_dir(config), data_dir, reporter)
+    except training.ConfigError as err:
+        raise click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'") from None
+    print_summary(result)
+    resume_command = f"charrnn train --resume {shlex.quote(str(result.out_dir))}"
+    if result.reason == "nonfinite":
+        kept = (f"the last good checkpoint (step {result.checkpoint_step:,}) is {result.checkpoint}"
+                if result.checkpoint else "no checkpoint was written")
+        raise click.ClickException(f"{result.message}; {kept}. Lower --lr, clip the gradient with --clip, "
+                                   f"or resume with --on-nonfinite skip: {resume_command} --on-nonfinite skip")
+    if result.reason in EXIT_CODES:
+        click.echo(f"Interrupted by {result.reason}: checkpoint saved to {result.checkpoint}. "
+                   f"Resume with: {resume_command}", err=True)
+        ctx.exit(EXIT_CODES[result.reason])
+
+
+# ---------------------------------------------------------------------------- sample / evaluate
+
+checkpoint_argument = click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+
+
+@main.command()
+@checkpoint_argument
+@click.option("--prefix", default=DEFAULTS.sample_prefix, show_default=True, help="Text to warm the state up on.")
+@click.option("--length", type=click.IntRange(min=0), default=200, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Below 1: more conservative; above 1: more random.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Draw only from the K most likely tokens.")
+@click.option("--greedy", is_flag=True, help="Always take the most likely token (as the textbook's predict).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
+    """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz)."""
+    ckpt = training.load_checkpoint(checkpoint)
+    text, unknown = sample_text(ckpt.model, ckpt.vocab, prefix, length, level=ckpt.config.level,
+                                preprocess=ckpt.config.preprocess, temperature=temperature,
+                                top_k=top_k, greedy=greedy, seed=seed)
+    warn_unknown(unknown, "the prefix")
+    click.echo(text)
+
+
+@main.command()
+@checkpoint_argument
+@click.argument("corpus", required=False)
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate(checkpoint, corpus, data_dir, as_json):
+    """Perplexity of a model on its validation split, or on CORPUS (a name or a path).
+
+    CHECKPOINT: a .npz file or a run directory (best.npz there). Tokens outside the
+    checkpoint's vocabulary are read as <unk>.
+    """
+    ckpt = training.load_checkpoint(checkpoint)
+    result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir)
+    warn_unknown(result.unknown, str(corpus))
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
+                               "loss": result.loss, "perplexity": result.perplexity}))
+        return
+    table = Table(title=escape(f"Evaluation of {ckpt.path}"), show_header=False)
+    for name, value in (("text", escape(result.source)), ("tokens", f"{result.tokens:,}"),
+                        ("cross-entropy (nats/token)", f"{result.loss:.4f}"),
+                        ("perplexity", f"{result.perplexity:.3f}")):
+        table.add_row(name, value)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- gradcheck
+
+def gradcheck_option(name, **kwargs):
+    return click.option(name, default=GRADCHECK_DEFAULTS[name.lstrip("-").replace("-", "_")],
+                        show_default=True, **kwargs)
+
+
+@main.command()
+@gradcheck_option("--vocab-size", type=click.IntRange(min=2))
+@gradcheck_option("--num-hiddens", type=click.IntRange(min=1))
+@gradcheck_option("--batch-size", type=click.IntRange(min=1))
+@gradcheck_option("--num-steps", type=click.IntRange(min=1))
+@gradcheck_option("--activation", type=click.Choice(["tanh", "linear"]))
+@gradcheck_option("--truncation", type=Truncation())
+@gradcheck_option("--seed", type=click.IntRange(min=0))
+@click.option("--with-state/--no-state", default=GRADCHECK_DEFAULTS["with_state"], show_default=True,
+              help="Start from a random carried state.")
+@click.pass_context
+def gradcheck(ctx, **options):
+    """Compare BPTT gradients with finite differences on a small fresh model (exit 0 iff all pass).
+
+    Checks every parameter against finite differences; with --activation linear also against
+    the closed-form gradient; with truncation also the strategy's own checks.
+    """
+    report = run_gradcheck(**options)
+    checks = {}
+    for check, param, abs_err, rel_err, passed in report.rows:
+        checks.setdefault(check, []).append((param, abs_err, rel_err, passed))
+    for check, rows in checks.items():
+        table = Table(title=check)
+        for column in ("parameter", "max abs error", "max rel error", "result"):
+            table.add_column(column, justify="left" if column == "parameter" else "right")
+        for param, abs_err, rel_err, passed in rows:
+            table.add_row(param, f"{abs_err:.2e}", f"{rel_err:.2e}",
+                          "[green]pass[/green]" if passed else "[red]FAIL[/red]")
+        console.print(table)
+    console.print("[green]all checks passed[/green]" if report.passed else "[red]some checks failed[/red]")
+    if not report.passed:
+        ctx.exit(1)
+
+
+if __name__ == "__main__":
+    main()

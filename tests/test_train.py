@@ -1,0 +1,245 @@
+"""Training loop, evaluation, sampling and checkpoints, through the Python API on tiny models."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from charrnn import train as training
+from charrnn.data import Vocab
+from charrnn.errors import CharrnnError
+from charrnn.evaluate import contiguous_batches, mean_loss
+from charrnn.model import RNNLM
+from charrnn.sample import generate, sample_text
+
+WORDS = "the time machine traveller said we go into future past strange".split()
+TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
+TIME_FIELDS = ("elapsed", "tokens_per_s")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """A ~2,400-character text of random words (d2l preprocessing keeps it as it is)."""
+    rng = np.random.default_rng(7)
+    path = tmp_path / "words.txt"
+    path.write_text(" ".join(rng.choice(WORDS, size=400)), encoding="utf-8")
+    return path
+
+
+def config(corpus, **changes):
+    return training.TrainConfig(corpus=str(corpus), **{**TINY, **changes})
+
+
+def metrics(out_dir, scheduled_only=False):
+    records = [json.loads(line) for line in (out_dir / training.METRICS).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records
+            if not (scheduled_only and r["reason"] == "stop")]
+
+
+def assert_same_run(dir_a, dir_b):
+    """Bit-identical parameters, optimizer state, carried state, progress and the "interval"
+    metrics records (a run stopped and resumed also logs an evaluation where it stopped)."""
+    a, b = (training.load_checkpoint(d / training.CHECKPOINT) for d in (dir_a, dir_b))
+    for name, value in a.model.params.items():
+        np.testing.assert_array_equal(value, b.model.params[name], err_msg=name)
+    assert a.arrays.keys() == b.arrays.keys()
+    for name, value in a.arrays.items():
+        np.testing.assert_array_equal(value, b.arrays[name], err_msg=name)
+    assert a.meta["optimizer"] == b.meta["optimizer"] and a.meta["rng"] == b.meta["rng"]
+    progress = [{k: v for k, v in vars(c.progress).items() if k != "elapsed"} for c in (a, b)]
+    assert progress[0] == progress[1]
+    scheduled = metrics(dir_a, scheduled_only=True)
+    assert len(scheduled) >= 3 and scheduled == metrics(dir_b, scheduled_only=True)
+
+
+@pytest.mark.parametrize("settings, k", [
+    (dict(sampler="sequential", truncation="randomized:0.5", optimizer="adam", lr_decay=0.8), 1),
+    (dict(sampler="random", truncation="regular:3", optimizer="adagrad"), 2),
+])
+def test_resume_after_k_epochs_is_exact(tmp_path, text_file, settings, k):
+    """N epochs straight == k epochs + resume to N: parameters, optimizer, RNG state, metrics."""
+    straight = training.train(config(text_file, **settings, epochs=3), tmp_path / "straight")
+    assert straight.reason == "epochs" and straight.progress.epoch == 3
+    first = training.train(config(text_file, **settings, epochs=k), tmp_path / "split")
+    assert first.progress.epoch == k
+    training.resume(tmp_path / "split", {"epochs": 3})
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+
+
+def test_resume_mid_epoch_is_exact(tmp_path, text_file):
+    """Stopped by a token budget inside an epoch (carried state saved), resumed to the end."""
+    cfg = config(text_file, truncation="randomized:0.3", epochs=2)
+    training.train(cfg, tmp_path / "straight")
+    stopped = training.train(config(text_file, truncation="randomized:0.3", max_tokens=700),
+                             tmp_path / "split")
+    assert stopped.reason == "max_tokens" and 0 < stopped.progress.step_in_epoch
+    assert training.STATE_KEY in training.load_checkpoint(tmp_path / "split" / "checkpoint.npz").arrays
+    result = training.resume(tmp_path / "split", {"epochs": 2})
+    assert result.reason == "epochs"
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+
+
+def test_resume_keeps_the_maths_and_needs_a_budget(tmp_path, text_file):
+    training.train(config(text_file, epochs=1), tmp_path / "run")
+    with pytest.raises(training.ConfigError, match="keeps its lr") as err:
+        training.resume(tmp_path / "run", {"lr": 0.5, "epochs": 2})
+    assert err.value.name == "lr"
+    with pytest.raises(CharrnnError, match="already reached its budget"):
+        training.resume(tmp_path / "run")
+    with pytest.raises(CharrnnError, match="already holds a run"):
+        training.train(config(text_file, epochs=1), tmp_path / "run")
+    changed = training.TrainConfig(corpus=str(text_file), epochs=1).resumed({"max_time": 5.0, "eval_every": 9})
+    assert (changed.epochs, changed.max_time, changed.eval_every) == (None, 5.0, 9)
+
+
+def test_resume_refuses_a_changed_corpus(tmp_path, text_file):
+    training.train(config(text_file, epochs=1), tmp_path / "run")
+    text_file.write_text(text_file.read_text()[::-1], encoding="utf-8")
+    with pytest.raises(CharrnnError, match="not the text the run"):
+        training.resume(tmp_path / "run", {"epochs": 2})
+
+
+def test_training_lowers_validation_perplexity_and_writes_its_files(tmp_path, text_file):
+    result = training.train(config(text_file, num_hiddens=32, epochs=6, lr=0.01, lr_decay=0.9),
+                            tmp_path / "run")
+    records = metrics(tmp_path / "run")
+    assert all(r["lr"] == 0.01 * 0.9 ** (r["epoch"] - 1) for r in records)
+    assert records[-1]["val_ppl"] < 0.6 * records[0]["val_ppl"]
+    assert result.val_ppl == records[-1]["val_ppl"]
+    assert result.progress.best_val_ppl == min(r["val_ppl"] for r in records)
+    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    assert all(r["sample"].startswith("time traveller") for r in records)
+    saved = json.loads((tmp_path / "run" / training.CONFIG).read_text())
+    assert saved["num_hiddens"] == 32 and saved["corpus"] == str(text_file.resolve())
+    best = training.load_checkpoint(tmp_path / "run")  # a directory means best.npz
+    assert best.path.name == training.BEST and best.progress.step == result.progress.best_step
+    assert Vocab.load(tmp_path / "run" / training.VOCAB).idx_to_token == best.vocab.idx_to_token
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_file):
+    result = training.train(config(text_file, activation="linear", optimizer="sgd", lr=1e30, clip=None, epochs=2),
+                            tmp_path / "run")
+    assert result.reason == "nonfinite" and "non-finite" in result.message
+    kept = training.load_checkpoint(tmp_path / "run" / training.CHECKPOINT)  # refuses non-finite params
+    assert kept.progress.step == result.checkpoint_step < result.progress.step
+
+
+def test_a_nonfinite_validation_loss_never_becomes_best(tmp_path, text_file, monkeypatch):
+    real, calls = training.mean_loss, []
+
+    def finite_once_then_nan(model, tokens):
+        calls.append(1)
+        return real(model, tokens) if len(calls) == 1 else math.nan
+
+    monkeypatch.setattr(training, "mean_loss", finite_once_then_nan)
+    training.train(config(text_file, epochs=1), tmp_path / "run")
+    records = metrics(tmp_path / "run")
+    assert len(records) > 2 and records[0]["best"] and records[0]["val_ppl"] > 1
+    assert all(r["val_ppl"] is None and not r["best"] for r in records[1:])
+    best = training.load_checkpoint(tmp_path / "run" / training.BEST)
+    assert best.progress.step == records[0]["step"] and best.progress.best_val_ppl == records[0]["val_ppl"]
+
+
+def test_nonfinite_minibatch_can_be_skipped(tmp_path, text_file, monkeypatch):
+    real = RNNLM.loss_and_grads
+    calls = []
+
+    def nan_on_third_call(self, *args, **kwargs):
+        loss, grads, state = real(self, *args, **kwargs)
+        calls.append(1)
+        return (math.nan if len(calls) == 3 else loss), grads, state
+
+    monkeypatch.setattr(RNNLM, "loss_and_grads", nan_on_third_call)
+    result = training.train(config(text_file, on_nonfinite="skip", epochs=1), tmp_path / "run")
+    assert result.reason == "epochs" and result.progress.skipped == 1
+    assert all(np.isfinite(v).all() for v in training.load_checkpoint(tmp_path / "run").model.params.values())
+
+
+def test_skipping_gives_up_on_a_diverged_model(tmp_path, text_file):
+    result = training.train(config(text_file, activation="linear", optimizer="sgd", lr=1e30, clip=None,
+                                   on_nonfinite="skip", epochs=2), tmp_path / "run")
+    assert result.reason == "nonfinite" and "diverged" in result.message
+    assert result.progress.skipped == training.MAX_SKIPPED_IN_A_ROW - 1
+
+
+def test_bad_settings_fail_before_training(tmp_path, text_file):
+    with pytest.raises(training.ConfigError) as err:
+        training.train(config(text_file, num_steps=5000, epochs=1), tmp_path / "a")
+    assert err.value.name == "num_steps" and not (tmp_path / "a").exists()
+    with pytest.raises(training.ConfigError, match="lr must be positive"):
+        config(text_file, lr=0)
+    with pytest.raises(training.ConfigError, match="truncation"):
+        config(text_file, truncation="regular:0")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CharrnnError, match="cannot create output directory"):
+        training.train(config(text_file, epochs=1), blocker / "out")
+
+
+def test_corrupt_checkpoints_are_refused(tmp_path, text_file):
+    training.train(config(text_file, epochs=1), tmp_path / "run")
+    good = (tmp_path / "run" / training.CHECKPOINT).read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CharrnnError):
+        training.load_checkpoint(truncated)
+    ckpt = training.load_checkpoint(tmp_path / "run" / training.CHECKPOINT)
+    bare_model = tmp_path / "model.npz"
+    ckpt.model.save(bare_model)
+    with pytest.raises(CharrnnError, match="not a charrnn training checkpoint"):
+        training.load_checkpoint(bare_model)
+    small_vocab = tmp_path / "small_vocab.npz"
+    ckpt.model.save(small_vocab, extra_meta={**ckpt.meta, "vocab": Vocab(list("abc")).to_dict()})
+    with pytest.raises(CharrnnError, match="vocabulary of 4 tokens"):
+        training.load_checkpoint(small_vocab)
+
+
+def test_contiguous_batches_cover_each_target_once_in_order():
+    corpus = np.arange(103, dtype=np.int32)
+    batches = list(contiguous_batches(corpus, num_rows=4, num_steps=7))
+    X = np.concatenate([x for x, _ in batches], axis=1)
+    Y = np.concatenate([y for _, y in batches], axis=1)
+    np.testing.assert_array_equal(X, np.arange(100).reshape(4, 25))
+    np.testing.assert_array_equal(Y, X + 1)
+
+
+def test_mean_loss_is_the_stepwise_cross_entropy_with_state_carried():
+    """Each row of the evaluation is one stream read token by token, state carried throughout."""
+    model = RNNLM(vocab_size=6, num_hiddens=5, dtype="float64", seed=3)
+    model.params["W_hh"] *= 50  # a state that matters, so a reset or a skipped token shows
+    model.params["W_hq"] *= 50
+    corpus = np.random.default_rng(0).integers(0, 6, size=32 * 300 + 1).astype(np.int32)
+    batches = list(contiguous_batches(corpus))
+    num_rows, row_len = batches[0][0].shape[0], sum(x.shape[1] for x, _ in batches)
+    assert len(batches) > 1
+    expected = []
+    for row in range(num_rows):
+        stream, state = corpus[row * row_len : (row + 1) * row_len + 1], None
+        for x, y in zip(stream[:-1], stream[1:]):
+            logits, state = model.step(np.array([x]), state)
+            expected.append(np.log(np.exp(logits[0]).sum()) - logits[0][y])
+    assert mean_loss(model, corpus) == pytest.approx(np.mean(expected), rel=1e-12)
+
+
+def test_generation_warms_up_on_the_prefix_then_follows_the_model():
+    vocab = Vocab(list("abcab c"))
+    model = RNNLM(vocab_size=len(vocab), num_hiddens=8, seed=1)
+    model.params["W_hq"] *= 100
+    greedy, unknown = sample_text(model, vocab, "Ab!c", 12, preprocess="d2l", greedy=True)
+    assert greedy.startswith("ab c") and len(greedy) == 16 and unknown == []
+    state, expected = None, []
+    for token in vocab[list("ab c")]:
+        logits, state = model.step(np.array([token]), state)
+    for _ in range(12):
+        expected.append(int(np.argmax(logits[0])))
+        logits, state = model.step(np.array(expected[-1:]), state)
+    assert greedy == "ab c" + vocab.decode(expected, "char")
+    top1, _ = sample_text(model, vocab, "ab c", 12, top_k=1, seed=5)
+    assert top1 == greedy
+    drawn = [sample_text(model, vocab, "ab c", 30, temperature=3.0, seed=s)[0] for s in (1, 1, 2)]
+    assert drawn[0] == drawn[1] != drawn[2]
+    _, unknown = sample_text(model, vocab, "abz", 3, preprocess="raw")
+    assert unknown == ["z"]
+    assert len(generate(model, np.array([1]), 0, np.random.default_rng(0))) == 0
+    with pytest.raises(CharrnnError, match="no tokens"):
+        sample_text(model, vocab, "", 3)
