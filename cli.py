@@ -4,29 +4,38 @@ Parses options, calls charrnn, renders what comes back (tqdm bar, rich tables). 
 Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit code 1; bad
 option values -> click usage errors, exit code 2; never a traceback.
 """
+import copy
 import inspect
 import json
 import shlex
+import time
 from pathlib import Path
 
 import click
+import numpy as np
 from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
+from charrnn import analysis
+from charrnn import compare as comparison
 from charrnn import train as training
 from charrnn.data import load_corpus
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate_text
 from charrnn.gradcheck import run_gradcheck
-from charrnn.model import parse_truncation
+from charrnn.model import RNNLM, parse_truncation
+from charrnn.plot import check_plot_path, plot_analysis, plot_comparison
+from charrnn.recompute import BPTT_MEMORY_MODES
 from charrnn.sample import sample_text
 
 console = Console()
 DEFAULTS = training.TrainConfig()
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+# NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
+NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 
 
@@ -77,6 +86,10 @@ class CharrnnGroup(click.Group):
             raise click.ClickException(one_line(f"{err.strerror or err}{where}")) from None
         except MemoryError:
             raise click.ClickException("out of memory; try smaller sizes") from None
+        except ValueError as err:
+            if not str(err).startswith(NUMPY_TOO_BIG):
+                raise
+            raise click.ClickException(f"arrays of these sizes cannot exist ({err}); try smaller sizes") from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted.", err=True)
             ctx.exit(130)
@@ -242,6 +255,12 @@ def config_changes(ctx, options):
 @click.option("--sample-prefix", default=DEFAULTS.sample_prefix, show_default=True,
               help="Prefix continued at each evaluation.")
 @click.option("--sample-length", type=click.IntRange(min=0), default=DEFAULTS.sample_length, show_default=True)
+@click.option("--bptt-memory", type=click.Choice(BPTT_MEMORY_MODES), default=DEFAULTS.bptt_memory,
+              show_default=True, help="store: keep every hidden state for BPTT; recompute: keep one every "
+                                      "~sqrt(num_steps) steps and recompute the rest (O(sqrt T) memory, about "
+                                      "one more forward pass); auto: recompute beyond --bptt-memory-budget.")
+@click.option("--bptt-memory-budget", type=click.IntRange(min=1), default=DEFAULTS.bptt_memory_budget,
+              show_default=True, metavar="MIB", help="MiB of BPTT buffers above which auto recomputes.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for checkpoints and metrics [default: runs/<corpus>-<date>-<time>].")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -364,6 +383,207 @@ def gradcheck(ctx, **options):
     console.print("[green]all checks passed[/green]" if report.passed else "[red]some checks failed[/red]")
     if not report.passed:
         ctx.exit(1)
+
+
+# ---------------------------------------------------------------------------- analyze / compare
+
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+COMPARE_TOKENS = 500_000  # compare's budget when none is given
+COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
+
+
+def chart_heights(values, log=True):
+    """Values as a chart plots them: log10 (non-positive values: nan) or as they are."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(values) if log else np.asarray(values, dtype=np.float64)
+
+
+def sparkline(values, width=40, log=True, scale_with=None):
+    """A one-line chart of `values`, at most `width` characters, log scale by default.
+
+    scale_with: the curves drawn beside it (values among them), to share one vertical scale.
+    """
+    heights = chart_heights(values, log)
+    heights = heights[np.linspace(0, len(heights) - 1, min(width, len(heights))).round().astype(int)]
+    scale = np.concatenate([chart_heights(v, log) for v in scale_with or [values]])
+    shown, known = np.isfinite(heights), scale[np.isfinite(scale)]
+    if not shown.any():
+        return " " * len(heights)
+    low, high = known.min(), known.max()
+    levels = np.round(np.where(shown, heights - low, 0) / ((high - low) or 1.0) * (len(SPARK_LEVELS) - 1))
+    return "".join(SPARK_LEVELS[int(level)] if ok else " " for level, ok in zip(levels, shown))
+
+
+regular_option = click.option("--regular", "regular_steps", type=click.IntRange(min=1),
+                              default=analysis.DEFAULT_REGULAR_STEPS, show_default=True, metavar="K",
+                              help="Compare regular:K truncation (a cut every K steps).")
+randomized_option = click.option("--randomized", "keep_prob", type=click.FloatRange(0, 1, min_open=True),
+                                 default=analysis.DEFAULT_KEEP_PROB, show_default=True, metavar="P",
+                                 help="Compare randomized:P truncation: each step kept with probability P "
+                                      "(weighted 1/P), a cut every 1/(1-P) steps on average.")
+plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                           help="Also draw a figure to this .png/.pdf/.svg file (needs matplotlib).")
+FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activation", "dtype", "model_seed")
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--window", "num_steps", type=click.IntRange(min=1), default=analysis.DEFAULT_WINDOW,
+              show_default=True, help="Time steps of the analysed window.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rows of the window (consecutive stretches of the text).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Token of the text where the window starts.")
+@regular_option
+@randomized_option
+@click.option("--draws", type=click.IntRange(min=2), default=analysis.DEFAULT_DRAWS, show_default=True,
+              help="Draws of randomized truncation, for its mean and spread.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draws.")
+@plot_option
+@data_dir_option
+@click.option("--corpus", default=DEFAULTS.corpus, show_default=True, help="Fresh model: the text.")
+@level_option
+@preprocess_option
+@click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True,
+              help="Fresh model: hidden units.")
+@click.option("--activation", type=click.Choice(["tanh", "linear"]), default=DEFAULTS.activation,
+              show_default=True, help="Fresh model: activation.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=DEFAULTS.dtype, show_default=True,
+              help="Fresh model: floating-point type.")
+@click.option("--model-seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
+              help="Fresh model: seed of its initialisation.")
+@click.pass_context
+def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_prob, draws, seed, plot,
+            data_dir, **fresh):
+    """Vanishing and exploding gradients on a window of text: ‖∂L/∂h_t‖, the Jacobian product
+    ‖∂h_t/∂h_0‖ against ρ(W_hh)^t (eq. 9.7.15), and the error of truncated gradients.
+
+    CHECKPOINT: a .npz file or a run directory (best.npz there), analysed on its own text;
+    without it, a freshly initialised model from the --corpus ... --model-seed options.
+    """
+    if plot is not None:
+        check_plot_path(plot)
+    if checkpoint is None:
+        corpus, vocab = load_corpus(fresh["corpus"], level=fresh["level"], preprocess=fresh["preprocess"],
+                                    data_dir=data_dir)
+        model = RNNLM(len(vocab), fresh["num_hiddens"], activation=fresh["activation"], dtype=fresh["dtype"],
+                      seed=fresh["model_seed"])
+        source = f"a fresh model on {fresh['corpus']}"
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in FRESH_MODEL_OPTIONS
+                 if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} describe a fresh model; a CHECKPOINT brings its own", ctx)
+        ckpt = training.load_checkpoint(checkpoint)
+        cfg = ckpt.config
+        corpus, vocab = load_corpus(cfg.corpus, level=cfg.level, preprocess=cfg.preprocess, data_dir=data_dir)
+        if vocab.idx_to_token != ckpt.vocab.idx_to_token:
+            raise CharrnnError(f"{cfg.corpus} no longer gives the vocabulary {ckpt.path} was trained with")
+        model, source = ckpt.model, str(ckpt.path)
+    X, Y = analysis.analysis_window(corpus, num_steps, batch_size, offset)
+    truncations = (f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
+    result = analysis.analyze(model, X, Y, truncations=truncations, num_draws=draws, seed=seed)
+    print_analysis(result, source)
+    if plot is not None:
+        plot_analysis(result, plot)
+        say(f"figure: {plot}")
+
+
+def print_analysis(result, source):
+    """Rich tables of a charrnn.analysis.GradientAnalysis."""
+    table = Table(title=f"Gradient analysis of {source}: {result.batch_size} x {result.num_steps} window, "
+                        f"{result.activation}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in (("loss (nats/token)", f"{result.loss:.4f}"),
+                        ("spectral radius ρ(W_hh)", f"{result.spectral_radius:.4g}"),
+                        ("largest singular value σ_max(W_hh)", f"{result.largest_singular_value:.4g}"),
+                        ("measured growth per step ‖∂h_T/∂h_0‖^(1/T)", f"{result.growth_rate:.4g}")):
+        table.add_row(name, value)
+    console.print(table)
+    curves = Table(title="Over the window, t = 1 .. T (charts: log scale, the last three on one scale)")
+    for column in ("quantity", "t = 1", f"t = {result.num_steps // 2}", f"t = {result.num_steps}", "chart"):
+        curves.add_column(column, justify="left" if column in ("quantity", "chart") else "right")
+    middle = max(result.num_steps // 2 - 1, 0)
+    jacobian_curves = [result.jacobian_norms, result.predicted_norms, result.singular_bound]
+    for name, values, scale_with in (("‖∂L/∂h_t‖", result.hidden_grad_norms, None),
+                                     ("‖∂h_t/∂h_0‖ measured", result.jacobian_norms, jacobian_curves),
+                                     ("ρ^t (eq. 9.7.15, linear)", result.predicted_norms, jacobian_curves),
+                                     ("σ_max^t (bound)", result.singular_bound, jacobian_curves)):
+        curves.add_row(name, f"{values[0]:.3e}", f"{values[middle]:.3e}", f"{values[-1]:.3e}",
+                       sparkline(values, scale_with=scale_with))
+    console.print(curves)
+    errors = Table(title="Truncated vs full gradient, relative to ‖full gradient‖")
+    for column in ("truncation", "draws", "‖mean - full‖", "standard error", "spread of one draw",
+                   "RMS error of one draw"):
+        errors.add_column(column, justify="left" if column == "truncation" else "right",
+                          no_wrap=column == "truncation")
+    for error in result.truncations:
+        drawn = error.num_draws > 1
+        errors.add_row(error.truncation, str(error.num_draws), f"{error.relative_bias:.3g}",
+                       f"{error.mean_error_stderr / error.full_norm:.3g}" if drawn else "-",
+                       f"{error.relative_spread:.3g}" if drawn else "-", f"{error.relative_rms_error:.3g}")
+    console.print(errors)
+    if any(e.num_draws > 1 and e.mean_error > 4 * e.mean_error_stderr for e in result.truncations):
+        say("Note: a mean error well above its standard error means heavy-tailed draws (a rare long path "
+            "weighs 1/P per step kept); the spread is then underestimated too. Try more --draws.")
+
+
+@main.command()
+@regular_option
+@randomized_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the runs, one subdirectory each [default: runs/compare-<date>-<time>].")
+@plot_option
+@click.pass_context
+def compare(ctx, regular_steps, keep_prob, out, plot, **options):
+    """Train the same network from the same seed with full, regular:K and randomized:P truncation.
+
+    Every training option applies to all runs alike. Without a budget (--epochs, --max-tokens,
+    --max-time) each run trains on 500,000 tokens. Each run writes its checkpoints and
+    metrics.jsonl to its own subdirectory of --out.
+    """
+    if plot is not None:
+        check_plot_path(plot)
+    if all(options[name] is None for name in training.BUDGET_FIELDS):
+        options["max_tokens"] = COMPARE_TOKENS
+    data_dir = options.pop("data_dir")
+    try:
+        config = training.TrainConfig(**options)
+    except training.ConfigError as err:
+        raise click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'") from None
+    out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    truncations = ("full", f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
+    results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter())
+    table = Table(title=f"Truncation compared: {config.corpus}, hidden {config.num_hiddens}, "
+                        f"batch {config.batch_size} x {config.num_steps} steps, seed {config.seed}")
+    for column in ("truncation", "tokens", "tok/s", "mean ‖g‖", "val ppl", "best", "val ppl over time"):
+        table.add_column(column, justify="left" if column in ("truncation", "val ppl over time") else "right",
+                         no_wrap=column == "truncation")
+    for result in results:
+        ppl = [p["val_ppl"] for p in result.curve if p["val_ppl"] is not None]
+        table.add_row(result.truncation, f"{result.tokens:,}", f"{result.tokens_per_s:,.0f}",
+                      fmt(result.mean_grad_norm), fmt(result.final_val_ppl), fmt(min(ppl, default=None)),
+                      sparkline(ppl, log=False))
+    console.print(table)
+    say(f"runs: {out}")
+    if plot is not None:
+        plot_comparison(results, plot)
+        say(f"figure: {plot}")
+
+
+def compare_param(param):
+    """A training option as compare takes it: evaluations every COMPARE_EVAL_EVERY tokens, for curves."""
+    if param.name != "eval_every":
+        return param
+    param = copy.copy(param)
+    param.default = COMPARE_EVAL_EVERY
+    return param
+
+
+# compare takes every training option of train except the ones it sets itself
+compare.params[:0] = [compare_param(param) for param in train.params
+                      if param.name not in ("truncation", "out", "resume")]
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import shutil
 import signal
 import threading
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import islice
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from .evaluate import mean_loss, perplexity
 from .io import append_jsonl, save_json, write_atomic
 from .model import RNNLM, parse_truncation
 from .optim import clip_grad_norm, make_optimizer
+from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET, loss_and_grads_auto
 from .sample import sample_text
 
 CHECKPOINT = "checkpoint.npz"  # the latest state of a run, what --resume continues
@@ -85,6 +86,10 @@ class TrainConfig:
     eval_every: int = 500_000  # tokens between evaluations (and one at the end)
     sample_prefix: str = "time traveller"
     sample_length: int = 60
+    # BPTT storage: every state ("store"), or checkpoints and recomputation in O(√T) memory
+    # ("recompute", charrnn.recompute); "auto" recomputes when storing would pass the budget
+    bptt_memory: str = "auto"
+    bptt_memory_budget: int = DEFAULT_MEMORY_BUDGET >> 20  # MiB
 
     def __post_init__(self):
         self.corpus = corpus_key(self.corpus)
@@ -93,19 +98,27 @@ class TrainConfig:
         self._validate()
 
     def _validate(self):
+        integers = ("num_hiddens", "batch_size", "num_steps", "epochs", "max_tokens", "eval_every",
+                    "sample_length", "seed")
+        for name in integers:
+            value = getattr(self, name)
+            if value is not None and not is_integer(value):
+                raise ConfigError(name, f"{name} must be an integer, got {value!r}")
         positive = ("num_hiddens", "batch_size", "num_steps", "lr", "clip", "epochs",
-                    "max_tokens", "max_time", "eval_every")
+                    "max_tokens", "max_time", "eval_every", "bptt_memory_budget")
         for name in positive:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(name, f"{name} must be positive, got {value!r}")
+        if not is_finite(self.lr):
+            raise ConfigError("lr", f"lr must be a finite number, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr_decay", f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction", f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ConfigError("seed", f"seed must be a non-negative integer, got {self.seed!r}")
-        choices = {"sampler": SAMPLERS, "on_nonfinite": ("stop", "skip")}
+        choices = {"sampler": SAMPLERS, "on_nonfinite": ("stop", "skip"), "bptt_memory": BPTT_MEMORY_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -150,6 +163,20 @@ def corpus_key(corpus):
     return str(path.resolve()) if path.is_file() else str(corpus)
 
 
+def is_integer(value):
+    """An int or NumPy integer, not a bool (JSON true is no count)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def is_finite(value):
+    """A finite real number, not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def all_finite(arrays):
+    return all(np.isfinite(a).all() for a in arrays)
+
+
 _FIELD_NAMES = [f.name for f in fields(TrainConfig)]
 MATHS_FIELDS = frozenset(_FIELD_NAMES[: _FIELD_NAMES.index("epochs")])
 BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))
@@ -170,6 +197,23 @@ class Progress:
     last_eval_step: int = -1
     best_val_ppl: float | None = None
     best_step: int | None = None
+
+    @classmethod
+    def from_dict(cls, d):
+        """The inverse of `asdict`, for untrusted metadata: missing, unknown or impossible values
+        -> CharrnnError."""
+        if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
+            raise CharrnnError(f"not a training progress record: {d!r:.200}")
+        p = cls(**d)
+        counts = (p.epoch, p.step_in_epoch, p.step, p.tokens, p.skipped, p.interval_steps, p.best_step or 0)
+        possible = (all(is_integer(n) and n >= 0 for n in counts)
+                    and is_integer(p.last_eval_step) and p.last_eval_step >= -1
+                    and is_finite(p.elapsed) and is_finite(p.interval_loss)
+                    and (p.best_val_ppl is None or is_finite(p.best_val_ppl))
+                    and max(p.step_in_epoch, p.skipped, p.interval_steps, p.last_eval_step, p.best_step or 0) <= p.step)
+        if not possible:
+            raise CharrnnError(f"impossible training progress {d!r:.300}")
+        return p
 
 
 @dataclass
@@ -211,13 +255,17 @@ class Reporter:
 
 @dataclass
 class Checkpoint:
-    """A training checkpoint read back: the model, its vocabulary, config and progress."""
+    """A training checkpoint read back and checked whole: the model, its vocabulary, config,
+    progress and the state training goes on from."""
 
     path: Path
     model: RNNLM
     vocab: Vocab
     config: TrainConfig
     progress: Progress
+    optimizer: object = field(repr=False)  # restored on model.params
+    truncation_rng: np.random.Generator = field(repr=False)
+    state: np.ndarray | None = field(repr=False)  # carried (batch_size, num_hiddens), or None
     arrays: dict = field(repr=False)  # extra arrays: optimizer state, carried state
     meta: dict = field(repr=False)
 
@@ -234,22 +282,48 @@ def checkpoint_path(path, prefer=BEST):
 
 
 def load_checkpoint(path, prefer=BEST):
-    """Read a checkpoint written by `train` (file or run directory); anything else -> CharrnnError."""
+    """Read a checkpoint written by `train` (file or run directory) and check it whole; anything
+    else, or metadata that disagrees with the arrays, -> CharrnnError."""
     path = checkpoint_path(path, prefer)
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise CharrnnError(f"{path} is not a charrnn checkpoint (not an .npz file)")
     model, arrays, meta = RNNLM.load_with_extras(path)
     try:
         vocab = Vocab.from_dict(meta["vocab"])
         config = TrainConfig.from_dict(meta["config"])
-        progress = Progress(**meta["progress"])
+        progress = Progress.from_dict(meta["progress"])
     except KeyError as err:
         raise CharrnnError(f"{path} is not a charrnn training checkpoint (no {err} in its metadata)") from None
     except (TypeError, ValueError, AttributeError) as err:
         raise CharrnnError(f"{path} has corrupt training metadata ({err})") from None
     if len(vocab) != model.vocab_size:
         raise CharrnnError(f"{path}: vocabulary of {len(vocab)} tokens for a model of {model.vocab_size}")
-    return Checkpoint(path, model, vocab, config, progress, arrays, meta)
+    described = model.meta()
+    for name in ("num_hiddens", "activation", "dtype"):
+        if getattr(config, name) != described[name]:
+            raise CharrnnError(f"{path}: its config has {name} {getattr(config, name)!r}, its arrays {described[name]!r}")
+    if progress.tokens != progress.step * config.batch_size * config.num_steps:
+        raise CharrnnError(f"{path}: {progress.tokens} tokens cannot be {progress.step} minibatches "
+                           f"of {config.batch_size} x {config.num_steps}")
+    optimizer, truncation_rng, state = restore_training_state(path, model, config, arrays, meta)
+    return Checkpoint(path, model, vocab, config, progress, optimizer, truncation_rng, state, arrays, meta)
+
+
+def restore_training_state(path, model, config, arrays, meta):
+    """-> (optimizer on model.params, truncation Generator, carried state or None) as a checkpoint
+    saved them; a missing, misshapen or non-finite piece -> CharrnnError."""
+    try:
+        optimizer = make_optimizer(config.optimizer, model.params, config.lr)
+        optimizer.load_state(arrays, meta["optimizer"])
+        truncation_rng = np.random.default_rng()
+        truncation_rng.bit_generator.state = meta["rng"]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CharrnnError(f"{path} has a corrupt training state ({err})") from None
+    state, shape = arrays.get(STATE_KEY), (config.batch_size, model.num_hiddens)
+    if state is not None and (state.shape != shape or state.dtype != model.dtype):
+        raise CharrnnError(f"{path}: {STATE_KEY} is {state.dtype.name} {state.shape}, "
+                           f"expected {model.dtype.name} {shape}")
+    if not all_finite([*optimizer.state_arrays().values(), *([] if state is None else [state])]):
+        raise CharrnnError(f"{path} holds a non-finite optimizer or carried state")
+    return optimizer, truncation_rng, state
 
 
 def default_out_dir(config, root="runs"):
@@ -288,20 +362,14 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
     train_data, val_data, vocab = load_data(config, data_dir)
     if vocab.idx_to_token != ckpt.vocab.idx_to_token or ckpt.meta.get("data_sha1") != data_sha1(train_data):
         raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
-    optimizer = make_optimizer(config.optimizer, ckpt.model.params, config.lr)
-    truncation_rng = np.random.default_rng()
-    try:
-        optimizer.load_state(ckpt.arrays, ckpt.meta["optimizer"])
-        truncation_rng.bit_generator.state = ckpt.meta["rng"]
-    except (KeyError, TypeError, ValueError) as err:
-        raise CharrnnError(f"{ckpt.path} has a corrupt training state ({err})") from None
-    run = Run(config, ckpt.model, optimizer, vocab, train_data, val_data, out_dir,
-              reporter or Reporter(), ckpt.progress, truncation_rng, ckpt.arrays.get(STATE_KEY))
+    run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
+              reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state)
     reached = run.budget_reached()
     if reached:
         raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
                            f"give a larger --epochs, --max-tokens or --max-time to go on")
     check_writable(out_dir)
+    check_free_space(out_dir, ckpt.model, ckpt.optimizer)
     save_json(out_dir / CONFIG, asdict(config))
     keep_metrics_until(out_dir / METRICS, ckpt.progress.step)
     return run.start(resumed=True)
@@ -370,12 +438,12 @@ def keep_metrics_until(path, step):
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("step", math.inf) <= step:
+        if isinstance(record, dict) and is_integer(record.get("step")) and record["step"] <= step:
             kept.append(line + "\n")
     write_atomic(path, lambda f: f.write("".join(kept).encode("utf-8")))
 
@@ -472,8 +540,9 @@ class Run:
     def train_step(self, X, Y):
         """One minibatch: BPTT, clipping, update. -> "" or a message if it was not finite."""
         cfg, p = self.config, self.progress
-        loss, grads, state = self.model.loss_and_grads(X, Y, self.state, truncation=cfg.truncation,
-                                                       rng=self.truncation_rng)
+        loss, grads, state = loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
+                                                 rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
+                                                 memory_budget_bytes=cfg.bptt_memory_budget * 2**20)
         grad_norm = clip_grad_norm(grads, cfg.clip if cfg.clip is not None else math.inf)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
@@ -562,19 +631,34 @@ class Run:
         return text
 
     def save(self, name):
-        """Write the whole state of the run to `out_dir/name`, atomically."""
+        """Write the whole state of the run to `out_dir/name`, atomically; a state with a
+        non-finite value, or a failed write, leaves the file on disk as it was (CharrnnError)."""
         self.progress.elapsed = self.elapsed()
         arrays = dict(self.optimizer.state_arrays())  # named "optim.<slot>.<param>"
         if self.state is not None:
             arrays[STATE_KEY] = self.state
+        if not all_finite([*self.model.params.values(), *arrays.values()]):
+            raise CharrnnError(f"non-finite parameters or optimizer state at step {self.progress.step:,}, "
+                               f"{name} not written; {self.last_good_checkpoint()}")
         meta = {"vocab": self.vocab.to_dict(), "config": asdict(self.config),
                 "progress": asdict(self.progress), "optimizer": self.optimizer.state_meta(),
                 "rng": self.truncation_rng.bit_generator.state, "data_sha1": data_sha1(self.train_data)}
-        self.model.save(self.out_dir / name, extra_arrays=arrays, extra_meta=meta)
+        try:
+            self.model.save(self.out_dir / name, extra_arrays=arrays, extra_meta=meta)
+        except OSError as err:
+            raise CharrnnError(f"cannot write {self.out_dir / name} ({err.strerror or err}); "
+                               f"{self.last_good_checkpoint()}") from None
         if name == CHECKPOINT:
             self.checkpoint_step = self.progress.step
 
     # ---- bookkeeping ----
+
+    def last_good_checkpoint(self):
+        """Where the run can be resumed from, in words."""
+        path = self.out_dir / CHECKPOINT
+        if not path.is_file():
+            return "no checkpoint was written"
+        return f"the last good checkpoint (step {self.checkpoint_step:,}) is {path}"
 
     def epoch(self):
         """The 1-based epoch the run is in, or has just finished at an epoch's end."""

@@ -1,0 +1,225 @@
+"""Gradient analysis of BPTT on one window of text (d2l §9.7): why gradients vanish or explode,
+and what truncating them costs.
+
+With the model's row vectors, h_t = φ(a_t), a_t = x_t W_xh + h_{t-1} W_hh + b_h, the Jacobian of
+one step is ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hhᵀ in the textbook's column convention (the model
+applies its transpose, W_hh diag(φ'(a_t)), to row vectors; both have the same singular values).
+The gradient of an early state is a product of these (eqs. 9.7.5-9.7.7), so its size goes like
+the powers of W_hh: for the linear network ∂h_t/∂h_0 = (W_hhᵀ)^t, which grows or vanishes like
+ρ(W_hh)^t (eq. 9.7.15); for tanh, |φ'| <= 1 bounds it by σ_max(W_hh)^t.
+
+Everything here is computed in float64 from the model's own forward pass, and prints nothing.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CharrnnError
+from .model import PARAM_NAMES, Workspace, parse_truncation
+
+DEFAULT_WINDOW = 100
+DEFAULT_REGULAR_STEPS = 10
+DEFAULT_KEEP_PROB = 0.9  # a cut every 1/(1 - P) = K steps on average, as regular truncation's
+DEFAULT_TRUNCATIONS = (f"regular:{DEFAULT_REGULAR_STEPS}", f"randomized:{DEFAULT_KEEP_PROB:g}")
+DEFAULT_DRAWS = 100
+
+
+def analysis_window(corpus, num_steps=DEFAULT_WINDOW, batch_size=1, offset=0) -> tuple:
+    """(X, Y): (batch_size, num_steps) int32, consecutive rows of corpus (n,) int from `offset`,
+    Y the next token of X."""
+    if num_steps < 1 or batch_size < 1 or offset < 0:
+        raise CharrnnError(f"bad analysis window: num_steps {num_steps}, batch_size {batch_size}, offset {offset}")
+    tokens = batch_size * num_steps
+    if offset + tokens + 1 > len(corpus):
+        raise CharrnnError(f"a window of {batch_size} x {num_steps} tokens from offset {offset} "
+                           f"does not fit in a text of {len(corpus)} tokens")
+    X = np.asarray(corpus[offset:offset + tokens], np.int32).reshape(batch_size, num_steps)
+    Y = np.asarray(corpus[offset + 1:offset + tokens + 1], np.int32).reshape(batch_size, num_steps)
+    return X, Y
+
+
+def recurrence_spectrum(W_hh) -> tuple:
+    """W_hh (H, H) -> (spectral radius ρ = max |eigenvalue|, largest singular value σ_max)."""
+    W = np.asarray(W_hh, np.float64)
+    return float(np.abs(np.linalg.eigvals(W)).max()), float(np.linalg.norm(W, 2))
+
+
+def hidden_grad_norms(model, X, Y, state=None) -> np.ndarray:
+    """‖∂L/∂h_t‖ for t = 1..T -> (T,) float64, the norm taken over the (batch, H) state.
+
+    Full (untruncated) gradient by the recursion behind eq. 9.7.15:
+    ∂L/∂h_t = ∂L/∂o_t W_hqᵀ + (∂L/∂h_{t+1} ⊙ φ'(a_{t+1})) W_hhᵀ.
+    """
+    ws, Y = _forward(model, X, Y, state)
+    y = Y.T.reshape(-1)
+    model._softmax_cross_entropy(y, ws)
+    model._output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
+    direct = ws.dA.astype(np.float64)
+    derivative = _activation_derivative(model, ws.H[1:])
+    W_hh_T = model.params["W_hh"].T.astype(np.float64)
+    norms = np.empty(len(direct))
+    grad = np.zeros_like(direct[0])  # ∂L/∂h_{t+1} through h_{t+2}, ..., zero after the window
+    for t in range(len(direct) - 1, -1, -1):
+        grad += direct[t]
+        norms[t] = np.linalg.norm(grad)
+        grad = (grad * derivative[t]) @ W_hh_T
+    return norms
+
+
+def jacobian_norms(model, X, state=None) -> np.ndarray:
+    """‖∂h_t/∂h_0‖₂ for t = 1..T -> (T,) float64: the largest singular value of the product
+    Π_{j=t..1} diag(φ'(a_j)) W_hhᵀ (eq. 9.7.7); with several rows, the largest over rows.
+
+    The product is rescaled to norm 1 at every step and its scale kept as a logarithm, so it
+    neither overflows nor underflows; a norm below ~1e-308 comes back as 0.
+    """
+    ws, _ = _forward(model, X, X, state)
+    derivative = _activation_derivative(model, ws.H[1:])
+    W_hh = model.params["W_hh"].astype(np.float64)
+    T, B, H = derivative.shape
+    product = np.broadcast_to(np.eye(H), (B, H, H)).copy()  # row convention: dh_t = dh_0 product
+    log_norm = np.zeros(B)
+    norms = np.empty(T)
+    with np.errstate(divide="ignore"):
+        for t in range(T):
+            product = (product @ W_hh) * derivative[t][:, None, :]
+            step_norm = _spectral_norms(product)
+            log_norm += np.log(step_norm)
+            product /= np.where(step_norm > 0, step_norm, 1.0)[:, None, None]
+            norms[t] = math.exp(log_norm.max())
+    return norms
+
+
+@dataclass
+class TruncationError:
+    """How a truncated gradient g̃ differs from the full one g, all parameters flattened.
+
+    For randomized truncation, over num_draws draws of ξ: mean_error = ‖mean(g̃) - g‖, which is
+    zero up to sampling error (eq. 9.7.9), whose size is mean_error_stderr = √(tr Cov(g̃) / n);
+    spread = √(tr Cov(g̃)), the typical distance of one draw from the mean. For regular
+    truncation (deterministic): mean_error = ‖g̃ - g‖, the bias, and no spread.
+    """
+
+    truncation: str
+    num_draws: int
+    full_norm: float
+    mean_error: float
+    mean_error_stderr: float
+    spread: float
+
+    @property
+    def relative_bias(self) -> float:
+        return self.mean_error / self.full_norm
+
+    @property
+    def relative_spread(self) -> float:
+        return self.spread / self.full_norm
+
+    @property
+    def relative_rms_error(self) -> float:
+        """√E‖g̃ - g‖² / ‖g‖ for one estimate: bias and spread together."""
+        return math.hypot(self.mean_error, self.spread) / self.full_norm
+
+
+def flat_grad(grads) -> np.ndarray:
+    """A grads dict -> one float64 vector, in PARAM_NAMES order."""
+    return np.concatenate([np.asarray(grads[name], np.float64).ravel() for name in PARAM_NAMES])
+
+
+def truncation_error(model, X, Y, truncation, state=None, num_draws=DEFAULT_DRAWS, seed=0,
+                     full_grad=None) -> TruncationError:
+    """Compare the gradient under `truncation` with the full one on window X, Y: (B, T) int.
+
+    Randomized truncation (P < 1) is drawn num_draws times from default_rng(seed); the mean and
+    total variance are accumulated by Welford's method. full_grad: flat_grad of the full
+    gradient, when already computed.
+    """
+    kind, value = parse_truncation(truncation)
+    if full_grad is None:
+        full_grad = flat_grad(model.loss_and_grads(X, Y, state)[1])
+    random = kind == "randomized" and value < 1
+    draws = num_draws if random else 1
+    if draws < 2 and random:
+        raise CharrnnError(f"num_draws must be at least 2 to measure a spread, got {num_draws}")
+    rng = np.random.default_rng(seed)
+    mean = np.zeros_like(full_grad)
+    sum_sq = 0.0  # Σ_i (g̃_i - mean_{i-1})·(g̃_i - mean_i) = Σ_i ‖g̃_i - mean‖²
+    for i in range(1, draws + 1):
+        grad = flat_grad(model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng)[1])
+        delta = grad - mean
+        mean += delta / i
+        sum_sq += float(delta @ (grad - mean))
+    variance = sum_sq / (draws - 1) if draws > 1 else 0.0
+    return TruncationError(truncation, draws, float(np.linalg.norm(full_grad)),
+                           float(np.linalg.norm(mean - full_grad)), math.sqrt(variance / draws),
+                           math.sqrt(variance))
+
+
+@dataclass
+class GradientAnalysis:
+    """Everything `analyze` measures on one window; arrays are indexed by t - 1, t = 1..T."""
+
+    activation: str
+    batch_size: int
+    num_steps: int
+    loss: float
+    hidden_grad_norms: np.ndarray  # ‖∂L/∂h_t‖
+    jacobian_norms: np.ndarray  # ‖∂h_t/∂h_0‖₂
+    spectral_radius: float  # ρ(W_hh)
+    largest_singular_value: float  # σ_max(W_hh)
+    truncations: list  # TruncationError per truncation compared
+
+    @property
+    def predicted_norms(self) -> np.ndarray:
+        """ρ(W_hh)^t, the growth eq. 9.7.15 predicts for ‖∂h_t/∂h_0‖ of the linear network."""
+        return self.spectral_radius ** np.arange(1, self.num_steps + 1, dtype=np.float64)
+
+    @property
+    def singular_bound(self) -> np.ndarray:
+        """σ_max(W_hh)^t, an upper bound on ‖∂h_t/∂h_0‖₂ for tanh and linear alike."""
+        return self.largest_singular_value ** np.arange(1, self.num_steps + 1, dtype=np.float64)
+
+    @property
+    def growth_rate(self) -> float:
+        """The measured mean factor per step, ‖∂h_T/∂h_0‖^(1/T) (→ ρ for the linear network)."""
+        return float(self.jacobian_norms[-1] ** (1.0 / self.num_steps))
+
+
+def analyze(model, X, Y, state=None, truncations=DEFAULT_TRUNCATIONS, num_draws=DEFAULT_DRAWS,
+            seed=0) -> GradientAnalysis:
+    """All of the above on window X, Y: (batch, T) int, from `state` (batch, H) or zeros."""
+    loss, grads, _ = model.loss_and_grads(X, Y, state)
+    full_grad = flat_grad(grads)
+    errors = [truncation_error(model, X, Y, truncation, state, num_draws, seed, full_grad)
+              for truncation in truncations]
+    rho, sigma = recurrence_spectrum(model.params["W_hh"])
+    batch_size, num_steps = np.shape(X)
+    return GradientAnalysis(model.activation, batch_size, num_steps, loss,
+                            hidden_grad_norms(model, X, Y, state), jacobian_norms(model, X, state),
+                            rho, sigma, errors)
+
+
+def _forward(model, X, Y, state):
+    """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.H = h_0..h_T, Y
+    checked against the model)."""
+    X, Y, h0 = model._check_batch(X, Y, state)
+    B, T = X.shape
+    ws = Workspace(B, T, model.num_hiddens, model.vocab_size, model.dtype)
+    model._set_initial_state(ws, h0)
+    model._forward_states(X.T, ws)
+    return ws, Y
+
+
+def _spectral_norms(matrices) -> np.ndarray:
+    """Largest singular values of (B, H, H) matrices of norm ~1, as √λ_max(MᵀM): the top of a
+    symmetric eigenproblem, accurate to round-off and faster than an SVD."""
+    gram = np.swapaxes(matrices, 1, 2) @ matrices
+    return np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[:, -1], 0.0))
+
+
+def _activation_derivative(model, states) -> np.ndarray:
+    """φ'(a_t) from h_t = φ(a_t): 1 - h_t² for tanh, 1 for linear; (T, B, H) float64."""
+    if model.activation == "tanh":
+        return 1.0 - np.asarray(states, np.float64) ** 2
+    return np.ones(states.shape)

@@ -1,0 +1,83 @@
+"""Figures for `charrnn analyze` and `charrnn compare`, with matplotlib (the optional extra `plot`).
+
+matplotlib is imported only here, and only when a figure is asked for; figures are drawn on a
+bare Figure (no pyplot state, no display) and written atomically.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CharrnnError
+from .io import write_atomic
+
+FORMATS = ("png", "pdf", "svg")
+
+
+def check_plot_path(path) -> str:
+    """Refuse early a figure that cannot be made: matplotlib missing, or a file name that is not
+    .png, .pdf or .svg -> the format."""
+    kind = Path(path).suffix.lstrip(".").lower()
+    if kind not in FORMATS:
+        raise CharrnnError(f"cannot write a figure to {path}: use a .png, .pdf or .svg file name")
+    _figure_class()
+    return kind
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CharrnnError("plots need matplotlib, which is not installed: "
+                           "pip install 'charrnn[plot]' (or pip install matplotlib)") from None
+    return Figure
+
+
+def new_figure(num_panels, width=4.6, height=3.6):
+    """A matplotlib Figure with `num_panels` axes side by side -> (figure, axes)."""
+    figure = _figure_class()(figsize=(width * num_panels, height), layout="constrained")
+    return figure, figure.subplots(1, num_panels, squeeze=False)[0]
+
+
+def save_figure(figure, path) -> None:
+    """Write `figure` to `path` (.png, .pdf or .svg, by its suffix), atomically."""
+    kind = check_plot_path(path)
+    write_atomic(path, lambda f: figure.savefig(f, format=kind, dpi=100))
+
+
+def plot_analysis(analysis, path) -> None:
+    """analysis (charrnn.analysis.GradientAnalysis) -> a figure: ‖∂L/∂h_t‖; ‖∂h_t/∂h_0‖ with
+    ρ^t and σ_max^t; the error of each truncation, relative to the full gradient."""
+    figure, (grads, jacobians, errors) = new_figure(3)
+    steps = np.arange(1, analysis.num_steps + 1)
+    grads.semilogy(steps, analysis.hidden_grad_norms, color="C0")
+    grads.set(title="gradient of each hidden state", xlabel="step t", ylabel="‖∂L/∂h_t‖")
+    jacobians.semilogy(steps, analysis.jacobian_norms, color="C0", label="measured ‖∂h_t/∂h_0‖")
+    jacobians.semilogy(steps, analysis.predicted_norms, "--", color="C1",
+                       label=f"ρ(W_hh)^t, ρ = {analysis.spectral_radius:.3g}")
+    jacobians.semilogy(steps, analysis.singular_bound, ":", color="C2",
+                       label=f"σ_max(W_hh)^t, σ = {analysis.largest_singular_value:.3g}")
+    jacobians.set(title=f"Jacobian product ({analysis.activation})", xlabel="steps back t")
+    jacobians.legend(fontsize="small")
+    names = [error.truncation for error in analysis.truncations]
+    x = np.arange(len(names))
+    errors.bar(x - 0.2, [e.relative_bias for e in analysis.truncations], 0.4, label="‖mean - full‖")
+    errors.bar(x + 0.2, [e.relative_spread for e in analysis.truncations], 0.4, label="spread of one draw")
+    errors.set_xticks(x, names)
+    errors.set(title="truncated vs full gradient", ylabel="relative to ‖full gradient‖")
+    errors.legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def plot_comparison(results, path) -> None:
+    """results ([charrnn.compare.StrategyResult]) -> validation perplexity against tokens and
+    against seconds, one curve per strategy."""
+    figure, (by_tokens, by_time) = new_figure(2)
+    for result in results:
+        points = [p for p in result.curve if p["val_ppl"] is not None]
+        for axes, key in ((by_tokens, "tokens"), (by_time, "elapsed")):
+            axes.plot([p[key] for p in points], [p["val_ppl"] for p in points], marker=".",
+                      label=result.truncation)
+    by_tokens.set(xlabel="training tokens", ylabel="validation perplexity")
+    by_time.set(xlabel="seconds of training", ylabel="validation perplexity")
+    by_tokens.legend()
+    save_figure(figure, path)
