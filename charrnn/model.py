@@ -189,9 +189,7 @@ class RNNLM:
         h = self.params["W_xh"][ids]
         h += self.params["b_h"]
         self._cell(h, np.zeros_like(h) if h_prev is None else h_prev, np.empty_like(h))
-        logits = h @ self.params["W_hq"]
-        logits += self.params["b_q"]
-        return logits, h
+        return self._logits(h), h
 
     def save(self, path, extra_arrays=None, extra_meta=None) -> None:
         """Write params and metadata (plus the caller's extras) atomically to a .npz file."""
@@ -236,6 +234,30 @@ class RNNLM:
         """Read a model written by save()."""
         return cls.load_with_extras(path)[0]
 
+    # ---------------------------------------------------------------- one row at a time
+
+    def _stepper(self):
+        """-> advance(token: int, h (1, H)) -> (logits (1, V), next h (1, H)): step() for one row,
+        unchecked and with x W_xh + b_h formed once for every token (the same float32 sums), so
+        the same numbers at about half the cost, for generation. Valid while the parameters stay
+        as they are; the logits buffer is overwritten by the next call."""
+        rows = self.params["W_xh"] + self.params["b_h"]
+        tmp = np.empty((1, self.num_hiddens), self.dtype)
+        logits = np.empty((1, self.vocab_size), self.dtype)
+
+        def advance(token, h):
+            a = rows[token:token + 1].copy()
+            self._cell(a, h, tmp)
+            return self._logits(a, out=logits), a
+
+        return advance
+
+    def _logits(self, h, out=None) -> np.ndarray:
+        """o = h W_hq + b_q (eq. 9.7.1's output): h (B, H) -> (B, V), into `out` if given."""
+        out = np.matmul(h, self.params["W_hq"], out=out)
+        out += self.params["b_q"]
+        return out
+
     # ---------------------------------------------------------------- segment pieces
 
     def _cell(self, a, h_prev, tmp) -> None:
@@ -276,7 +298,8 @@ class RNNLM:
         d_logits *= scale
         H_out = ws.H[1:].reshape(len(y), -1)
         np.matmul(d_logits.T, self.params["W_hq"].T, out=ws.dA.reshape(len(y), -1))
-        return H_out.T @ d_logits.T, d_logits.sum(axis=1)
+        dW_hq = np.ascontiguousarray((d_logits @ H_out).T)  # this order runs BLAS ~1.3x faster
+        return dW_hq, d_logits.sum(axis=1)
 
     def _backward_states(self, scales, carry, ws) -> None:
         """Backward through time over the segment: ws.dA becomes dL/da_t, a_t the pre-activation.
@@ -307,17 +330,24 @@ class RNNLM:
 
     def _input_grads(self, X_tm, ws) -> tuple:
         """-> (dW_xh, dW_hh, db_h) from ws.dA (eq. 9.7.16): dW_hh = Σ_t h_{t-1}ᵀ dL/da_t as one
-        product; dW_xh[v] = Σ_{x_t = v} dL/da_t by a sorted segment sum; db_h = Σ_v dW_xh[v]."""
+        product; dW_xh[v] = Σ_{x_t = v} dL/da_t by a sorted segment sum; db_h = Σ_v dW_xh[v].
+
+        The segment sum adds each token's block of sorted rows with one vectorised reduction
+        per distinct token of the window (at most min(V, T*B) of them): np.add.reduceat runs
+        column by column over rows this wide, ~30x slower at H = 1024.
+        """
         T, B, H = ws.dA.shape
         dA = ws.dA.reshape(T * B, H)
         dW_hh = ws.H[:-1].reshape(T * B, H).T @ dA
         ids = X_tm.reshape(-1)
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1))
-        sorted_dA = np.take(dA, order, axis=0, out=ws.scratch.reshape(T * B, H), mode="clip")
+        sorted_dA = np.take(dA, np.argsort(ids, kind="stable"), axis=0,
+                            out=ws.scratch.reshape(T * B, H), mode="clip")
+        counts = np.bincount(ids, minlength=self.vocab_size)
+        tokens = np.flatnonzero(counts)
+        ends = np.cumsum(counts)[tokens]
         dW_xh = np.zeros((self.vocab_size, H), self.dtype)
-        dW_xh[sorted_ids[starts]] = np.add.reduceat(sorted_dA, starts, axis=0)
+        for token, start, end in zip(tokens.tolist(), (ends - counts[tokens]).tolist(), ends.tolist()):
+            np.add.reduce(sorted_dA[start:end], axis=0, out=dW_xh[token])
         return dW_xh, dW_hh, dW_xh.sum(axis=0)
 
     # ---------------------------------------------------------------- helpers
@@ -354,8 +384,8 @@ class RNNLM:
             raise CharrnnError(f"{name} must be a non-empty {shape} array, got shape {ids.shape}")
         if ids.dtype.kind not in "iu":
             raise CharrnnError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
-        low, high = ids.min(), ids.max()
-        if low < 0 or high >= self.vocab_size:
+        if ids.view(f"u{ids.itemsize}").max() >= self.vocab_size:  # one pass: read unsigned,
+            low, high = ids.min(), ids.max()                          # a negative id is huge
             bad = low if low < 0 else high
             raise CharrnnError(f"{name} holds token id {bad}, outside [0, {self.vocab_size})")
         return ids

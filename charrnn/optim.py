@@ -16,11 +16,13 @@ from .errors import CharrnnError
 def clip_grad_norm(grads, theta) -> float:
     """g <- min(1, θ/‖g‖) g in place, ‖g‖ the L2 norm over all arrays of `grads` (d2l §9.5).
 
-    Returns ‖g‖ before clipping, summed in float64. theta: a number > 0 (inf never clips).
+    Returns ‖g‖ before clipping, summed in float64 (einsum widens float32 chunk by chunk, with
+    no float64 copy of the gradient). theta: a number > 0 (inf never clips).
     """
     if not isinstance(theta, Real) or isinstance(theta, bool) or not theta > 0:
         raise CharrnnError(f"clipping threshold theta must be a number > 0, got {theta!r}")
-    norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    norm = math.sqrt(sum(float(np.einsum("i,i->", g.reshape(-1), g.reshape(-1), dtype=np.float64))
+                         for g in grads.values()))
     if norm > theta:
         scale = theta / norm
         for g in grads.values():

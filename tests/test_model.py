@@ -185,6 +185,18 @@ def test_step_by_step_matches_forward_pass():
     np.testing.assert_array_equal(state, forward_state)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "linear"])
+def test_generation_stepper_gives_step_numbers_exactly(activation):
+    m = scaled_model(activation, dtype="float32")
+    advance = m._stepper()
+    state = advanced = np.zeros((1, H), np.float32)
+    for token in [3, 0, 6, 6, 1, 3]:
+        logits, state = m.step(np.array([token]), state)
+        advanced_logits, advanced = advance(token, advanced)
+        np.testing.assert_array_equal(advanced_logits, logits)
+        np.testing.assert_array_equal(advanced, state)
+
+
 def test_state_carries_across_minibatches():
     m = scaled_model()
     X, Y = batch(num_steps=8)
@@ -332,6 +344,30 @@ def test_segment_pieces_compose_into_full_bptt():
             total[name] = total[name] + g
     for name in PARAM_NAMES:
         np.testing.assert_allclose(total[name], full[name], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("vocab_size, draw", [
+    (50, lambda rng, shape: rng.integers(0, 50, shape)),  # many distinct tokens, some absent
+    (6, lambda rng, shape: np.where(rng.random(shape) < 0.9, 4, rng.integers(0, 6, shape))),
+    (3, lambda rng, shape: np.full(shape, 2)),  # one token only
+])
+def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
+    """dW_xh[v] = Σ_{x = v} dL/da over every (step, row), tokens absent from the window get
+    zero rows, and db_h sums every row: against np.add.at on the same dL/da."""
+    rng = np.random.default_rng(0)
+    m = RNNLM(vocab_size, 40, dtype="float64")
+    X_tm = draw(rng, (6, 5)).astype(np.int32)
+    ws = m._workspace(5, 6)
+    ws.H[...] = rng.standard_normal(ws.H.shape)
+    ws.dA[...] = rng.standard_normal(ws.dA.shape)
+    rows = ws.dA.reshape(30, 40).copy()
+    dW_xh, dW_hh, db_h = m._input_grads(X_tm, ws)
+    expected = np.zeros((vocab_size, 40))
+    np.add.at(expected, X_tm.reshape(-1), rows)
+    np.testing.assert_allclose(dW_xh, expected, rtol=1e-13, atol=1e-13)
+    assert not dW_xh[np.setdiff1d(np.arange(vocab_size), X_tm)].any()
+    np.testing.assert_allclose(db_h, rows.sum(axis=0), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dW_hh, ws.H[:-1].reshape(30, 40).T @ rows, rtol=1e-13)
 
 
 # ------------------------------------------------------------------ bad input
