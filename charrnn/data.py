@@ -78,6 +78,8 @@ def read_text(name_or_path, data_dir=None) -> str:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         raise CharrnnError(f"{path} is a directory, not a text file")
+    if path.exists() and not path.is_file():  # reading a FIFO or a device could block forever
+        raise CharrnnError(f"{path} is not a regular file (a pipe, socket or device), not a text file")
     if path.is_file():
         return _decode(_read_bytes(path), path)
     registry = load_registry()

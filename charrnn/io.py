@@ -60,11 +60,20 @@ def load_npz(path) -> tuple:
     path = Path(path)
     if not path.is_file():
         raise CharrnnError(f"no checkpoint file at {path}")
+    if not zipfile.is_zipfile(path):  # else np.load would try the file as a pickle
+        raise CharrnnError(f"{path} is not a charrnn checkpoint (not an .npz file)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        if "allow_pickle" in str(err):  # numpy refusing an object array
+            raise CharrnnError(f"{path} holds pickled Python objects; charrnn never loads those") from None
         raise CharrnnError(f"{path} is not a readable .npz checkpoint ({err})") from None
+    except MemoryError:
+        raise CharrnnError(f"{path} declares arrays too large to load") from None
+    not_arrays = sorted(name for name, value in arrays.items() if not isinstance(value, np.ndarray))
+    if not_arrays:  # np.load hands back the raw bytes of members that are not .npy arrays
+        raise CharrnnError(f"{path} is not a readable .npz checkpoint ({not_arrays[0]!r} is not an array)")
     meta_bytes = arrays.pop(META_KEY, None)
     if meta_bytes is None or meta_bytes.dtype != np.uint8 or meta_bytes.ndim != 1:
         raise CharrnnError(f"{path} holds no charrnn metadata")

@@ -177,6 +177,10 @@ def all_finite(arrays):
     return all(np.isfinite(a).all() for a in arrays)
 
 
+def finite_or_none(number):
+    return number if math.isfinite(number) else None
+
+
 _FIELD_NAMES = [f.name for f in fields(TrainConfig)]
 MATHS_FIELDS = frozenset(_FIELD_NAMES[: _FIELD_NAMES.index("epochs")])
 BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))
@@ -601,8 +605,8 @@ class Run:
         improved = math.isfinite(val_ppl) and (p.best_val_ppl is None or val_ppl < p.best_val_ppl)
         record = {
             "reason": reason, "epoch": self.epoch(), "step": p.step, "tokens": p.tokens,
-            "train_loss": train_loss, "train_ppl": None if train_loss is None else perplexity(train_loss),
-            "val_ppl": val_ppl if math.isfinite(val_ppl) else None, "best": improved,
+            "train_loss": train_loss, "train_ppl": None if train_loss is None else finite_or_none(perplexity(train_loss)),
+            "val_ppl": finite_or_none(val_ppl), "best": improved,  # strict JSON: no NaN or Infinity
             "lr": self.optimizer.lr, "skipped": p.skipped, "elapsed": round(self.elapsed(), 3),
             "tokens_per_s": round(self.tokens_per_s(), 1),
             "sample": self.sample(),
