@@ -7,9 +7,17 @@ option values -> click usage errors, exit code 2; never a traceback.
 import copy
 import inspect
 import json
+import math
+import os
 import shlex
 import time
 from pathlib import Path
+
+# One BLAS thread unless the environment says otherwise, set before NumPy loads: the products
+# of each time step are thin (batch x hidden), and a second thread that waits for a busy core
+# slows them by 10-100x (README, Performance). OPENBLAS_NUM_THREADS=2 charrnn ... overrides it.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
 import click
 import numpy as np
@@ -67,6 +75,16 @@ class Clip(click.ParamType):
         if not theta > 0:
             self.fail(f"{value!r} is not a positive number or 'none'", param, ctx)
         return theta
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange of finite numbers: click lets nan through every bound, and inf past a lower one."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def one_line(text):
@@ -221,7 +239,7 @@ def config_changes(ctx, options):
 @level_option
 @preprocess_option
 @data_dir_option
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
               default=DEFAULTS.val_fraction, show_default=True, help="Tail of the corpus held out for validation.")
 @click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True)
 @click.option("--activation", type=click.Choice(["tanh", "linear"]), default=DEFAULTS.activation, show_default=True)
@@ -237,16 +255,16 @@ def config_changes(ctx, options):
               help="Clip the global gradient norm to THETA; 'none' to switch off.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default=DEFAULTS.optimizer,
               show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True,
+@click.option("--lr", type=FiniteRange(0, min_open=True), default=DEFAULTS.lr, show_default=True,
               help="Learning rate.")
-@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=DEFAULTS.lr_decay,
+@click.option("--lr-decay", type=FiniteRange(0, 1, min_open=True), default=DEFAULTS.lr_decay,
               show_default=True, help="Multiply the learning rate by this after each epoch.")
 @click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help=f"Budget in passes over the training split [default: {training.DEFAULT_EPOCHS} "
                    f"when no budget is given].")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Budget in training tokens.")
-@click.option("--max-time", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-time", type=FiniteRange(0, min_open=True), default=None,
               help="Budget in seconds of training (wall clock).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=DEFAULTS.eval_every, show_default=True,
               help="Tokens between validation evaluations (there is one at the end too).")
@@ -303,7 +321,7 @@ checkpoint_argument = click.argument("checkpoint", type=click.Path(exists=True, 
 @checkpoint_argument
 @click.option("--prefix", default=DEFAULTS.sample_prefix, show_default=True, help="Text to warm the state up on.")
 @click.option("--length", type=click.IntRange(min=0), default=200, show_default=True, help="Tokens to generate.")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+@click.option("--temperature", type=FiniteRange(0, min_open=True), default=1.0, show_default=True,
               help="Below 1: more conservative; above 1: more random.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Draw only from the K most likely tokens.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (as the textbook's predict).")
@@ -417,7 +435,7 @@ def sparkline(values, width=40, log=True, scale_with=None):
 regular_option = click.option("--regular", "regular_steps", type=click.IntRange(min=1),
                               default=analysis.DEFAULT_REGULAR_STEPS, show_default=True, metavar="K",
                               help="Compare regular:K truncation (a cut every K steps).")
-randomized_option = click.option("--randomized", "keep_prob", type=click.FloatRange(0, 1, min_open=True),
+randomized_option = click.option("--randomized", "keep_prob", type=FiniteRange(0, 1, min_open=True),
                                  default=analysis.DEFAULT_KEEP_PROB, show_default=True, metavar="P",
                                  help="Compare randomized:P truncation: each step kept with probability P "
                                       "(weighted 1/P), a cut every 1/(1-P) steps on average.")
