@@ -1,8 +1,10 @@
 """Fuzzing the CLI (issue 7): random corpora and random options for corpus, train, sample and
 evaluate. Whatever comes in: exit code 0, 1 or 2, no traceback, an error on one line, and no
 file written outside --out."""
+import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -78,15 +80,24 @@ def check(result):
         assert len(errors) == 1, result.stderr
 
 
+@contextmanager
+def working_directory(path):
+    """Run the block in `path` (so a relative --out lands there), then go back."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield Path(path)
+    finally:
+        os.chdir(previous)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(corpus=corpora, corpus_options=options_of("corpus"), train_options=options_of("train"),
        sample_options=options_of("sample"), evaluate_options=options_of("evaluate"))
 def test_random_corpora_and_options(corpus, corpus_options, train_options, sample_options, evaluate_options):
     runner = CliRunner()
-    with tempfile.TemporaryDirectory() as tmp, runner.isolated_filesystem(temp_dir=tmp) as cwd, \
-            warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, working_directory(tmp) as cwd, warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # numpy's warnings would be noise on stderr
-        cwd = Path(cwd)
         text = cwd / "corpus.txt"
         text.write_bytes(corpus)
         check(runner.invoke(cli.main, ["corpus", str(text), *corpus_options]))
