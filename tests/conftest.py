@@ -18,3 +18,20 @@ def data_dir() -> Path:
     if os.environ.get("CHARRNN_REQUIRE_CORPUS") == "1":
         pytest.fail(message + " (CHARRNN_REQUIRE_CORPUS=1)")
     pytest.skip(message)
+
+
+WORDS = "the time machine traveller said we go into future past strange".split()
+
+
+@pytest.fixture(scope="session")
+def write_words():
+    """-> write(path, num_words, seed): a text of random lowercase words at path (returned);
+    d2l preprocessing leaves such a text as it is."""
+    import numpy as np
+
+    def write(path, num_words, seed):
+        words = np.random.default_rng(seed).choice(WORDS, size=num_words)
+        path.write_text(" ".join(words), encoding="utf-8")
+        return path
+
+    return write

@@ -180,11 +180,8 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "words.txt"
-    words = "the time machine traveller said we go into future past".split()
-    path.write_text(" ".join(np.random.default_rng(2).choice(words, size=200)), encoding="utf-8")
-    return path
+def text_file(tmp_path_factory, write_words):
+    return write_words(tmp_path_factory.mktemp("text") / "words.txt", 200, seed=2)
 
 
 def test_analyze_a_fresh_model(text_file):

@@ -16,7 +16,6 @@ from charrnn import train as training
 from charrnn.gradcheck import run_gradcheck
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = "the time machine traveller said we go into future past strange".split()
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10"]
 
 
@@ -41,11 +40,9 @@ def assert_error(result, code=1, says=""):
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
+def text_file(tmp_path_factory, write_words):
     """A ~2,400-character text of random lowercase words."""
-    path = tmp_path_factory.mktemp("text") / "words.txt"
-    path.write_text(" ".join(np.random.default_rng(7).choice(WORDS, size=400)), encoding="utf-8")
-    return path
+    return write_words(tmp_path_factory.mktemp("text") / "words.txt", 400, seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ import json
 import math
 import sys
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -12,15 +11,11 @@ from charrnn import train as training
 from charrnn.compare import compare, read_curve, run_name
 from charrnn.errors import CharrnnError
 
-WORDS = "the time machine traveller said we go into future past strange".split()
 
 
 @pytest.fixture
-def text_file(tmp_path):
-    rng = np.random.default_rng(3)
-    path = tmp_path / "words.txt"
-    path.write_text(" ".join(rng.choice(WORDS, size=300)), encoding="utf-8")
-    return path
+def text_file(tmp_path, write_words):
+    return write_words(tmp_path / "words.txt", 300, seed=3)
 
 
 def tiny_config(corpus, **changes):

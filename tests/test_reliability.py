@@ -29,7 +29,6 @@ from charrnn.io import load_npz, save_npz
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_train import assert_same_run
 
-WORDS = "the time machine traveller said we go into future past strange".split()
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10",
         "--eval-every", "512"]
 ON_LINUX = sys.platform.startswith("linux")
@@ -37,11 +36,9 @@ INTERRUPTED = [*TINY, "--truncation", "randomized:0.5"]  # sequential sampler: a
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
+def text_file(tmp_path_factory, write_words):
     """~14,000 characters of random words: about 400 tiny minibatches an epoch."""
-    path = tmp_path_factory.mktemp("text") / "words.txt"
-    path.write_text(" ".join(np.random.default_rng(11).choice(WORDS, size=2500)), encoding="utf-8")
-    return path
+    return write_words(tmp_path_factory.mktemp("text") / "words.txt", 2500, seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,14 @@ from charrnn.evaluate import contiguous_batches, mean_loss
 from charrnn.model import RNNLM
 from charrnn.sample import generate, sample_text
 
-WORDS = "the time machine traveller said we go into future past strange".split()
 TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 TIME_FIELDS = ("elapsed", "tokens_per_s")
 
 
 @pytest.fixture
-def text_file(tmp_path):
-    """A ~2,400-character text of random words (d2l preprocessing keeps it as it is)."""
-    rng = np.random.default_rng(7)
-    path = tmp_path / "words.txt"
-    path.write_text(" ".join(rng.choice(WORDS, size=400)), encoding="utf-8")
-    return path
+def text_file(tmp_path, write_words):
+    """A ~2,400-character text of random words."""
+    return write_words(tmp_path / "words.txt", 400, seed=7)
 
 
 def config(corpus, **changes):
