@@ -72,10 +72,10 @@ def loss_and_grads_auto(model, X, Y, state=None, truncation="full", rng=None, bp
 
     X, Y: (batch, num_steps) int -> (loss, grads, state) as RNNLM.loss_and_grads.
     """
-    batch_size, num_steps = model._check_batch(X, Y, state)[0].shape
-    if choose_bptt_memory(bptt_memory, model, batch_size, num_steps, memory_budget_bytes) == "store":
-        return model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng)
-    return loss_and_grads_recompute(model, X, Y, state, truncation=truncation, rng=rng)
+    shape = np.shape(X)  # the call chosen checks X, Y and state; a bad X goes to the plain one
+    if len(shape) == 2 and choose_bptt_memory(bptt_memory, model, *shape, memory_budget_bytes) == "recompute":
+        return loss_and_grads_recompute(model, X, Y, state, truncation=truncation, rng=rng)
+    return model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng)
 
 
 def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=None,
