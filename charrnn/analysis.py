@@ -72,7 +72,7 @@ def jacobian_norms(model, X, state=None) -> np.ndarray:
     Π_{j=t..1} diag(φ'(a_j)) W_hhᵀ (eq. 9.7.7); with several rows, the largest over rows.
 
     The product is rescaled to norm 1 at every step and its scale kept as a logarithm, so it
-    neither overflows nor underflows; a norm below ~1e-308 comes back as 0.
+    neither overflows nor underflows; a norm below ~1e-308 comes back as 0, above ~1e308 as inf.
     """
     ws, _ = _forward(model, X, X, state)
     derivative = _activation_derivative(model, ws.H[1:])
@@ -80,15 +80,15 @@ def jacobian_norms(model, X, state=None) -> np.ndarray:
     T, B, H = derivative.shape
     product = np.broadcast_to(np.eye(H), (B, H, H)).copy()  # row convention: dh_t = dh_0 product
     log_norm = np.zeros(B)
-    norms = np.empty(T)
-    with np.errstate(divide="ignore"):
+    log_norms = np.empty(T)
+    with np.errstate(divide="ignore", over="ignore"):
         for t in range(T):
             product = (product @ W_hh) * derivative[t][:, None, :]
             step_norm = _spectral_norms(product)
             log_norm += np.log(step_norm)
             product /= np.where(step_norm > 0, step_norm, 1.0)[:, None, None]
-            norms[t] = math.exp(log_norm.max())
-    return norms
+            log_norms[t] = log_norm.max()
+        return np.exp(log_norms)
 
 
 @dataclass

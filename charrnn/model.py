@@ -152,17 +152,13 @@ class RNNLM:
         X, Y, h0 = self._check_batch(X, Y, state)
         B, T = X.shape
         scales = path_scales(truncation, T, B, rng, self.dtype)
-        X_tm, y = X.T, Y.T.reshape(-1)
+        X_tm = X.T
         ws = self._workspace(B, T)
         self._set_initial_state(ws, h0)
         self._forward_states(X_tm, ws)
-        loss_sum = self._softmax_cross_entropy(y, ws)
-        dW_hq, db_q = self._output_grads(y, 1.0 / y.size, ws)
         ws.carry.fill(0)
-        self._backward_states(scales, ws.carry, ws)
-        dW_xh, dW_hh, db_h = self._input_grads(X_tm, ws)
-        grads = {"W_xh": dW_xh, "W_hh": dW_hh, "b_h": db_h, "W_hq": dW_hq, "b_q": db_q}
-        return loss_sum / y.size, grads, ws.H[-1].copy()
+        loss_sum, grads = self._segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
+        return loss_sum / X.size, grads, ws.H[-1].copy()
 
     def evaluate(self, X, Y, state=None) -> tuple:
         """Forward only -> (loss_sum: float, count: int, state (batch, H)).
@@ -226,7 +222,8 @@ class RNNLM:
             if not np.all(np.isfinite(array)):
                 raise CharrnnError(f"{path}: {name} holds non-finite values")
             model.params[name][...] = array
-        extra_meta = {key: value for key, value in meta.items() if key not in model.meta()}
+        model_meta = model.meta()
+        extra_meta = {key: value for key, value in meta.items() if key not in model_meta}
         return model, arrays, extra_meta
 
     @classmethod
@@ -274,6 +271,20 @@ class RNNLM:
         np.take(ws.xb, X_tm, axis=0, out=H[1:], mode="clip")
         for t in range(len(X_tm)):
             self._cell(H[t + 1], H[t], ws.tmp)
+
+    def _segment_grads(self, X_tm, Y_tm, scales, carry, count, ws) -> tuple:
+        """Loss and gradients of a segment whose states ws.H already holds -> (loss_sum, grads).
+
+        X_tm, Y_tm: (T, B) int; scales: path_scales for its steps; carry as in _backward_states;
+        count: tokens of the whole window, whose mean loss is differentiated (eq. 9.7.2).
+        loss_sum: this segment's summed cross-entropy; grads: its share, keyed as params.
+        """
+        y = Y_tm.reshape(-1)
+        loss_sum = self._softmax_cross_entropy(y, ws)
+        dW_hq, db_q = self._output_grads(y, 1.0 / count, ws)
+        self._backward_states(scales, carry, ws)
+        dW_xh, dW_hh, db_h = self._input_grads(X_tm, ws)
+        return loss_sum, {"W_xh": dW_xh, "W_hh": dW_hh, "b_h": db_h, "W_hq": dW_hq, "b_q": db_q}
 
     def _softmax_cross_entropy(self, y, ws) -> float:
         """Σ_i -log softmax(o_i)[y_i] over all N = T*B outputs (the sum in eq. 9.7.2), as a float

@@ -104,12 +104,10 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
         ws = _segment_states(model, X_tm[start:stop], checkpoints[k])
         if k == len(bounds) - 1:
             final_state = ws.H[-1].copy()
-        y = Y_tm[start:stop].reshape(-1)
-        loss_sum += model._softmax_cross_entropy(y, ws)
-        dW_hq, db_q = model._output_grads(y, 1.0 / X.size, ws)
-        model._backward_states(scales[start:stop], carry, ws)
-        dW_xh, dW_hh, db_h = model._input_grads(X_tm[start:stop], ws)
-        for name, grad in zip(("W_xh", "W_hh", "b_h", "W_hq", "b_q"), (dW_xh, dW_hh, db_h, dW_hq, db_q)):
+        segment_loss, segment_grads = model._segment_grads(
+            X_tm[start:stop], Y_tm[start:stop], scales[start:stop], carry, X.size, ws)
+        loss_sum += segment_loss
+        for name, grad in segment_grads.items():
             grads[name] += grad
     return loss_sum / X.size, grads, final_state
 
