@@ -228,6 +228,11 @@ def print_summary(result):
     say(f"checkpoint: {result.checkpoint}\nbest checkpoint: {result.best or '-'}")
 
 
+def bad_parameter(err, ctx):
+    """A training.ConfigError as click's usage error on the option of its field."""
+    return click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'")
+
+
 def config_changes(ctx, options):
     """The TrainConfig fields set on the command line (or environment), not by default."""
     return {name: value for name, value in options.items()
@@ -298,12 +303,11 @@ def train(ctx, data_dir, out, resume, **options):
             config = training.TrainConfig(**options)
             result = training.train(config, out or training.default_out_dir(config), data_dir, reporter)
     except training.ConfigError as err:
-        raise click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'") from None
+        raise bad_parameter(err, ctx) from None
     print_summary(result)
     resume_command = f"charrnn train --resume {shlex.quote(str(result.out_dir))}"
     if result.reason == "nonfinite":
-        kept = (f"the last good checkpoint (step {result.checkpoint_step:,}) is {result.checkpoint}"
-                if result.checkpoint else "no checkpoint was written")
+        kept = training.last_good_checkpoint(result.out_dir, result.checkpoint_step)
         raise click.ClickException(f"{result.message}; {kept}. Lower --lr, clip the gradient with --clip, "
                                    f"or resume with --on-nonfinite skip: {resume_command} --on-nonfinite skip")
     if result.reason in EXIT_CODES:
@@ -568,11 +572,11 @@ def compare(ctx, regular_steps, keep_prob, out, plot, **options):
     data_dir = options.pop("data_dir")
     try:
         config = training.TrainConfig(**options)
-    except training.ConfigError as err:
-        raise click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'") from None
-    out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    truncations = ("full", f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
-    results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter())
+        out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        truncations = ("full", f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
+        results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter())
+    except training.ConfigError as err:  # as train: a setting the text cannot serve is a usage error
+        raise bad_parameter(err, ctx) from None
     table = Table(title=f"Truncation compared: {config.corpus}, hidden {config.num_hiddens}, "
                         f"batch {config.batch_size} x {config.num_steps} steps, seed {config.seed}")
     for column in ("truncation", "tokens", "tok/s", "mean ‖g‖", "val ppl", "best", "val ppl over time"):
@@ -585,6 +589,11 @@ def compare(ctx, regular_steps, keep_prob, out, plot, **options):
                       sparkline(ppl, log=False))
     console.print(table)
     say(f"runs: {out}")
+    stopped_by = results[-1].reason
+    if stopped_by in EXIT_CODES:
+        click.echo(f"Interrupted by {stopped_by}: the {results[-1].truncation} run was checkpointed to "
+                   f"{results[-1].out_dir}, the strategies after it were not run.", err=True)
+        ctx.exit(EXIT_CODES[stopped_by])
     if plot is not None:
         plot_comparison(results, plot)
         say(f"figure: {plot}")

@@ -64,7 +64,8 @@ def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, data_dir=None, rep
     """Train `config` (a charrnn.train.TrainConfig) once per truncation -> [StrategyResult].
 
     Runs go to out_dir/run_name(truncation). reporter_for(truncation) -> a Reporter for that
-    run's progress, or None.
+    run's progress, or None. A run stopped by SIGINT/SIGTERM ends the comparison: its result is
+    the last one.
     """
     names = [run_name(truncation) for truncation in truncations]
     if not names or len(set(names)) != len(names):
@@ -77,6 +78,8 @@ def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, data_dir=None, rep
         results.append(StrategyResult(
             truncation, run.out_dir, run.reason, run.progress.tokens, run.val_ppl, run.tokens_per_s,
             sum(norms) / len(norms) if norms else None, read_curve(run.out_dir / METRICS)))
+        if run.reason in ("SIGINT", "SIGTERM"):  # the user stops the comparison, not one run
+            break
     return results
 
 

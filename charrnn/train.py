@@ -345,7 +345,7 @@ def train(config, out_dir, data_dir=None, reporter=None):
                   activation=config.activation, dtype=config.dtype, seed=config.seed)
     optimizer = make_optimizer(config.optimizer, model.params, config.lr)
     check_free_space(out_dir, model, optimizer)
-    save_json(out_dir / VOCAB, vocab.to_dict())
+    vocab.save(out_dir / VOCAB)
     save_json(out_dir / CONFIG, asdict(config))
     truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
     run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
@@ -364,10 +364,10 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
     ckpt = load_checkpoint(out_dir / CHECKPOINT)
     config = ckpt.config.resumed(changes or {})
     train_data, val_data, vocab = load_data(config, data_dir)
-    if vocab.idx_to_token != ckpt.vocab.idx_to_token or ckpt.meta.get("data_sha1") != data_sha1(train_data):
-        raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
     run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
               reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state)
+    if vocab.idx_to_token != ckpt.vocab.idx_to_token or ckpt.meta.get("data_sha1") != run.data_sha1:
+        raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
     reached = run.budget_reached()
     if reached:
         raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
@@ -399,6 +399,14 @@ def load_data(config, data_dir):
 def data_sha1(tokens):
     """SHA-1 of a token array, to recognise the training text on resume."""
     return hashlib.sha1(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()
+
+
+def last_good_checkpoint(out_dir, step):
+    """Where the run in `out_dir` can be resumed from, in words; `step`: that of its checkpoint."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return "no checkpoint was written"
+    return f"the last good checkpoint (step {step:,}) is {path}"
 
 
 def refuse_existing_run(out_dir):
@@ -483,6 +491,7 @@ class Run:
                  reporter, progress, truncation_rng, state):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
+        self.data_sha1 = data_sha1(train_data)  # saved in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
         self.truncation_rng = truncation_rng
         self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None
@@ -643,26 +652,19 @@ class Run:
             arrays[STATE_KEY] = self.state
         if not all_finite([*self.model.params.values(), *arrays.values()]):
             raise CharrnnError(f"non-finite parameters or optimizer state at step {self.progress.step:,}, "
-                               f"{name} not written; {self.last_good_checkpoint()}")
+                               f"{name} not written; {last_good_checkpoint(self.out_dir, self.checkpoint_step)}")
         meta = {"vocab": self.vocab.to_dict(), "config": asdict(self.config),
                 "progress": asdict(self.progress), "optimizer": self.optimizer.state_meta(),
-                "rng": self.truncation_rng.bit_generator.state, "data_sha1": data_sha1(self.train_data)}
+                "rng": self.truncation_rng.bit_generator.state, "data_sha1": self.data_sha1}
         try:
             self.model.save(self.out_dir / name, extra_arrays=arrays, extra_meta=meta)
         except OSError as err:
             raise CharrnnError(f"cannot write {self.out_dir / name} ({err.strerror or err}); "
-                               f"{self.last_good_checkpoint()}") from None
+                               f"{last_good_checkpoint(self.out_dir, self.checkpoint_step)}") from None
         if name == CHECKPOINT:
             self.checkpoint_step = self.progress.step
 
     # ---- bookkeeping ----
-
-    def last_good_checkpoint(self):
-        """Where the run can be resumed from, in words."""
-        path = self.out_dir / CHECKPOINT
-        if not path.is_file():
-            return "no checkpoint was written"
-        return f"the last good checkpoint (step {self.checkpoint_step:,}) is {path}"
 
     def epoch(self):
         """The 1-based epoch the run is in, or has just finished at an epoch's end."""
