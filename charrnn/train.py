@@ -196,6 +196,7 @@ class Progress:
     tokens: int = 0  # tokens trained on (batch_size * num_steps per minibatch)
     elapsed: float = 0.0  # seconds of training, all sessions together
     skipped: int = 0  # minibatches skipped for a non-finite loss or gradient
+    skipped_in_a_row: int = 0  # the latest of them that came one after another
     interval_loss: float = 0.0  # sum of minibatch losses since the last scheduled evaluation
     interval_steps: int = 0
     last_eval_step: int = -1
@@ -209,11 +210,13 @@ class Progress:
         if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
             raise CharrnnError(f"not a training progress record: {d!r:.200}")
         p = cls(**d)
-        counts = (p.epoch, p.step_in_epoch, p.step, p.tokens, p.skipped, p.interval_steps, p.best_step or 0)
+        counts = (p.epoch, p.step_in_epoch, p.step, p.tokens, p.skipped, p.skipped_in_a_row,
+                  p.interval_steps, p.best_step or 0)
         possible = (all(is_integer(n) and n >= 0 for n in counts)
                     and is_integer(p.last_eval_step) and p.last_eval_step >= -1
                     and is_finite(p.elapsed) and is_finite(p.interval_loss)
                     and (p.best_val_ppl is None or is_finite(p.best_val_ppl))
+                    and p.skipped_in_a_row <= p.skipped
                     and max(p.step_in_epoch, p.skipped, p.interval_steps, p.last_eval_step, p.best_step or 0) <= p.step)
         if not possible:
             raise CharrnnError(f"impossible training progress {d!r:.300}")
@@ -497,7 +500,6 @@ class Run:
         self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None
         self.tokens_per_batch = config.batch_size * config.num_steps
         self.checkpoint_step = progress.step  # of the checkpoint.npz on disk
-        self.skipped_in_a_row = 0
         self.last_record = {}  # the latest metrics record of this session
         self.session_start = time.perf_counter()
         self.session_tokens = progress.tokens
@@ -563,7 +565,7 @@ class Run:
             self.state = state if cfg.sampler == "sequential" else None
             p.interval_loss += loss
             p.interval_steps += 1
-            self.skipped_in_a_row = 0
+            p.skipped_in_a_row = 0
         p.step += 1
         p.step_in_epoch += 1
         p.tokens += self.tokens_per_batch
@@ -572,10 +574,10 @@ class Run:
                        f"(loss {loss}, gradient norm {grad_norm}) at epoch {self.epoch()}, step {p.step}")
             if cfg.on_nonfinite == "stop":
                 return problem
-            if self.skipped_in_a_row + 1 >= MAX_SKIPPED_IN_A_ROW:
+            if p.skipped_in_a_row + 1 >= MAX_SKIPPED_IN_A_ROW:
                 return f"{problem}, the {MAX_SKIPPED_IN_A_ROW}th minibatch in a row: the model has diverged"
             p.skipped += 1
-            self.skipped_in_a_row += 1
+            p.skipped_in_a_row += 1
             self.state = None
         self.reporter.on_step({
             "epoch": self.epoch(), "step": p.step, "tokens": p.tokens, "loss": loss,

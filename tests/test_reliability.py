@@ -195,6 +195,25 @@ def test_a_nonfinite_minibatch_stops_and_the_suggested_skip_command_goes_on(tmp_
     assert read_metrics(out)[-1]["skipped"] == 1
 
 
+def test_a_resume_inside_a_run_of_skipped_minibatches_gives_up_where_a_straight_run_does(
+        tmp_path, text_file, monkeypatch):
+    """Ten bad minibatches in a row end a run with --on-nonfinite skip; a resume after five of
+    them must count on from five, not from zero."""
+    skip = ["--on-nonfinite", "skip"]
+    fail_clip_at(monkeypatch, *range(3, 13))
+    straight = invoke("train", text_file, *TINY, *skip, "--max-tokens", 1600, "--out", tmp_path / "straight")
+    assert_error(straight, says="the model has diverged")
+    out = tmp_path / "resumed"
+    fail_clip_at(monkeypatch, *range(3, 8))
+    assert_ok(invoke("train", text_file, *TINY, *skip, "--max-tokens", 7 * 32, "--out", out))
+    assert training.load_checkpoint(out / training.CHECKPOINT).progress.skipped_in_a_row == 5
+    fail_clip_at(monkeypatch, *range(1, 6))
+    resumed = invoke("train", "--resume", out, "--max-tokens", 1600)
+    assert_error(resumed, says="the model has diverged")
+    where = ", step 12,"
+    assert where in straight.stderr and where in resumed.stderr
+
+
 def test_nonfinite_parameters_are_never_saved(tmp_path, text_file, monkeypatch):
     """An update that leaves an inf where the loss cannot see it (the row of <unk>, never an
     input) would pass every loss check: no checkpoint, best or not, is written with it."""
