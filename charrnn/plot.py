@@ -14,11 +14,13 @@ FORMATS = ("png", "pdf", "svg")
 
 
 def check_plot_path(path) -> str:
-    """Refuse early a figure that cannot be made: matplotlib missing, or a file name that is not
-    .png, .pdf or .svg -> the format."""
+    """Refuse early a figure that cannot be made: matplotlib missing, a file name that is not
+    .png, .pdf or .svg, or a folder that does not exist -> the format."""
     kind = Path(path).suffix.lstrip(".").lower()
     if kind not in FORMATS:
         raise CharrnnError(f"cannot write a figure to {path}: use a .png, .pdf or .svg file name")
+    if not Path(path).parent.is_dir():
+        raise CharrnnError(f"cannot write a figure to {path}: no folder {Path(path).parent}")
     _figure_class()
     return kind
 

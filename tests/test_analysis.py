@@ -214,6 +214,9 @@ def test_plot_errors_are_one_line_and_come_first(tmp_path, text_file, monkeypatc
     fresh = ["--corpus", text_file, "--num-hiddens", 4, "--window", 5]
     bad_name = invoke("analyze", *fresh, "--plot", tmp_path / "figure.txt")
     assert bad_name.exit_code == 1 and ".png, .pdf or .svg" in bad_name.output
+    no_folder = invoke("analyze", *fresh, "--plot", tmp_path / "missing" / "figure.png")
+    assert no_folder.exit_code == 1 and "no folder" in no_folder.output
+    assert "Gradient analysis" not in no_folder.output  # refused before any work
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
     with pytest.raises(CharrnnError, match=r"pip install 'charrnn\[plot\]'"):
         check_plot_path("figure.png")
