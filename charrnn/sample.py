@@ -21,10 +21,10 @@ def next_token(logits, rng, temperature=1.0, top_k=None, greedy=False):
     """
     if greedy:
         return int(np.argmax(logits))
-    z = logits / temperature
+    with np.errstate(over="ignore"):  # a tiny temperature sends all but the largest to -inf
+        z = (logits - logits.max()) / temperature
     if top_k is not None and top_k < len(z):
         z[z < np.partition(z, -top_k)[-top_k]] = -np.inf
-    z -= z.max()
     cumulative = np.exp(z, out=z).cumsum(out=z)  # unnormalised; methods skip NumPy's wrappers
     total = float(cumulative[-1])
     if not math.isfinite(total):

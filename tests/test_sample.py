@@ -1,5 +1,7 @@
 """next_token: its draws follow softmax(logits / T) restricted to the top k, and never pick a
 token of probability zero."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -39,3 +41,10 @@ def test_greedy_takes_the_argmax_and_non_finite_outputs_raise():
     for bad in ([0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [-np.inf, -np.inf]):
         with pytest.raises(CharrnnError, match="not finite"), np.errstate(invalid="ignore"):
             next_token(np.array(bad), np.random.default_rng(0))
+
+
+def test_a_tiny_temperature_draws_the_most_likely_token_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning would reach the user's terminal
+        observed = frequencies([0.5, 2.0, 1.0, -np.inf], temperature=5e-324)
+    assert observed[1] == 1
