@@ -20,7 +20,6 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import click
-import numpy as np
 from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
@@ -35,7 +34,7 @@ from charrnn.errors import CharrnnError
 from charrnn.evaluate import evaluate_text
 from charrnn.gradcheck import run_gradcheck
 from charrnn.model import RNNLM, parse_truncation
-from charrnn.plot import check_plot_path, plot_analysis, plot_comparison
+from charrnn.plot import check_plot_path, plot_analysis, plot_comparison, sparkline
 from charrnn.recompute import BPTT_MEMORY_MODES
 from charrnn.sample import sample_text
 
@@ -409,32 +408,8 @@ def gradcheck(ctx, **options):
 
 # ---------------------------------------------------------------------------- analyze / compare
 
-SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
 COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
-
-
-def chart_heights(values, log=True):
-    """Values as a chart plots them: log10 (non-positive values: nan) or as they are."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log10(values) if log else np.asarray(values, dtype=np.float64)
-
-
-def sparkline(values, width=40, log=True, scale_with=None):
-    """A one-line chart of `values`, at most `width` characters, log scale by default.
-
-    scale_with: the curves drawn beside it (values among them), to share one vertical scale.
-    """
-    heights = chart_heights(values, log)
-    heights = heights[np.linspace(0, len(heights) - 1, min(width, len(heights))).round().astype(int)]
-    scale = np.concatenate([chart_heights(v, log) for v in scale_with or [values]])
-    shown, known = np.isfinite(heights), scale[np.isfinite(scale)]
-    if not shown.any():
-        return " " * len(heights)
-    low, high = known.min(), known.max()
-    levels = np.round(np.where(shown, heights - low, 0) / ((high - low) or 1.0) * (len(SPARK_LEVELS) - 1))
-    return "".join(SPARK_LEVELS[int(level)] if ok else " " for level, ok in zip(levels, shown))
-
 
 regular_option = click.option("--regular", "regular_steps", type=click.IntRange(min=1),
                               default=analysis.DEFAULT_REGULAR_STEPS, show_default=True, metavar="K",

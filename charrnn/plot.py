@@ -1,4 +1,5 @@
-"""Figures for `charrnn analyze` and `charrnn compare`, with matplotlib (the optional extra `plot`).
+"""Figures for `charrnn analyze` and `charrnn compare`: one-line text charts (sparklines) for
+the terminal, and matplotlib figures (the optional extra `plot`).
 
 matplotlib is imported only here, and only when a figure is asked for; figures are drawn on a
 bare Figure (no pyplot state, no display) and written atomically.
@@ -11,6 +12,29 @@ from .errors import CharrnnError
 from .io import write_atomic
 
 FORMATS = ("png", "pdf", "svg")
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+
+
+def chart_heights(values, log=True):
+    """Values as a chart plots them: log10 (non-positive values: nan) or as they are."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(values) if log else np.asarray(values, dtype=np.float64)
+
+
+def sparkline(values, width=40, log=True, scale_with=None):
+    """A one-line chart of `values`, at most `width` characters, log scale by default.
+
+    scale_with: the curves drawn beside it (values among them), to share one vertical scale.
+    """
+    heights = chart_heights(values, log)
+    heights = heights[np.linspace(0, len(heights) - 1, min(width, len(heights))).round().astype(int)]
+    scale = np.concatenate([chart_heights(v, log) for v in scale_with or [values]])
+    shown, known = np.isfinite(heights), scale[np.isfinite(scale)]
+    if not shown.any():
+        return " " * len(heights)
+    low, high = known.min(), known.max()
+    levels = np.round(np.where(shown, heights - low, 0) / ((high - low) or 1.0) * (len(SPARK_LEVELS) - 1))
+    return "".join(SPARK_LEVELS[int(level)] if ok else " " for level, ok in zip(levels, shown))
 
 
 def check_plot_path(path) -> str:

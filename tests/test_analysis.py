@@ -13,7 +13,7 @@ from charrnn.analysis import (analysis_window, analyze, flat_grad, hidden_grad_n
 from charrnn.data import load_corpus
 from charrnn.errors import CharrnnError
 from charrnn.model import RNNLM
-from charrnn.plot import check_plot_path
+from charrnn.plot import check_plot_path, sparkline
 
 V, H, B, T = 5, 4, 2, 7
 
@@ -226,8 +226,8 @@ def test_plot_errors_are_one_line_and_come_first(tmp_path, text_file, monkeypatc
 
 
 def test_sparkline_shares_a_scale():
-    assert cli.sparkline([1, 10, 100]) == "▁▅█"
-    assert cli.sparkline([1, 10], scale_with=[[1, 10], [1, 1000]]) == "▁▃"
-    assert cli.sparkline([3, 1, 2], log=False) == "█▁▅"
-    assert cli.sparkline([0.0, 1.0, 10.0]) == " ▁█"
-    assert len(cli.sparkline(np.arange(1, 500), width=40)) == 40
+    assert sparkline([1, 10, 100]) == "▁▅█"
+    assert sparkline([1, 10], scale_with=[[1, 10], [1, 1000]]) == "▁▃"
+    assert sparkline([3, 1, 2], log=False) == "█▁▅"
+    assert sparkline([0.0, 1.0, 10.0]) == " ▁█"
+    assert len(sparkline(np.arange(1, 500), width=40)) == 40
