@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CharrnnError
-from .model import PARAM_NAMES, Workspace, parse_truncation
+from .model import PARAM_NAMES, parse_truncation
 
 DEFAULT_WINDOW = 100
 DEFAULT_REGULAR_STEPS = 10
@@ -51,12 +51,8 @@ def hidden_grad_norms(model, X, Y, state=None) -> np.ndarray:
     Full (untruncated) gradient by the recursion behind eq. 9.7.15:
     ∂L/∂h_t = ∂L/∂o_t W_hqᵀ + (∂L/∂h_{t+1} ⊙ φ'(a_{t+1})) W_hhᵀ.
     """
-    ws, Y = _forward(model, X, Y, state)
-    y = Y.T.reshape(-1)
-    model._softmax_cross_entropy(y, ws)
-    model._output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
-    direct = ws.dA.astype(np.float64)
-    derivative = _activation_derivative(model, ws.H[1:])
+    direct = model.output_state_grads(X, Y, state).astype(np.float64)  # [t] = ∂L/∂o_{t+1} W_hqᵀ
+    derivative = _activation_derivative(model, model.hidden_states(X, state)[-1, 1:])
     W_hh_T = model.params["W_hh"].T.astype(np.float64)
     norms = np.empty(len(direct))
     grad = np.zeros_like(direct[0])  # ∂L/∂h_{t+1} through h_{t+2}, ..., zero after the window
@@ -74,8 +70,7 @@ def jacobian_norms(model, X, state=None) -> np.ndarray:
     The product is rescaled to norm 1 at every step and its scale kept as a logarithm, so it
     neither overflows nor underflows; a norm below ~1e-308 comes back as 0, above ~1e308 as inf.
     """
-    ws, _ = _forward(model, X, X, state)
-    derivative = _activation_derivative(model, ws.H[1:])
+    derivative = _activation_derivative(model, model.hidden_states(X, state)[-1, 1:])
     W_hh = model.params["W_hh"].astype(np.float64)
     T, B, H = derivative.shape
     product = np.broadcast_to(np.eye(H), (B, H, H)).copy()  # row convention: dh_t = dh_0 product
@@ -198,17 +193,6 @@ def analyze(model, X, Y, state=None, truncations=DEFAULT_TRUNCATIONS, num_draws=
     return GradientAnalysis(model.activation, batch_size, num_steps, loss,
                             hidden_grad_norms(model, X, Y, state), jacobian_norms(model, X, state),
                             rho, sigma, errors)
-
-
-def _forward(model, X, Y, state):
-    """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.H = h_0..h_T, Y
-    checked against the model)."""
-    X, Y, h0 = model._check_batch(X, Y, state)
-    B, T = X.shape
-    ws = Workspace(B, T, model.num_hiddens, model.vocab_size, model.dtype)
-    model._set_initial_state(ws, h0)
-    model._forward_states(X.T, ws)
-    return ws, Y
 
 
 def _spectral_norms(matrices) -> np.ndarray:
