@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cells import layer_suffix
 from .errors import CharrnnError
 from .io import write_atomic
 
@@ -41,11 +42,6 @@ FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 TORCH_MODULES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}  # cell -> torch.nn class name
 OUTPUT_PREFIX = "decoder."
-
-
-def layer_name(name, layer) -> str:
-    """charrnn's name of parameter `name` (W_xh, W_hh, b_h, b_hn) of layer `layer`."""
-    return name if layer == 0 else f"{name}_l{layer}"
 
 
 def torch_state_dict(model) -> dict:
@@ -57,12 +53,13 @@ def torch_state_dict(model) -> dict:
     params, H = model.params, model.num_hiddens
     tensors = {}
     for layer in range(model.num_layers):
-        b_h = params[layer_name("b_h", layer)]
+        suffix = layer_suffix(layer)
+        b_h = params["b_h" + suffix]
         bias_hh = np.zeros_like(b_h)
         if model.cell == "gru":
-            bias_hh[2 * H:] = params[layer_name("b_hn", layer)]
-        tensors[f"weight_ih_l{layer}"] = params[layer_name("W_xh", layer)].T
-        tensors[f"weight_hh_l{layer}"] = params[layer_name("W_hh", layer)].T
+            bias_hh[2 * H:] = params["b_hn" + suffix]
+        tensors[f"weight_ih_l{layer}"] = params["W_xh" + suffix].T
+        tensors[f"weight_hh_l{layer}"] = params["W_hh" + suffix].T
         tensors[f"bias_ih_l{layer}"] = b_h
         tensors[f"bias_hh_l{layer}"] = bias_hh
     tensors[OUTPUT_PREFIX + "weight"] = params["W_hq"].T
