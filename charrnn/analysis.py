@@ -53,8 +53,8 @@ def hidden_grad_norms(model, X, Y, state=None) -> np.ndarray:
     """
     ws, Y = _forward(model, X, Y, state)
     y = Y.T.reshape(-1)
-    model._softmax_cross_entropy(y, ws)
-    model._output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
+    model.softmax_cross_entropy(y, ws)
+    model.output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
     direct = ws.dA.astype(np.float64)
     derivative = _activation_derivative(model, ws.H[1:])
     W_hh_T = model.params["W_hh"].T.astype(np.float64)
@@ -203,11 +203,11 @@ def analyze(model, X, Y, state=None, truncations=DEFAULT_TRUNCATIONS, num_draws=
 def _forward(model, X, Y, state):
     """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.H = h_0..h_T, Y
     checked against the model)."""
-    X, Y, h0 = model._check_batch(X, Y, state)
+    X, Y, h0 = model.check_batch(X, Y, state)
     B, T = X.shape
     ws = Workspace(B, T, model.num_hiddens, model.vocab_size, model.dtype)
-    model._set_initial_state(ws, h0)
-    model._forward_states(X.T, ws)
+    model.set_initial_state(ws, h0)
+    model.forward_states(X.T, ws)
     return ws, Y
 
 

@@ -18,20 +18,17 @@ from numpy.random.default_rng(seed) in that order and then cast, so the same see
 same model (and a float32 model is the rounded float64 one).
 """
 import math
-from numbers import Integral
 
 import numpy as np
 
+from .checks import check_choice, check_int
 from .errors import CharrnnError
-from .io import load_npz, save_npz
 
 ACTIVATIONS = ("tanh", "linear")
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
-FORMAT = "charrnn-model"
-FORMAT_VERSION = 1
 INIT_SCALE = 0.01
-EVAL_CHUNK_STEPS = 256  # evaluate() runs long windows in chunks of this many steps
+EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps
 MAX_WORKSPACES = 4
 
 # Entries of a path-scale list: what happens to the gradient path h_t -> h_{t-1} at step t.
@@ -116,14 +113,11 @@ class RNNLM:
     "W_hq" (H,V), "b_q" (V,), updated in place by the optimizers."""
 
     def __init__(self, vocab_size, num_hiddens, activation="tanh", dtype="float32", seed=0):
-        self.vocab_size = _check_size("vocab_size", vocab_size)
-        self.num_hiddens = _check_size("num_hiddens", num_hiddens)
-        if activation not in ACTIVATIONS:
-            raise CharrnnError(f"unknown activation {activation!r} (use 'tanh' or 'linear')")
-        self.activation = activation
+        self.vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
+        self.num_hiddens = check_int(num_hiddens, "num_hiddens", minimum=1)
+        self.activation = check_choice(activation, ACTIVATIONS, "activation")
         self.dtype = _check_dtype(dtype)
-        if not isinstance(seed, Integral) or isinstance(seed, bool) or seed < 0:
-            raise CharrnnError(f"seed must be an integer >= 0, got {seed!r}")
+        check_int(seed, "seed", minimum=0)
         self.params = self._init_params(np.random.default_rng(seed))
         self._workspaces = {}
 
@@ -160,7 +154,7 @@ class RNNLM:
         loss_sum, grads = self._segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
         return loss_sum / X.size, grads, ws.H[-1].copy()
 
-    def evaluate(self, X, Y, state=None) -> tuple:
+    def forward_loss(self, X, Y, state=None) -> tuple:
         """Forward only -> (loss_sum: float, count: int, state (batch, H)).
 
         loss_sum is the summed cross-entropy in nats over count = batch * num_steps tokens;
@@ -186,50 +180,6 @@ class RNNLM:
         h += self.params["b_h"]
         self._cell(h, np.zeros_like(h) if h_prev is None else h_prev, np.empty_like(h))
         return self._logits(h), h
-
-    def save(self, path, extra_arrays=None, extra_meta=None) -> None:
-        """Write params and metadata (plus the caller's extras) atomically to a .npz file."""
-        arrays, meta = dict(extra_arrays or {}), dict(extra_meta or {})
-        model_meta = self.meta()
-        clash = sorted(set(arrays) & set(PARAM_NAMES) | set(meta) & set(model_meta))
-        if clash:
-            raise CharrnnError(f"extra arrays/metadata may not use the model's names {clash}")
-        save_npz(path, {**arrays, **self.params}, {**meta, **model_meta})
-
-    def meta(self) -> dict:
-        """The metadata that describes this model in a file."""
-        return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "vocab_size": self.vocab_size, "num_hiddens": self.num_hiddens,
-                "activation": self.activation, "dtype": self.dtype.name}
-
-    @classmethod
-    def load_with_extras(cls, path) -> tuple:
-        """Read a file written by save() -> (model, extra_arrays, extra_meta).
-
-        Refuses (CharrnnError) a file that is not a charrnn model, has missing arrays, shapes
-        or dtypes that disagree with its metadata, or non-finite parameters.
-        """
-        arrays, meta = load_npz(path)
-        model = cls(**_check_model_meta(path, meta))
-        for name, shape in model.param_shapes().items():
-            array = arrays.pop(name, None)
-            if array is None:
-                raise CharrnnError(f"{path}: model file has no array {name!r}")
-            if array.shape != shape or array.dtype != model.dtype:
-                raise CharrnnError(
-                    f"{path}: {name} is {array.dtype.name} {array.shape}, "
-                    f"expected {model.dtype.name} {shape}")
-            if not np.all(np.isfinite(array)):
-                raise CharrnnError(f"{path}: {name} holds non-finite values")
-            model.params[name][...] = array
-        model_meta = model.meta()
-        extra_meta = {key: value for key, value in meta.items() if key not in model_meta}
-        return model, arrays, extra_meta
-
-    @classmethod
-    def load(cls, path) -> "RNNLM":
-        """Read a model written by save()."""
-        return cls.load_with_extras(path)[0]
 
     # ---------------------------------------------------------------- one row at a time
 
@@ -411,15 +361,22 @@ class RNNLM:
         return state.astype(self.dtype, copy=False)
 
 
+    # ---------------------------------------------------------------- the pieces other modules build on
+    # charrnn.recompute runs segments, charrnn.analysis measures inside the backward pass and
+    # charrnn.sample generates one row at a time with these; they call them by these names.
+    check_batch = _check_batch
+    workspace = _workspace
+    set_initial_state = _set_initial_state
+    forward_states = _forward_states
+    segment_grads = _segment_grads
+    softmax_cross_entropy = _softmax_cross_entropy
+    output_grads = _output_grads
+    stepper = _stepper
+
+
 def _target_index(y, ws) -> np.ndarray:
     """Flat indices of the targets y (N,) in the (V, N) logits."""
     return np.multiply(y, len(y), dtype=np.intp) + ws.rows
-
-
-def _check_size(name, value) -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise CharrnnError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _check_dtype(dtype) -> np.dtype:
@@ -430,20 +387,3 @@ def _check_dtype(dtype) -> np.dtype:
     if resolved is None or resolved.name not in DTYPES:
         raise CharrnnError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return resolved
-
-
-def _check_model_meta(path, meta) -> dict:
-    """Check a model file's metadata -> RNNLM keyword arguments."""
-    if meta.get("format") != FORMAT:
-        raise CharrnnError(f"{path}: not a charrnn model file (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise CharrnnError(f"{path}: unsupported model format_version {version!r}")
-    spec = {key: meta.get(key) for key in ("vocab_size", "num_hiddens", "activation", "dtype")}
-    for key in ("vocab_size", "num_hiddens"):
-        if type(spec[key]) is not int or spec[key] < 1:
-            raise CharrnnError(f"{path}: bad {key} {spec[key]!r} in model metadata")
-    if spec["activation"] not in ACTIVATIONS or spec["dtype"] not in DTYPES:
-        raise CharrnnError(
-            f"{path}: bad activation/dtype {spec['activation']!r}/{spec['dtype']!r} in metadata")
-    return spec
