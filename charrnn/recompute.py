@@ -17,7 +17,6 @@ import math
 import numpy as np
 
 from .checks import check_choice, check_int
-from .errors import CharrnnError
 from .model import path_scales
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")

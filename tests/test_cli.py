@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli
+from charrnn import cli
 from charrnn import train as training
 from charrnn.gradcheck import run_gradcheck
 
