@@ -56,7 +56,7 @@ def hidden_grad_norms(model, X, Y, state=None) -> np.ndarray:
     model.softmax_cross_entropy(y, ws)
     model.output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
     direct = ws.dA.astype(np.float64)
-    derivative = _activation_derivative(model, ws.H[1:])
+    derivative = _activation_derivative(model, ws.hs[1:])
     W_hh_T = model.params["W_hh"].T.astype(np.float64)
     norms = np.empty(len(direct))
     grad = np.zeros_like(direct[0])  # ∂L/∂h_{t+1} through h_{t+2}, ..., zero after the window
@@ -75,7 +75,7 @@ def jacobian_norms(model, X, state=None) -> np.ndarray:
     neither overflows nor underflows; a norm below ~1e-308 comes back as 0, above ~1e308 as inf.
     """
     ws, _ = _forward(model, X, X, state)
-    derivative = _activation_derivative(model, ws.H[1:])
+    derivative = _activation_derivative(model, ws.hs[1:])
     W_hh = model.params["W_hh"].astype(np.float64)
     T, B, H = derivative.shape
     product = np.broadcast_to(np.eye(H), (B, H, H)).copy()  # row convention: dh_t = dh_0 product
@@ -201,7 +201,7 @@ def analyze(model, X, Y, state=None, truncations=DEFAULT_TRUNCATIONS, num_draws=
 
 
 def _forward(model, X, Y, state):
-    """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.H = h_0..h_T, Y
+    """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.hs = h_0..h_T, Y
     checked against the model)."""
     X, Y, h0 = model.check_batch(X, Y, state)
     B, T = X.shape

@@ -91,14 +91,14 @@ def path_scales(truncation, num_steps, batch_size, rng, dtype) -> list:
 class Workspace:
     """Buffers for one (batch_size, num_steps) shape, reused across calls.
 
-    H: (T+1, B, H) hidden states, H[0] = h_0; dA: (T, B, H) gradients (dL/dh_t, then dL/da_t);
+    hs: (T+1, B, H) hidden states, hs[0] = h_0; dA: (T, B, H) gradients (dL/dh_t, then dL/da_t);
     scratch: (T, B, H) the tanh derivative, then sorted dA rows; logits: (V, T*B);
     carry, tmp: (B, H); xb: (V, H) = W_xh + b_h; rows: (T*B,) = arange.
     """
 
     def __init__(self, batch_size, num_steps, num_hiddens, vocab_size, dtype):
         steps_hidden = (num_steps, batch_size, num_hiddens)
-        self.H = np.empty((num_steps + 1, batch_size, num_hiddens), dtype)
+        self.hs = np.empty((num_steps + 1, batch_size, num_hiddens), dtype)
         self.dA = np.empty(steps_hidden, dtype)
         self.scratch = np.empty(steps_hidden, dtype)
         self.logits = np.empty((vocab_size, num_steps * batch_size), dtype)
@@ -152,7 +152,7 @@ class RNNLM:
         self._forward_states(X_tm, ws)
         ws.carry.fill(0)
         loss_sum, grads = self._segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
-        return loss_sum / X.size, grads, ws.H[-1].copy()
+        return loss_sum / X.size, grads, ws.hs[-1].copy()
 
     def forward_loss(self, X, Y, state=None) -> tuple:
         """Forward only -> (loss_sum: float, count: int, state (batch, H)).
@@ -169,7 +169,7 @@ class RNNLM:
             self._set_initial_state(ws, h)
             self._forward_states(X_tm, ws)
             loss_sum += self._softmax_cross_entropy(Y[:, start:start + len(X_tm)].T.reshape(-1), ws)
-            h = ws.H[-1]
+            h = ws.hs[-1]
         return loss_sum, X.size, h.copy()
 
     def step(self, token_ids, state=None) -> tuple:
@@ -215,15 +215,15 @@ class RNNLM:
             np.tanh(a, out=a)
 
     def _forward_states(self, X_tm, ws) -> None:
-        """Fill ws.H[1:] with h_1..h_T from h_0 = ws.H[0] (eq. 9.7.1). X_tm: (T, B) int."""
-        p, H = self.params, ws.H
+        """Fill ws.hs[1:] with h_1..h_T from h_0 = ws.hs[0] (eq. 9.7.1). X_tm: (T, B) int."""
+        p, hs = self.params, ws.hs
         np.add(p["W_xh"], p["b_h"], out=ws.xb)
-        np.take(ws.xb, X_tm, axis=0, out=H[1:], mode="clip")
+        np.take(ws.xb, X_tm, axis=0, out=hs[1:], mode="clip")
         for t in range(len(X_tm)):
-            self._cell(H[t + 1], H[t], ws.tmp)
+            self._cell(hs[t + 1], hs[t], ws.tmp)
 
     def _segment_grads(self, X_tm, Y_tm, scales, carry, count, ws) -> tuple:
-        """Loss and gradients of a segment whose states ws.H already holds -> (loss_sum, grads).
+        """Loss and gradients of a segment whose states ws.hs already holds -> (loss_sum, grads).
 
         X_tm, Y_tm: (T, B) int; scales: path_scales for its steps; carry as in _backward_states;
         count: tokens of the whole window, whose mean loss is differentiated (eq. 9.7.2).
@@ -241,7 +241,7 @@ class RNNLM:
         summed in float64; leaves softmax(o) in ws.logits, stored (V, N) so that every reduction
         over the vocabulary runs along contiguous rows. y: (N,) int, time-major."""
         logits = ws.logits
-        np.matmul(self.params["W_hq"].T, ws.H[1:].reshape(len(y), -1).T, out=logits)
+        np.matmul(self.params["W_hq"].T, ws.hs[1:].reshape(len(y), -1).T, out=logits)
         logits += self.params["b_q"][:, None]
         logits -= logits.max(axis=0)
         target = logits.reshape(-1)[_target_index(y, ws)]
@@ -257,9 +257,9 @@ class RNNLM:
         d_logits = ws.logits
         d_logits.reshape(-1)[_target_index(y, ws)] -= 1
         d_logits *= scale
-        H_out = ws.H[1:].reshape(len(y), -1)
+        hs_out = ws.hs[1:].reshape(len(y), -1)
         np.matmul(d_logits.T, self.params["W_hq"].T, out=ws.dA.reshape(len(y), -1))
-        dW_hq = np.ascontiguousarray((d_logits @ H_out).T)  # this order runs BLAS ~1.3x faster
+        dW_hq = np.ascontiguousarray((d_logits @ hs_out).T)  # this order runs BLAS ~1.3x faster
         return dW_hq, d_logits.sum(axis=1)
 
     def _backward_states(self, scales, carry, ws) -> None:
@@ -274,7 +274,7 @@ class RNNLM:
         derivative = None
         if self.activation == "tanh":
             derivative = ws.scratch
-            np.multiply(ws.H[1:], ws.H[1:], out=derivative)
+            np.multiply(ws.hs[1:], ws.hs[1:], out=derivative)
             np.subtract(1, derivative, out=derivative)
         for t in range(len(dA) - 1, -1, -1):
             dA_t = dA[t]
@@ -299,7 +299,7 @@ class RNNLM:
         """
         T, B, H = ws.dA.shape
         dA = ws.dA.reshape(T * B, H)
-        dW_hh = ws.H[:-1].reshape(T * B, H).T @ dA
+        dW_hh = ws.hs[:-1].reshape(T * B, H).T @ dA
         ids = X_tm.reshape(-1)
         sorted_dA = np.take(dA, np.argsort(ids, kind="stable"), axis=0,
                             out=ws.scratch.reshape(T * B, H), mode="clip")
@@ -326,9 +326,9 @@ class RNNLM:
     @staticmethod
     def _set_initial_state(ws, h0) -> None:
         if h0 is None:
-            ws.H[0].fill(0)
+            ws.hs[0].fill(0)
         else:
-            ws.H[0] = h0
+            ws.hs[0] = h0
 
     def _check_batch(self, X, Y, state) -> tuple:
         """Validate a minibatch -> (X, Y, state or None)."""

@@ -100,7 +100,7 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
         start, stop = bounds[k]
         ws = _segment_states(model, X_tm[start:stop], checkpoints[k])
         if k == len(bounds) - 1:
-            final_state = ws.H[-1].copy()
+            final_state = ws.hs[-1].copy()
         segment_loss, segment_grads = model.segment_grads(
             X_tm[start:stop], Y_tm[start:stop], scales[start:stop], carry, X.size, ws)
         loss_sum += segment_loss
@@ -117,13 +117,13 @@ def _checkpoint_states(model, X_tm, h0, bounds) -> np.ndarray:
     if h0 is not None:
         checkpoints[0] = h0
     for k, (start, stop) in enumerate(bounds[:-1]):
-        checkpoints[k + 1] = _segment_states(model, X_tm[start:stop], checkpoints[k]).H[-1]
+        checkpoints[k + 1] = _segment_states(model, X_tm[start:stop], checkpoints[k]).hs[-1]
     return checkpoints
 
 
 def _segment_states(model, X_segment, h_start):
     """Run the recurrence over one segment from h_start -> the model's workspace, states filled."""
     ws = model.workspace(X_segment.shape[1], X_segment.shape[0])
-    ws.H[0] = h_start
+    ws.hs[0] = h_start
     model.forward_states(X_segment, ws)
     return ws

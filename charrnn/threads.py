@@ -8,6 +8,7 @@ usual environment variables); a notebook gets the same with `with blas_threads(1
 import os
 from contextlib import contextmanager
 
+import numpy  # noqa: F401  (loads the BLAS library that threadpoolctl finds and limits)
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from .checks import check_int

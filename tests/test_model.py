@@ -335,7 +335,7 @@ def test_segment_pieces_compose_into_full_bptt():
     for (s, e), h_start in reversed(list(zip(bounds, starts))):
         X_tm, y = X[:, s:e].T, Y[:, s:e].T.reshape(-1)
         ws = m._workspace(B, e - s)
-        ws.H[0] = h_start
+        ws.hs[0] = h_start
         m._forward_states(X_tm, ws)
         m._softmax_cross_entropy(y, ws)
         dW_hq, db_q = m._output_grads(y, 1.0 / X.size, ws)
@@ -359,7 +359,7 @@ def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
     m = RNNLM(vocab_size, 40, dtype="float64")
     X_tm = draw(rng, (6, 5)).astype(np.int32)
     ws = m._workspace(5, 6)
-    ws.H[...] = rng.standard_normal(ws.H.shape)
+    ws.hs[...] = rng.standard_normal(ws.hs.shape)
     ws.dA[...] = rng.standard_normal(ws.dA.shape)
     rows = ws.dA.reshape(30, 40).copy()
     dW_xh, dW_hh, db_h = m._input_grads(X_tm, ws)
@@ -368,7 +368,7 @@ def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
     np.testing.assert_allclose(dW_xh, expected, rtol=1e-13, atol=1e-13)
     assert not dW_xh[np.setdiff1d(np.arange(vocab_size), X_tm)].any()
     np.testing.assert_allclose(db_h, rows.sum(axis=0), rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(dW_hh, ws.H[:-1].reshape(30, 40).T @ rows, rtol=1e-13)
+    np.testing.assert_allclose(dW_hh, ws.hs[:-1].reshape(30, 40).T @ rows, rtol=1e-13)
 
 
 # ------------------------------------------------------------------ bad input
