@@ -18,7 +18,6 @@ from typing import NamedTuple
 import numpy as np
 
 from .checks import check_int
-from .errors import CharrnnError
 from .model import PARAM_NAMES, RNNLM, parse_truncation
 
 FD_STEP = 1e-3

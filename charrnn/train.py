@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+# charrnn.train also offers the names of the run's files, config and checkpoints it was split into
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
                          checkpoint_path, data_sha1, load_checkpoint, save_checkpoint)
 from .config import BUDGET_FIELDS, DEFAULT_EPOCHS, MATHS_FIELDS, ConfigError, TrainConfig  # noqa: F401
@@ -76,7 +77,7 @@ class Reporter:
     def on_step(self, stats):
         """stats: dict with epoch, step, tokens, loss, perplexity, grad_norm, skipped."""
 
-    def on_evaluate(self, record):
+    def on_validation(self, record):
         """record: the dict appended to metrics.jsonl."""
 
     def on_end(self, result):
@@ -305,7 +306,7 @@ class Run:
         if improved:
             self.save(BEST)
         self.save(CHECKPOINT)
-        self.reporter.on_evaluate(record)
+        self.reporter.on_validation(record)
 
     def sample(self):
         """The greedy continuation of the configured prefix (as the textbook's predict), or None

@@ -17,7 +17,7 @@ from ..threads import THREAD_VARIABLES, blas_threads, default_threads
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
 from .options import Clip, FiniteRange, Truncation  # noqa: F401  (the option types, for tests and users)
 from .render import one_line
-from .training import COMPARE_EVAL_EVERY, COMPARE_TOKENS, EXIT_CODES, compare, train  # noqa: F401
+from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")

@@ -69,7 +69,7 @@ class ConsoleReporter(Reporter):
             f"|grad| {stats['grad_norm']:.2f}" + (f" skipped {stats['skipped']}" if stats["skipped"] else ""),
             refresh=False)
 
-    def on_evaluate(self, record):
+    def on_validation(self, record):
         with tqdm.external_write_mode():
             best = " [green](best)[/green]" if record["best"] else ""
             console.print(f"[bold]epoch {record['epoch']}[/bold] {record['tokens']:,} tokens  "
