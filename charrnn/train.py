@@ -350,7 +350,7 @@ class Run:
         whole_batches = cfg.max_tokens and -(-cfg.max_tokens // self.tokens_per_batch) * self.tokens_per_batch
         totals = [n for n in (cfg.epochs and cfg.epochs * per_epoch, whole_batches) if n]
         return {"out_dir": self.out_dir, "resumed": resumed, "config": cfg,
-                "epoch": self.progress.epoch + 1, "tokens": self.progress.tokens,
+                "epoch": self.progress.epoch + 1, "tokens": self.progress.tokens,  # of the next minibatch
                 "total_tokens": min(totals) if totals else None,
                 "train_tokens": len(self.train_data), "val_tokens": len(self.val_data),
                 "vocab_size": len(self.vocab),
