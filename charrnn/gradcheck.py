@@ -16,12 +16,11 @@ dividing round-off by nothing. Finite differences are fourth-order central diffe
 error (~1e-12 absolute here) is far below the floor times the tolerance.
 """
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import NamedTuple
 
 import numpy as np
 
-from .errors import CharrnnError
+from .checks import check_int
 from .model import RNNLM, parse_truncation
 
 FD_STEP = 1e-3
@@ -68,8 +67,7 @@ def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activ
     kind, value = parse_truncation(truncation)
     for name, number, least in (("batch_size", batch_size, 1), ("num_steps", num_steps, 1),
                                 ("max_entries", max_entries, 1), ("num_draws", num_draws, 2)):
-        if not isinstance(number, Integral) or isinstance(number, bool) or number < least:
-            raise CharrnnError(f"{name} must be an integer >= {least}, got {number!r}")
+        check_int(number, name, minimum=least)
     model, X, Y, state = make_problem(vocab_size, num_hiddens, batch_size, num_steps,
                                       activation, seed, with_state, cell, num_layers, dropout)
     masks = MaskStream(model, batch_size, seed)
@@ -104,7 +102,7 @@ class MaskStream:
     """model.loss_and_grads with the dropout masks held fixed: a call on the steps
     [start, start + T) of the window draws the masks of those steps, from a Generator seeded
     (seed, 2) anew and advanced past the masks of the steps before `start` (masks are drawn
-    time-major, see model.py). Without dropout, plain loss_and_grads / evaluate."""
+    time-major, see model.py). Without dropout, plain loss_and_grads / forward_loss."""
 
     def __init__(self, model, batch_size, seed):
         self.model, self.seed = model, seed
@@ -122,7 +120,7 @@ class MaskStream:
     def loss(self, X, Y, state, start=0) -> float:
         """The mean loss over X, Y, the masks of its steps applied."""
         if self.model.dropout == 0:
-            return self.model.evaluate(X, Y, state)[0] / X.size
+            return self.model.forward_loss(X, Y, state)[0] / X.size
         return self.loss_and_grads(X, Y, state, start=start)[0]
 
 

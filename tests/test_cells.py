@@ -88,7 +88,7 @@ def test_forward_matches_the_equations(cell, num_layers, with_state):
     expected_loss, expected_state = reference_forward(m, X, Y, state)
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(last.reshape(expected_state.shape), expected_state, rtol=1e-11, atol=1e-13)
-    assert m.evaluate(X, Y, state)[0] / X.size == pytest.approx(expected_loss, rel=1e-12)
+    assert m.forward_loss(X, Y, state)[0] / X.size == pytest.approx(expected_loss, rel=1e-12)
 
 
 @pytest.mark.parametrize("cell, num_layers", NETWORKS)
@@ -107,14 +107,14 @@ def test_dropout_masks_are_drawn_time_major_from_the_generator_and_inverted(cell
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(last.reshape(expected_state.shape), expected_state, rtol=1e-11, atol=1e-13)
     assert rng.random() == expected_rng.random()
-    assert loss != pytest.approx(m.evaluate(X, Y, state)[0] / X.size, rel=1e-6)
+    assert loss != pytest.approx(m.forward_loss(X, Y, state)[0] / X.size, rel=1e-6)
 
 
 def test_dropout_is_the_identity_when_evaluating_and_sampling():
     dropped = scaled_model("lstm", 2, dropout=0.5)
     plain = scaled_model("lstm", 2)
     X, Y = batch()
-    (loss, count, state), (plain_loss, plain_count, plain_state) = dropped.evaluate(X, Y), plain.evaluate(X, Y)
+    (loss, count, state), (plain_loss, plain_count, plain_state) = dropped.forward_loss(X, Y), plain.forward_loss(X, Y)
     assert (loss, count) == (plain_loss, plain_count)
     np.testing.assert_array_equal(state, plain_state)
     np.testing.assert_array_equal(dropped.step(X[:, 0])[0], plain.step(X[:, 0])[0])
@@ -278,7 +278,7 @@ def test_steps_and_stepper_follow_the_forward_pass(cell, num_layers):
     logits = np.stack(logits, axis=1)  # (1, T, V)
     log_p = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     step_loss = -np.take_along_axis(log_p, Y[:1, :, None], axis=-1).mean()
-    loss_sum, count, forward_state = m.evaluate(X[:1], Y[:1])
+    loss_sum, count, forward_state = m.forward_loss(X[:1], Y[:1])
     assert step_loss == pytest.approx(loss_sum / count, rel=1e-5)
     np.testing.assert_allclose(state, forward_state, rtol=1e-5, atol=1e-6)
 
