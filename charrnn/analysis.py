@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import check_int
 from .errors import CharrnnError
 from .jacobians import Recurrence, state_grads
 from .model import parse_truncation
@@ -40,8 +41,9 @@ DEFAULT_DRAWS = 100
 def analysis_window(corpus, num_steps=DEFAULT_WINDOW, batch_size=1, offset=0) -> tuple:
     """(X, Y): (batch_size, num_steps) int32, consecutive rows of corpus (n,) int from `offset`,
     Y the next token of X."""
-    if num_steps < 1 or batch_size < 1 or offset < 0:
-        raise CharrnnError(f"bad analysis window: num_steps {num_steps}, batch_size {batch_size}, offset {offset}")
+    check_int(num_steps, "the window's num_steps", minimum=1)
+    check_int(batch_size, "the window's batch_size", minimum=1)
+    check_int(offset, "the window's offset", minimum=0)
     tokens = batch_size * num_steps
     if offset + tokens + 1 > len(corpus):
         raise CharrnnError(f"a window of {batch_size} x {num_steps} tokens from offset {offset} "

@@ -65,9 +65,9 @@ class Layer:
     """What a cell's steps read and write for one layer over a window of T steps, batch B: views
     into the model's workspace, and this call's weights.
 
-    H (T+1, B, H): h_0..h_T.  C (T+1, B, H): c_0..c_T (lstm, else None).
+    hs (T+1, B, H): h_0..h_T.  cs (T+1, B, H): c_0..c_T (lstm, else None).
     A (T, B, G·H): the input part x_t W_xh + b_h (σ blocks halved), then the activated gates
-    (rnn: A is H[1:], the pre-activation becoming h_t in place).
+    (rnn: A is hs[1:], the pre-activation becoming h_t in place).
     aux (T, B, H): gru h W_hn + b_hn, lstm tanh c_t; after prepare_backward, a factor of the
     backward step (see the cell).  W_hh (H, G·H): working recurrent matrix (σ blocks halved);
     W_hh_T: the parameter W_hhᵀ; b_hn: the GRU's.  Shared by all layers: dA (T, B, G·H) δ_t,
@@ -76,8 +76,8 @@ class Layer:
     M (T, B, G·H) per-step factors of the backward step; tmp (B, G·H), tmp_h (B, H) scratch.
     """
 
-    def __init__(self, H, C, A, aux, dA, dH, M, tmp, tmp_h):
-        self.H, self.C, self.A, self.aux = H, C, A, aux
+    def __init__(self, hs, cs, A, aux, dA, dH, M, tmp, tmp_h):
+        self.hs, self.cs, self.A, self.aux = hs, cs, A, aux
         self.dA, self.dH, self.M, self.tmp, self.tmp_h = dA, dH, M, tmp, tmp_h
         self.W_hh = self.W_hh_T = self.b_hn = None
 
@@ -92,9 +92,9 @@ class RNNCell:
         self.gate_scale = None  # no σ blocks
 
     def forward_step(self, layer, t):
-        """layer.H[t+1] holds x_t W_xh + b_h and becomes h_t."""
-        a = layer.H[t + 1]
-        np.matmul(layer.H[t], layer.W_hh, out=layer.tmp)
+        """layer.hs[t+1] (= A[t]) holds x_t W_xh + b_h and becomes h_t."""
+        a = layer.hs[t + 1]
+        np.matmul(layer.hs[t], layer.W_hh, out=layer.tmp)
         a += layer.tmp
         if self.tanh:
             np.tanh(a, out=a)
@@ -102,7 +102,7 @@ class RNNCell:
     def prepare_backward(self, layer):
         """M[t] = φ'(a_t) = 1 − h_t² (tanh; the identity needs none)."""
         if self.tanh:
-            np.multiply(layer.H[1:], layer.H[1:], out=layer.M)
+            np.multiply(layer.hs[1:], layer.hs[1:], out=layer.M)
             np.subtract(1, layer.M, out=layer.M)
 
     def backward_step(self, layer, t, d_state, keep):
@@ -131,7 +131,7 @@ class GRUCell:
     def forward_step(self, layer, t):
         """A[t] holds [x W_xr + b_r | x W_xz + b_z] / 2 and x W_xn + b_n; becomes [r | z | n]."""
         H, tmp = self.num_hiddens, layer.tmp
-        h_prev, a = layer.H[t], layer.A[t]
+        h_prev, a = layer.hs[t], layer.A[t]
         np.matmul(h_prev, layer.W_hh, out=tmp)             # [h W_hr / 2 | h W_hz / 2 | h W_hn]
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
@@ -144,7 +144,7 @@ class GRUCell:
         np.multiply(r, hn, out=tmp[:, 2 * H:])
         n += tmp[:, 2 * H:]
         np.tanh(n, out=n)                                   # n = tanh(x W_xn + b_n + r ⊙ hn)
-        h = layer.H[t + 1]
+        h = layer.hs[t + 1]
         np.subtract(h_prev, n, out=h)
         h *= z
         h += n                                              # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
@@ -159,7 +159,7 @@ class GRUCell:
         M_r *= r
         M_r *= hn                                           # hn r(1−r)
         np.subtract(1, z, out=M_n)
-        np.subtract(layer.H[:-1], n, out=M_z)
+        np.subtract(layer.hs[:-1], n, out=M_z)
         M_z *= z
         M_z *= M_n                                          # (h_{t−1} − n) z(1−z)
         np.multiply(n, n, out=hn)
@@ -205,19 +205,19 @@ class LSTMCell:
     def forward_step(self, layer, t):
         """A[t] holds the input part (σ blocks halved) and becomes [i | f | g | o]; writes c_t, h_t."""
         H, a = self.num_hiddens, layer.A[t]
-        np.matmul(layer.H[t], layer.W_hh, out=layer.tmp)
+        np.matmul(layer.hs[t], layer.W_hh, out=layer.tmp)
         a += layer.tmp
         np.tanh(a, out=a)
         a *= self.gate_scale
         a += self.gate_shift                                # i, f, o = σ(·), g = tanh(·)
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        c = layer.C[t + 1]
-        np.multiply(f, layer.C[t], out=c)
+        c = layer.cs[t + 1]
+        np.multiply(f, layer.cs[t], out=c)
         np.multiply(i, g, out=layer.tmp_h)
         c += layer.tmp_h                                    # c_t = f ⊙ c_{t−1} + i ⊙ g
         tanh_c = layer.aux[t]
         np.tanh(c, out=tanh_c)
-        np.multiply(o, tanh_c, out=layer.H[t + 1])          # h_t = o ⊙ tanh(c_t)
+        np.multiply(o, tanh_c, out=layer.hs[t + 1])          # h_t = o ⊙ tanh(c_t)
 
     def prepare_backward(self, layer):
         """M[t] per block: [g i(1−i) | c_{t−1} f(1−f) | i(1−g²) | tanh(c_t) o(1−o)], the factors
@@ -228,7 +228,7 @@ class LSTMCell:
         np.subtract(1, A, out=M)
         M *= A                                              # σ' = s(1 − s) in the i, f, o blocks
         M_i *= g
-        M_f *= layer.C[:-1]
+        M_f *= layer.cs[:-1]
         np.multiply(g, g, out=M_g)
         np.subtract(1, M_g, out=M_g)
         M_g *= i                                            # i (1 − g²)

@@ -14,7 +14,7 @@ network bit for bit.
 Dropout (Zaremba et al. 2014, as char-rnn): m_t^(l) is inverted dropout, entries 0 with
 probability P, else 1/(1-P), on each layer's output h_t^(l) where it feeds the next layer or the
 output layer, never on the recurrent path (state_{t-1} -> state_t). Only loss_and_grads with a
-`dropout_rng` drops (training); evaluate, step and the stepper use m = 1. The masks of a window
+`dropout_rng` drops (training); forward_loss, step and the stepper use m = 1. The masks of a window
 are drawn time-major, dropout_rng.random((T, L, B, H)) >= P, so a window's masks are the
 concatenation of its segments' (recompute.py relies on it).
 
@@ -43,27 +43,24 @@ input part of a layer is one product (or a row lookup) for all steps at once. Th
 a segment that starts from any state and takes the gradient flowing in from after its end, so
 that a recomputing (checkpointed) backward pass can reuse them.
 
-Public API beyond loss_and_grads/evaluate/step (used by recompute.py, analysis.py, sample.py):
-check_batch, workspace, forward_segment, segment_loss, output_grads, backward_segment,
+Public API beyond loss_and_grads/forward_loss/step (used by recompute.py, analysis.py, sample.py):
+check_batch, workspace, forward_segment, softmax_cross_entropy, output_grads, backward_segment,
 segment_grads, final_state, last_state, stepper, hidden_states, output_state_grads,
 state_shape, param_shapes.
 """
 import math
-from numbers import Integral
 
 import numpy as np
 
+from .checks import check_choice, check_int, is_real
 from .cells import CELL_CLASSES, CELLS, Layer, init_params, layer_suffix, param_shapes
 from .errors import CharrnnError
-from .io import load_npz, save_npz
 
 ACTIVATIONS = ("tanh", "linear")
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
-FORMAT = "charrnn-model"
-FORMAT_VERSION = 1
 INIT_SCALE = 0.01
-EVAL_CHUNK_STEPS = 256  # evaluate() runs long windows in chunks of this many steps
+EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps
 MAX_WORKSPACES = 4
 
 # Entries of a path-scale list: what happens to the gradient path state_{t-1} <- state_t at step t.
@@ -126,8 +123,8 @@ def path_scales(truncation, num_steps, batch_size, rng, dtype) -> list:
 class Workspace:
     """Buffers for one (batch_size, num_steps) shape of one model, reused across calls.
 
-    H: (L, T+1, B, H) hidden states, H[l, 0] = h_0; C: the same for the LSTM's c, else None;
-    A: (L, T, B, G·H) gated cells' input parts then gates (rnn: None, H[l, 1:] plays A);
+    hs: (L, T+1, B, H) hidden states, hs[l, 0] = h_0; cs: the same for the LSTM's c, else None;
+    A: (L, T, B, G·H) gated cells' input parts then gates (rnn: None, hs[l, 1:] plays A);
     aux: (L, T, B, H) gated cells' per-step extras; M: (T, B, G·H) backward factors, then the
     sorted δ rows; dA: (T, B, G·H) δ_t (rnn: dA is dH); dH: (T, B, H) dL/dh_t of the layer being
     differentiated; logits: (V, T*B); tmp: (B, G·H), tmp_h: (B, H) (gated); carry (L, S, B, H);
@@ -141,8 +138,8 @@ class Workspace:
         B, T, H, V, L = batch_size, num_steps, model.num_hiddens, model.vocab_size, model.num_layers
         G, S, dtype, gated = model.gates, model.num_states, model.dtype, model.cell != "rnn"
         self.num_layers, self.dropout_shape = L, (T, L, B, H)
-        self.H = np.empty((L, T + 1, B, H), dtype)
-        self.C = np.empty((L, T + 1, B, H), dtype) if S == 2 else None
+        self.hs = np.empty((L, T + 1, B, H), dtype)
+        self.cs = np.empty((L, T + 1, B, H), dtype) if S == 2 else None
         self.A = np.empty((L, T, B, G * H), dtype) if gated else None
         self.aux = np.empty((L, T, B, H), dtype) if gated else None
         self.M = np.empty((T, B, G * H), dtype)
@@ -159,21 +156,21 @@ class Workspace:
         self.rows = np.arange(num_steps * batch_size)
         self.masks = self.dropped = None
         self.training = False
-        self.layers = [Layer(self.H[l], None if S == 1 else self.C[l],
-                             self.H[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
+        self.layers = [Layer(self.hs[l], None if S == 1 else self.cs[l],
+                             self.hs[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
                              self.dA, self.dH, self.M, self.tmp, self.tmp_h) for l in range(L)]
-        self.inputs = [self.H[l, 1:] for l in range(L)]  # what layer l+1 / the output reads
+        self.inputs = [self.hs[l, 1:] for l in range(L)]  # what layer l+1 / the output reads
         self.top = self.inputs[-1]
 
     def use_dropout(self, training) -> None:
         """Point the inputs of layers 1.. and of the output layer at the dropped states (training)
         or at the states themselves."""
         if training and self.masks is None:
-            self.masks = np.empty(self.dropout_shape, self.H.dtype)
+            self.masks = np.empty(self.dropout_shape, self.hs.dtype)
             T, L, B, H = self.dropout_shape
-            self.dropped = np.empty((L, T, B, H), self.H.dtype)
+            self.dropped = np.empty((L, T, B, H), self.hs.dtype)
         self.training = training
-        self.inputs = [self.dropped[l] if training else self.H[l, 1:] for l in range(self.num_layers)]
+        self.inputs = [self.dropped[l] if training else self.hs[l, 1:] for l in range(self.num_layers)]
         self.top = self.inputs[-1]
 
 
@@ -185,23 +182,19 @@ class RNNLM:
 
     def __init__(self, vocab_size, num_hiddens, activation="tanh", dtype="float32", seed=0,
                  cell="rnn", num_layers=1, dropout=0.0):
-        self.vocab_size = _check_size("vocab_size", vocab_size)
-        self.num_hiddens = _check_size("num_hiddens", num_hiddens)
-        if activation not in ACTIVATIONS:
-            raise CharrnnError(f"unknown activation {activation!r} (use 'tanh' or 'linear')")
-        if cell not in CELLS:
-            raise CharrnnError(f"unknown cell {cell!r} (use {', '.join(map(repr, CELLS))})")
+        self.vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
+        self.num_hiddens = check_int(num_hiddens, "num_hiddens", minimum=1)
+        check_choice(activation, ACTIVATIONS, "activation")
+        check_choice(cell, CELLS, "cell")
         if cell != "rnn" and activation != "tanh":
             raise CharrnnError(f"activation {activation!r} is for the rnn cell only; the {cell} "
                                f"cell's nonlinearities are fixed")
-        self.num_layers = _check_size("num_layers", num_layers)
-        if isinstance(dropout, bool) or not isinstance(dropout, (Integral, float)) \
-                or not 0.0 <= dropout < 1.0:
+        self.num_layers = check_int(num_layers, "num_layers", minimum=1)
+        if not is_real(dropout) or not 0.0 <= dropout < 1.0:
             raise CharrnnError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.activation, self.cell, self.dropout = activation, cell, float(dropout)
         self.dtype = _check_dtype(dtype)
-        if not isinstance(seed, Integral) or isinstance(seed, bool) or seed < 0:
-            raise CharrnnError(f"seed must be an integer >= 0, got {seed!r}")
+        check_int(seed, "seed", minimum=0)
         cell_class = CELL_CLASSES[cell]
         self.gates, self.num_states = cell_class.gates, cell_class.num_states
         self.cells = [cell_class(self.num_hiddens, activation, self.dtype) for _ in range(self.num_layers)]
@@ -243,7 +236,7 @@ class RNNLM:
         loss_sum, grads = self.segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
         return loss_sum / X.size, grads, self.final_state(ws)
 
-    def evaluate(self, X, Y, state=None) -> tuple:
+    def forward_loss(self, X, Y, state=None) -> tuple:
         """Forward only, no dropout -> (loss_sum: float, count: int, state).
 
         loss_sum is the summed cross-entropy in nats over count = batch * num_steps tokens;
@@ -256,7 +249,7 @@ class RNNLM:
             X_tm = X[:, start:start + EVAL_CHUNK_STEPS].T
             ws = self.workspace(B, len(X_tm))
             self.forward_segment(X_tm, state, ws)
-            loss_sum += self.segment_loss(Y[:, start:start + len(X_tm)].T.reshape(-1), ws)
+            loss_sum += self.softmax_cross_entropy(Y[:, start:start + len(X_tm)].T.reshape(-1), ws)
             state = self.last_state(ws)
         return loss_sum, X.size, self.final_state(ws)
 
@@ -286,50 +279,6 @@ class RNNLM:
             return self.logits(ws.top[0], out=logits), self.final_state(ws)
 
         return advance
-
-    def save(self, path, extra_arrays=None, extra_meta=None) -> None:
-        """Write params and metadata (plus the caller's extras) atomically to a .npz file."""
-        arrays, meta = dict(extra_arrays or {}), dict(extra_meta or {})
-        model_meta = self.meta()
-        clash = sorted(set(arrays) & set(PARAM_NAMES) | set(meta) & set(model_meta))
-        if clash:
-            raise CharrnnError(f"extra arrays/metadata may not use the model's names {clash}")
-        save_npz(path, {**arrays, **self.params}, {**meta, **model_meta})
-
-    def meta(self) -> dict:
-        """The metadata that describes this model in a file."""
-        return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "vocab_size": self.vocab_size, "num_hiddens": self.num_hiddens,
-                "activation": self.activation, "dtype": self.dtype.name}
-
-    @classmethod
-    def load_with_extras(cls, path) -> tuple:
-        """Read a file written by save() -> (model, extra_arrays, extra_meta).
-
-        Refuses (CharrnnError) a file that is not a charrnn model, has missing arrays, shapes
-        or dtypes that disagree with its metadata, or non-finite parameters.
-        """
-        arrays, meta = load_npz(path)
-        model = cls(**_check_model_meta(path, meta))
-        for name, shape in model.param_shapes().items():
-            array = arrays.pop(name, None)
-            if array is None:
-                raise CharrnnError(f"{path}: model file has no array {name!r}")
-            if array.shape != shape or array.dtype != model.dtype:
-                raise CharrnnError(
-                    f"{path}: {name} is {array.dtype.name} {array.shape}, "
-                    f"expected {model.dtype.name} {shape}")
-            if not np.all(np.isfinite(array)):
-                raise CharrnnError(f"{path}: {name} holds non-finite values")
-            model.params[name][...] = array
-        model_meta = model.meta()
-        extra_meta = {key: value for key, value in meta.items() if key not in model_meta}
-        return model, arrays, extra_meta
-
-    @classmethod
-    def load(cls, path) -> "RNNLM":
-        """Read a model written by save()."""
-        return cls.load_with_extras(path)[0]
 
     # ---------------------------------------------------------------- segment pieces (public)
 
@@ -373,9 +322,9 @@ class RNNLM:
             for t in range(T):
                 cell.forward_step(layer, t)
             if ws.training:
-                np.multiply(layer.H[1:], ws.masks[:, l], out=ws.dropped[l])
+                np.multiply(layer.hs[1:], ws.masks[:, l], out=ws.dropped[l])
 
-    def segment_loss(self, y, ws) -> float:
+    def softmax_cross_entropy(self, y, ws) -> float:
         """Σ_i -log softmax(o_i)[y_i] over all N = T*B outputs (the sum in eq. 9.7.2), as a float
         summed in float64; leaves softmax(o) in ws.logits, stored (V, N) so that every reduction
         over the vocabulary runs along contiguous rows. y: (N,) int, time-major."""
@@ -390,7 +339,7 @@ class RNNLM:
         return float(np.sum(np.log(total) - target, dtype=np.float64))
 
     def output_grads(self, y, scale, ws) -> tuple:
-        """After segment_loss: dL/do = scale * (softmax - onehot(y)) (eq. 9.7.12), formed in place
+        """After softmax_cross_entropy: dL/do = scale * (softmax - onehot(y)) (eq. 9.7.12), formed in place
         in ws.logits -> (dW_hq (H,V), db_q (V,)) (eq. 9.7.13); fills ws.dH with the outputs' share
         of dL/dh_t of the top layer, (dL/do_t W_hqᵀ) ⊙ m_t."""
         d_logits = ws.logits
@@ -429,7 +378,7 @@ class RNNLM:
                     d_state *= scale
             suffix = layer_suffix(l)
             dA = ws.dA.reshape(T * B, -1)
-            grads[f"W_hh{suffix}"] = layer.H[:-1].reshape(T * B, -1).T @ dA
+            grads[f"W_hh{suffix}"] = layer.hs[:-1].reshape(T * B, -1).T @ dA
             for name, grad in cell.finish_backward(layer).items():
                 grads[name + suffix] = grad
             if l == 0:
@@ -453,7 +402,7 @@ class RNNLM:
         loss_sum: this segment's summed cross-entropy; grads: its share, keyed as params.
         """
         y = Y_tm.reshape(-1)
-        loss_sum = self.segment_loss(y, ws)
+        loss_sum = self.softmax_cross_entropy(y, ws)
         dW_hq, db_q = self.output_grads(y, 1.0 / count, ws)
         grads = self.backward_segment(X_tm, scales, carry, ws)
         grads["W_hq"], grads["b_q"] = dW_hq, db_q
@@ -463,14 +412,14 @@ class RNNLM:
         """A copy of the segment's last state, (L, S, B, H)."""
         L, S, B, H = ws.carry.shape
         state = np.empty((L, S, B, H), self.dtype)
-        state[:, 0] = ws.H[:, -1]
+        state[:, 0] = ws.hs[:, -1]
         if S == 2:
-            state[:, 1] = ws.C[:, -1]
+            state[:, 1] = ws.cs[:, -1]
         return state
 
     def final_state(self, ws) -> np.ndarray:
         """last_state in the public format (module docstring): (B, H) when L·S = 1."""
-        return self.last_state(ws).reshape(self.state_shape(ws.H.shape[2]))
+        return self.last_state(ws).reshape(self.state_shape(ws.hs.shape[2]))
 
     def logits(self, h, out=None) -> np.ndarray:
         """o = h W_hq + b_q (eq. 9.7.1's output): h (B, H) -> (B, V), into `out` if given."""
@@ -483,7 +432,7 @@ class RNNLM:
         X, _, state = self.check_batch(X, X, state)
         ws = Workspace(self, *X.shape)
         self.forward_segment(X.T, state, ws)
-        return ws.H.copy()
+        return ws.hs.copy()
 
     def output_state_grads(self, X, Y, state=None) -> np.ndarray:
         """dL/do_t W_hqᵀ, the output layer's share of dL/dh_t of the top layer, L the mean loss
@@ -492,7 +441,7 @@ class RNNLM:
         ws = Workspace(self, *X.shape)
         self.forward_segment(X.T, state, ws)
         y = Y.T.reshape(-1)
-        self.segment_loss(y, ws)
+        self.softmax_cross_entropy(y, ws)
         self.output_grads(y, 1.0 / y.size, ws)
         return ws.dH.copy()
 
@@ -536,13 +485,13 @@ class RNNLM:
     def _set_state(self, ws, state) -> None:
         """h_0 (and c_0) of every layer from state (L, S, B, H), or zeros when None."""
         if state is None:
-            ws.H[:, 0].fill(0)
-            if ws.C is not None:
-                ws.C[:, 0].fill(0)
+            ws.hs[:, 0].fill(0)
+            if ws.cs is not None:
+                ws.cs[:, 0].fill(0)
             return
-        ws.H[:, 0] = state[:, 0]
-        if ws.C is not None:
-            ws.C[:, 0] = state[:, 1]
+        ws.hs[:, 0] = state[:, 0]
+        if ws.cs is not None:
+            ws.cs[:, 0] = state[:, 1]
 
     def _token_grads(self, X_tm, ws) -> tuple:
         """-> (dW_xh, db_h) of layer 0 from ws.dA (eq. 9.7.16): dW_xh[v] = Σ_{x_t = v} δ_t by a
@@ -595,12 +544,6 @@ def _target_index(y, ws) -> np.ndarray:
     return np.multiply(y, len(y), dtype=np.intp) + ws.rows
 
 
-def _check_size(name, value) -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise CharrnnError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def _check_dtype(dtype) -> np.dtype:
     try:
         resolved = None if dtype is None else np.dtype(dtype)
@@ -609,20 +552,3 @@ def _check_dtype(dtype) -> np.dtype:
     if resolved is None or resolved.name not in DTYPES:
         raise CharrnnError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return resolved
-
-
-def _check_model_meta(path, meta) -> dict:
-    """Check a model file's metadata -> RNNLM keyword arguments."""
-    if meta.get("format") != FORMAT:
-        raise CharrnnError(f"{path}: not a charrnn model file (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise CharrnnError(f"{path}: unsupported model format_version {version!r}")
-    spec = {key: meta.get(key) for key in ("vocab_size", "num_hiddens", "activation", "dtype")}
-    for key in ("vocab_size", "num_hiddens"):
-        if type(spec[key]) is not int or spec[key] < 1:
-            raise CharrnnError(f"{path}: bad {key} {spec[key]!r} in model metadata")
-    if spec["activation"] not in ACTIVATIONS or spec["dtype"] not in DTYPES:
-        raise CharrnnError(
-            f"{path}: bad activation/dtype {spec['activation']!r}/{spec['dtype']!r} in metadata")
-    return spec

@@ -13,10 +13,10 @@ the recurrence. The terms are those of plain BPTT, summed per segment, so the re
 up to floating-point summation order (exactly, when one segment covers the window).
 """
 import math
-from numbers import Integral
 
 import numpy as np
 
+from .checks import check_choice, check_int
 from .errors import CharrnnError
 from .model import path_scales
 
@@ -69,8 +69,7 @@ def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,
                        memory_budget_bytes=DEFAULT_MEMORY_BUDGET) -> str:
     """"store" | "recompute" for a window: "auto" recomputes when plain BPTT's buffers
     (bptt_memory_bytes) would exceed memory_budget_bytes."""
-    if bptt_memory not in BPTT_MEMORY_MODES:
-        raise CharrnnError(f"bptt_memory must be one of {', '.join(BPTT_MEMORY_MODES)}, got {bptt_memory!r}")
+    check_choice(bptt_memory, BPTT_MEMORY_MODES, "bptt_memory mode")
     if bptt_memory != "auto":
         return bptt_memory
     stored = bptt_memory_bytes(batch_size, num_steps, model.num_hiddens, model.vocab_size, model.dtype,
@@ -105,8 +104,7 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     X, Y, state0 = model.check_batch(X, Y, state)
     B, T = X.shape
     segment_steps = default_segment_steps(T) if segment_steps is None else segment_steps
-    if not isinstance(segment_steps, Integral) or isinstance(segment_steps, bool) or segment_steps < 1:
-        raise CharrnnError(f"segment_steps must be an integer >= 1, got {segment_steps!r}")
+    check_int(segment_steps, "segment_steps", minimum=1)
     scales = path_scales(truncation, T, B, rng, model.dtype)
     if model.dropout > 0 and not isinstance(dropout_rng, np.random.Generator):
         raise CharrnnError(f"a model with dropout {model.dropout:g} needs dropout_rng, a "
