@@ -55,10 +55,10 @@ def phases(model, X, Y) -> dict:
     cell, layer = model.cells[0], ws.layers[0]
     G, H = model.gates, model.num_hiddens
     tmp, tmp_h = np.empty((B, G * H), model.dtype), np.empty((B, H), model.dtype)
-    rows_prev, rows_delta = ws.H[0, :-1].reshape(B * T, H), ws.dA.reshape(B * T, G * H)
+    rows_prev, rows_delta = ws.hs[0, :-1].reshape(B * T, H), ws.dA.reshape(B * T, G * H)
     grads = model.loss_and_grads(X, Y)[1]
     optimizer = make_optimizer("sgd", model.params, 1.0)
-    model.segment_loss(y, ws)
+    model.softmax_cross_entropy(y, ws)
     model.output_grads(y, 1.0 / y.size, ws)
     outputs_share = ws.dH.copy()  # what the backward steps start from
     saved = {name: getattr(ws, name).copy() for name in ("A", "aux", "M") if getattr(ws, name) is not None}
@@ -70,7 +70,7 @@ def phases(model, X, Y) -> dict:
 
     def forward_products():
         for t in range(T):
-            np.matmul(layer.H[t], layer.W_hh, out=tmp)
+            np.matmul(layer.hs[t], layer.W_hh, out=tmp)
 
     def backward_steps():
         restore()
@@ -94,7 +94,7 @@ def phases(model, X, Y) -> dict:
         cell.prepare_backward(layer)
 
     def output_layer():
-        model.segment_loss(y, ws)
+        model.softmax_cross_entropy(y, ws)
         model.output_grads(y, 1.0 / y.size, ws)
 
     def weight_grads():

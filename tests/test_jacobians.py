@@ -83,7 +83,7 @@ def test_jacobian_norms_match_finite_differences_of_the_models_recurrence(cell, 
 def test_hidden_grad_norms_match_finite_differences_of_the_models_loss(cell, num_layers):
     """‖∂L/∂h_t‖ over every layer's h_t: bump h_t of the state after step t, then the loss is
     the steps before (fixed), step t's output (the model's logits of the top h_t) and the rest
-    of the window run by the model's evaluate() from the bumped state."""
+    of the window run by the model's forward_loss() from the bumped state."""
     model = scrambled(cell, num_layers)
     X, Y = window(5)
     state = np.random.default_rng(6).normal(0, 0.5, model.state_shape(B))
@@ -95,7 +95,7 @@ def test_hidden_grad_norms_match_finite_differences_of_the_models_loss(cell, num
         log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
         total = float(np.sum(log_z - logits[np.arange(B), Y[:, t - 1]]))
         if t < T:
-            total += model.evaluate(X[:, t:], Y[:, t:], unflat(model, s))[0]
+            total += model.forward_loss(X[:, t:], Y[:, t:], unflat(model, s))[0]
         return total / X.size
 
     eps, expected = 1e-6, []
