@@ -91,7 +91,8 @@ def export_model(model, vocab, path, level="char", preprocess="d2l") -> Path:
     if path.is_dir():
         raise CharrnnError(f"{path} is a directory; give a file name ending in {SUFFIX}")
     if not path.parent.is_dir():
-        raise CharrnnError(f"cannot write {path}: the folder {path.parent} does not exist")
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise CharrnnError(f"cannot write {path}: {path.parent} {problem}")
     from safetensors.numpy import save
 
     data = save(torch_state_dict(model), metadata=export_metadata(model, vocab, level, preprocess))

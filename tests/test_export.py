@@ -190,3 +190,80 @@ def _with_params(model, values):
     for name, array in values.items():
         clone.params[name][...] = array
     return clone
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, write_words):
+    """A finished tiny training run on a text of random words, raw preprocessing."""
+    from charrnn.config import TrainConfig
+    from charrnn.train import train
+
+    folder = tmp_path_factory.mktemp("export")
+    text = write_words(folder / "words.txt", 300, seed=3)
+    config = TrainConfig(corpus=str(text), preprocess="raw", num_hiddens=8, batch_size=4, num_steps=8,
+                         epochs=1, eval_every=10_000, sample_length=0)
+    train(config, folder / "run")
+    return folder / "run"
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from charrnn import cli
+
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def test_export_command_writes_what_pytorch_loads(run_dir, tmp_path):
+    from charrnn.checkpoint import load_checkpoint
+
+    result = invoke("export", run_dir, tmp_path / "m.safetensors")
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "torch.nn.RNN + torch.nn.Linear" in result.output
+    ckpt = load_checkpoint(run_dir)
+    rnn, decoder = torch_model(tmp_path / "m.safetensors", torch.float32)
+    X = np.arange(12).reshape(2, 6) % ckpt.model.vocab_size
+    with torch.no_grad():
+        theirs, _ = torch_logits(rnn, decoder, X)
+    state, ours = None, []
+    for t in range(X.shape[1]):
+        logits, state = ckpt.model.step(X[:, t], state)
+        ours.append(logits)
+    np.testing.assert_allclose(np.stack(ours, axis=1), theirs.numpy(), rtol=1e-5, atol=1e-6)
+    assert read_export(tmp_path / "m.safetensors")[1]["vocab"] == ckpt.vocab.idx_to_token
+
+
+@pytest.mark.parametrize("make_input,out,says", [
+    (lambda d, run: d / "notes.txt", "m.safetensors", "not a charrnn checkpoint"),
+    (lambda d, run: run, "missing/m.safetensors", "missing does not exist"),
+    (lambda d, run: run, "notes.txt/m.safetensors", "notes.txt is not a folder"),
+    (lambda d, run: run, "m.npz", "must end in .safetensors"),
+    (lambda d, run: run / "best.npz", "best.npz", "must end in .safetensors"),
+])
+def test_export_command_errors_are_one_line(run_dir, tmp_path, make_input, out, says):
+    (tmp_path / "notes.txt").write_text("some notes", encoding="utf-8")
+    source = make_input(tmp_path, run_dir)
+    before = source.read_bytes() if source.is_file() else None
+    result = invoke("export", source, (run_dir if out == "best.npz" else tmp_path) / out)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ") and says in result.stderr
+    assert before is None or source.read_bytes() == before
+
+
+def test_a_failed_write_is_a_one_line_error_and_leaves_no_file(run_dir, tmp_path, monkeypatch):
+    import charrnn.io
+
+    def refuse(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise PermissionError(13, "Permission denied", str(path))
+        return open_(path, mode, *args, **kwargs)
+
+    open_ = open
+    monkeypatch.setattr(charrnn.io, "open", refuse, raising=False)
+    result = invoke("export", run_dir, tmp_path / "m.safetensors")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "cannot write" in result.stderr and "Permission denied" in result.stderr
+    assert list(tmp_path.iterdir()) == []

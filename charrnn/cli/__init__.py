@@ -1,4 +1,4 @@
-"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare.
+"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, export.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -9,11 +9,13 @@ package sets nothing: the BLAS thread count (--threads) is set when a command ru
     render.py       what the commands print
     training.py     train, compare
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
+    exporting.py    export
 """
 import click
 
 from ..errors import CharrnnError
 from ..threads import THREAD_VARIABLES, blas_threads, default_threads
+from .exporting import export
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
 from .options import Clip, FiniteRange, Truncation  # noqa: F401  (the option types, for tests and users)
 from .render import one_line
@@ -56,5 +58,5 @@ def main(ctx, threads):
     ctx.with_resource(blas_threads(default_threads() if threads is None else threads))
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare):
+for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, export):
     main.add_command(command)
