@@ -52,7 +52,7 @@ import math
 
 import numpy as np
 
-from .checks import check_choice, check_int, is_real
+from .checks import check_int, is_finite, is_integer
 from .cells import CELL_CLASSES, CELLS, Layer, init_params, layer_suffix, param_shapes
 from .errors import CharrnnError
 
@@ -120,6 +120,25 @@ def path_scales(truncation, num_steps, batch_size, rng, dtype) -> list:
     return [CUT] + [KEEP] * (num_steps - 1)
 
 
+def network_problem(cell, num_layers, dropout, activation):
+    """The one place of the rules a network's settings meet -> None, or (setting, message) for
+    the first one broken: cell in CELLS, activation in ACTIVATIONS and "tanh" unless the cell is
+    rnn (gated cells have their own nonlinearities), num_layers an integer >= 1, dropout a
+    number in [0, 1)."""
+    if cell not in CELLS:
+        return "cell", f"unknown cell {cell!r} (choose from {', '.join(CELLS)})"
+    if activation not in ACTIVATIONS:
+        return "activation", f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)})"
+    if cell != "rnn" and activation != "tanh":
+        return "activation", (f"activation {activation!r} is for the rnn cell only; the {cell} cell has "
+                              f"its own nonlinearities (use cell rnn, or activation tanh)")
+    if not is_integer(num_layers) or num_layers < 1:
+        return "num_layers", f"num_layers must be an integer >= 1, got {num_layers!r}"
+    if not is_finite(dropout) or not 0 <= dropout < 1:
+        return "dropout", f"dropout must be a number in [0, 1), got {dropout!r}"
+    return None
+
+
 class Workspace:
     """Buffers for one (batch_size, num_steps) shape of one model, reused across calls.
 
@@ -184,14 +203,10 @@ class RNNLM:
                  cell="rnn", num_layers=1, dropout=0.0):
         self.vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
         self.num_hiddens = check_int(num_hiddens, "num_hiddens", minimum=1)
-        check_choice(activation, ACTIVATIONS, "activation")
-        check_choice(cell, CELLS, "cell")
-        if cell != "rnn" and activation != "tanh":
-            raise CharrnnError(f"activation {activation!r} is for the rnn cell only; the {cell} "
-                               f"cell's nonlinearities are fixed")
-        self.num_layers = check_int(num_layers, "num_layers", minimum=1)
-        if not is_real(dropout) or not 0.0 <= dropout < 1.0:
-            raise CharrnnError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        problem = network_problem(cell, num_layers, dropout, activation)
+        if problem:
+            raise CharrnnError(problem[1])
+        self.num_layers = int(num_layers)
         self.activation, self.cell, self.dropout = activation, cell, float(dropout)
         self.dtype = _check_dtype(dtype)
         check_int(seed, "seed", minimum=0)

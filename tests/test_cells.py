@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from charrnn.cells import CELLS
+from charrnn.checkpoint import load_model, save_model
 from charrnn.errors import CharrnnError
+from charrnn.io import load_npz, save_npz
 from charrnn.gradcheck import FD_TOLERANCE, run_gradcheck
 from charrnn.model import RNNLM
 from charrnn.recompute import loss_and_grads_recompute
@@ -334,3 +336,51 @@ def test_gated_initialisation():
 def test_bad_network_arguments(kwargs, word):
     with pytest.raises(CharrnnError, match=word):
         RNNLM(V, H, **kwargs)
+
+
+# ------------------------------------------------------------------ files
+
+
+@pytest.mark.parametrize("cell, num_layers", NETWORKS)
+def test_model_files_round_trip_every_network(tmp_path, cell, num_layers):
+    m = scaled_model(cell, num_layers, dropout=0.25, dtype="float32")
+    save_model(m, tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    assert (loaded.cell, loaded.num_layers, loaded.dropout) == (cell, num_layers, 0.25)
+    assert all(np.array_equal(loaded.params[k], m.params[k]) for k in m.params)
+    X, Y = batch()
+    assert loaded.forward_loss(X, Y)[0] == m.forward_loss(X, Y)[0]
+
+
+def test_a_version_1_file_is_a_one_layer_rnn(tmp_path):
+    """Files written before gated cells (format_version 1, no cell/num_layers/dropout) still load."""
+    m = scaled_model("rnn", dtype="float32")
+    path = tmp_path / "v1.npz"
+    save_model(m, path)
+    arrays, meta = load_npz(path)
+    for key in ("cell", "num_layers", "dropout"):
+        del meta[key]
+    save_npz(path, arrays, {**meta, "format_version": 1})
+    loaded = load_model(path)
+    assert (loaded.cell, loaded.num_layers, loaded.dropout) == ("rnn", 1, 0.0)
+    assert all(np.array_equal(loaded.params[k], m.params[k]) for k in m.params)
+    save_npz(path, arrays, {**meta, "format_version": 1, "cell": "gru"})
+    with pytest.raises(CharrnnError, match="version-1"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("saved, claimed", [
+    (dict(cell="gru"), dict(cell="lstm")), (dict(cell="lstm"), dict(cell="gru")),
+    (dict(cell="gru"), dict(cell="rnn")), (dict(cell="rnn"), dict(cell="gru")),
+    (dict(cell="lstm", num_layers=2), dict(num_layers=1)), (dict(cell="rnn"), dict(num_layers=2)),
+    (dict(cell="rnn"), dict(cell="cnn")), (dict(cell="rnn"), dict(num_layers=0)),
+    (dict(cell="rnn"), dict(dropout=1.0)), (dict(cell="rnn"), dict(dropout="0")),
+])
+def test_a_file_of_one_network_never_loads_as_another(tmp_path, saved, claimed):
+    path = tmp_path / "m.npz"
+    save_model(RNNLM(V, H, **saved), path)
+    arrays, meta = load_npz(path)
+    save_npz(path, arrays, {**meta, **claimed})
+    with pytest.raises(CharrnnError) as err:
+        load_model(path)
+    assert "\n" not in str(err.value)

@@ -421,7 +421,8 @@ def test_save_load_round_trip_with_extras(tmp_path):
     assert loaded.loss_and_grads(X, Y)[0] == m.loss_and_grads(X, Y)[0]
     assert load_model(path).activation == "linear"
     _, raw_meta = load_npz(path)
-    assert raw_meta["format"] == "charrnn-model" and raw_meta["format_version"] == 1
+    assert raw_meta["format"] == "charrnn-model" and raw_meta["format_version"] == 2
+    assert (raw_meta["cell"], raw_meta["num_layers"], raw_meta["dropout"]) == ("rnn", 1, 0.0)
     with zipfile.ZipFile(path) as z:  # pickle-free: every member is a plain .npy array
         assert all(name.endswith(".npy") for name in z.namelist())
 
@@ -455,7 +456,8 @@ def tampered(tmp_path, arrays_fn=None, meta_fn=None):
     (lambda a: a["b_h"].__setitem__(0, np.nan), None, "non-finite"),
     (None, lambda m: m.update(format="something-else"), "not a charrnn model"),
     (None, lambda m: m.pop("format"), "not a charrnn model"),
-    (None, lambda m: m.update(format_version=2), "format_version"),
+    (None, lambda m: m.update(format_version=3), "format_version"),
+    (None, lambda m: m.update(format_version=0), "format_version"),
     (None, lambda m: m.update(format_version=True), "format_version"),
     (None, lambda m: m.update(format_version=1.0), "format_version"),
     (None, lambda m: m.update(vocab_size="7"), "vocab_size"),

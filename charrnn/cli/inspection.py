@@ -11,11 +11,11 @@ from ..data import load_corpus
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
 from ..gradcheck import run_gradcheck
-from ..model import RNNLM
+from ..model import RNNLM, network_problem
 from ..plot import check_plot_path, plot_analysis
 from ..sample import sample_text
-from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, checkpoint_argument,
-                      data_dir_option, dtype_choice, given_options, level_option, plot_option,
+from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cell_choice, checkpoint_argument,
+                      data_dir_option, dropout_range, dtype_choice, given_options, level_option, plot_option,
                       preprocess_option, randomized_option, regular_option)
 from .render import print_analysis, print_corpus, print_evaluation, print_gradcheck, say, warn_unknown
 
@@ -93,6 +93,10 @@ def gradcheck_option(name, **kwargs):
 @gradcheck_option("--num-hiddens", type=click.IntRange(min=1))
 @gradcheck_option("--batch-size", type=click.IntRange(min=1))
 @gradcheck_option("--num-steps", type=click.IntRange(min=1))
+@gradcheck_option("--cell", type=cell_choice)
+@gradcheck_option("--num-layers", type=click.IntRange(min=1))
+@gradcheck_option("--dropout", type=dropout_range, metavar="P",
+                  help="Dropout probability; the check holds the masks fixed.")
 @gradcheck_option("--activation", type=activation_choice)
 @gradcheck_option("--truncation", type=Truncation())
 @gradcheck_option("--seed", type=click.IntRange(min=0))
@@ -105,6 +109,12 @@ def gradcheck(ctx, **options):
     Checks every parameter against finite differences; with --activation linear also against
     the closed-form gradient; with truncation also the strategy's own checks.
     """
+    problem = network_problem(options["cell"], options["num_layers"], options["dropout"], options["activation"])
+    if problem:
+        raise click.BadParameter(problem[1], ctx, param_hint=f"'--{problem[0].replace('_', '-')}'")
+    masks = f", dropout {options['dropout']:g} (masks held fixed)" if options["dropout"] else ""
+    say(f"{options['cell']}, {options['num_layers']} layer{'s' * (options['num_layers'] > 1)}, "
+        f"hidden {options['num_hiddens']}{masks}; truncation {options['truncation']}")
     report = run_gradcheck(**options)
     print_gradcheck(report)
     if not report.passed:
