@@ -177,9 +177,27 @@ class GradientAnalysis:
     num_layers: int = 1
 
     @property
-    def state_name(self) -> str:
-        """What the Jacobian product differentiates: "h", or "(h, c)" for the LSTM."""
-        return "(h, c)" if self.cell == "lstm" else "h"
+    def network(self) -> str:
+        """In words: "tanh rnn", "lstm, 2 layers", ..."""
+        name = f"{self.activation} rnn" if self.cell == "rnn" else self.cell
+        return name if self.num_layers == 1 else f"{name}, {self.num_layers} layers"
+
+    @property
+    def full_state(self) -> bool:
+        """Whether the Jacobian product is that of more than one h: a gated or stacked network."""
+        return self.cell == "lstm" or self.num_layers > 1
+
+    @property
+    def state_description(self) -> str:
+        if self.cell == "lstm":
+            return "h_t and c_t of every layer" if self.num_layers > 1 else "(h_t, c_t)"
+        return "h_t of every layer" if self.num_layers > 1 else "h_t"
+
+    def jacobian_name(self, final=False) -> str:
+        """‖∂h_t/∂h_0‖, or ‖∂s_t/∂s_0‖ for the full state of a gated or stacked network."""
+        step = "T" if final else "t"
+        symbol = "s" if self.full_state else "h"
+        return f"‖∂{symbol}_{step}/∂{symbol}_0‖"
 
     @property
     def predicted_norms(self) -> np.ndarray | None:

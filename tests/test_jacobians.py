@@ -121,4 +121,4 @@ def test_lstm_keeps_the_gradient_where_the_rnn_loses_it():
     rnn_result, lstm_result = (analyze(m, X, Y, truncations=(), num_draws=2) for m in (rnn, lstm))
     assert rnn_result.jacobian_norms[-1] <= rnn_result.singular_bound[-1] < 1e-10
     assert lstm_result.jacobian_norms[-1] > 0.3
-    assert lstm_result.predicted_norms is None and lstm_result.state_name == "(h, c)"
+    assert lstm_result.predicted_norms is None and lstm_result.jacobian_name() == "‖∂s_t/∂s_0‖"
