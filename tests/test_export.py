@@ -197,13 +197,13 @@ def _with_params(model, values):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, write_words):
-    """A finished tiny training run on a text of random words, raw preprocessing."""
+    """A finished tiny training run of a 2-layer GRU on a text of random words, raw preprocessing."""
     from charrnn.config import TrainConfig
     from charrnn.train import train
 
     folder = tmp_path_factory.mktemp("export")
     text = write_words(folder / "words.txt", 300, seed=3)
-    config = TrainConfig(corpus=str(text), preprocess="raw", num_hiddens=8, batch_size=4, num_steps=8,
+    config = TrainConfig(corpus=str(text), preprocess="raw", cell="gru", num_layers=2, num_hiddens=8, batch_size=4, num_steps=8,
                          epochs=1, eval_every=10_000, sample_length=0)
     train(config, folder / "run")
     return folder / "run"
@@ -222,7 +222,7 @@ def test_export_command_writes_what_pytorch_loads(run_dir, tmp_path):
 
     result = invoke("export", run_dir, tmp_path / "m.safetensors")
     assert result.exit_code == 0 and result.exception is None, result.output
-    assert "torch.nn.RNN + torch.nn.Linear" in result.output
+    assert "gru, 2 layer(s) of 8" in result.output and "torch.nn.GRU + torch.nn.Linear" in result.output
     ckpt = load_checkpoint(run_dir)
     rnn, decoder = torch_model(tmp_path / "m.safetensors", torch.float32)
     X = np.arange(12).reshape(2, 6) % ckpt.model.vocab_size

@@ -122,3 +122,29 @@ def test_lstm_keeps_the_gradient_where_the_rnn_loses_it():
     assert rnn_result.jacobian_norms[-1] <= rnn_result.singular_bound[-1] < 1e-10
     assert lstm_result.jacobian_norms[-1] > 0.3
     assert lstm_result.predicted_norms is None and lstm_result.jacobian_name() == "‖∂s_t/∂s_0‖"
+
+
+def test_analyze_command_on_a_fresh_lstm_and_two_checkpoints_side_by_side(tmp_path, write_words):
+    from click.testing import CliRunner
+
+    from charrnn import cli
+    from charrnn.config import TrainConfig
+    from charrnn.train import train
+
+    text = write_words(tmp_path / "words.txt", 300, seed=4)
+    small = ["--window", "20", "--draws", "2", "--regular", "5"]
+    result = CliRunner().invoke(cli.main, ["analyze", "--corpus", str(text), "--preprocess", "raw", "--cell", "lstm",
+                                           "--num-layers", "2", "--num-hiddens", "4", *small])
+    assert result.exit_code == 0, result.output
+    assert "lstm, 2 layers" in result.output and "‖∂s_t/∂s_0‖" in result.output
+    assert "h_t and c_t of every layer" in result.output and "ρ(W_hh)" not in result.output
+    runs = []
+    for cell in ("rnn", "gru"):
+        runs.append(tmp_path / cell)
+        train(TrainConfig(corpus=str(text), preprocess="raw", cell=cell, num_hiddens=4, batch_size=4, num_steps=8,
+                          epochs=1, eval_every=10_000, sample_length=0), runs[-1])
+    result = CliRunner().invoke(cli.main, ["analyze", *map(str, runs), *small])
+    assert result.exit_code == 0, result.output
+    assert "tanh rnn" in result.output and "ρ(W_hh)" in result.output and ", gru" in result.output
+    result = CliRunner().invoke(cli.main, ["analyze", str(runs[0]), "--cell", "lstm"])
+    assert result.exit_code == 2 and "--cell describe a fresh model" in result.output
