@@ -45,7 +45,8 @@ def step_products(num_hiddens, vocab_size, gates) -> list:
     output layer's o = h W_hq (T·B, H)x(H, V), dO W_hqᵀ (T·B, V)x(V, H), dW_hq = hᵀ dO
     (H, T·B)x(T·B, V), and dW_hh = hᵀ dA (H, T·B)x(T·B, G·H)."""
     B, T, H, V, GH = BATCH_SIZE, NUM_STEPS, num_hiddens, vocab_size, gates * num_hiddens
-    return [(B, H, GH, T), (B, GH, H, T), (T * B, H, V, 1), (T * B, V, H, 1), (H, T * B, V, 1), (H, T * B, GH, 1)]
+    return [(B, H, GH, T), (B, GH, H, T), (T * B, H, V, 1), (T * B, V, H, 1), (H, T * B, V, 1),
+            (H, T * B, GH, 1)]
 
 
 def products_seconds(products, seconds_each=0.3) -> float:

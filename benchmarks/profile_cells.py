@@ -27,6 +27,7 @@ from charrnn.optim import clip_grad_norm, make_optimizer
 from profile_step import fastest_ms
 
 BATCH_SIZE, NUM_STEPS = 32, 35
+BACKWARD_STEPS = "backward steps (prepare_backward + T backward_step)"  # inside backward_segment: not summed
 
 
 def numpy_calls(function) -> int:
@@ -105,7 +106,7 @@ def phases(model, X, Y) -> dict:
         "forward (tables, recurrence)": lambda: model.forward_segment(X_tm, None, ws),
         "  h_{t-1} W_hh products": forward_products,
         "output layer, softmax, cross-entropy and their gradients": output_layer,
-        "backward steps (prepare_backward + T backward_step)": backward_steps,
+        BACKWARD_STEPS: backward_steps,
         "  prepare_backward (with restoring its input)": prepare_backward,
         "  δ_t W_hhᵀ products": backward_products,
         "  δ_t W_hhᵀ products, W_hhᵀ a contiguous copy": backward_products_contiguous,
@@ -145,10 +146,11 @@ def main():
             if args.json:
                 continue
             pieces = sum(ms for name, ms in timings.items()
-                         if not name.startswith(" ") and name not in ("whole step", "backward steps (prepare_backward + T backward_step)"))
+                         if not name.startswith(" ") and name not in ("whole step", BACKWARD_STEPS))
             dispatch = {name: n * NUM_STEPS * call_us / 1e3 for name, n in calls.items()}
             print(f"{cell} hidden {num_hiddens}: whole step {timings['whole step']:.2f} ms, pieces {pieces:.2f} ms; "
-                  f"NumPy calls per step: forward {calls['forward_step']}, backward {calls['backward_step']} "
+                  f"NumPy calls per step: forward {calls['forward_step']}, "
+                  f"backward {calls['backward_step']} "
                   f"(their dispatch alone ~{dispatch['forward_step']:.2f} + {dispatch['backward_step']:.2f} ms per window)")
             for name, ms in timings.items():
                 print(f"  {name:<58} {ms:8.3f} ms  {ms / pieces:5.0%}")

@@ -203,8 +203,8 @@ def run_dir(tmp_path_factory, write_words):
 
     folder = tmp_path_factory.mktemp("export")
     text = write_words(folder / "words.txt", 300, seed=3)
-    config = TrainConfig(corpus=str(text), preprocess="raw", cell="gru", num_layers=2, num_hiddens=8, batch_size=4, num_steps=8,
-                         epochs=1, eval_every=10_000, sample_length=0)
+    config = TrainConfig(corpus=str(text), preprocess="raw", cell="gru", num_layers=2, num_hiddens=8,
+                         batch_size=4, num_steps=8, epochs=1, eval_every=10_000, sample_length=0)
     train(config, folder / "run")
     return folder / "run"
 
