@@ -100,12 +100,13 @@ def plot_analyses(analyses, sources, path) -> None:
     """Several GradientAnalysis (e.g. an rnn, a gru and an lstm) -> one figure: ‖∂L/∂h_t‖ and the
     Jacobian product of each (full state for gated or stacked networks), one curve per model."""
     figure, (grads, jacobians) = new_figure(2, width=5.4)
+    networks = [analysis.network for analysis in analyses]
     for index, (analysis, source) in enumerate(zip(analyses, sources)):
         steps = np.arange(1, analysis.num_steps + 1)
-        label = f"{analysis.network} ({Path(source).parent.name or source})"
+        label = analysis.network if networks.count(analysis.network) == 1 else f"{analysis.network} ({source})"
         grads.semilogy(steps, analysis.hidden_grad_norms, color=f"C{index}", label=label)
         jacobians.semilogy(steps, analysis.jacobian_norms, color=f"C{index}",
-                           label=f"{analysis.jacobian_name()}, {analysis.network}")
+                           label=f"{analysis.jacobian_name()}, {label}")
     grads.set(title="gradient of each hidden state", xlabel="step t", ylabel="‖∂L/∂h_t‖")
     jacobians.set(title="Jacobian product over the window (s: full state)", xlabel="steps back t")
     for axes in (grads, jacobians):
