@@ -80,7 +80,7 @@ class Recurrence:
 
     def __init__(self, model):
         self.cell, self.num_layers, self.num_hiddens = model.cell, model.num_layers, model.num_hiddens
-        self.tanh = getattr(model, "activation", "tanh") == "tanh"
+        self.tanh = model.activation == "tanh"
         self.parts = 2 if self.cell == "lstm" else 1  # states per layer: h (and c)
         p = {name: np.asarray(value, np.float64) for name, value in model.params.items()}
         self.layers = [{key: p.get(key + layer_suffix(layer)) for key in ("W_xh", "W_hh", "b_h", "b_hn")}
