@@ -5,16 +5,19 @@ SGD (lr 1) with gradient clipping at 1, the state carried. For each cell (rnn, g
 hidden size (64, 256, 1024): charrnn's step as `charrnn train` runs it (BPTT, clip_grad_norm,
 SGD) against PyTorch's (nn.RNN/GRU/LSTM + nn.Linear + cross-entropy, clip_grad_norm_,
 optim.SGD) with the same number of threads, in alternating rounds (bench_train.bench_hidden:
-charrnn, PyTorch, a 2048² matmul, repeated). Reported: median tokens/s of each with the range
-over rounds, the median of the per-round ratios charrnn/PyTorch with its range, and two shares
-of the machine's matrix-product rate:
+charrnn, PyTorch, a 2048² matmul, the step's products alone, repeated). Reported: median
+tokens/s of each with the range over rounds, the median of the per-round ratios charrnn/PyTorch
+with its range, the same ratio per CPU-second of this process (steadier on a shared machine
+with one thread: it leaves out the time other processes held the core), and two shares of the
+machine's matrix-product rate:
 
 - "of peak": charrnn's FLOP/s (the step's matrix products, 2·m·n·k each, bench_train's
   train_step_flops with G = 1, 3, 4 fused gates) over a large float32 matmul's FLOP/s;
 - "products": the time the step's own products take when NumPy runs them alone, shape for
   shape (the (32, H) x (H, G·H) product of every time step, forward and backward, and the
   big ones of the output layer and dW_hh), over the step's time: the share of the step that
-  is matrix products; the rest is overhead and elementwise work around them.
+  is matrix products (median of the per-round ratios); the rest is overhead and elementwise
+  work around them.
 
     python benchmarks/bench_cells.py                          # rnn, gru, lstm x 64, 256, 1024
     python benchmarks/bench_cells.py --threads 1              # one thread for NumPy and PyTorch
@@ -30,7 +33,7 @@ import statistics
 
 import numpy as np
 
-from bench_train import (BATCH_SIZE, NUM_STEPS, bench_hidden, blas_threads, median_ratio,
+from bench_train import (BATCH_SIZE, NUM_STEPS, bench_hidden, machine_report, median_ratio,
                          set_threads_and_restart, train_step_flops)
 from charrnn.data import load_corpus, split_corpus
 from profile_step import fastest_ms
@@ -66,22 +69,24 @@ def spread(values) -> str:
 
 
 def cell_row(train, val, vocab_size, cell, num_hiddens, rounds, threads, with_torch) -> dict:
-    runs = bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads,
-                        with_torch, eval_rounds=0, cell=cell)
+    products = step_products(num_hiddens, vocab_size, GATES[cell])
+    runs = bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torch, eval_rounds=0, cell=cell,
+                        probes={"products_s": lambda: products_seconds(products, seconds_each=0.05)})
     tokens = BATCH_SIZE * NUM_STEPS
     flops_per_token = train_step_flops(num_hiddens, vocab_size, GATES[cell]) / tokens
-    step_s = tokens / statistics.median(runs["train_charrnn"])
+    step_seconds = [tokens / rate for rate in runs["train_charrnn"]]
     row = {"cell": cell, "num_hiddens": num_hiddens, "rounds": rounds,
            "tokens_per_s": statistics.median(runs["train_charrnn"]), "tokens_per_s_all": runs["train_charrnn"],
-           "step_ms": step_s * 1e3,
+           "step_ms": statistics.median(step_seconds) * 1e3,
            "peak_share": median_ratio([r * flops_per_token for r in runs["train_charrnn"]], runs["matmul"]),
            "matmul_gflops": statistics.median(runs["matmul"]) / 1e9,
-           "products_ms": products_seconds(step_products(num_hiddens, vocab_size, GATES[cell])) * 1e3}
-    row["products_share"] = row["products_ms"] / row["step_ms"]
+           "products_ms": statistics.median(runs["products_s"]) * 1e3,
+           "products_share": median_ratio(runs["products_s"], step_seconds)}
     if with_torch:
         ratios = [a / b for a, b in zip(runs["train_charrnn"], runs["train_torch"])]
-        row.update(torch_tokens_per_s=statistics.median(runs["train_torch"]), torch_tokens_per_s_all=runs["train_torch"],
-                   ratio=statistics.median(ratios), ratio_all=ratios)
+        row.update(torch_tokens_per_s=statistics.median(runs["train_torch"]),
+                   torch_tokens_per_s_all=runs["train_torch"], ratio=statistics.median(ratios), ratio_all=ratios,
+                   cpu_ratio=median_ratio(runs["cpu_train_charrnn"], runs["cpu_train_torch"]))
     return row
 
 
@@ -90,7 +95,8 @@ def row_line(row) -> str:
             f"({spread(row['tokens_per_s_all'])}) {row['step_ms']:7.2f} ms/step")
     if "ratio" in row:
         line += (f" | torch {row['torch_tokens_per_s']:>9,.0f} ({spread(row['torch_tokens_per_s_all'])})"
-                 f" | x{row['ratio']:.2f} ({min(row['ratio_all']):.2f}-{max(row['ratio_all']):.2f})")
+                 f" | x{row['ratio']:.2f} ({min(row['ratio_all']):.2f}-{max(row['ratio_all']):.2f})"
+                 f" per CPU-s x{row['cpu_ratio']:.2f}")
     return line + (f" | {row['peak_share']:4.0%} of peak, products {row['products_ms']:6.2f} ms"
                    f" = {row['products_share']:4.0%} of the step")
 
@@ -111,19 +117,8 @@ def main():
     unknown = sorted(set(cells) - set(GATES))
     if unknown:
         parser.error(f"unknown cell {unknown[0]!r} in --cells (use rnn, gru, lstm)")
-    try:
-        import torch
-        with_torch = not args.no_torch
-    except ImportError:
-        with_torch = False
-    threads = blas_threads()
-    report = {"threads": threads, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-              "numpy": np.__version__, "torch": torch.__version__ if with_torch else None,
-              "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
-              "batch_size": BATCH_SIZE, "num_steps": NUM_STEPS, "rows": []}
-    if not args.json:
-        print(f"{threads} thread(s), {os.cpu_count()} CPUs, load average {report['load_average'][0]:.2f}, "
-              f"numpy {np.__version__}, torch {report['torch']}, {report['openblas_env']}", flush=True)
+    threads, with_torch, report = machine_report(args.no_torch, args.json)
+    report.update(batch_size=BATCH_SIZE, num_steps=NUM_STEPS, rows=[])
     corpus, vocab = load_corpus(args.corpus)
     train, val = split_corpus(corpus, 0.1)
     for cell in cells:
@@ -135,13 +130,13 @@ def main():
     report["goals"] = {f"{row['cell']} >= {GOALS[row['num_hiddens']]}x torch at hidden {row['num_hiddens']}":
                        row["ratio"] >= GOALS[row["num_hiddens"]] for row in report["rows"]
                        if "ratio" in row and row["cell"] != "rnn" and row["num_hiddens"] in GOALS}
-    report["load_average_end"] = os.getloadavg()
+    report["load_average_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for goal, met in report["goals"].items():
             print(f"{'met    ' if met else 'NOT MET'}  {goal}")
-        print(f"load average at the end {report['load_average_end'][0]:.2f}")
+        print(f"load average at the end {report['load_average_end']:.2f}")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,27 @@ def blas_threads() -> int:
     return os.cpu_count() or 1
 
 
+def machine_report(no_torch: bool, quiet: bool) -> tuple:
+    """-> (BLAS threads, whether PyTorch is measured, a report dict of the machine and versions),
+    printing a line about them unless quiet."""
+    try:
+        import torch
+        with_torch = not no_torch
+    except ImportError:
+        with_torch = False
+    threads = blas_threads()
+    report = {"threads": threads, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
+              "numpy": np.__version__,
+              "openblas_env": {name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}}
+    if with_torch:
+        report["torch"] = torch.__version__
+    if not quiet:
+        print(f"{threads} BLAS thread(s), {os.cpu_count()} CPUs, load average {report['load_average']:.2f}, "
+              f"numpy {np.__version__}" + (f", torch {report['torch']}" if with_torch else "")
+              + f", {report['openblas_env']}", flush=True)
+    return threads, with_torch, report
+
+
 def set_threads_and_restart(threads: int) -> None:
     """Re-run this script with every BLAS thread variable at `threads` (read when NumPy loads)."""
     wanted = {name: str(threads) for name in THREAD_VARIABLES}
@@ -207,12 +228,13 @@ def train_rates(train_step, batches) -> tuple:
 
 
 def bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torch,
-                 round_seconds=0.25, eval_rounds=5, cell="rnn") -> dict:
+                 round_seconds=0.25, eval_rounds=5, cell="rnn", probes=None) -> dict:
     """Alternating rounds at one hidden size -> the per-round figures, each a list.
 
     A round: charrnn trains on `count` minibatches, PyTorch on the next `count`, then one
-    large matmul; the first `eval_rounds` rounds also evaluate the validation split with each.
-    A warm-up sizes `count` to about `round_seconds` of charrnn's training.
+    large matmul and each of `probes` ({name: fn() -> a number}, recorded under its name); the
+    first `eval_rounds` rounds also evaluate the validation split with each. A warm-up sizes
+    `count` to about `round_seconds` of charrnn's training.
     """
     engines = {"charrnn": charrnn_engine(vocab_size, num_hiddens, cell)}
     if with_torch:
@@ -233,6 +255,8 @@ def bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torc
             samples.setdefault(f"train_{name}", []).append(wall)
             samples.setdefault(f"cpu_train_{name}", []).append(cpu)
         samples["matmul"].append(matmul_flops(a, b, product))
+        for name, probe in (probes or {}).items():
+            samples.setdefault(name, []).append(probe())
         for name, (_, evaluate) in engines.items():
             if round_index < eval_rounds:
                 samples.setdefault(f"eval_{name}", []).append(len(val) / timed(lambda: evaluate(val)))
@@ -377,19 +401,7 @@ def main():
     if unknown:
         parser.error(f"unknown part {unknown[0]!r} in --only (use training, sampling, memory, tokenize)")
 
-    try:
-        import torch  # noqa: F401
-        with_torch = not args.no_torch
-    except ImportError:
-        with_torch = False
-    threads = blas_threads()
-    report = {"threads": threads, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
-              "numpy": np.__version__}
-    if with_torch:
-        report["torch"] = torch.__version__
-    if not args.json:
-        print(f"{threads} BLAS thread(s), {os.cpu_count()} CPUs, load average {report['load_average']:.2f}, "
-              f"numpy {np.__version__}" + (f", torch {report['torch']}" if with_torch else ""), flush=True)
+    threads, with_torch, report = machine_report(args.no_torch, args.json)
     measures = {"training": lambda: training_report(args, threads, with_torch), "sampling": lambda: sampling_report(args),
                 "memory": lambda: memory_report(args), "tokenize": lambda: tokenize_report(args)}
     for part in parts:
