@@ -17,7 +17,6 @@ import math
 import numpy as np
 
 from .checks import check_choice, check_int
-from .errors import CharrnnError
 from .model import path_scales
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
@@ -106,11 +105,7 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     segment_steps = default_segment_steps(T) if segment_steps is None else segment_steps
     check_int(segment_steps, "segment_steps", minimum=1)
     scales = path_scales(truncation, T, B, rng, model.dtype)
-    if model.dropout > 0 and not isinstance(dropout_rng, np.random.Generator):
-        raise CharrnnError(f"a model with dropout {model.dropout:g} needs dropout_rng, a "
-                           f"numpy.random.Generator, to train; got {dropout_rng!r}")
-    if model.dropout == 0:
-        dropout_rng = None
+    dropout_rng = model.check_dropout_rng(dropout_rng)
     X_tm, Y_tm = X.T, Y.T
     bounds = segment_bounds(T, int(segment_steps))
     checkpoints, rng_states = _checkpoint_states(model, X_tm, state0, bounds, dropout_rng)
