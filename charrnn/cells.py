@@ -52,7 +52,10 @@ import math
 
 import numpy as np
 
+from .checks import is_finite, is_integer
+
 CELLS = ("rnn", "gru", "lstm")
+ACTIVATIONS = ("tanh", "linear")  # the rnn cell's φ; gated cells have their own
 INIT_SCALE = 0.01  # the textbook's N(0, 0.01²) for the rnn and every output layer
 LSTM_FORGET_BIAS = 1.0
 
@@ -258,6 +261,102 @@ class LSTMCell:
 
 
 CELL_CLASSES = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
+
+
+def network_problem(cell, num_layers, dropout, activation):
+    """The one place of the rules a network's settings meet -> None, or (setting, message) for
+    the first one broken: cell in CELLS, activation in ACTIVATIONS and "tanh" unless the cell is
+    rnn (gated cells have their own nonlinearities), num_layers an integer >= 1, dropout a
+    number in [0, 1)."""
+    if cell not in CELLS:
+        return "cell", f"unknown cell {cell!r} (choose from {', '.join(CELLS)})"
+    if activation not in ACTIVATIONS:
+        return "activation", f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)})"
+    if cell != "rnn" and activation != "tanh":
+        return "activation", (f"activation {activation!r} is for the rnn cell only; the {cell} cell has "
+                              f"its own nonlinearities (use cell rnn, or activation tanh)")
+    if not is_integer(num_layers) or num_layers < 1:
+        return "num_layers", f"num_layers must be an integer >= 1, got {num_layers!r}"
+    if not is_finite(dropout) or not 0 <= dropout < 1:
+        return "dropout", f"dropout must be a number in [0, 1), got {dropout!r}"
+    return None
+
+
+class Workspace:
+    """Buffers for one (batch_size, num_steps) shape of one model, reused across calls.
+
+    hs: (L, T+1, B, H) hidden states, hs[l, 0] = h_0; cs: the same for the LSTM's c, else None;
+    A: (L, T, B, G·H) gated cells' input parts then gates (rnn: None, hs[l, 1:] plays A);
+    aux: (L, T, B, H) gated cells' per-step extras; M: (T, B, G·H) backward factors, then the
+    sorted δ rows; dA: (T, B, G·H) δ_t (rnn: dA is dH); dH: (T, B, H) dL/dh_t of the layer being
+    differentiated; logits: (V, T*B); tmp: (B, G·H), tmp_h: (B, H) (gated); carry (L, S, B, H);
+    xb: (V, G·H) layer 0's x W_xh + b_h table; W_hh, W_xh, b_x: gated cells' working copies
+    (σ blocks halved) and contiguous W_hhᵀ (L, G·H, H) per layer; rows: (T*B,) = arange. With dropout, made on first use by a
+    training call: masks (T, L, B, H) the m_t^(l), dropped (L, T, B, H) = m ⊙ h_t^(l).
+    layers: a cells.Layer per layer, viewing these.
+    """
+
+    def __init__(self, model, batch_size, num_steps):
+        B, T, H, V, L = batch_size, num_steps, model.num_hiddens, model.vocab_size, model.num_layers
+        G, S, dtype, gated = model.gates, model.num_states, model.dtype, model.cell != "rnn"
+        self.num_layers, self.dropout_shape = L, (T, L, B, H)
+        self.hs = np.empty((L, T + 1, B, H), dtype)
+        self.cs = np.empty((L, T + 1, B, H), dtype) if S == 2 else None
+        self.A = np.empty((L, T, B, G * H), dtype) if gated else None
+        self.aux = np.empty((L, T, B, H), dtype) if gated else None
+        self.M = np.empty((T, B, G * H), dtype)
+        self.dH = np.empty((T, B, H), dtype)
+        self.dA = np.empty((T, B, G * H), dtype) if gated else self.dH
+        self.logits = np.empty((V, T * B), dtype)
+        self.tmp = np.empty((B, G * H), dtype)
+        self.tmp_h = np.empty((B, H), dtype) if gated else None
+        self.carry = np.empty((L, S, B, H), dtype)
+        self.xb = np.empty((V, G * H), dtype)
+        self.W_hh = np.empty((L, H, G * H), dtype) if gated else None
+        self.W_hh_T = np.empty((L, G * H, H), dtype) if gated else None
+        self.W_xh = np.empty((L - 1, H, G * H), dtype) if gated else None
+        self.b_x = np.empty((L - 1, G * H), dtype) if gated else None
+        self.rows = np.arange(num_steps * batch_size)
+        self.masks = self.dropped = None
+        self.training = False
+        self.layers = [Layer(self.hs[l], None if S == 1 else self.cs[l],
+                             self.hs[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
+                             self.dA, self.dH, self.M, self.tmp, self.tmp_h) for l in range(L)]
+        self.inputs = [self.hs[l, 1:] for l in range(L)]  # what layer l+1 / the output reads
+        self.top = self.inputs[-1]
+
+    def use_dropout(self, training) -> None:
+        """Point the inputs of layers 1.. and of the output layer at the dropped states (training)
+        or at the states themselves."""
+        if training and self.masks is None:
+            self.masks = np.empty(self.dropout_shape, self.hs.dtype)
+            T, L, B, H = self.dropout_shape
+            self.dropped = np.empty((L, T, B, H), self.hs.dtype)
+        self.training = training
+        self.inputs = [self.dropped[l] if training else self.hs[l, 1:] for l in range(self.num_layers)]
+        self.top = self.inputs[-1]
+
+
+def token_grads(X_tm, dA, scratch, vocab_size) -> tuple:
+    """-> (dW_xh, db_h) of layer 0, whose input is a one-hot token, from δ_t in dA (T, B, G·H)
+    (eq. 9.7.16): dW_xh[v] = Σ_{x_t = v} δ_t by a sorted segment sum; db_h = Σ_v dW_xh[v].
+    scratch: (T, B, G·H), overwritten.
+
+    The segment sum adds each token's block of sorted rows with one vectorised reduction
+    per distinct token of the window (at most min(V, T*B) of them): np.add.reduceat runs
+    column by column over rows this wide, ~30x slower at H = 1024.
+    """
+    T, B, GH = dA.shape
+    ids = X_tm.reshape(-1)
+    sorted_dA = np.take(dA.reshape(T * B, GH), np.argsort(ids, kind="stable"), axis=0,
+                        out=scratch.reshape(T * B, GH), mode="clip")
+    counts = np.bincount(ids, minlength=vocab_size)
+    tokens = np.flatnonzero(counts)
+    ends = np.cumsum(counts)[tokens]
+    dW_xh = np.zeros((vocab_size, GH), dA.dtype)
+    for token, start, end in zip(tokens.tolist(), (ends - counts[tokens]).tolist(), ends.tolist()):
+        np.add.reduce(sorted_dA[start:end], axis=0, out=dW_xh[token])
+    return dW_xh, dW_xh.sum(axis=0)
 
 
 def param_shapes(cell, vocab_size, num_hiddens, num_layers) -> dict:

@@ -46,151 +46,20 @@ that a recomputing (checkpointed) backward pass can reuse them.
 Public API beyond loss_and_grads/forward_loss/step (used by recompute.py, analysis.py, sample.py):
 check_batch, workspace, forward_segment, softmax_cross_entropy, output_grads, backward_segment,
 segment_grads, final_state, last_state, stepper, hidden_states, output_state_grads,
-state_shape, param_shapes.
+check_dropout_rng, state_shape, param_shapes.
 """
-import math
-
 import numpy as np
 
-from .checks import check_int, is_finite, is_integer
-from .cells import CELL_CLASSES, CELLS, Layer, init_params, layer_suffix, param_shapes
+from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, Workspace, init_params, layer_suffix,  # noqa: F401
+                    network_problem, param_shapes, token_grads)
+from .checks import check_int
 from .errors import CharrnnError
+from .truncation import CUT, KEEP, parse_truncation, path_scales  # noqa: F401
 
-ACTIVATIONS = ("tanh", "linear")
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
-INIT_SCALE = 0.01
 EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps
 MAX_WORKSPACES = 4
-
-# Entries of a path-scale list: what happens to the gradient path state_{t-1} <- state_t at step t.
-KEEP = None  # kept as it is
-CUT = False  # cut: no gradient reaches state_{t-1} from step t
-# otherwise a (B, 1) array of per-row multipliers (randomized truncation's ξ_t)
-
-
-def parse_truncation(truncation) -> tuple:
-    """"full" | "regular:K" | "randomized:P" -> ("full", None) | ("regular", K) | ("randomized", P).
-
-    K is an integer >= 1, P a number in (0, 1]; anything else raises CharrnnError naming it.
-    """
-    if not isinstance(truncation, str):
-        raise CharrnnError(f"truncation must be a string, got {truncation!r}")
-    kind, _, value = truncation.strip().partition(":")
-    if truncation.strip() == "full":
-        return "full", None
-    if kind == "regular":
-        try:
-            steps = int(value)
-        except ValueError:
-            steps = 0
-        if steps < 1:
-            raise CharrnnError(f"truncation {truncation!r}: K must be an integer >= 1")
-        return "regular", steps
-    if kind == "randomized":
-        try:
-            keep_prob = float(value)
-        except ValueError:
-            keep_prob = math.nan
-        if not 0.0 < keep_prob <= 1.0:
-            raise CharrnnError(f"truncation {truncation!r}: P must be a number in (0, 1]")
-        return "randomized", keep_prob
-    raise CharrnnError(
-        f"unknown truncation {truncation!r} (use 'full', 'regular:K' or 'randomized:P')")
-
-
-def path_scales(truncation, num_steps, batch_size, rng, dtype) -> list:
-    """Per-step fate of the gradient path h_t -> h_{t-1}, for t = 0..num_steps-1 (d2l §9.7.1).
-
-    Step 0 is always CUT: the initial state is a constant. "regular:K" cuts every K-th step
-    from the window start. "randomized:P" draws ξ_t per (step, batch row) from `rng`: 0 with
-    probability 1-P, else 1/P (eq. 9.7.8), so E[ξ_t] = 1 and the gradient stays unbiased
-    (eq. 9.7.9) with lower variance than one ξ_t shared by the batch. P = 1 draws nothing.
-    """
-    kind, value = parse_truncation(truncation)
-    if kind == "regular":
-        return [CUT if t % value == 0 else KEEP for t in range(num_steps)]
-    if kind == "randomized" and value < 1.0:
-        if not isinstance(rng, np.random.Generator):
-            raise CharrnnError(
-                f"truncation {truncation!r} needs rng, a numpy.random.Generator, got {rng!r}")
-        kept = rng.random((num_steps - 1, batch_size, 1)) < value
-        xi = kept.astype(dtype) * (1.0 / value)
-        return [CUT, *xi]
-    return [CUT] + [KEEP] * (num_steps - 1)
-
-
-def network_problem(cell, num_layers, dropout, activation):
-    """The one place of the rules a network's settings meet -> None, or (setting, message) for
-    the first one broken: cell in CELLS, activation in ACTIVATIONS and "tanh" unless the cell is
-    rnn (gated cells have their own nonlinearities), num_layers an integer >= 1, dropout a
-    number in [0, 1)."""
-    if cell not in CELLS:
-        return "cell", f"unknown cell {cell!r} (choose from {', '.join(CELLS)})"
-    if activation not in ACTIVATIONS:
-        return "activation", f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)})"
-    if cell != "rnn" and activation != "tanh":
-        return "activation", (f"activation {activation!r} is for the rnn cell only; the {cell} cell has "
-                              f"its own nonlinearities (use cell rnn, or activation tanh)")
-    if not is_integer(num_layers) or num_layers < 1:
-        return "num_layers", f"num_layers must be an integer >= 1, got {num_layers!r}"
-    if not is_finite(dropout) or not 0 <= dropout < 1:
-        return "dropout", f"dropout must be a number in [0, 1), got {dropout!r}"
-    return None
-
-
-class Workspace:
-    """Buffers for one (batch_size, num_steps) shape of one model, reused across calls.
-
-    hs: (L, T+1, B, H) hidden states, hs[l, 0] = h_0; cs: the same for the LSTM's c, else None;
-    A: (L, T, B, G·H) gated cells' input parts then gates (rnn: None, hs[l, 1:] plays A);
-    aux: (L, T, B, H) gated cells' per-step extras; M: (T, B, G·H) backward factors, then the
-    sorted δ rows; dA: (T, B, G·H) δ_t (rnn: dA is dH); dH: (T, B, H) dL/dh_t of the layer being
-    differentiated; logits: (V, T*B); tmp: (B, G·H), tmp_h: (B, H) (gated); carry (L, S, B, H);
-    xb: (V, G·H) layer 0's x W_xh + b_h table; W_hh, W_xh, b_x: gated cells' working copies
-    (σ blocks halved) per layer; rows: (T*B,) = arange. With dropout, made on first use by a
-    training call: masks (T, L, B, H) the m_t^(l), dropped (L, T, B, H) = m ⊙ h_t^(l).
-    layers: a cells.Layer per layer, viewing these.
-    """
-
-    def __init__(self, model, batch_size, num_steps):
-        B, T, H, V, L = batch_size, num_steps, model.num_hiddens, model.vocab_size, model.num_layers
-        G, S, dtype, gated = model.gates, model.num_states, model.dtype, model.cell != "rnn"
-        self.num_layers, self.dropout_shape = L, (T, L, B, H)
-        self.hs = np.empty((L, T + 1, B, H), dtype)
-        self.cs = np.empty((L, T + 1, B, H), dtype) if S == 2 else None
-        self.A = np.empty((L, T, B, G * H), dtype) if gated else None
-        self.aux = np.empty((L, T, B, H), dtype) if gated else None
-        self.M = np.empty((T, B, G * H), dtype)
-        self.dH = np.empty((T, B, H), dtype)
-        self.dA = np.empty((T, B, G * H), dtype) if gated else self.dH
-        self.logits = np.empty((V, T * B), dtype)
-        self.tmp = np.empty((B, G * H), dtype)
-        self.tmp_h = np.empty((B, H), dtype) if gated else None
-        self.carry = np.empty((L, S, B, H), dtype)
-        self.xb = np.empty((V, G * H), dtype)
-        self.W_hh = np.empty((L, H, G * H), dtype) if gated else None
-        self.W_xh = np.empty((L - 1, H, G * H), dtype) if gated else None
-        self.b_x = np.empty((L - 1, G * H), dtype) if gated else None
-        self.rows = np.arange(num_steps * batch_size)
-        self.masks = self.dropped = None
-        self.training = False
-        self.layers = [Layer(self.hs[l], None if S == 1 else self.cs[l],
-                             self.hs[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
-                             self.dA, self.dH, self.M, self.tmp, self.tmp_h) for l in range(L)]
-        self.inputs = [self.hs[l, 1:] for l in range(L)]  # what layer l+1 / the output reads
-        self.top = self.inputs[-1]
-
-    def use_dropout(self, training) -> None:
-        """Point the inputs of layers 1.. and of the output layer at the dropped states (training)
-        or at the states themselves."""
-        if training and self.masks is None:
-            self.masks = np.empty(self.dropout_shape, self.hs.dtype)
-            T, L, B, H = self.dropout_shape
-            self.dropped = np.empty((L, T, B, H), self.hs.dtype)
-        self.training = training
-        self.inputs = [self.dropped[l] if training else self.hs[l, 1:] for l in range(self.num_layers)]
-        self.top = self.inputs[-1]
 
 
 class RNNLM:
@@ -241,9 +110,7 @@ class RNNLM:
         X, Y, state0 = self.check_batch(X, Y, state)
         B, T = X.shape
         scales = path_scales(truncation, T, B, rng, self.dtype)
-        if self.dropout > 0 and not isinstance(dropout_rng, np.random.Generator):
-            raise CharrnnError(f"a model with dropout {self.dropout:g} needs dropout_rng, a "
-                               f"numpy.random.Generator, to train; got {dropout_rng!r}")
+        dropout_rng = self.check_dropout_rng(dropout_rng)
         X_tm = X.T
         ws = self.workspace(B, T)
         self.forward_segment(X_tm, state0, ws, dropout_rng)
@@ -397,7 +264,7 @@ class RNNLM:
             for name, grad in cell.finish_backward(layer).items():
                 grads[name + suffix] = grad
             if l == 0:
-                grads["W_xh"], grads["b_h"] = self._token_grads(X_tm, ws)
+                grads["W_xh"], grads["b_h"] = token_grads(X_tm, ws.dA, ws.M, self.vocab_size)
                 continue
             grads[f"W_xh{suffix}"] = ws.inputs[l - 1].reshape(T * B, -1).T @ dA
             grads[f"b_h{suffix}"] = dA.sum(axis=0)
@@ -460,6 +327,16 @@ class RNNLM:
         self.output_grads(y, 1.0 / y.size, ws)
         return ws.dH.copy()
 
+    def check_dropout_rng(self, dropout_rng):
+        """The Generator a training call draws dropout masks from -> it, or None without dropout;
+        a model with dropout and no Generator -> CharrnnError."""
+        if self.dropout == 0:
+            return None
+        if not isinstance(dropout_rng, np.random.Generator):
+            raise CharrnnError(f"a model with dropout {self.dropout:g} needs dropout_rng, a "
+                               f"numpy.random.Generator, to train; got {dropout_rng!r}")
+        return dropout_rng
+
     def check_batch(self, X, Y, state) -> tuple:
         """Validate a minibatch -> (X, Y, state as (L, S, B, H) or None)."""
         X = self._check_ids("X", X, ndim=2)
@@ -477,7 +354,11 @@ class RNNLM:
         p = self.params
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
             suffix, scale = layer_suffix(l), cell.gate_scale
-            layer.W_hh_T = p[f"W_hh{suffix}"].T
+            if ws.W_hh_T is None:  # the rnn: the view, whose products are today's to the last bit
+                layer.W_hh_T = p[f"W_hh{suffix}"].T
+            else:  # a contiguous W_hhᵀ runs the backward products ~1.5x faster than the view
+                layer.W_hh_T = ws.W_hh_T[l]
+                np.copyto(layer.W_hh_T, p[f"W_hh{suffix}"].T)
             layer.b_hn = p.get(f"b_hn{suffix}")
             if l == 0:
                 np.add(p["W_xh"], p["b_h"], out=ws.xb)
@@ -507,27 +388,6 @@ class RNNLM:
         ws.hs[:, 0] = state[:, 0]
         if ws.cs is not None:
             ws.cs[:, 0] = state[:, 1]
-
-    def _token_grads(self, X_tm, ws) -> tuple:
-        """-> (dW_xh, db_h) of layer 0 from ws.dA (eq. 9.7.16): dW_xh[v] = Σ_{x_t = v} δ_t by a
-        sorted segment sum; db_h = Σ_v dW_xh[v].
-
-        The segment sum adds each token's block of sorted rows with one vectorised reduction
-        per distinct token of the window (at most min(V, T*B) of them): np.add.reduceat runs
-        column by column over rows this wide, ~30x slower at H = 1024.
-        """
-        T, B, GH = ws.dA.shape
-        dA = ws.dA.reshape(T * B, GH)
-        ids = X_tm.reshape(-1)
-        sorted_dA = np.take(dA, np.argsort(ids, kind="stable"), axis=0,
-                            out=ws.M.reshape(T * B, GH), mode="clip")
-        counts = np.bincount(ids, minlength=self.vocab_size)
-        tokens = np.flatnonzero(counts)
-        ends = np.cumsum(counts)[tokens]
-        dW_xh = np.zeros((self.vocab_size, GH), self.dtype)
-        for token, start, end in zip(tokens.tolist(), (ends - counts[tokens]).tolist(), ends.tolist()):
-            np.add.reduce(sorted_dA[start:end], axis=0, out=dW_xh[token])
-        return dW_xh, dW_xh.sum(axis=0)
 
     def _check_ids(self, name, ids, ndim) -> np.ndarray:
         ids = np.asarray(ids)

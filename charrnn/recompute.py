@@ -17,7 +17,6 @@ import math
 import numpy as np
 
 from .checks import check_choice, check_int
-from .errors import CharrnnError
 from .model import path_scales
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
@@ -43,7 +42,7 @@ def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="flo
     (1 rnn, 3 gru, 4 lstm), S states (2 lstm, else 1), L layers, a workspace of T steps holds
     in floats: L(T+1)BH states h (and as many c for the lstm), TB(2H + V) + BGH + LSBH + VGH
     (M, dH, logits, tmp, carry, the token table) and, for gated cells, LTB(GH + H) (gates,
-    extras), TBGH (dA), BH (tmp_h) and (2L - 1)HGH + (L - 1)GH (working weights), with
+    extras), TBGH (dA), BH (tmp_h) and 3L·HGH - HGH + (L - 1)GH (working weights), with
     dropout 2LTBH (masks and dropped states); plus TB row indices (8 bytes each).
     """
     itemsize = np.dtype(dtype).itemsize
@@ -54,7 +53,7 @@ def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="flo
     def workspace(T):
         floats = L * (T + 1) * B * H * S + T * B * (GH + H + V) + B * GH + L * S * B * H + V * GH
         if cell != "rnn":
-            floats += L * T * B * (GH + H) + T * B * GH + B * H + (2 * L - 1) * H * GH + (L - 1) * GH
+            floats += L * T * B * (GH + H) + T * B * GH + B * H + (3 * L - 1) * H * GH + (L - 1) * GH
         if dropout > 0:
             floats += 2 * L * T * B * H
         return itemsize * floats + 8 * T * B
@@ -106,11 +105,7 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     segment_steps = default_segment_steps(T) if segment_steps is None else segment_steps
     check_int(segment_steps, "segment_steps", minimum=1)
     scales = path_scales(truncation, T, B, rng, model.dtype)
-    if model.dropout > 0 and not isinstance(dropout_rng, np.random.Generator):
-        raise CharrnnError(f"a model with dropout {model.dropout:g} needs dropout_rng, a "
-                           f"numpy.random.Generator, to train; got {dropout_rng!r}")
-    if model.dropout == 0:
-        dropout_rng = None
+    dropout_rng = model.check_dropout_rng(dropout_rng)
     X_tm, Y_tm = X.T, Y.T
     bounds = segment_bounds(T, int(segment_steps))
     checkpoints, rng_states = _checkpoint_states(model, X_tm, state0, bounds, dropout_rng)
