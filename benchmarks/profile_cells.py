@@ -11,6 +11,7 @@ dispatching them alone costs per window (~0.4 µs a call whatever its size).
 
     python benchmarks/profile_cells.py                        # rnn, gru, lstm at 64, 256, 1024
     python benchmarks/profile_cells.py --cells lstm --hiddens 256 --json
+    python benchmarks/profile_cells.py --cells lstm --layouts     # + the LSTM's forward in two layouts
     OPENBLAS_NUM_THREADS=1 python benchmarks/profile_cells.py
 """
 import argparse
@@ -124,12 +125,49 @@ def calls_per_step(model) -> dict:
     return {"forward_step": numpy_calls(cell.forward_step), "backward_step": numpy_calls(cell.backward_step)}
 
 
+def lstm_forward_layouts(num_hiddens, dtype=np.float32) -> dict:
+    """The LSTM's forward steps over a window, written as cells.LSTMCell.forward_step (the same
+    NumPy operations), in two layouts -> {layout: ms}: "rows", the model's (B, 4H) gate rows with
+    the gate blocks as column slices, and "feature-major", the transposed (4H, B) with each gate
+    block a contiguous run of rows and a_t = W_hhᵀ h_{t-1} as the product."""
+    B, T, H = BATCH_SIZE, NUM_STEPS, num_hiddens
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(dtype)
+    scale = np.concatenate([np.full(2 * H, 0.5), np.ones(H), np.full(H, 0.5)]).astype(dtype)
+    shift = np.concatenate([np.full(2 * H, 0.5), np.zeros(H), np.full(H, 0.5)]).astype(dtype)
+    inputs = rng.standard_normal((T, B, 4 * H)).astype(dtype)
+
+    def run(A, hs, cs, aux, W, tmp, tmp_h, scale, shift, block):
+        for t in range(T):
+            a = A[t]
+            np.matmul(*((hs[t], W) if block is None else (W, hs[t])), out=tmp)
+            a += tmp
+            np.tanh(a, out=a)
+            a *= scale
+            a += shift
+            i, f, g, o = (a[:, k * H:(k + 1) * H] if block is None else a[k * H:(k + 1) * H] for k in range(4))
+            np.multiply(f, cs[t], out=cs[t + 1])
+            np.multiply(i, g, out=tmp_h)
+            cs[t + 1] += tmp_h
+            np.tanh(cs[t + 1], out=aux[t])
+            np.multiply(o, aux[t], out=hs[t + 1])
+
+    rows = (inputs.copy(), np.zeros((T + 1, B, H), dtype), np.zeros((T + 1, B, H), dtype), np.empty((T, B, H), dtype),
+            W, np.empty((B, 4 * H), dtype), np.empty((B, H), dtype), scale, shift, None)
+    feature_major = (np.ascontiguousarray(inputs.transpose(0, 2, 1)), np.zeros((T + 1, H, B), dtype),
+                     np.zeros((T + 1, H, B), dtype), np.empty((T, H, B), dtype), np.ascontiguousarray(W.T),
+                     np.empty((4 * H, B), dtype), np.empty((H, B), dtype), scale[:, None], shift[:, None], "rows")
+    return {"rows": fastest_ms(lambda: run(*rows)), "feature-major": fastest_ms(lambda: run(*feature_major))}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="rnn,gru,lstm", help="comma-separated cells")
     parser.add_argument("--hiddens", default="64,256,1024", help="comma-separated hidden sizes")
     parser.add_argument("--corpus", default="timemachine")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--layouts", action="store_true",
+                        help="also time the LSTM's forward steps in the model's row layout and feature-major")
     args = parser.parse_args()
     corpus, vocab = load_corpus(args.corpus)
     X, Y = next(seq_data_iter_sequential(corpus, BATCH_SIZE, NUM_STEPS, np.random.default_rng(0)))
@@ -155,6 +193,13 @@ def main():
             for name, ms in timings.items():
                 print(f"  {name:<58} {ms:8.3f} ms  {ms / pieces:5.0%}")
             print(flush=True)
+    if args.layouts:
+        report["lstm_forward_layouts_ms"] = {}
+        for num_hiddens in (int(h) for h in args.hiddens.split(",")):
+            times = report["lstm_forward_layouts_ms"][num_hiddens] = lstm_forward_layouts(num_hiddens)
+            if not args.json:
+                print(f"lstm forward steps, hidden {num_hiddens}: rows (B, 4H) {times['rows']:.3f} ms, "
+                      f"feature-major (4H, B) {times['feature-major']:.3f} ms")
     if args.json:
         print(json.dumps(report, indent=2))
 
