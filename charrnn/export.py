@@ -32,6 +32,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save
 
 from .cells import layer_suffix
 from .errors import CharrnnError
@@ -93,8 +95,6 @@ def export_model(model, vocab, path, level="char", preprocess="d2l") -> Path:
     if not path.parent.is_dir():
         problem = "is not a folder" if path.parent.exists() else "does not exist"
         raise CharrnnError(f"cannot write {path}: {path.parent} {problem}")
-    from safetensors.numpy import save
-
     data = save(torch_state_dict(model), metadata=export_metadata(model, vocab, level, preprocess))
     try:
         write_atomic(path, lambda f: f.write(data))
@@ -105,9 +105,6 @@ def export_model(model, vocab, path, level="char", preprocess="d2l") -> Path:
 
 def read_export(path) -> tuple:
     """A file written by export_model -> (tensors: {name: ndarray}, settings: {key: value})."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.numpy import load_file
-
     try:
         with safe_open(str(path), framework="np") as f:
             metadata = f.metadata() or {}
