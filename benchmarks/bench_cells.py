@@ -19,6 +19,11 @@ machine's matrix-product rate:
   is matrix products (median of the per-round ratios); the rest is overhead and elementwise
   work around them.
 
+With PyTorch, also: the same products timed with torch.mm (PyTorch's BLAS, MKL in the pip
+build, against NumPy's OpenBLAS), and the ceiling: PyTorch's step time over the time of
+charrnn's products alone, the ratio charrnn would reach if everything but its matrix products
+cost nothing.
+
     python benchmarks/bench_cells.py                          # rnn, gru, lstm x 64, 256, 1024
     python benchmarks/bench_cells.py --threads 1              # one thread for NumPy and PyTorch
     python benchmarks/bench_cells.py --cells lstm --hiddens 256 --rounds 5 --json
@@ -34,9 +39,8 @@ import statistics
 import numpy as np
 
 from bench_train import (BATCH_SIZE, NUM_STEPS, bench_hidden, machine_report, median_ratio,
-                         set_threads_and_restart, train_step_flops)
+                         set_threads_and_restart, timed, train_step_flops)
 from charrnn.data import load_corpus, split_corpus
-from profile_step import fastest_ms
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 GOALS = {64: 1.5, 256: 1.5, 1024: 1.2}  # minimum charrnn/PyTorch ratio of the gated cells
@@ -52,16 +56,27 @@ def step_products(num_hiddens, vocab_size, gates) -> list:
             (H, T * B, GH, 1)]
 
 
-def products_seconds(products, seconds_each=0.3) -> float:
-    """Seconds NumPy takes for these products (float32, into preallocated outputs), each shape
-    timed alone as the fastest of repeated runs, times its count."""
+def products_seconds(products, torch=None) -> float:
+    """Wall-clock seconds NumPy (or, given the torch module, PyTorch: torch.mm) takes for the
+    products of one step (float32, C-contiguous, into preallocated outputs), each shape as many
+    times as the step has it, after one untimed pass: measured as the step is, so that on a busy
+    machine both lose alike."""
     rng = np.random.default_rng(0)
-    total = 0.0
+    calls = []
     for m, k, n, times in products:
         a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
         out = np.empty((m, n), np.float32)
-        total += times * fastest_ms(lambda: np.matmul(a, b, out=out), seconds=seconds_each) / 1e3
-    return total
+        if torch is None:
+            calls += [(np.matmul, a, b, out)] * times
+        else:
+            calls += [(torch.mm, torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out))] * times
+
+    def run():
+        for product, a, b, out in calls:
+            product(a, b, out=out)
+
+    run()
+    return timed(run)
 
 
 def spread(values) -> str:
@@ -70,8 +85,12 @@ def spread(values) -> str:
 
 def cell_row(train, val, vocab_size, cell, num_hiddens, rounds, threads, with_torch) -> dict:
     products = step_products(num_hiddens, vocab_size, GATES[cell])
+    probes = {"products_s": lambda: products_seconds(products)}
+    if with_torch:
+        import torch
+        probes["torch_products_s"] = lambda: products_seconds(products, torch=torch)
     runs = bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torch, eval_rounds=0, cell=cell,
-                        probes={"products_s": lambda: products_seconds(products, seconds_each=0.05)})
+                        probes=probes)
     tokens = BATCH_SIZE * NUM_STEPS
     flops_per_token = train_step_flops(num_hiddens, vocab_size, GATES[cell]) / tokens
     step_seconds = [tokens / rate for rate in runs["train_charrnn"]]
@@ -86,7 +105,9 @@ def cell_row(train, val, vocab_size, cell, num_hiddens, rounds, threads, with_to
         ratios = [a / b for a, b in zip(runs["train_charrnn"], runs["train_torch"])]
         row.update(torch_tokens_per_s=statistics.median(runs["train_torch"]),
                    torch_tokens_per_s_all=runs["train_torch"], ratio=statistics.median(ratios), ratio_all=ratios,
-                   cpu_ratio=median_ratio(runs["cpu_train_charrnn"], runs["cpu_train_torch"]))
+                   cpu_ratio=median_ratio(runs["cpu_train_charrnn"], runs["cpu_train_torch"]),
+                   torch_products_ms=statistics.median(runs["torch_products_s"]) * 1e3,
+                   ceiling=median_ratio([tokens / rate for rate in runs["train_torch"]], runs["products_s"]))
     return row
 
 
@@ -97,8 +118,11 @@ def row_line(row) -> str:
         line += (f" | torch {row['torch_tokens_per_s']:>9,.0f} ({spread(row['torch_tokens_per_s_all'])})"
                  f" | x{row['ratio']:.2f} ({min(row['ratio_all']):.2f}-{max(row['ratio_all']):.2f})"
                  f" per CPU-s x{row['cpu_ratio']:.2f}")
-    return line + (f" | {row['peak_share']:4.0%} of peak, products {row['products_ms']:6.2f} ms"
-                   f" = {row['products_share']:4.0%} of the step")
+    line += (f" | {row['peak_share']:4.0%} of peak, products {row['products_ms']:6.2f} ms"
+             f" = {row['products_share']:4.0%} of the step")
+    if "ceiling" in row:
+        line += f" | same products in torch {row['torch_products_ms']:6.2f} ms, ceiling x{row['ceiling']:.2f}"
+    return line
 
 
 def main():
