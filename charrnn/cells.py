@@ -285,45 +285,50 @@ def network_problem(cell, num_layers, dropout, activation):
 class Workspace:
     """Buffers for one (batch_size, num_steps) shape of one model, reused across calls.
 
-    hs: (L, T+1, B, H) hidden states, hs[l, 0] = h_0; cs: the same for the LSTM's c, else None;
-    A: (L, T, B, G·H) gated cells' input parts then gates (rnn: None, hs[l, 1:] plays A);
-    aux: (L, T, B, H) gated cells' per-step extras; M: (T, B, G·H) backward factors, then the
-    sorted δ rows; dA: (T, B, G·H) δ_t (rnn: dA is dH); dH: (T, B, H) dL/dh_t of the layer being
-    differentiated; logits: (V, T*B); tmp: (B, G·H), tmp_h: (B, H) (gated); carry (L, S, B, H);
-    xb: (V, G·H) layer 0's x W_xh + b_h table; W_hh, W_xh, b_x: gated cells' working copies
-    (σ blocks halved) and contiguous W_hhᵀ (L, G·H, H) per layer; rows: (T*B,) = arange. With dropout, made on first use by a
+    Forward: hs (L, T+1, B, H) hidden states, hs[l, 0] = h_0; cs the same for the LSTM's c,
+    else None; A (L, T, B, G·H) gated cells' input parts, then gates (rnn: None, hs[l, 1:] plays
+    A); aux (L, T, B, H) gated cells' per-step extras; logits (V, T*B); tmp (B, G·H), tmp_h
+    (B, H) (gated); xb (V, G·H) layer 0's x W_xh + b_h table; rows (T*B,) = arange. With dropout, made by the first
     training call: masks (T, L, B, H) the m_t^(l), dropped (L, T, B, H) = m ⊙ h_t^(l).
-    layers: a cells.Layer per layer, viewing these.
+    Backward, made by the first backward call (`for_backward`), so that forward-only work holds
+    none of them: M (T, B, G·H) backward factors, then sorted δ rows; dH (T, B, H) dL/dh_t of
+    the layer being differentiated; dA (T, B, G·H) δ_t (rnn: dA is dH); carry (L, S, B, H).
+    layers: a Layer per layer, viewing these.
     """
 
     def __init__(self, model, batch_size, num_steps):
         B, T, H, V, L = batch_size, num_steps, model.num_hiddens, model.vocab_size, model.num_layers
         G, S, dtype, gated = model.gates, model.num_states, model.dtype, model.cell != "rnn"
-        self.num_layers, self.dropout_shape = L, (T, L, B, H)
+        self.shape, self.gated, self.num_layers, self.dropout_shape = (T, B, H, G, S), gated, L, (T, L, B, H)
         self.hs = np.empty((L, T + 1, B, H), dtype)
         self.cs = np.empty((L, T + 1, B, H), dtype) if S == 2 else None
         self.A = np.empty((L, T, B, G * H), dtype) if gated else None
         self.aux = np.empty((L, T, B, H), dtype) if gated else None
-        self.M = np.empty((T, B, G * H), dtype)
-        self.dH = np.empty((T, B, H), dtype)
-        self.dA = np.empty((T, B, G * H), dtype) if gated else self.dH
         self.logits = np.empty((V, T * B), dtype)
         self.tmp = np.empty((B, G * H), dtype)
         self.tmp_h = np.empty((B, H), dtype) if gated else None
-        self.carry = np.empty((L, S, B, H), dtype)
         self.xb = np.empty((V, G * H), dtype)
-        self.W_hh = np.empty((L, H, G * H), dtype) if gated else None
-        self.W_hh_T = np.empty((L, G * H, H), dtype) if gated else None
-        self.W_xh = np.empty((L - 1, H, G * H), dtype) if gated else None
-        self.b_x = np.empty((L - 1, G * H), dtype) if gated else None
         self.rows = np.arange(num_steps * batch_size)
         self.masks = self.dropped = None
+        self.M = self.dH = self.dA = self.carry = None
         self.training = False
         self.layers = [Layer(self.hs[l], None if S == 1 else self.cs[l],
                              self.hs[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
-                             self.dA, self.dH, self.M, self.tmp, self.tmp_h) for l in range(L)]
+                             None, None, None, self.tmp, self.tmp_h) for l in range(L)]
         self.inputs = [self.hs[l, 1:] for l in range(L)]  # what layer l+1 / the output reads
         self.top = self.inputs[-1]
+
+    def for_backward(self) -> "Workspace":
+        """Make the backward buffers on first use -> self."""
+        if self.M is None:
+            (T, B, H, G, S), L, dtype = self.shape, self.num_layers, self.hs.dtype
+            self.M = np.empty((T, B, G * H), dtype)
+            self.dH = np.empty((T, B, H), dtype)
+            self.dA = np.empty((T, B, G * H), dtype) if self.gated else self.dH
+            self.carry = np.empty((L, S, B, H), dtype)
+            for layer in self.layers:
+                layer.dA, layer.dH, layer.M = self.dA, self.dH, self.M
+        return self
 
     def use_dropout(self, training) -> None:
         """Point the inputs of layers 1.. and of the output layer at the dropped states (training)
@@ -335,6 +340,28 @@ class Workspace:
         self.training = training
         self.inputs = [self.dropped[l] if training else self.hs[l, 1:] for l in range(self.num_layers)]
         self.top = self.inputs[-1]
+
+    @staticmethod
+    def forward_bytes_per_step(model, batch_size) -> int:
+        """Bytes the forward-only buffers grow by per step of the window (no dropout)."""
+        H, L, G = model.num_hiddens, model.num_layers, model.gates
+        floats = L * model.num_states * H + model.vocab_size
+        if model.cell != "rnn":
+            floats += L * (G * H + H)
+        return batch_size * (model.dtype.itemsize * floats + 8)
+
+
+class WorkingWeights:
+    """A gated model's working copies of its recurrent weights, refreshed by every call and held
+    once by the model: W_hh (L, H, G·H), W_xh and b_x for layers 1.. ((L-1, H, G·H), (L-1, G·H))
+    with the σ blocks halved, and W_hh_T (L, G·H, H), W_hhᵀ contiguous for the backward products."""
+
+    def __init__(self, model):
+        H, L, GH, dtype = model.num_hiddens, model.num_layers, model.gates * model.num_hiddens, model.dtype
+        self.W_hh = np.empty((L, H, GH), dtype)
+        self.W_xh = np.empty((L - 1, H, GH), dtype)
+        self.b_x = np.empty((L - 1, GH), dtype)
+        self.W_hh_T = np.empty((L, GH, H), dtype)
 
 
 def token_grads(X_tm, dA, scratch, vocab_size) -> tuple:

@@ -50,15 +50,16 @@ check_dropout_rng, state_shape, param_shapes.
 """
 import numpy as np
 
-from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, Workspace, init_params, layer_suffix,  # noqa: F401
-                    network_problem, param_shapes, token_grads)
+from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, Workspace, WorkingWeights, init_params,  # noqa: F401
+                    layer_suffix, network_problem, param_shapes, token_grads)
 from .checks import check_int
 from .errors import CharrnnError
 from .truncation import CUT, KEEP, parse_truncation, path_scales  # noqa: F401
 
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
-EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps
+EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps,
+FORWARD_MEMORY_BUDGET = 16 << 20  # or fewer, so that their buffers stay within this many bytes
 MAX_WORKSPACES = 4
 
 
@@ -84,7 +85,9 @@ class RNNLM:
         self.cells = [cell_class(self.num_hiddens, activation, self.dtype) for _ in range(self.num_layers)]
         self.params = init_params(cell, self.param_shapes(), self.num_hiddens,
                                   np.random.default_rng(seed), self.dtype)
+        self._working = None if cell == "rnn" else WorkingWeights(self)
         self._workspaces = {}
+        self._forward_ws = None
 
     def param_shapes(self) -> dict:
         """Parameter name -> shape, in the order of cells.param_shapes (layers, then W_hq, b_q)."""
@@ -114,7 +117,7 @@ class RNNLM:
         X_tm = X.T
         ws = self.workspace(B, T)
         self.forward_segment(X_tm, state0, ws, dropout_rng)
-        ws.carry.fill(0)
+        ws.for_backward().carry.fill(0)
         loss_sum, grads = self.segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
         return loss_sum / X.size, grads, self.final_state(ws)
 
@@ -122,14 +125,17 @@ class RNNLM:
         """Forward only, no dropout -> (loss_sum: float, count: int, state).
 
         loss_sum is the summed cross-entropy in nats over count = batch * num_steps tokens;
-        windows longer than EVAL_CHUNK_STEPS run in chunks, so memory does not grow with them.
+        windows longer than EVAL_CHUNK_STEPS steps, or than fit in FORWARD_MEMORY_BUDGET, run in
+        chunks, so memory does not grow with them.
         """
         X, Y, state = self.check_batch(X, Y, state)
         B, T = X.shape
+        per_step = Workspace.forward_bytes_per_step(self, B)
+        chunk = max(1, min(EVAL_CHUNK_STEPS, FORWARD_MEMORY_BUDGET // per_step))
         loss_sum = 0.0
-        for start in range(0, T, EVAL_CHUNK_STEPS):
-            X_tm = X[:, start:start + EVAL_CHUNK_STEPS].T
-            ws = self.workspace(B, len(X_tm))
+        for start in range(0, T, chunk):
+            X_tm = X[:, start:start + chunk].T
+            ws = self._forward_workspace(B, len(X_tm))
             self.forward_segment(X_tm, state, ws)
             loss_sum += self.softmax_cross_entropy(Y[:, start:start + len(X_tm)].T.reshape(-1), ws)
             state = self.last_state(ws)
@@ -184,8 +190,9 @@ class RNNLM:
         self._set_state(ws, state)
         training = self.dropout > 0 and dropout_rng is not None
         ws.use_dropout(training)
-        if training:
-            np.greater_equal(dropout_rng.random(ws.dropout_shape), self.dropout, out=ws.masks)
+        if training:  # step by step: the same numbers as one draw (T, L, B, H), in a fraction of the memory
+            for masks_t in ws.masks:
+                np.greater_equal(dropout_rng.random(masks_t.shape), self.dropout, out=masks_t)
             ws.masks *= self.dtype.type(1.0 / (1.0 - self.dropout))
         self._run_forward(X_tm, ws)
 
@@ -198,7 +205,7 @@ class RNNLM:
                 np.take(ws.xb, X_tm, axis=0, out=layer.A, mode="clip")
             else:
                 A = layer.A.reshape(T * B, -1)
-                W_xh, b_x = self._input_weights(ws, l)
+                W_xh, b_x = self._input_weights(l)
                 np.matmul(ws.inputs[l - 1].reshape(T * B, -1), W_xh, out=A)
                 A += b_x
             for t in range(T):
@@ -224,7 +231,7 @@ class RNNLM:
         """After softmax_cross_entropy: dL/do = scale * (softmax - onehot(y)) (eq. 9.7.12), formed in place
         in ws.logits -> (dW_hq (H,V), db_q (V,)) (eq. 9.7.13); fills ws.dH with the outputs' share
         of dL/dh_t of the top layer, (dL/do_t W_hqᵀ) ⊙ m_t."""
-        d_logits = ws.logits
+        d_logits = ws.for_backward().logits
         d_logits.reshape(-1)[_target_index(y, ws)] -= 1
         d_logits *= scale
         np.matmul(d_logits.T, self.params["W_hq"].T, out=ws.dH.reshape(len(y), -1))
@@ -247,6 +254,14 @@ class RNNLM:
         is CUT).
         """
         T, B = X_tm.shape
+        ws.for_backward()
+        for l, layer in enumerate(ws.layers):
+            W_hh = self.params[f"W_hh{layer_suffix(l)}"]
+            if self._working is None:  # the rnn: the view, whose products are today's to the last bit
+                layer.W_hh_T = W_hh.T
+            else:  # a contiguous W_hhᵀ runs the backward products ~1.5x faster than the view
+                layer.W_hh_T = self._working.W_hh_T[l]
+                np.copyto(layer.W_hh_T, W_hh.T)
         grads = {}
         for l in range(self.num_layers - 1, -1, -1):
             cell, layer, d_state = self.cells[l], ws.layers[l], carry[l]
@@ -292,7 +307,7 @@ class RNNLM:
 
     def last_state(self, ws) -> np.ndarray:
         """A copy of the segment's last state, (L, S, B, H)."""
-        L, S, B, H = ws.carry.shape
+        L, S, B, H = self.num_layers, self.num_states, ws.hs.shape[2], self.num_hiddens
         state = np.empty((L, S, B, H), self.dtype)
         state[:, 0] = ws.hs[:, -1]
         if S == 2:
@@ -354,11 +369,6 @@ class RNNLM:
         p = self.params
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
             suffix, scale = layer_suffix(l), cell.gate_scale
-            if ws.W_hh_T is None:  # the rnn: the view, whose products are today's to the last bit
-                layer.W_hh_T = p[f"W_hh{suffix}"].T
-            else:  # a contiguous W_hhᵀ runs the backward products ~1.5x faster than the view
-                layer.W_hh_T = ws.W_hh_T[l]
-                np.copyto(layer.W_hh_T, p[f"W_hh{suffix}"].T)
             layer.b_hn = p.get(f"b_hn{suffix}")
             if l == 0:
                 np.add(p["W_xh"], p["b_h"], out=ws.xb)
@@ -367,16 +377,26 @@ class RNNLM:
             if scale is None:
                 layer.W_hh = p[f"W_hh{suffix}"]
                 continue
-            layer.W_hh = np.multiply(p[f"W_hh{suffix}"], scale, out=ws.W_hh[l])
+            work = self._working
+            layer.W_hh = np.multiply(p[f"W_hh{suffix}"], scale, out=work.W_hh[l])
             if l > 0:
-                np.multiply(p[f"W_xh{suffix}"], scale, out=ws.W_xh[l - 1])
-                np.multiply(p[f"b_h{suffix}"], scale, out=ws.b_x[l - 1])
+                np.multiply(p[f"W_xh{suffix}"], scale, out=work.W_xh[l - 1])
+                np.multiply(p[f"b_h{suffix}"], scale, out=work.b_x[l - 1])
 
-    def _input_weights(self, ws, l) -> tuple:
+    def _forward_workspace(self, batch_size, num_steps) -> Workspace:
+        """forward_loss's Workspace, apart from the cache of the training shapes: one, replaced
+        when the shape changes (the chunks of long windows vary and can be large)."""
+        ws = self._forward_ws
+        if ws is None or ws.hs.shape[1:3] != (num_steps + 1, batch_size):
+            self._forward_ws = None  # freed before the next is made
+            ws = self._forward_ws = Workspace(self, batch_size, num_steps)
+        return ws
+
+    def _input_weights(self, l) -> tuple:
         """Layer l >= 1's (W_xh, b_h) for the forward pass (working copies for gated cells)."""
-        if ws.W_xh is None:
+        if self._working is None:
             return self.params[f"W_xh_l{l}"], self.params[f"b_h_l{l}"]
-        return ws.W_xh[l - 1], ws.b_x[l - 1]
+        return self._working.W_xh[l - 1], self._working.b_x[l - 1]
 
     def _set_state(self, ws, state) -> None:
         """h_0 (and c_0) of every layer from state (L, S, B, H), or zeros when None."""

@@ -384,3 +384,29 @@ def test_a_file_of_one_network_never_loads_as_another(tmp_path, saved, claimed):
     with pytest.raises(CharrnnError) as err:
         load_model(path)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ memory
+
+
+def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monkeypatch):
+    """forward_loss makes no backward buffers, and runs a window in chunks small enough for
+    FORWARD_MEMORY_BUDGET: the same loss and state as in one piece."""
+    from charrnn import model as model_module
+    made = []
+
+    def recorded(model, batch_size, num_steps):
+        made.append(model_module.Workspace(model, batch_size, num_steps))
+        return made[-1]
+
+    m = scaled_model("lstm", 2)
+    X, Y = batch(num_steps=40)
+    whole = m.forward_loss(X, Y)
+    per_step = model_module.Workspace.forward_bytes_per_step(m, B)
+    monkeypatch.setattr(model_module, "FORWARD_MEMORY_BUDGET", 7 * per_step)
+    monkeypatch.setattr(model_module.RNNLM, "_forward_workspace", recorded)
+    chunked = m.forward_loss(X, Y)
+    assert [ws.hs.shape[1] - 1 for ws in made] == [7] * 5 + [5]
+    assert all(ws.M is None and ws.dA is None for ws in made)
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-13) and chunked[1] == whole[1]
+    np.testing.assert_array_equal(chunked[2], whole[2])
