@@ -77,12 +77,22 @@ class Layer:
     dL/d(pre-activation), recurrent side (rnn: dA is dH); dH (T, B, H) the gradient reaching h_t
     from above (output layer or next layer), made the total dL/dh_t by the backward steps;
     M (T, B, G·H) per-step factors of the backward step; tmp (B, G·H), tmp_h (B, H) scratch.
+    The steps read each array X through X_t, the list of its per-step views (X_t[t] is X[t]),
+    made once: indexing a list costs a fraction of making a view at every step.
     """
 
-    def __init__(self, hs, cs, A, aux, dA, dH, M, tmp, tmp_h):
-        self.hs, self.cs, self.A, self.aux = hs, cs, A, aux
-        self.dA, self.dH, self.M, self.tmp, self.tmp_h = dA, dH, M, tmp, tmp_h
+    def __init__(self, hs, cs, A, aux, tmp, tmp_h):
+        self.hs, self.cs, self.A, self.aux, self.tmp, self.tmp_h = hs, cs, A, aux, tmp, tmp_h
+        self.hs_t, self.A_t = list(hs), list(A)
+        self.cs_t = None if cs is None else list(cs)
+        self.aux_t = None if aux is None else list(aux)
+        self.dA = self.dH = self.M = self.dA_t = self.dH_t = self.M_t = None
         self.W_hh = self.W_hh_T = self.b_hn = None
+
+    def set_backward(self, dA, dH, M) -> None:
+        """Attach the backward buffers (shared by all layers)."""
+        self.dA, self.dH, self.M = dA, dH, M
+        self.dA_t, self.dH_t, self.M_t = list(dA), list(dH), list(M)
 
 
 class RNNCell:
@@ -96,9 +106,9 @@ class RNNCell:
 
     def forward_step(self, layer, t):
         """layer.hs[t+1] (= A[t]) holds x_t W_xh + b_h and becomes h_t."""
-        a = layer.hs[t + 1]
-        np.matmul(layer.hs[t], layer.W_hh, out=layer.tmp)
-        a += layer.tmp
+        a, tmp = layer.hs_t[t + 1], layer.tmp
+        np.matmul(layer.hs_t[t], layer.W_hh, out=tmp)
+        a += tmp
         if self.tanh:
             np.tanh(a, out=a)
 
@@ -110,10 +120,10 @@ class RNNCell:
 
     def backward_step(self, layer, t, d_state, keep):
         """δ_t = (dh + dh_next) ⊙ φ'(a_t), in place in dA[t] = dH[t]; dh_next = δ_t W_hhᵀ."""
-        delta = layer.dA[t]
+        delta = layer.dA_t[t]
         delta += d_state[0]
         if self.tanh:
-            delta *= layer.M[t]
+            delta *= layer.M_t[t]
         if keep:
             np.matmul(delta, layer.W_hh_T, out=d_state[0])
 
@@ -134,7 +144,7 @@ class GRUCell:
     def forward_step(self, layer, t):
         """A[t] holds [x W_xr + b_r | x W_xz + b_z] / 2 and x W_xn + b_n; becomes [r | z | n]."""
         H, tmp = self.num_hiddens, layer.tmp
-        h_prev, a = layer.hs[t], layer.A[t]
+        h_prev, a = layer.hs_t[t], layer.A_t[t]
         np.matmul(h_prev, layer.W_hh, out=tmp)             # [h W_hr / 2 | h W_hz / 2 | h W_hn]
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
@@ -142,12 +152,12 @@ class GRUCell:
         rz *= 0.5
         rz += 0.5                                           # r, z = σ(·) = ½ tanh(·/2) + ½
         r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        hn = layer.aux[t]
+        hn = layer.aux_t[t]
         np.add(tmp[:, 2 * H:], layer.b_hn, out=hn)          # h W_hn + b_hn
         np.multiply(r, hn, out=tmp[:, 2 * H:])
         n += tmp[:, 2 * H:]
         np.tanh(n, out=n)                                   # n = tanh(x W_xn + b_n + r ⊙ hn)
-        h = layer.hs[t + 1]
+        h = layer.hs_t[t + 1]
         np.subtract(h_prev, n, out=h)
         h *= z
         h += n                                              # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
@@ -176,14 +186,14 @@ class GRUCell:
         dh_next = δ_t W_hhᵀ + dh ⊙ z (the direct path z ⊙ h_{t−1})."""
         H = self.num_hiddens
         B = len(d_state[0])
-        dh = layer.dH[t]
-        dh += d_state[0]
-        delta = layer.dA[t]
-        np.multiply(dh[:, None, :], layer.M[t].reshape(B, 3, H), out=delta.reshape(B, 3, H))
+        dh, dh_next = layer.dH_t[t], d_state[0]
+        dh += dh_next
+        delta = layer.dA_t[t]
+        np.multiply(dh[:, None, :], layer.M_t[t].reshape(B, 3, H), out=delta.reshape(B, 3, H))
         if keep:
-            np.matmul(delta, layer.W_hh_T, out=d_state[0])
-            np.multiply(dh, layer.A[t, :, H:2 * H], out=layer.tmp_h)
-            d_state[0] += layer.tmp_h
+            np.matmul(delta, layer.W_hh_T, out=dh_next)
+            np.multiply(dh, layer.A_t[t][:, H:2 * H], out=layer.tmp_h)
+            dh_next += layer.tmp_h
 
     def finish_backward(self, layer):
         """dA's n block holds δ_n ⊙ r, the recurrent side: db_hn = Σ of it; then it becomes the
@@ -207,20 +217,20 @@ class LSTMCell:
 
     def forward_step(self, layer, t):
         """A[t] holds the input part (σ blocks halved) and becomes [i | f | g | o]; writes c_t, h_t."""
-        H, a = self.num_hiddens, layer.A[t]
-        np.matmul(layer.hs[t], layer.W_hh, out=layer.tmp)
+        H, a = self.num_hiddens, layer.A_t[t]
+        np.matmul(layer.hs_t[t], layer.W_hh, out=layer.tmp)
         a += layer.tmp
         np.tanh(a, out=a)
         a *= self.gate_scale
         a += self.gate_shift                                # i, f, o = σ(·), g = tanh(·)
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        c = layer.cs[t + 1]
-        np.multiply(f, layer.cs[t], out=c)
+        c = layer.cs_t[t + 1]
+        np.multiply(f, layer.cs_t[t], out=c)
         np.multiply(i, g, out=layer.tmp_h)
         c += layer.tmp_h                                    # c_t = f ⊙ c_{t−1} + i ⊙ g
-        tanh_c = layer.aux[t]
+        tanh_c = layer.aux_t[t]
         np.tanh(c, out=tanh_c)
-        np.multiply(o, tanh_c, out=layer.hs[t + 1])          # h_t = o ⊙ tanh(c_t)
+        np.multiply(o, tanh_c, out=layer.hs_t[t + 1])          # h_t = o ⊙ tanh(c_t)
 
     def prepare_backward(self, layer):
         """M[t] per block: [g i(1−i) | c_{t−1} f(1−f) | i(1−g²) | tanh(c_t) o(1−o)], the factors
@@ -245,16 +255,16 @@ class LSTMCell:
         δ_t = [dc | dc | dc | dh] ⊙ M[t]; dc_next = dc ⊙ f; dh_next = δ_t W_hhᵀ."""
         H = self.num_hiddens
         B = len(d_state[0])
-        dh, dc = layer.dH[t], d_state[1]
-        dh += d_state[0]
-        np.multiply(dh, layer.aux[t], out=layer.tmp_h)
+        (dh_next, dc), dh = d_state, layer.dH_t[t]
+        dh += dh_next
+        np.multiply(dh, layer.aux_t[t], out=layer.tmp_h)
         dc += layer.tmp_h
-        delta, M_t = layer.dA[t], layer.M[t]
+        delta, M_t = layer.dA_t[t], layer.M_t[t]
         np.multiply(dc[:, None, :], M_t.reshape(B, 4, H)[:, :3], out=delta.reshape(B, 4, H)[:, :3])
         np.multiply(dh, M_t[:, 3 * H:], out=delta[:, 3 * H:])
         if keep:
-            dc *= layer.A[t, :, H:2 * H]
-            np.matmul(delta, layer.W_hh_T, out=d_state[0])
+            dc *= layer.A_t[t][:, H:2 * H]
+            np.matmul(delta, layer.W_hh_T, out=dh_next)
 
     def finish_backward(self, layer):
         return {}
@@ -314,7 +324,7 @@ class Workspace:
         self.training = False
         self.layers = [Layer(self.hs[l], None if S == 1 else self.cs[l],
                              self.hs[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
-                             None, None, None, self.tmp, self.tmp_h) for l in range(L)]
+                             self.tmp, self.tmp_h) for l in range(L)]
         self.inputs = [self.hs[l, 1:] for l in range(L)]  # what layer l+1 / the output reads
         self.top = self.inputs[-1]
 
@@ -327,7 +337,7 @@ class Workspace:
             self.dA = np.empty((T, B, G * H), dtype) if self.gated else self.dH
             self.carry = np.empty((L, S, B, H), dtype)
             for layer in self.layers:
-                layer.dA, layer.dH, layer.M = self.dA, self.dH, self.M
+                layer.set_backward(self.dA, self.dH, self.M)
         return self
 
     def use_dropout(self, training) -> None:

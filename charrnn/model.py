@@ -208,8 +208,9 @@ class RNNLM:
                 W_xh, b_x = self._input_weights(l)
                 np.matmul(ws.inputs[l - 1].reshape(T * B, -1), W_xh, out=A)
                 A += b_x
+            forward_step = cell.forward_step
             for t in range(T):
-                cell.forward_step(layer, t)
+                forward_step(layer, t)
             if ws.training:
                 np.multiply(layer.hs[1:], ws.masks[:, l], out=ws.dropped[l])
 
@@ -266,9 +267,10 @@ class RNNLM:
         for l in range(self.num_layers - 1, -1, -1):
             cell, layer, d_state = self.cells[l], ws.layers[l], carry[l]
             cell.prepare_backward(layer)
+            backward_step, d_views = cell.backward_step, tuple(d_state)  # (dh_next[, dc_next])
             for t in range(T - 1, -1, -1):
                 scale = scales[t]
-                cell.backward_step(layer, t, d_state, scale is not CUT)
+                backward_step(layer, t, d_views, scale is not CUT)
                 if scale is CUT:
                     d_state.fill(0)
                 elif scale is not KEEP:
