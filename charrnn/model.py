@@ -46,8 +46,10 @@ that a recomputing (checkpointed) backward pass can reuse them.
 Public API beyond loss_and_grads/forward_loss/step (used by recompute.py, analysis.py, sample.py):
 check_batch, workspace, forward_segment, softmax_cross_entropy, output_grads, backward_segment,
 segment_grads, final_state, last_state, stepper, hidden_states, output_state_grads,
-check_dropout_rng, state_shape, param_shapes.
+check_dropout_rng, with_dropout, state_shape, param_shapes.
 """
+import copy
+
 import numpy as np
 
 from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, Workspace, WorkingWeights, init_params,  # noqa: F401
@@ -92,6 +94,16 @@ class RNNLM:
     def param_shapes(self) -> dict:
         """Parameter name -> shape, in the order of cells.param_shapes (layers, then W_hq, b_q)."""
         return param_shapes(self.cell, self.vocab_size, self.num_hiddens, self.num_layers)
+
+    def with_dropout(self, dropout) -> "RNNLM":
+        """This network with another dropout probability, sharing these parameters (the same
+        arrays, no copy): with_dropout(0) differentiates the network as evaluation runs it."""
+        problem = network_problem(self.cell, self.num_layers, dropout, self.activation)
+        if problem:
+            raise CharrnnError(problem[1])
+        other = copy.copy(self)
+        other.dropout, other._workspaces, other._forward_ws = float(dropout), {}, None
+        return other
 
     def state_shape(self, batch_size) -> tuple:
         """(B, H) for a one-layer rnn or gru, else (num_layers, S, B, H), S = 2 for the lstm."""

@@ -122,6 +122,19 @@ def test_dropout_is_the_identity_when_evaluating_and_sampling():
     np.testing.assert_array_equal(dropped.step(X[:, 0])[0], plain.step(X[:, 0])[0])
 
 
+def test_with_dropout_shares_the_parameters():
+    m = scaled_model("gru", 2, dropout=0.4)
+    plain = m.with_dropout(0.0)
+    assert plain.dropout == 0.0 and m.dropout == 0.4 and plain.params is m.params
+    X, Y = batch()
+    loss, grads, _ = plain.loss_and_grads(X, Y)  # no Generator needed: nothing is dropped
+    assert loss == pytest.approx(m.forward_loss(X, Y)[0] / X.size, rel=1e-14)
+    m.params["W_hq"] *= 2
+    assert plain.forward_loss(X, Y)[0] == m.forward_loss(X, Y)[0]
+    with pytest.raises(CharrnnError, match="dropout"):
+        m.with_dropout(1.0)
+
+
 def test_dropout_needs_a_generator_to_train():
     m = RNNLM(V, H, cell="gru", dropout=0.3)
     with pytest.raises(CharrnnError, match="dropout_rng"):
