@@ -60,6 +60,7 @@ class Evaluation:
     loss: float  # mean cross-entropy, nats per token
     perplexity: float
     unknown: list  # distinct tokens of the text outside the vocabulary (read as <unk>)
+    unknown_count: int = 0  # their occurrences
 
 
 def evaluate_text(model, vocab, config, corpus=None, data_dir=None):
@@ -77,9 +78,10 @@ def evaluate_text(model, vocab, config, corpus=None, data_dir=None):
         source = f"{name} (validation split, last {config.val_fraction:g})"
     else:
         source = str(name)
-    unknown_fraction = np.count_nonzero(ids == vocab.unk) / max(len(ids), 1)
+    unknown_count = int(np.count_nonzero(ids == vocab.unk))
+    unknown_fraction = unknown_count / max(len(ids), 1)
     if unknown and unknown_fraction > MAX_UNKNOWN_FRACTION:
         raise CharrnnError(f"{name}: {unknown_fraction:.0%} of its tokens are outside the checkpoint's "
                            f"vocabulary of {len(vocab)} (level {config.level}, preprocess {config.preprocess})")
     loss = mean_loss(model, ids)
-    return Evaluation(source, len(ids), loss, perplexity(loss), list(unknown))
+    return Evaluation(source, len(ids), loss, perplexity(loss), list(unknown), unknown_count)

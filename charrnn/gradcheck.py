@@ -12,6 +12,8 @@ so entries whose true gradient is (nearly) zero are measured against the floor i
 dividing round-off by nothing. Finite differences are fourth-order central differences, whose
 error (~1e-12 absolute here) is far below the floor times the tolerance.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,6 +37,7 @@ class GradcheckRow(NamedTuple):
     max_abs_err: float
     max_rel_err: float
     passed: bool
+    z_score: float | None = None  # statistical checks: max |mean - reference| in standard errors
 
 
 @dataclass
@@ -240,6 +243,9 @@ def mean_within_bound(check, draw, reference, num_draws) -> list:
         bound = (STANDARD_ERRORS * np.sqrt(variance / num_draws)
                  + ROUNDOFF_TOLERANCE * np.abs(reference[name]).max())
         abs_err, rel_err = errors(reference[name] + bias, reference[name])
+        stderr = np.sqrt(variance / num_draws)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(stderr > 0, np.abs(bias) / stderr, np.where(np.abs(bias) <= bound, 0.0, np.inf))
         rows.append(GradcheckRow(check, name, float(abs_err.max()), float(rel_err.max()),
-                                 bool(np.all(np.abs(bias) <= bound))))
+                                 bool(np.all(np.abs(bias) <= bound)), float(z.max())))
     return rows

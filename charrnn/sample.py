@@ -5,12 +5,13 @@ h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h) (eq. 9.4.5) without producing anything;
 each token is chosen from the output distribution softmax(o_t / temperature) and fed back in.
 """
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .data import preprocess_text
-from .errors import CharrnnError
+from .errors import CharrnnError, CharrnnWarning
 
 
 def next_token(logits, rng, temperature=1.0, top_k=None, greedy=False):
@@ -94,8 +95,10 @@ def sample_text(checkpoint, prefix, length=200, temperature=1.0, top_k=None, gre
     with .model, .vocab and .config (level and preprocess are taken from the config).
     """
     cfg = checkpoint.config
-    return continue_text(checkpoint.model, checkpoint.vocab, prefix, length, cfg.level, cfg.preprocess,
-                         temperature, top_k, greedy, seed)
+    sample = continue_text(checkpoint.model, checkpoint.vocab, prefix, length, cfg.level, cfg.preprocess,
+                           temperature, top_k, greedy, seed)
+    warn_prefix(prefix, sample.prefix, sample.unknown, sample.unknown_count, cfg.preprocess)
+    return sample
 
 
 def next_token_probs(checkpoint, prefix, top=10) -> list:
@@ -105,7 +108,8 @@ def next_token_probs(checkpoint, prefix, top=10) -> list:
     is listed like any token (it stands for every token outside the vocabulary).
     """
     cfg = checkpoint.config
-    ids = encode_prefix(checkpoint.vocab, prefix, cfg.level, cfg.preprocess)[0]
+    ids, preprocessed, unknown, unknown_count = encode_prefix(checkpoint.vocab, prefix, cfg.level, cfg.preprocess)
+    warn_prefix(prefix, preprocessed, unknown, unknown_count, cfg.preprocess)
     state = None
     for token in ids:
         logits, state = checkpoint.model.step(np.array([token]), state)
@@ -114,6 +118,23 @@ def next_token_probs(checkpoint, prefix, top=10) -> list:
     probs /= probs.sum()
     order = np.argsort(-probs, kind="stable")[:top]
     return [(checkpoint.vocab.to_tokens(int(i)), float(probs[i])) for i in order]
+
+
+def warn_prefix(prefix, preprocessed, unknown, unknown_count, preprocess) -> None:
+    """CharrnnWarnings: a prefix that preprocessing changed, tokens of it outside the vocabulary."""
+    if preprocessed != prefix:
+        warnings.warn(f"{preprocess!r} preprocessing changed the prefix {prefix!r} to {preprocessed!r}",
+                      CharrnnWarning, stacklevel=3)
+    if unknown:
+        warnings.warn(f"{unknown_summary(unknown, unknown_count)} of the prefix are not in the vocabulary "
+                      f"and were read as <unk>", CharrnnWarning, stacklevel=3)
+
+
+def unknown_summary(unknown, count, shown=10) -> str:
+    """'3 occurrences of 2 distinct tokens ('x', 'y')': what was read as <unk>, in words."""
+    listed = ", ".join(repr(token) for token in unknown[:shown]) + (", ..." if len(unknown) > shown else "")
+    return (f"{count:,} occurrence{'s' * (count != 1)} of {len(unknown):,} distinct "
+            f"token{'s' * (len(unknown) != 1)} ({listed})")
 
 
 def text_prefix(vocab, ids, level, max_chars=20) -> str:

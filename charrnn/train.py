@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -100,6 +100,9 @@ def train(config, out_dir, data_dir=None, reporter=None):
     refuse_existing_run(out_dir)
     parent = load_parent(config) if config.init_from else None
     train_data, val_data, vocab = load_data(config, data_dir, parent and parent.vocab)
+    if config.sample_prefix is None:  # the run records the prefix it uses
+        config = replace(config, sample_prefix=DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
+                         or text_prefix(vocab, train_data, config.level))
     out_dir = prepare_out_dir(out_dir)
     if parent:
         model = grown_model(parent.model, len(vocab), config.seed)
@@ -181,7 +184,7 @@ class Run:
         self.tokens_per_batch = config.batch_size * config.num_steps
         self.tokens_per_epoch = (num_minibatches(len(train_data), config.batch_size, config.num_steps)
                                  * self.tokens_per_batch)
-        self.sample_prefix = self.default_sample_prefix()
+        self.warn_about_the_sample_prefix()
         self.checkpoint_step = progress.step  # of the checkpoint.npz on disk
         self.last_record = {}  # the latest metrics record of this session
         self.session_start = time.perf_counter()
@@ -338,24 +341,19 @@ class Run:
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
 
-    def default_sample_prefix(self):
-        """The configured prefix; else the corpus' own (DEFAULT_SAMPLE_PREFIXES), else the first
-        words of the training text. A prefix that preprocessing changes is warned about."""
-        cfg = self.config
-        if cfg.sample_prefix is None:
-            return DEFAULT_SAMPLE_PREFIXES.get(cfg.corpus) or text_prefix(self.vocab, self.train_data, cfg.level)
-        changed = preprocess_text(cfg.sample_prefix, cfg.preprocess)
-        if changed != cfg.sample_prefix:
-            warnings.warn(f"{cfg.preprocess!r} preprocessing changes the sample prefix {cfg.sample_prefix!r} "
-                          f"to {changed!r}", CharrnnWarning, stacklevel=2)
-        return cfg.sample_prefix
+    def warn_about_the_sample_prefix(self):
+        """A CharrnnWarning if preprocessing changes the prefix continued at each evaluation."""
+        prefix, preprocess = self.config.sample_prefix, self.config.preprocess
+        if prefix is not None and preprocess_text(prefix, preprocess) != prefix:
+            warnings.warn(f"{preprocess!r} preprocessing changes the sample prefix {prefix!r} to "
+                          f"{preprocess_text(prefix, preprocess)!r}", CharrnnWarning, stacklevel=2)
 
     def sample(self):
         """The greedy continuation of the sample prefix (as the textbook's predict), or None
         when there is none to show (a prefix without tokens, a model without finite outputs)."""
         cfg = self.config
         try:
-            return continue_text(self.model, self.vocab, self.sample_prefix, cfg.sample_length,
+            return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
                                  level=cfg.level, preprocess=cfg.preprocess, greedy=True).text
         except CharrnnError:
             return None

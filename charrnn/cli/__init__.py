@@ -16,7 +16,7 @@ from ..errors import CharrnnError
 from ..threads import THREAD_VARIABLES, blas_threads, default_threads
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
 from .options import Clip, FiniteRange, Truncation  # noqa: F401  (the option types, for tests and users)
-from .render import one_line
+from .render import charrnn_warnings, one_line, quiet_stdout
 from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
@@ -31,6 +31,9 @@ class CharrnnGroup(click.Group):
             return super().invoke(ctx)
         except CharrnnError as err:
             raise click.ClickException(one_line(err)) from None
+        except BrokenPipeError:  # `charrnn ... | head`: the reader has all it wanted, a normal end
+            quiet_stdout()
+            ctx.exit(0)
         except OSError as err:
             where = f": {err.filename}" if err.filename else ""
             raise click.ClickException(one_line(f"{err.strerror or err}{where}")) from None
@@ -54,6 +57,9 @@ class CharrnnGroup(click.Group):
 def main(ctx, threads):
     """Character-level RNN language models trained by exact backpropagation through time."""
     ctx.with_resource(blas_threads(default_threads() if threads is None else threads))
+    ctx.with_resource(charrnn_warnings())
+
+
 
 
 for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare):
