@@ -15,7 +15,9 @@ TrainConfig; the output directory's checks are in charrnn.outdir.
 from __future__ import annotations
 
 import math
+import sys
 import time
+import types
 import warnings
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
@@ -409,3 +411,13 @@ class Run:
             checkpoint=checkpoint if checkpoint.is_file() else None,
             checkpoint_step=self.checkpoint_step, message=message, model=self.model, vocab=self.vocab,
             config=cfg)
+
+
+class CallableModule(types.ModuleType):
+    """This module, callable as its `train` function: `charrnn.train(config, out_dir)`."""
+
+    def __call__(self, config, out_dir, data_dir=None, reporter=None):
+        return train(config, out_dir, data_dir, reporter)
+
+
+sys.modules[__name__].__class__ = CallableModule
