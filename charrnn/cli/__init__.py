@@ -1,4 +1,4 @@
-"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare.
+"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -9,12 +9,14 @@ package sets nothing: the BLAS thread count (--threads) is set when a command ru
     render.py       what the commands print
     training.py     train, compare
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
+    plotting.py     plot
 """
 import click
 
 from ..errors import CharrnnError
 from ..threads import THREAD_VARIABLES, blas_threads, default_threads
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
+from .plotting import plot
 from .options import Clip, FiniteRange, Truncation  # noqa: F401  (the option types, for tests and users)
 from .render import charrnn_warnings, one_line, quiet_stdout
 from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
@@ -62,5 +64,5 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare):
+for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot):
     main.add_command(command)

@@ -2,6 +2,7 @@
 
 User-provided text (corpus names, samples, paths) is printed as it is, never read as markup.
 """
+import math
 import os
 import sys
 import warnings
@@ -75,7 +76,8 @@ def charrnn_warnings():
 def print_wide(renderable):
     """Print a table at its full width, even past the terminal's (or the 80 columns of a pipe),
     so that no column (a chart) is cut."""
-    console.print(renderable, width=max(console.width, console.measure(renderable).maximum))
+    needed = console.measure(renderable, options=console.options.update_width(10_000)).maximum
+    (PipeConsole(width=needed) if needed > console.width else console).print(renderable)
 
 
 def say(text, **style):
@@ -174,6 +176,24 @@ def print_next_tokens(prefix, probs):
     for rank, (token, p) in enumerate(probs, 1):
         table.add_row(str(rank), escape(repr(token)), f"{p:.4f}")
     console.print(table)
+
+
+def print_histories(histories):
+    """The table of `charrnn plot` without --out: per run (charrnn.curves.RunHistory), its last
+    and best perplexities and both curves as one-line charts on one (log) scale."""
+    table = Table(title="Perplexity against training tokens (charts: log scale, shared by all runs)")
+    for column in ("run", "tokens", "train ppl", "val ppl", "best val", "training", "validation"):
+        table.add_column(column, justify="left" if column in ("run", "training", "validation") else "right",
+                         no_wrap=True)
+    every = [[p for p in h.train_ppl + h.val_ppl if p is not None] for h in histories]
+    for history in histories:
+        last = {name: next((p for p in reversed(values) if p is not None), None)
+                for name, values in (("train", history.train_ppl), ("val", history.val_ppl))}
+        charts = [sparkline([math.nan if p is None else p for p in values], width=30, scale_with=every)
+                  for values in (history.train_ppl, history.val_ppl)]
+        table.add_row(escape(history.name), f"{history.tokens[-1]:,}", fmt(last["train"]), fmt(last["val"]),
+                      fmt(history.best_val_ppl), *charts)
+    print_wide(table)
 
 
 # ---------------------------------------------------------------------------- evaluate / gradcheck
