@@ -215,13 +215,13 @@ def print_gradcheck(report):
         checks.setdefault(row.check, []).append(row)
     for check, rows in checks.items():
         table = Table(title=check)
-        tested_by_z = any(row.z_score is not None for row in rows)  # the measure that check tests
+        tested_by_z = any((check, row.param) in report.z_scores for row in rows)  # the measure it bounds
         columns = ("parameter", "max abs error", "max rel error", *(["max |mean-full|/s.e."] * tested_by_z),
                    "result")
         for column in columns:
             table.add_column(column, justify="left" if column == "parameter" else "right")
         for row in rows:
-            z = [f"{row.z_score:.2f}"] if tested_by_z else []
+            z = [f"{report.z_scores[check, row.param]:.2f}"] if tested_by_z else []
             table.add_row(row.param, f"{row.max_abs_err:.2e}", f"{row.max_rel_err:.2e}", *z,
                           "[green]pass[/green]" if row.passed else "[red]FAIL[/red]")
         console.print(table)
