@@ -217,7 +217,7 @@ def warn_dropped_letters(text: str, what) -> None:
     count, examples = dropped_letters(text)
     if count:
         warnings.warn(f"'d2l' preprocessing of {what} dropped {count:,} letters outside A-Z "
-                      f"(e.g. {examples}); use --preprocess raw to keep them", CharrnnWarning, stacklevel=3)
+                      f"(e.g. {examples}); raw preprocessing keeps them", CharrnnWarning, stacklevel=3)
 
 
 def tokenize(text: str, level: str):

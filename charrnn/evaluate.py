@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import preprocess_text, read_text, split_corpus
+from .data import preprocess_text, read_text, split_corpus, warn_dropped_letters
 from .errors import CharrnnError
 from .model import EVAL_CHUNK_STEPS
 
@@ -71,7 +71,10 @@ def evaluate_text(model, vocab, config, corpus=None, data_dir=None):
     than MAX_UNKNOWN_FRACTION of them is refused as not matching the vocabulary.
     """
     name = config.corpus if corpus is None else corpus
-    text = preprocess_text(read_text(name, data_dir=data_dir), config.preprocess)
+    text = read_text(name, data_dir=data_dir)
+    if config.preprocess == "d2l" and corpus is not None:  # (the training text was reported on in training)
+        warn_dropped_letters(text, name)
+    text = preprocess_text(text, config.preprocess)
     ids, unknown = vocab.encode(text, config.level)
     if corpus is None:
         ids = split_corpus(ids, config.val_fraction)[1]
