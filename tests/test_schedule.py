@@ -7,6 +7,7 @@ import pytest
 from charrnn import train as training
 from charrnn.checkpoint import Progress
 from charrnn.config import TrainConfig
+from charrnn.io import load_npz, save_npz
 from charrnn.schedule import budget_fraction, learning_rate
 
 
@@ -59,13 +60,28 @@ def test_configurations_saved_before_the_schedule_keep_their_epoch_decay():
 def test_a_small_text_keeps_learning_to_the_end_of_a_long_budget(tmp_path, write_words):
     """Many epochs of a short text: the per-epoch decay freezes the learning rate at nothing,
     the schedule over the budget ends at lr * lr_floor."""
-    text = write_words(tmp_path / "small.txt", 300, seed=3)
-    tiny = dict(num_hiddens=8, batch_size=4, num_steps=8, eval_every=10**9, sample_length=0, epochs=60)
+    text = write_words(tmp_path / "small.txt", 120, seed=3)
+    tiny = dict(num_hiddens=8, batch_size=4, num_steps=8, eval_every=10**9, sample_length=0, epochs=40)
     runs = {}
     for schedule in ("epoch", "cosine"):
         runs[schedule] = training.train(TrainConfig(corpus=str(text), lr_schedule=schedule, **tiny),
                                         tmp_path / schedule)
     last_lr = {s: json.loads((tmp_path / s / training.METRICS).read_text().splitlines()[-1])["lr"] for s in runs}
-    assert last_lr["epoch"] < 0.01 * TrainConfig.lr  # 0.9**59
+    assert last_lr["epoch"] < 0.02 * TrainConfig.lr  # 0.9**39
     assert last_lr["cosine"] == pytest.approx(TrainConfig.lr * 0.1, rel=0.01)
     assert runs["cosine"].train_ppl < runs["epoch"].train_ppl  # it kept learning
+
+
+def test_a_run_saved_before_the_schedule_existed_resumes_with_its_epoch_decay(tmp_path, write_words):
+    text = write_words(tmp_path / "words.txt", 300, seed=5)
+    tiny = dict(num_hiddens=8, batch_size=4, num_steps=8, eval_every=10**9, sample_length=0)
+    training.train(TrainConfig(corpus=str(text), epochs=1, lr_schedule="epoch", lr_decay=0.5, **tiny), tmp_path / "old")
+    path = tmp_path / "old" / training.CHECKPOINT
+    arrays, meta = load_npz(path)
+    for name in ("lr_schedule", "lr_floor", "init_from"):  # as a checkpoint of an older charrnn
+        del meta["config"][name]
+    save_npz(path, arrays, meta)
+    result = training.resume(tmp_path / "old", {"epochs": 2})
+    assert result.config.lr_schedule == "epoch" and result.progress.epoch == 2
+    last = json.loads((tmp_path / "old" / training.METRICS).read_text().splitlines()[-1])
+    assert last["lr"] == pytest.approx(TrainConfig.lr * 0.5)
