@@ -125,7 +125,8 @@ class ConsoleReporter(Reporter):
         with tqdm.external_write_mode():
             best = " [green](best)[/green]" if record["best"] else ""
             console.print(f"[bold]epoch {record['epoch']}[/bold] {record['tokens']:,} tokens  "
-                          f"train ppl {fmt(record['train_ppl'], 2)}  val ppl {fmt(record['val_ppl'], 2)}{best}")
+                          f"train ppl {fmt(record['train_ppl'], 2)}  val ppl {fmt(record['val_ppl'], 2)}{best}  "
+                          f"[dim]lr {record['lr']:.2g}[/dim]")
             if record["sample"] is not None:
                 say(f"  {record['sample']!r}", style="dim")
 
