@@ -81,3 +81,9 @@ def test_compare_help_names_its_own_default_budget():
     result = invoke("compare", "--help")
     assert "500,000 when no budget is given" in " ".join(result.stdout.split())
     assert "30 when no budget" not in " ".join(result.stdout.split())
+
+
+def test_schedule_options_belong_to_their_schedule(tmp_path):
+    assert_error(invoke("train", "--lr-decay", 0.5, "--out", tmp_path / "a"), code=2, says="--lr-schedule epoch")
+    assert_error(invoke("compare", "--lr-floor", 0.5, "--lr-schedule", "constant", "--out", tmp_path / "b"),
+                 code=2, says="--lr-floor applies")

@@ -111,6 +111,8 @@ class ConsoleReporter(Reporter):
         verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
         say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
             f"vocabulary {info['vocab_size']}), {info['num_params']:,} parameters -> {info['out_dir']}")
+        if cfg.init_from:
+            say(f"Fine-tuning from {cfg.init_from}")
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
                         unit_scale=True, dynamic_ncols=True, disable=None)
 

@@ -36,8 +36,7 @@ def train(ctx, data_dir, out, resume, init_from, **options):
     --init-from RUN fine-tunes a trained model on CORPUS.
     """
     given = config_changes(ctx, options)
-    if resume is None and "lr_decay" in given and options["lr_schedule"] != "epoch":
-        raise click.UsageError("--lr-decay applies to --lr-schedule epoch only", ctx)
+    check_schedule_options(ctx, given, options["lr_schedule"], resume)
     reporter = ConsoleReporter()
     try:
         if resume is not None:
@@ -67,6 +66,16 @@ def train(ctx, data_dir, out, resume, init_from, **options):
         ctx.exit(EXIT_CODES[result.reason])
 
 
+def check_schedule_options(ctx, given, schedule, resume):
+    """--lr-decay belongs to the epoch schedule, --lr-floor to cosine and exponential."""
+    if resume is not None:
+        return
+    if "lr_decay" in given and schedule != "epoch":
+        raise click.UsageError("--lr-decay applies to --lr-schedule epoch only", ctx)
+    if "lr_floor" in given and schedule not in ("cosine", "exponential"):
+        raise click.UsageError("--lr-floor applies to --lr-schedule cosine or exponential only", ctx)
+
+
 @click.command()
 @training_options(with_truncation=False, eval_every=COMPARE_EVAL_EVERY, default_max_tokens=COMPARE_TOKENS)
 @regular_option
@@ -82,6 +91,7 @@ def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, **options):
     --max-time) each run trains on 500,000 tokens. Each run writes its checkpoints and
     metrics.jsonl to its own subdirectory of --out.
     """
+    check_schedule_options(ctx, config_changes(ctx, options), options["lr_schedule"], None)
     if plot is not None:
         check_plot_path(plot)
     if all(options[name] is None for name in BUDGET_FIELDS):
