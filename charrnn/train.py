@@ -2,9 +2,10 @@
 
 One step (d2l §9.7): forward over `num_steps` tokens, the loss L = (1/T) sum_t l(o_t, y_t)
 (eq. 9.7.2), its gradients by backpropagation through time (eqs. 9.7.3-9.7.8, in
-charrnn.model), global-norm clipping, an optimizer step. With the sequential sampler the hidden
-state is carried into the next minibatch (its gradient cut); with the random one it restarts
-from zeros.
+charrnn.model), global-norm clipping, an optimizer step at the learning rate the schedule gives
+for the share of the budget used so far (charrnn.schedule). With the sequential sampler the
+hidden state is carried into the next minibatch (its gradient cut); with the random one it
+restarts from zeros.
 
 The loop prints nothing: it reports to a `Reporter`. Resume is exact: the sampler of epoch `e`
 draws from default_rng([seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
@@ -230,9 +231,7 @@ class Run:
             self.state = None
 
     def epoch_batches(self):
-        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int.
-
-        """
+        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int."""
         rng = np.random.default_rng([self.config.seed, SAMPLER_STREAM, self.progress.epoch])
         batches = SAMPLERS[self.config.sampler](self.train_data, self.config.batch_size,
                                                 self.config.num_steps, rng)
