@@ -11,7 +11,7 @@ import pytest
 from charrnn import train as training
 from charrnn.data import Vocab
 from charrnn.checkpoint import save_model
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, CharrnnWarning
 from charrnn.evaluate import contiguous_batches, mean_loss
 from charrnn.model import RNNLM
 from charrnn.sample import continue_text, generate, sample_text
@@ -259,7 +259,8 @@ def test_generation_warms_up_on_the_prefix_then_follows_the_model():
     assert sample_text(trained, "ab c", 12, top_k=1, seed=5).text == greedy
     drawn = [sample_text(trained, "ab c", 30, temperature=3.0, seed=s).text for s in (1, 1, 2)]
     assert drawn[0] == drawn[1] != drawn[2]
-    unknown = sample_text(trained, "abzzZ", 3)
+    with pytest.warns(CharrnnWarning, match="3 occurrences of 2 distinct tokens"):
+        unknown = sample_text(trained, "abzzZ", 3)
     assert (unknown.unknown, unknown.unknown_count, unknown.prefix) == (["Z", "z"], 3, "abzzZ")
     assert len(generate(model, np.array([1]), 0, np.random.default_rng(0))) == 0
     with pytest.raises(CharrnnError, match="no tokens"):
