@@ -93,6 +93,7 @@ def sample_text(checkpoint, prefix, length=200, temperature=1.0, top_k=None, gre
 
     checkpoint: a charrnn.checkpoint.Checkpoint (load_checkpoint), a TrainResult, or anything
     with .model, .vocab and .config (level and preprocess are taken from the config).
+    Warns (CharrnnWarning) when preprocessing changes the prefix or tokens of it are unknown.
     """
     cfg = checkpoint.config
     sample = continue_text(checkpoint.model, checkpoint.vocab, prefix, length, cfg.level, cfg.preprocess,

@@ -63,11 +63,14 @@ def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, sh
 
     The prefix is read as the training text was (its preprocessing); a change is warned about.
     """
-    if greedy and given_options(ctx, ["top_k", "temperature"]):
+    drawing = given_options(ctx, ["top_k", "temperature"])
+    if greedy and drawing:
         raise click.UsageError(f"--greedy takes the most likely token; it cannot be combined with "
-                               f"{' or '.join(given_options(ctx, ['top_k', 'temperature']))}", ctx)
-    if show_probs is not None and given_options(ctx, ["length", "temperature", "top_k", "seed"]) + greedy * ["--greedy"]:
-        raise click.UsageError("--show-probs lists the next token's probabilities; it generates nothing", ctx)
+                               f"{' or '.join(drawing)}", ctx)
+    generating = given_options(ctx, ["length", "temperature", "top_k", "greedy", "seed"])
+    if show_probs is not None and generating:
+        raise click.UsageError(f"--show-probs lists the next token's probabilities and generates nothing; "
+                               f"drop {', '.join(generating)}", ctx)
     ckpt = load_checkpoint(checkpoint)
     if prefix is None:
         prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
