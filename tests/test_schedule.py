@@ -85,3 +85,13 @@ def test_a_run_saved_before_the_schedule_existed_resumes_with_its_epoch_decay(tm
     assert result.config.lr_schedule == "epoch" and result.progress.epoch == 2
     last = json.loads((tmp_path / "old" / training.METRICS).read_text().splitlines()[-1])
     assert last["lr"] == pytest.approx(TrainConfig.lr * 0.5)
+
+
+def test_a_time_budget_runs_the_whole_schedule_by_the_clock(tmp_path, write_words):
+    text = write_words(tmp_path / "words.txt", 300, seed=5)
+    tiny = dict(num_hiddens=8, batch_size=4, num_steps=8, eval_every=32, sample_length=0)  # every step
+    result = training.train(TrainConfig(corpus=str(text), max_time=1.0, **tiny), tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / training.METRICS).read_text().splitlines()]
+    lrs = [r["lr"] for r in records]
+    assert result.reason == "max_time" and len(lrs) > 3 and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] < 0.15 * TrainConfig.lr < 0.5 * TrainConfig.lr < lrs[0]

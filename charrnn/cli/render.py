@@ -20,7 +20,6 @@ from ..sample import unknown_summary
 from ..train import Reporter
 
 
-
 def quiet_stdout():
     """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe is silent."""
     try:
