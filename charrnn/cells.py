@@ -106,8 +106,11 @@ class RNNCell:
 
     def forward_step(self, layer, t):
         """layer.hs[t+1] (= A[t]) holds x_t W_xh + b_h and becomes h_t."""
-        a, tmp = layer.hs_t[t + 1], layer.tmp
-        np.matmul(layer.hs_t[t], layer.W_hh, out=tmp)
+        self.recur(layer.hs_t[t + 1], layer.hs_t[t], layer.W_hh, layer.tmp)
+
+    def recur(self, a, h_prev, W_hh, tmp):
+        """a <- φ(a + h_prev W_hh) in place, a (B, H) holding x_t W_xh + b_h; tmp (B, H) scratch."""
+        np.matmul(h_prev, W_hh, out=tmp)
         a += tmp
         if self.tanh:
             np.tanh(a, out=a)

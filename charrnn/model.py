@@ -170,13 +170,34 @@ class RNNLM:
         self._prepare(ws)
         tokens = np.zeros((1, 1), np.intp)
         logits = np.empty((1, self.vocab_size), self.dtype)
-        shape = (self.num_layers, self.num_states, 1, self.num_hiddens)
+        if self.cell == "rnn" and self.num_layers == 1:  # the common case, at today's speed:
+            recur, rows, W_hh, tmp = self.cells[0].recur, ws.xb, self.params["W_hh"], ws.tmp
+
+            def advance_rnn(token, h):  # a new row of the table becomes the next state in place
+                a = rows[token:token + 1].copy()
+                recur(a, np.zeros_like(a) if h is None else h, W_hh, tmp)
+                return self.logits(a, out=logits), a
+
+            return advance_rnn
+        shape, public = (self.num_layers, self.num_states, 1, self.num_hiddens), self.state_shape(1)
+        first, last = [ws.hs[:, 0]], [ws.hs[:, 1]]  # h (and c) of every layer, before and after
+        if ws.cs is not None:
+            first.append(ws.cs[:, 0])
+            last.append(ws.cs[:, 1])
+        top = ws.top[0]
+        steps = [(l, cell.forward_step, layer) for l, (cell, layer) in enumerate(zip(self.cells, ws.layers))]
 
         def advance(token, state):
+            for k, start in enumerate(first):
+                start[...] = 0 if state is None else state.reshape(shape)[:, k]
             tokens[0, 0] = token
-            self._set_state(ws, None if state is None else np.reshape(state, shape))
-            self._run_forward(tokens, ws)
-            return self.logits(ws.top[0], out=logits), self.final_state(ws)
+            for l, forward_step, layer in steps:  # _run_forward's work for one step, its loops unrolled
+                self._input_part(tokens, ws, l)
+                forward_step(layer, 0)
+            new_state = np.empty(shape, self.dtype)
+            for k, end in enumerate(last):
+                new_state[:, k] = end
+            return self.logits(top, out=logits), new_state.reshape(public)
 
         return advance
 
@@ -211,20 +232,26 @@ class RNNLM:
     def _run_forward(self, X_tm, ws) -> None:
         """forward_segment after its set-up: layer by layer, the input part of all steps at once,
         then the cell's steps (the recurrence)."""
-        T, B = X_tm.shape
+        T = len(X_tm)
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
-            if l == 0:
-                np.take(ws.xb, X_tm, axis=0, out=layer.A, mode="clip")
-            else:
-                A = layer.A.reshape(T * B, -1)
-                W_xh, b_x = self._input_weights(l)
-                np.matmul(ws.inputs[l - 1].reshape(T * B, -1), W_xh, out=A)
-                A += b_x
+            self._input_part(X_tm, ws, l)
             forward_step = cell.forward_step
             for t in range(T):
                 forward_step(layer, t)
             if ws.training:
                 np.multiply(layer.hs[1:], ws.masks[:, l], out=ws.dropped[l])
+
+    def _input_part(self, X_tm, ws, l) -> None:
+        """Layer l's x_t W_xh + b_h for every step into its A: a row of the table for layer 0,
+        one product with the (dropped) states of layer l-1 for the others."""
+        layer = ws.layers[l]
+        if l == 0:
+            ws.xb.take(X_tm, axis=0, out=layer.A, mode="clip")
+            return
+        A = layer.A.reshape(X_tm.size, -1)
+        W_xh, b_x = self._input_weights(l)
+        np.matmul(ws.inputs[l - 1].reshape(X_tm.size, -1), W_xh, out=A)
+        A += b_x
 
     def softmax_cross_entropy(self, y, ws) -> float:
         """Σ_i -log softmax(o_i)[y_i] over all N = T*B outputs (the sum in eq. 9.7.2), as a float
