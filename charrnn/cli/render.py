@@ -102,6 +102,15 @@ def print_corpus(corpus, level, preprocess, num_tokens, vocab, top_tokens):
 
 # ---------------------------------------------------------------------------- train
 
+def network_words(config) -> str:
+    """The network of a TrainConfig in words: "tanh rnn, hidden 256", "lstm x 2 layers, hidden
+    512, dropout 0.3"."""
+    cell = f"{config.activation} rnn" if config.cell == "rnn" else config.cell
+    layers = f" x {config.num_layers} layers" if config.num_layers > 1 else ""
+    dropout = f", dropout {config.dropout:g}" if config.dropout else ""
+    return f"{cell}{layers}, hidden {config.num_hiddens}{dropout}"
+
+
 class ConsoleReporter(Reporter):
     """A tqdm bar per step; a line and a sample per evaluation; a summary table at the end."""
 
@@ -109,7 +118,8 @@ class ConsoleReporter(Reporter):
         cfg = info["config"]
         verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
         say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
-            f"vocabulary {info['vocab_size']}), {info['num_params']:,} parameters -> {info['out_dir']}")
+            f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters "
+            f"-> {info['out_dir']}")
         if cfg.init_from:
             say(f"Fine-tuning from {cfg.init_from}")
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
@@ -157,7 +167,7 @@ def print_summary(result):
 
 def print_comparison(config, results):
     """The table of a charrnn.compare run: one row per truncation strategy."""
-    table = Table(title=f"Truncation compared: {config.corpus}, hidden {config.num_hiddens}, "
+    table = Table(title=f"Truncation compared: {config.corpus}, {network_words(config)}, "
                         f"batch {config.batch_size} x {config.num_steps} steps, seed {config.seed}")
     for column in ("truncation", "tokens", "tok/s", "mean ‖g‖", "val ppl", "best", "val ppl over time"):
         table.add_column(column, justify="left" if column in ("truncation", "val ppl over time") else "right",
