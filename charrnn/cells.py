@@ -37,7 +37,7 @@ covers every gate of a step.
 
 Initialisation: rnn, the textbook's: every W ~ N(0, 0.01²), biases 0. gru and lstm: the weights
 of the recurrent layers ~ U(−1/√H, 1/√H), PyTorch's nn.GRU/nn.LSTM default (pre-activations of
-size ~1 whatever H, so the gates start away from saturation and from 0.5-everywhere); the
+size ~1 whatever H: the gates start neither saturated nor all at ½, as N(0, 0.01²) would leave them); the
 biases 0 except the LSTM forget gate's b_f = 1, so that c is kept by default at the start
 (Gers et al. 2000; Jozefowicz et al. 2015, who found it closes the LSTM's gap to the GRU); the
 output layer as the rnn's, N(0, 0.01²) and 0, so the first loss is log V. Drawn in float64 from
@@ -47,6 +47,9 @@ Backward steps take dh (and dc) = the total gradient reaching the step's output 
 in d_state the gradient reaching the previous state, dh_next (and dc_next), unless the path is
 cut (keep False). The per-step multipliers that do not depend on the gradient are formed for all
 steps at once beforehand (`prepare_backward`), so a step is a handful of operations.
+
+Also here: the buffers the steps work in (Layer, Workspace, and a gated model's WorkingWeights),
+the one rule of possible networks (network_problem), and layer 0's token gradient (token_grads).
 """
 import math
 
