@@ -222,7 +222,9 @@ class GradientAnalysis:
 
 def analyze(model, X, Y, state=None, truncations=DEFAULT_TRUNCATIONS, num_draws=DEFAULT_DRAWS,
             seed=0) -> GradientAnalysis:
-    """All of the above on window X, Y: (batch, T) int, from `state` (the model's format) or zeros."""
+    """All of the above on window X, Y: (batch, T) int, from `state` (the model's format) or zeros;
+    the network as evaluation runs it (no dropout)."""
+    model = model.with_dropout(0.0)
     loss, grads, _ = model.loss_and_grads(X, Y, state)
     full_grad = flat_grad(grads)
     errors = [truncation_error(model, X, Y, truncation, state, num_draws, seed, full_grad)

@@ -37,7 +37,7 @@ covers every gate of a step.
 
 Initialisation: rnn, the textbook's: every W ~ N(0, 0.01²), biases 0. gru and lstm: the weights
 of the recurrent layers ~ U(−1/√H, 1/√H), PyTorch's nn.GRU/nn.LSTM default (pre-activations of
-size ~1 whatever H, so the gates start away from saturation and from 0.5-everywhere); the
+size ~1 whatever H: the gates start neither saturated nor all at ½, as N(0, 0.01²) would leave them); the
 biases 0 except the LSTM forget gate's b_f = 1, so that c is kept by default at the start
 (Gers et al. 2000; Jozefowicz et al. 2015, who found it closes the LSTM's gap to the GRU); the
 output layer as the rnn's, N(0, 0.01²) and 0, so the first loss is log V. Drawn in float64 from
@@ -47,6 +47,9 @@ Backward steps take dh (and dc) = the total gradient reaching the step's output 
 in d_state the gradient reaching the previous state, dh_next (and dc_next), unless the path is
 cut (keep False). The per-step multipliers that do not depend on the gradient are formed for all
 steps at once beforehand (`prepare_backward`), so a step is a handful of operations.
+
+Also here: the buffers the steps work in (Layer, Workspace, and a gated model's WorkingWeights),
+the one rule of possible networks (network_problem), and layer 0's token gradient (token_grads).
 """
 import math
 
@@ -77,12 +80,22 @@ class Layer:
     dL/d(pre-activation), recurrent side (rnn: dA is dH); dH (T, B, H) the gradient reaching h_t
     from above (output layer or next layer), made the total dL/dh_t by the backward steps;
     M (T, B, G·H) per-step factors of the backward step; tmp (B, G·H), tmp_h (B, H) scratch.
+    The steps read each array X through X_t, the list of its per-step views (X_t[t] is X[t]),
+    made once: indexing a list costs a fraction of making a view at every step.
     """
 
-    def __init__(self, hs, cs, A, aux, dA, dH, M, tmp, tmp_h):
-        self.hs, self.cs, self.A, self.aux = hs, cs, A, aux
-        self.dA, self.dH, self.M, self.tmp, self.tmp_h = dA, dH, M, tmp, tmp_h
+    def __init__(self, hs, cs, A, aux, tmp, tmp_h):
+        self.hs, self.cs, self.A, self.aux, self.tmp, self.tmp_h = hs, cs, A, aux, tmp, tmp_h
+        self.hs_t, self.A_t = list(hs), list(A)
+        self.cs_t = None if cs is None else list(cs)
+        self.aux_t = None if aux is None else list(aux)
+        self.dA = self.dH = self.M = self.dA_t = self.dH_t = self.M_t = None
         self.W_hh = self.W_hh_T = self.b_hn = None
+
+    def set_backward(self, dA, dH, M) -> None:
+        """Attach the backward buffers (shared by all layers)."""
+        self.dA, self.dH, self.M = dA, dH, M
+        self.dA_t, self.dH_t, self.M_t = list(dA), list(dH), list(M)
 
 
 class RNNCell:
@@ -96,9 +109,12 @@ class RNNCell:
 
     def forward_step(self, layer, t):
         """layer.hs[t+1] (= A[t]) holds x_t W_xh + b_h and becomes h_t."""
-        a = layer.hs[t + 1]
-        np.matmul(layer.hs[t], layer.W_hh, out=layer.tmp)
-        a += layer.tmp
+        self.recur(layer.hs_t[t + 1], layer.hs_t[t], layer.W_hh, layer.tmp)
+
+    def recur(self, a, h_prev, W_hh, tmp):
+        """a <- φ(a + h_prev W_hh) in place, a (B, H) holding x_t W_xh + b_h; tmp (B, H) scratch."""
+        np.matmul(h_prev, W_hh, out=tmp)
+        a += tmp
         if self.tanh:
             np.tanh(a, out=a)
 
@@ -110,10 +126,10 @@ class RNNCell:
 
     def backward_step(self, layer, t, d_state, keep):
         """δ_t = (dh + dh_next) ⊙ φ'(a_t), in place in dA[t] = dH[t]; dh_next = δ_t W_hhᵀ."""
-        delta = layer.dA[t]
+        delta = layer.dA_t[t]
         delta += d_state[0]
         if self.tanh:
-            delta *= layer.M[t]
+            delta *= layer.M_t[t]
         if keep:
             np.matmul(delta, layer.W_hh_T, out=d_state[0])
 
@@ -134,7 +150,7 @@ class GRUCell:
     def forward_step(self, layer, t):
         """A[t] holds [x W_xr + b_r | x W_xz + b_z] / 2 and x W_xn + b_n; becomes [r | z | n]."""
         H, tmp = self.num_hiddens, layer.tmp
-        h_prev, a = layer.hs[t], layer.A[t]
+        h_prev, a = layer.hs_t[t], layer.A_t[t]
         np.matmul(h_prev, layer.W_hh, out=tmp)             # [h W_hr / 2 | h W_hz / 2 | h W_hn]
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
@@ -142,12 +158,12 @@ class GRUCell:
         rz *= 0.5
         rz += 0.5                                           # r, z = σ(·) = ½ tanh(·/2) + ½
         r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        hn = layer.aux[t]
+        hn = layer.aux_t[t]
         np.add(tmp[:, 2 * H:], layer.b_hn, out=hn)          # h W_hn + b_hn
         np.multiply(r, hn, out=tmp[:, 2 * H:])
         n += tmp[:, 2 * H:]
         np.tanh(n, out=n)                                   # n = tanh(x W_xn + b_n + r ⊙ hn)
-        h = layer.hs[t + 1]
+        h = layer.hs_t[t + 1]
         np.subtract(h_prev, n, out=h)
         h *= z
         h += n                                              # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
@@ -176,14 +192,14 @@ class GRUCell:
         dh_next = δ_t W_hhᵀ + dh ⊙ z (the direct path z ⊙ h_{t−1})."""
         H = self.num_hiddens
         B = len(d_state[0])
-        dh = layer.dH[t]
-        dh += d_state[0]
-        delta = layer.dA[t]
-        np.multiply(dh[:, None, :], layer.M[t].reshape(B, 3, H), out=delta.reshape(B, 3, H))
+        dh, dh_next = layer.dH_t[t], d_state[0]
+        dh += dh_next
+        delta = layer.dA_t[t]
+        np.multiply(dh[:, None, :], layer.M_t[t].reshape(B, 3, H), out=delta.reshape(B, 3, H))
         if keep:
-            np.matmul(delta, layer.W_hh_T, out=d_state[0])
-            np.multiply(dh, layer.A[t, :, H:2 * H], out=layer.tmp_h)
-            d_state[0] += layer.tmp_h
+            np.matmul(delta, layer.W_hh_T, out=dh_next)
+            np.multiply(dh, layer.A_t[t][:, H:2 * H], out=layer.tmp_h)
+            dh_next += layer.tmp_h
 
     def finish_backward(self, layer):
         """dA's n block holds δ_n ⊙ r, the recurrent side: db_hn = Σ of it; then it becomes the
@@ -207,20 +223,20 @@ class LSTMCell:
 
     def forward_step(self, layer, t):
         """A[t] holds the input part (σ blocks halved) and becomes [i | f | g | o]; writes c_t, h_t."""
-        H, a = self.num_hiddens, layer.A[t]
-        np.matmul(layer.hs[t], layer.W_hh, out=layer.tmp)
+        H, a = self.num_hiddens, layer.A_t[t]
+        np.matmul(layer.hs_t[t], layer.W_hh, out=layer.tmp)
         a += layer.tmp
         np.tanh(a, out=a)
         a *= self.gate_scale
         a += self.gate_shift                                # i, f, o = σ(·), g = tanh(·)
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        c = layer.cs[t + 1]
-        np.multiply(f, layer.cs[t], out=c)
+        c = layer.cs_t[t + 1]
+        np.multiply(f, layer.cs_t[t], out=c)
         np.multiply(i, g, out=layer.tmp_h)
         c += layer.tmp_h                                    # c_t = f ⊙ c_{t−1} + i ⊙ g
-        tanh_c = layer.aux[t]
+        tanh_c = layer.aux_t[t]
         np.tanh(c, out=tanh_c)
-        np.multiply(o, tanh_c, out=layer.hs[t + 1])          # h_t = o ⊙ tanh(c_t)
+        np.multiply(o, tanh_c, out=layer.hs_t[t + 1])          # h_t = o ⊙ tanh(c_t)
 
     def prepare_backward(self, layer):
         """M[t] per block: [g i(1−i) | c_{t−1} f(1−f) | i(1−g²) | tanh(c_t) o(1−o)], the factors
@@ -245,16 +261,16 @@ class LSTMCell:
         δ_t = [dc | dc | dc | dh] ⊙ M[t]; dc_next = dc ⊙ f; dh_next = δ_t W_hhᵀ."""
         H = self.num_hiddens
         B = len(d_state[0])
-        dh, dc = layer.dH[t], d_state[1]
-        dh += d_state[0]
-        np.multiply(dh, layer.aux[t], out=layer.tmp_h)
+        (dh_next, dc), dh = d_state, layer.dH_t[t]
+        dh += dh_next
+        np.multiply(dh, layer.aux_t[t], out=layer.tmp_h)
         dc += layer.tmp_h
-        delta, M_t = layer.dA[t], layer.M[t]
+        delta, M_t = layer.dA_t[t], layer.M_t[t]
         np.multiply(dc[:, None, :], M_t.reshape(B, 4, H)[:, :3], out=delta.reshape(B, 4, H)[:, :3])
         np.multiply(dh, M_t[:, 3 * H:], out=delta[:, 3 * H:])
         if keep:
-            dc *= layer.A[t, :, H:2 * H]
-            np.matmul(delta, layer.W_hh_T, out=d_state[0])
+            dc *= layer.A_t[t][:, H:2 * H]
+            np.matmul(delta, layer.W_hh_T, out=dh_next)
 
     def finish_backward(self, layer):
         return {}
@@ -285,45 +301,50 @@ def network_problem(cell, num_layers, dropout, activation):
 class Workspace:
     """Buffers for one (batch_size, num_steps) shape of one model, reused across calls.
 
-    hs: (L, T+1, B, H) hidden states, hs[l, 0] = h_0; cs: the same for the LSTM's c, else None;
-    A: (L, T, B, G·H) gated cells' input parts then gates (rnn: None, hs[l, 1:] plays A);
-    aux: (L, T, B, H) gated cells' per-step extras; M: (T, B, G·H) backward factors, then the
-    sorted δ rows; dA: (T, B, G·H) δ_t (rnn: dA is dH); dH: (T, B, H) dL/dh_t of the layer being
-    differentiated; logits: (V, T*B); tmp: (B, G·H), tmp_h: (B, H) (gated); carry (L, S, B, H);
-    xb: (V, G·H) layer 0's x W_xh + b_h table; W_hh, W_xh, b_x: gated cells' working copies
-    (σ blocks halved) and contiguous W_hhᵀ (L, G·H, H) per layer; rows: (T*B,) = arange. With dropout, made on first use by a
+    Forward: hs (L, T+1, B, H) hidden states, hs[l, 0] = h_0; cs the same for the LSTM's c,
+    else None; A (L, T, B, G·H) gated cells' input parts, then gates (rnn: None, hs[l, 1:] plays
+    A); aux (L, T, B, H) gated cells' per-step extras; logits (V, T*B); tmp (B, G·H), tmp_h
+    (B, H) (gated); xb (V, G·H) layer 0's x W_xh + b_h table; rows (T*B,) = arange. With dropout, made by the first
     training call: masks (T, L, B, H) the m_t^(l), dropped (L, T, B, H) = m ⊙ h_t^(l).
-    layers: a cells.Layer per layer, viewing these.
+    Backward, made by the first backward call (`for_backward`), so that forward-only work holds
+    none of them: M (T, B, G·H) backward factors, then sorted δ rows; dH (T, B, H) dL/dh_t of
+    the layer being differentiated; dA (T, B, G·H) δ_t (rnn: dA is dH); carry (L, S, B, H).
+    layers: a Layer per layer, viewing these.
     """
 
     def __init__(self, model, batch_size, num_steps):
         B, T, H, V, L = batch_size, num_steps, model.num_hiddens, model.vocab_size, model.num_layers
         G, S, dtype, gated = model.gates, model.num_states, model.dtype, model.cell != "rnn"
-        self.num_layers, self.dropout_shape = L, (T, L, B, H)
+        self.shape, self.gated, self.num_layers, self.dropout_shape = (T, B, H, G, S), gated, L, (T, L, B, H)
         self.hs = np.empty((L, T + 1, B, H), dtype)
         self.cs = np.empty((L, T + 1, B, H), dtype) if S == 2 else None
         self.A = np.empty((L, T, B, G * H), dtype) if gated else None
         self.aux = np.empty((L, T, B, H), dtype) if gated else None
-        self.M = np.empty((T, B, G * H), dtype)
-        self.dH = np.empty((T, B, H), dtype)
-        self.dA = np.empty((T, B, G * H), dtype) if gated else self.dH
         self.logits = np.empty((V, T * B), dtype)
         self.tmp = np.empty((B, G * H), dtype)
         self.tmp_h = np.empty((B, H), dtype) if gated else None
-        self.carry = np.empty((L, S, B, H), dtype)
         self.xb = np.empty((V, G * H), dtype)
-        self.W_hh = np.empty((L, H, G * H), dtype) if gated else None
-        self.W_hh_T = np.empty((L, G * H, H), dtype) if gated else None
-        self.W_xh = np.empty((L - 1, H, G * H), dtype) if gated else None
-        self.b_x = np.empty((L - 1, G * H), dtype) if gated else None
         self.rows = np.arange(num_steps * batch_size)
         self.masks = self.dropped = None
+        self.M = self.dH = self.dA = self.carry = None
         self.training = False
         self.layers = [Layer(self.hs[l], None if S == 1 else self.cs[l],
                              self.hs[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
-                             self.dA, self.dH, self.M, self.tmp, self.tmp_h) for l in range(L)]
+                             self.tmp, self.tmp_h) for l in range(L)]
         self.inputs = [self.hs[l, 1:] for l in range(L)]  # what layer l+1 / the output reads
         self.top = self.inputs[-1]
+
+    def for_backward(self) -> "Workspace":
+        """Make the backward buffers on first use -> self."""
+        if self.M is None:
+            (T, B, H, G, S), L, dtype = self.shape, self.num_layers, self.hs.dtype
+            self.M = np.empty((T, B, G * H), dtype)
+            self.dH = np.empty((T, B, H), dtype)
+            self.dA = np.empty((T, B, G * H), dtype) if self.gated else self.dH
+            self.carry = np.empty((L, S, B, H), dtype)
+            for layer in self.layers:
+                layer.set_backward(self.dA, self.dH, self.M)
+        return self
 
     def use_dropout(self, training) -> None:
         """Point the inputs of layers 1.. and of the output layer at the dropped states (training)
@@ -335,6 +356,28 @@ class Workspace:
         self.training = training
         self.inputs = [self.dropped[l] if training else self.hs[l, 1:] for l in range(self.num_layers)]
         self.top = self.inputs[-1]
+
+    @staticmethod
+    def forward_bytes_per_step(model, batch_size) -> int:
+        """Bytes the forward-only buffers grow by per step of the window (no dropout)."""
+        H, L, G = model.num_hiddens, model.num_layers, model.gates
+        floats = L * model.num_states * H + model.vocab_size
+        if model.cell != "rnn":
+            floats += L * (G * H + H)
+        return batch_size * (model.dtype.itemsize * floats + 8)
+
+
+class WorkingWeights:
+    """A gated model's working copies of its recurrent weights, refreshed by every call and held
+    once by the model: W_hh (L, H, G·H), W_xh and b_x for layers 1.. ((L-1, H, G·H), (L-1, G·H))
+    with the σ blocks halved, and W_hh_T (L, G·H, H), W_hhᵀ contiguous for the backward products."""
+
+    def __init__(self, model):
+        H, L, GH, dtype = model.num_hiddens, model.num_layers, model.gates * model.num_hiddens, model.dtype
+        self.W_hh = np.empty((L, H, GH), dtype)
+        self.W_xh = np.empty((L - 1, H, GH), dtype)
+        self.b_x = np.empty((L - 1, GH), dtype)
+        self.W_hh_T = np.empty((L, GH, H), dtype)
 
 
 def token_grads(X_tm, dA, scratch, vocab_size) -> tuple:

@@ -46,19 +46,22 @@ that a recomputing (checkpointed) backward pass can reuse them.
 Public API beyond loss_and_grads/forward_loss/step (used by recompute.py, analysis.py, sample.py):
 check_batch, workspace, forward_segment, softmax_cross_entropy, output_grads, backward_segment,
 segment_grads, final_state, last_state, stepper, hidden_states, output_state_grads,
-check_dropout_rng, state_shape, param_shapes.
+check_dropout_rng, with_dropout, state_shape, param_shapes.
 """
+import copy
+
 import numpy as np
 
-from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, Workspace, init_params, layer_suffix,  # noqa: F401
-                    network_problem, param_shapes, token_grads)
+from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, Workspace, WorkingWeights, init_params,  # noqa: F401
+                    layer_suffix, network_problem, param_shapes, token_grads)
 from .checks import check_int
 from .errors import CharrnnError
 from .truncation import CUT, KEEP, parse_truncation, path_scales  # noqa: F401
 
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
-EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps
+EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps,
+FORWARD_MEMORY_BUDGET = 16 << 20  # or fewer, so that their buffers stay within this many bytes
 MAX_WORKSPACES = 4
 
 
@@ -84,11 +87,23 @@ class RNNLM:
         self.cells = [cell_class(self.num_hiddens, activation, self.dtype) for _ in range(self.num_layers)]
         self.params = init_params(cell, self.param_shapes(), self.num_hiddens,
                                   np.random.default_rng(seed), self.dtype)
+        self._working = None if cell == "rnn" else WorkingWeights(self)
         self._workspaces = {}
+        self._forward_ws = None
 
     def param_shapes(self) -> dict:
         """Parameter name -> shape, in the order of cells.param_shapes (layers, then W_hq, b_q)."""
         return param_shapes(self.cell, self.vocab_size, self.num_hiddens, self.num_layers)
+
+    def with_dropout(self, dropout) -> "RNNLM":
+        """This network with another dropout probability, sharing these parameters (the same
+        arrays, no copy): with_dropout(0) differentiates the network as evaluation runs it."""
+        problem = network_problem(self.cell, self.num_layers, dropout, self.activation)
+        if problem:
+            raise CharrnnError(problem[1])
+        other = copy.copy(self)
+        other.dropout, other._workspaces, other._forward_ws = float(dropout), {}, None
+        return other
 
     def state_shape(self, batch_size) -> tuple:
         """(B, H) for a one-layer rnn or gru, else (num_layers, S, B, H), S = 2 for the lstm."""
@@ -114,7 +129,7 @@ class RNNLM:
         X_tm = X.T
         ws = self.workspace(B, T)
         self.forward_segment(X_tm, state0, ws, dropout_rng)
-        ws.carry.fill(0)
+        ws.for_backward().carry.fill(0)
         loss_sum, grads = self.segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
         return loss_sum / X.size, grads, self.final_state(ws)
 
@@ -122,14 +137,17 @@ class RNNLM:
         """Forward only, no dropout -> (loss_sum: float, count: int, state).
 
         loss_sum is the summed cross-entropy in nats over count = batch * num_steps tokens;
-        windows longer than EVAL_CHUNK_STEPS run in chunks, so memory does not grow with them.
+        windows longer than EVAL_CHUNK_STEPS steps, or than fit in FORWARD_MEMORY_BUDGET, run in
+        chunks, so memory does not grow with them.
         """
         X, Y, state = self.check_batch(X, Y, state)
         B, T = X.shape
+        per_step = Workspace.forward_bytes_per_step(self, B)
+        chunk = max(1, min(EVAL_CHUNK_STEPS, FORWARD_MEMORY_BUDGET // per_step))
         loss_sum = 0.0
-        for start in range(0, T, EVAL_CHUNK_STEPS):
-            X_tm = X[:, start:start + EVAL_CHUNK_STEPS].T
-            ws = self.workspace(B, len(X_tm))
+        for start in range(0, T, chunk):
+            X_tm = X[:, start:start + chunk].T
+            ws = self._forward_workspace(B, len(X_tm))
             self.forward_segment(X_tm, state, ws)
             loss_sum += self.softmax_cross_entropy(Y[:, start:start + len(X_tm)].T.reshape(-1), ws)
             state = self.last_state(ws)
@@ -152,13 +170,34 @@ class RNNLM:
         self._prepare(ws)
         tokens = np.zeros((1, 1), np.intp)
         logits = np.empty((1, self.vocab_size), self.dtype)
-        shape = (self.num_layers, self.num_states, 1, self.num_hiddens)
+        if self.cell == "rnn" and self.num_layers == 1:  # the common case, at today's speed:
+            recur, rows, W_hh, tmp = self.cells[0].recur, ws.xb, self.params["W_hh"], ws.tmp
+
+            def advance_rnn(token, h):  # a new row of the table becomes the next state in place
+                a = rows[token:token + 1].copy()
+                recur(a, np.zeros_like(a) if h is None else h, W_hh, tmp)
+                return self.logits(a, out=logits), a
+
+            return advance_rnn
+        shape, public = (self.num_layers, self.num_states, 1, self.num_hiddens), self.state_shape(1)
+        first, last = [ws.hs[:, 0]], [ws.hs[:, 1]]  # h (and c) of every layer, before and after
+        if ws.cs is not None:
+            first.append(ws.cs[:, 0])
+            last.append(ws.cs[:, 1])
+        top = ws.top[0]
+        steps = [(l, cell.forward_step, layer) for l, (cell, layer) in enumerate(zip(self.cells, ws.layers))]
 
         def advance(token, state):
+            for k, start in enumerate(first):
+                start[...] = 0 if state is None else state.reshape(shape)[:, k]
             tokens[0, 0] = token
-            self._set_state(ws, None if state is None else np.reshape(state, shape))
-            self._run_forward(tokens, ws)
-            return self.logits(ws.top[0], out=logits), self.final_state(ws)
+            for l, forward_step, layer in steps:  # _run_forward's work for one step, its loops unrolled
+                self._input_part(tokens, ws, l)
+                forward_step(layer, 0)
+            new_state = np.empty(shape, self.dtype)
+            for k, end in enumerate(last):
+                new_state[:, k] = end
+            return self.logits(top, out=logits), new_state.reshape(public)
 
         return advance
 
@@ -184,27 +223,35 @@ class RNNLM:
         self._set_state(ws, state)
         training = self.dropout > 0 and dropout_rng is not None
         ws.use_dropout(training)
-        if training:
-            np.greater_equal(dropout_rng.random(ws.dropout_shape), self.dropout, out=ws.masks)
+        if training:  # step by step: the same numbers as one draw (T, L, B, H), in a fraction of the memory
+            for masks_t in ws.masks:
+                np.greater_equal(dropout_rng.random(masks_t.shape), self.dropout, out=masks_t)
             ws.masks *= self.dtype.type(1.0 / (1.0 - self.dropout))
         self._run_forward(X_tm, ws)
 
     def _run_forward(self, X_tm, ws) -> None:
         """forward_segment after its set-up: layer by layer, the input part of all steps at once,
         then the cell's steps (the recurrence)."""
-        T, B = X_tm.shape
+        T = len(X_tm)
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
-            if l == 0:
-                np.take(ws.xb, X_tm, axis=0, out=layer.A, mode="clip")
-            else:
-                A = layer.A.reshape(T * B, -1)
-                W_xh, b_x = self._input_weights(ws, l)
-                np.matmul(ws.inputs[l - 1].reshape(T * B, -1), W_xh, out=A)
-                A += b_x
+            self._input_part(X_tm, ws, l)
+            forward_step = cell.forward_step
             for t in range(T):
-                cell.forward_step(layer, t)
+                forward_step(layer, t)
             if ws.training:
                 np.multiply(layer.hs[1:], ws.masks[:, l], out=ws.dropped[l])
+
+    def _input_part(self, X_tm, ws, l) -> None:
+        """Layer l's x_t W_xh + b_h for every step into its A: a row of the table for layer 0,
+        one product with the (dropped) states of layer l-1 for the others."""
+        layer = ws.layers[l]
+        if l == 0:
+            ws.xb.take(X_tm, axis=0, out=layer.A, mode="clip")
+            return
+        A = layer.A.reshape(X_tm.size, -1)
+        W_xh, b_x = self._input_weights(l)
+        np.matmul(ws.inputs[l - 1].reshape(X_tm.size, -1), W_xh, out=A)
+        A += b_x
 
     def softmax_cross_entropy(self, y, ws) -> float:
         """Σ_i -log softmax(o_i)[y_i] over all N = T*B outputs (the sum in eq. 9.7.2), as a float
@@ -224,7 +271,7 @@ class RNNLM:
         """After softmax_cross_entropy: dL/do = scale * (softmax - onehot(y)) (eq. 9.7.12), formed in place
         in ws.logits -> (dW_hq (H,V), db_q (V,)) (eq. 9.7.13); fills ws.dH with the outputs' share
         of dL/dh_t of the top layer, (dL/do_t W_hqᵀ) ⊙ m_t."""
-        d_logits = ws.logits
+        d_logits = ws.for_backward().logits
         d_logits.reshape(-1)[_target_index(y, ws)] -= 1
         d_logits *= scale
         np.matmul(d_logits.T, self.params["W_hq"].T, out=ws.dH.reshape(len(y), -1))
@@ -247,13 +294,22 @@ class RNNLM:
         is CUT).
         """
         T, B = X_tm.shape
+        ws.for_backward()
+        for l, layer in enumerate(ws.layers):
+            W_hh = self.params[f"W_hh{layer_suffix(l)}"]
+            if self._working is None:  # the rnn: the view, whose products are today's to the last bit
+                layer.W_hh_T = W_hh.T
+            else:  # a contiguous W_hhᵀ runs the backward products ~1.5x faster than the view
+                layer.W_hh_T = self._working.W_hh_T[l]
+                np.copyto(layer.W_hh_T, W_hh.T)
         grads = {}
         for l in range(self.num_layers - 1, -1, -1):
             cell, layer, d_state = self.cells[l], ws.layers[l], carry[l]
             cell.prepare_backward(layer)
+            backward_step, d_views = cell.backward_step, tuple(d_state)  # (dh_next[, dc_next])
             for t in range(T - 1, -1, -1):
                 scale = scales[t]
-                cell.backward_step(layer, t, d_state, scale is not CUT)
+                backward_step(layer, t, d_views, scale is not CUT)
                 if scale is CUT:
                     d_state.fill(0)
                 elif scale is not KEEP:
@@ -292,7 +348,7 @@ class RNNLM:
 
     def last_state(self, ws) -> np.ndarray:
         """A copy of the segment's last state, (L, S, B, H)."""
-        L, S, B, H = ws.carry.shape
+        L, S, B, H = self.num_layers, self.num_states, ws.hs.shape[2], self.num_hiddens
         state = np.empty((L, S, B, H), self.dtype)
         state[:, 0] = ws.hs[:, -1]
         if S == 2:
@@ -354,11 +410,6 @@ class RNNLM:
         p = self.params
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
             suffix, scale = layer_suffix(l), cell.gate_scale
-            if ws.W_hh_T is None:  # the rnn: the view, whose products are today's to the last bit
-                layer.W_hh_T = p[f"W_hh{suffix}"].T
-            else:  # a contiguous W_hhᵀ runs the backward products ~1.5x faster than the view
-                layer.W_hh_T = ws.W_hh_T[l]
-                np.copyto(layer.W_hh_T, p[f"W_hh{suffix}"].T)
             layer.b_hn = p.get(f"b_hn{suffix}")
             if l == 0:
                 np.add(p["W_xh"], p["b_h"], out=ws.xb)
@@ -367,16 +418,26 @@ class RNNLM:
             if scale is None:
                 layer.W_hh = p[f"W_hh{suffix}"]
                 continue
-            layer.W_hh = np.multiply(p[f"W_hh{suffix}"], scale, out=ws.W_hh[l])
+            work = self._working
+            layer.W_hh = np.multiply(p[f"W_hh{suffix}"], scale, out=work.W_hh[l])
             if l > 0:
-                np.multiply(p[f"W_xh{suffix}"], scale, out=ws.W_xh[l - 1])
-                np.multiply(p[f"b_h{suffix}"], scale, out=ws.b_x[l - 1])
+                np.multiply(p[f"W_xh{suffix}"], scale, out=work.W_xh[l - 1])
+                np.multiply(p[f"b_h{suffix}"], scale, out=work.b_x[l - 1])
 
-    def _input_weights(self, ws, l) -> tuple:
+    def _forward_workspace(self, batch_size, num_steps) -> Workspace:
+        """forward_loss's Workspace, apart from the cache of the training shapes: one, replaced
+        when the shape changes (the chunks of long windows vary and can be large)."""
+        ws = self._forward_ws
+        if ws is None or ws.hs.shape[1:3] != (num_steps + 1, batch_size):
+            self._forward_ws = None  # freed before the next is made
+            ws = self._forward_ws = Workspace(self, batch_size, num_steps)
+        return ws
+
+    def _input_weights(self, l) -> tuple:
         """Layer l >= 1's (W_xh, b_h) for the forward pass (working copies for gated cells)."""
-        if ws.W_xh is None:
+        if self._working is None:
             return self.params[f"W_xh_l{l}"], self.params[f"b_h_l{l}"]
-        return ws.W_xh[l - 1], ws.b_x[l - 1]
+        return self._working.W_xh[l - 1], self._working.b_x[l - 1]
 
     def _set_state(self, ws, state) -> None:
         """h_0 (and c_0) of every layer from state (L, S, B, H), or zeros when None."""

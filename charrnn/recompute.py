@@ -42,7 +42,7 @@ def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="flo
     (1 rnn, 3 gru, 4 lstm), S states (2 lstm, else 1), L layers, a workspace of T steps holds
     in floats: L(T+1)BH states h (and as many c for the lstm), TB(2H + V) + BGH + LSBH + VGH
     (M, dH, logits, tmp, carry, the token table) and, for gated cells, LTB(GH + H) (gates,
-    extras), TBGH (dA), BH (tmp_h) and 3L·HGH - HGH + (L - 1)GH (working weights), with
+    extras), TBGH (dA) and BH (tmp_h), with
     dropout 2LTBH (masks and dropped states); plus TB row indices (8 bytes each).
     """
     itemsize = np.dtype(dtype).itemsize
@@ -53,7 +53,7 @@ def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="flo
     def workspace(T):
         floats = L * (T + 1) * B * H * S + T * B * (GH + H + V) + B * GH + L * S * B * H + V * GH
         if cell != "rnn":
-            floats += L * T * B * (GH + H) + T * B * GH + B * H + (3 * L - 1) * H * GH + (L - 1) * GH
+            floats += L * T * B * (GH + H) + T * B * GH + B * H
         if dropout > 0:
             floats += 2 * L * T * B * H
         return itemsize * floats + 8 * T * B

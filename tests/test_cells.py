@@ -122,6 +122,19 @@ def test_dropout_is_the_identity_when_evaluating_and_sampling():
     np.testing.assert_array_equal(dropped.step(X[:, 0])[0], plain.step(X[:, 0])[0])
 
 
+def test_with_dropout_shares_the_parameters():
+    m = scaled_model("gru", 2, dropout=0.4)
+    plain = m.with_dropout(0.0)
+    assert plain.dropout == 0.0 and m.dropout == 0.4 and plain.params is m.params
+    X, Y = batch()
+    loss, grads, _ = plain.loss_and_grads(X, Y)  # no Generator needed: nothing is dropped
+    assert loss == pytest.approx(m.forward_loss(X, Y)[0] / X.size, rel=1e-14)
+    m.params["W_hq"] *= 2
+    assert plain.forward_loss(X, Y)[0] == m.forward_loss(X, Y)[0]
+    with pytest.raises(CharrnnError, match="dropout"):
+        m.with_dropout(1.0)
+
+
 def test_dropout_needs_a_generator_to_train():
     m = RNNLM(V, H, cell="gru", dropout=0.3)
     with pytest.raises(CharrnnError, match="dropout_rng"):
@@ -384,3 +397,54 @@ def test_a_file_of_one_network_never_loads_as_another(tmp_path, saved, claimed):
     with pytest.raises(CharrnnError) as err:
         load_model(path)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ memory
+
+
+def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monkeypatch):
+    """forward_loss makes no backward buffers, and runs a window in chunks small enough for
+    FORWARD_MEMORY_BUDGET: the same loss and state as in one piece."""
+    from charrnn import model as model_module
+    made = []
+
+    def recorded(model, batch_size, num_steps):
+        made.append(model_module.Workspace(model, batch_size, num_steps))
+        return made[-1]
+
+    m = scaled_model("lstm", 2)
+    X, Y = batch(num_steps=40)
+    whole = m.forward_loss(X, Y)
+    per_step = model_module.Workspace.forward_bytes_per_step(m, B)
+    monkeypatch.setattr(model_module, "FORWARD_MEMORY_BUDGET", 7 * per_step)
+    monkeypatch.setattr(model_module.RNNLM, "_forward_workspace", recorded)
+    chunked = m.forward_loss(X, Y)
+    assert [ws.hs.shape[1] - 1 for ws in made] == [7] * 5 + [5]
+    assert all(ws.M is None and ws.dA is None for ws in made)
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-13) and chunked[1] == whole[1]
+    np.testing.assert_array_equal(chunked[2], whole[2])
+
+
+def test_recomputation_holds_a_fraction_of_stored_bptt_for_a_gated_stack():
+    """O(√T) memory for the LSTM too: the peak allocation of a recomputing pass over 2,048 steps
+    is a small fraction of the stored pass's, which holds what bptt_memory_bytes predicts."""
+    import tracemalloc
+
+    from charrnn.recompute import bptt_memory_bytes
+
+    def peak(fn):
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.integers(0, 20, (2, 2, 2048))
+    network = dict(cell="lstm", num_layers=2, dropout=0.2)
+    stored = peak(lambda: RNNLM(20, 16, **network).loss_and_grads(X, Y, dropout_rng=np.random.default_rng(0)))
+    recomputed = peak(lambda: loss_and_grads_recompute(RNNLM(20, 16, **network), X, Y,
+                                                       dropout_rng=np.random.default_rng(0)))
+    assert stored >= bptt_memory_bytes(2, 2048, 16, 20, "float32", **network)
+    assert recomputed < stored / 8

@@ -357,7 +357,7 @@ def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
     rng = np.random.default_rng(0)
     m = RNNLM(vocab_size, 40, activation="linear", dtype="float64")
     X_tm = draw(rng, (6, 5)).astype(np.int32)
-    ws = m.workspace(5, 6)
+    ws = m.workspace(5, 6).for_backward()
     ws.hs[...] = rng.standard_normal(ws.hs.shape)
     ws.dH[...] = rng.standard_normal(ws.dH.shape)
     rows = ws.dH.reshape(30, 40).copy()
