@@ -52,11 +52,12 @@ import copy
 
 import numpy as np
 
-from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, Workspace, WorkingWeights, init_params,  # noqa: F401
-                    layer_suffix, network_problem, param_shapes, token_grads)
+from .cells import (ACTIVATIONS, CELL_CLASSES, CELLS, init_params, layer_suffix,  # noqa: F401
+                    network_problem, param_shapes, token_grads)
 from .checks import check_int
 from .errors import CharrnnError
 from .truncation import CUT, KEEP, parse_truncation, path_scales  # noqa: F401
+from .workspace import Workspace, WorkingWeights
 
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
@@ -220,7 +221,7 @@ class RNNLM:
         With dropout > 0 and a dropout_rng, draws this segment's masks from it (training);
         else no dropout."""
         self._prepare(ws)
-        self._set_state(ws, state)
+        ws.set_state(state)
         training = self.dropout > 0 and dropout_rng is not None
         ws.use_dropout(training)
         if training:  # step by step: the same numbers as one draw (T, L, B, H), in a fraction of the memory
@@ -346,18 +347,14 @@ class RNNLM:
         grads["W_hq"], grads["b_q"] = dW_hq, db_q
         return loss_sum, {name: grads[name] for name in self.params}
 
-    def last_state(self, ws) -> np.ndarray:
-        """A copy of the segment's last state, (L, S, B, H)."""
-        L, S, B, H = self.num_layers, self.num_states, ws.hs.shape[2], self.num_hiddens
-        state = np.empty((L, S, B, H), self.dtype)
-        state[:, 0] = ws.hs[:, -1]
-        if S == 2:
-            state[:, 1] = ws.cs[:, -1]
-        return state
+    @staticmethod
+    def last_state(ws) -> np.ndarray:
+        """A copy of the segment's last state, (L, S, B, H) (Workspace.last_state)."""
+        return ws.last_state()
 
     def final_state(self, ws) -> np.ndarray:
         """last_state in the public format (module docstring): (B, H) when L·S = 1."""
-        return self.last_state(ws).reshape(self.state_shape(ws.hs.shape[2]))
+        return ws.last_state().reshape(self.state_shape(ws.hs.shape[2]))
 
     def logits(self, h, out=None) -> np.ndarray:
         """o = h W_hq + b_q (eq. 9.7.1's output): h (B, H) -> (B, V), into `out` if given."""
@@ -438,17 +435,6 @@ class RNNLM:
         if self._working is None:
             return self.params[f"W_xh_l{l}"], self.params[f"b_h_l{l}"]
         return self._working.W_xh[l - 1], self._working.b_x[l - 1]
-
-    def _set_state(self, ws, state) -> None:
-        """h_0 (and c_0) of every layer from state (L, S, B, H), or zeros when None."""
-        if state is None:
-            ws.hs[:, 0].fill(0)
-            if ws.cs is not None:
-                ws.cs[:, 0].fill(0)
-            return
-        ws.hs[:, 0] = state[:, 0]
-        if ws.cs is not None:
-            ws.cs[:, 0] = state[:, 1]
 
     def _check_ids(self, name, ids, ndim) -> np.ndarray:
         ids = np.asarray(ids)
