@@ -21,6 +21,14 @@ DEFAULT_EPOCHS = 30  # the budget when none of epochs / max_tokens / max_time is
 ON_NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient does to the run
 # what a configuration saved before a field existed meant by it (older checkpoints still load)
 LEGACY_DEFAULTS = {"lr_schedule": "epoch"}
+# the network and learning rate a run gets when it names only its cell; a field given explicitly
+# wins. rnn: the README's default run; gru/lstm: measured on the book and reasoned for texts of a
+# few MB in docs (`charrnn train --cell gru|lstm`). A run records them resolved in config.json.
+CELL_DEFAULTS = {
+    "rnn": {"num_hiddens": 256, "num_layers": 1, "dropout": 0.0, "lr": 1e-2},
+    "gru": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.2, "lr": 5e-3},
+    "lstm": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.2, "lr": 5e-3},
+}
 # the prefix continued at each evaluation, by corpus; other texts: their own first words
 DEFAULT_SAMPLE_PREFIXES = {"timemachine": "time traveller"}
 
@@ -41,10 +49,10 @@ class TrainConfig:
     level: str = "char"
     preprocess: str | None = None  # None: "d2l" for the registered book, "raw" for a file
     val_fraction: float = 0.1
-    num_hiddens: int = 256
+    num_hiddens: int | None = None  # None: CELL_DEFAULTS of the cell (also num_layers, dropout, lr)
     cell: str = "rnn"  # "rnn" | "gru" | "lstm" (charrnn.cells)
-    num_layers: int = 1
-    dropout: float = 0.0  # between layers and before the output layer, while training
+    num_layers: int | None = None
+    dropout: float | None = None  # between layers and before the output layer, while training
     activation: str = "tanh"  # the rnn cell's; gated cells have their own nonlinearities
     dtype: str = "float32"
     batch_size: int = 64
@@ -52,7 +60,7 @@ class TrainConfig:
     sampler: str = "sequential"
     truncation: str = "full"
     optimizer: str = "adam"
-    lr: float = 1e-2
+    lr: float | None = None
     lr_schedule: str = "cosine"  # lr over the fraction of the budget used (charrnn.schedule)
     lr_floor: float = 0.1  # where cosine/exponential end: lr * lr_floor
     lr_decay: float = 0.9  # the "epoch" schedule: after e epochs completed, lr * lr_decay**e
@@ -75,6 +83,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.corpus = corpus_key(self.corpus)
+        for name, value in cell_defaults(self.cell).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.preprocess is None:
             self.preprocess = default_preprocess(self.corpus)
         if self.epochs is None and self.max_tokens is None and self.max_time is None:
@@ -145,6 +156,11 @@ class TrainConfig:
         if BUDGET_FIELDS & set(others):
             others = {**dict.fromkeys(BUDGET_FIELDS), **others}
         return replace(self, **others)
+
+
+def cell_defaults(cell) -> dict:
+    """The CELL_DEFAULTS of `cell` (an unknown cell: rnn's, and validation names the cell)."""
+    return CELL_DEFAULTS.get(cell, CELL_DEFAULTS["rnn"])
 
 
 def corpus_key(corpus):

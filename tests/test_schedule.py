@@ -67,8 +67,8 @@ def test_a_small_text_keeps_learning_to_the_end_of_a_long_budget(tmp_path, write
         runs[schedule] = training.train(TrainConfig(corpus=str(text), lr_schedule=schedule, **tiny),
                                         tmp_path / schedule)
     last_lr = {s: json.loads((tmp_path / s / training.METRICS).read_text().splitlines()[-1])["lr"] for s in runs}
-    assert last_lr["epoch"] < 0.02 * TrainConfig.lr  # 0.9**39
-    assert last_lr["cosine"] == pytest.approx(TrainConfig.lr * 0.1, rel=0.01)
+    assert last_lr["epoch"] < 0.02 * TrainConfig().lr  # 0.9**39
+    assert last_lr["cosine"] == pytest.approx(TrainConfig().lr * 0.1, rel=0.01)
     assert runs["cosine"].train_ppl < runs["epoch"].train_ppl  # it kept learning
 
 
@@ -84,7 +84,7 @@ def test_a_run_saved_before_the_schedule_existed_resumes_with_its_epoch_decay(tm
     result = training.resume(tmp_path / "old", {"epochs": 2})
     assert result.config.lr_schedule == "epoch" and result.progress.epoch == 2
     last = json.loads((tmp_path / "old" / training.METRICS).read_text().splitlines()[-1])
-    assert last["lr"] == pytest.approx(TrainConfig.lr * 0.5)
+    assert last["lr"] == pytest.approx(TrainConfig().lr * 0.5)
 
 
 def test_a_time_budget_runs_the_whole_schedule_by_the_clock(tmp_path, write_words):
@@ -94,4 +94,4 @@ def test_a_time_budget_runs_the_whole_schedule_by_the_clock(tmp_path, write_word
     records = [json.loads(line) for line in (tmp_path / "run" / training.METRICS).read_text().splitlines()]
     lrs = [r["lr"] for r in records]
     assert result.reason == "max_time" and len(lrs) > 3 and lrs == sorted(lrs, reverse=True)
-    assert lrs[-1] < 0.15 * TrainConfig.lr < 0.5 * TrainConfig.lr < lrs[0]
+    assert lrs[-1] < 0.15 * TrainConfig().lr < 0.5 * TrainConfig().lr < lrs[0]

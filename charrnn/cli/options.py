@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 
 from .. import analysis
-from ..config import DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
+from ..config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
 from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
 from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
 from ..optim import OPTIMIZERS
@@ -79,6 +79,16 @@ def given_options(ctx, names):
             if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
 
 
+def per_cell_default(name):
+    """The help text of a TrainConfig field whose default depends on --cell (CELL_DEFAULTS)."""
+    by_value = {}
+    for cell, defaults in CELL_DEFAULTS.items():
+        by_value.setdefault(defaults[name], []).append(cell)
+    if len(by_value) == 1:
+        return f"[default: {next(iter(by_value)):g}]"
+    return "[default: " + ", ".join(f"{value:g} for {' and '.join(cells)}" for value, cells in by_value.items()) + "]"
+
+
 def stack(*decorators):
     """One decorator applying `decorators` so that their options list in the order given."""
     def decorate(f):
@@ -138,13 +148,16 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
                      default=DEFAULTS.val_fraction, show_default=True,
                      help="Tail of the corpus held out for validation."),
-        click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True),
+        click.option("--num-hiddens", type=click.IntRange(min=1), default=None,
+                     help=f"Hidden units per layer {per_cell_default('num_hiddens')}."),
         click.option("--cell", type=cell_choice, default=DEFAULTS.cell, show_default=True,
-                     help="rnn (tanh or linear), gru (PyTorch's) or lstm (no peepholes)."),
-        click.option("--num-layers", type=click.IntRange(min=1), default=DEFAULTS.num_layers, show_default=True,
-                     help="Recurrent layers stacked, each reading the one below."),
-        click.option("--dropout", type=dropout_range, default=DEFAULTS.dropout, show_default=True, metavar="P",
-                     help="Inverted dropout between layers and before the output layer while training."),
+                     help="rnn (tanh or linear), gru (PyTorch's) or lstm (no peepholes); sets the defaults of "
+                          "--num-hiddens, --num-layers, --dropout and --lr."),
+        click.option("--num-layers", type=click.IntRange(min=1), default=None,
+                     help=f"Recurrent layers stacked, each reading the one below {per_cell_default('num_layers')}."),
+        click.option("--dropout", type=dropout_range, default=None, metavar="P",
+                     help="Inverted dropout between layers and before the output layer while training "
+                          f"{per_cell_default('dropout')}."),
         click.option("--activation", type=activation_choice, default=DEFAULTS.activation, show_default=True,
                      help="The rnn cell's nonlinearity (gated cells have their own)."),
         click.option("--dtype", type=dtype_choice, default=DEFAULTS.dtype, show_default=True),
@@ -158,8 +171,8 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                      help="Clip the global gradient norm to THETA; 'none' to switch off."),
         click.option("--optimizer", type=click.Choice(tuple(OPTIMIZERS)), default=DEFAULTS.optimizer,
                      show_default=True),
-        click.option("--lr", type=FiniteRange(0, min_open=True), default=DEFAULTS.lr, show_default=True,
-                     help="Learning rate."),
+        click.option("--lr", type=FiniteRange(0, min_open=True), default=None,
+                     help=f"Learning rate {per_cell_default('lr')}."),
         click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=DEFAULTS.lr_schedule,
                      show_default=True,
                      help="The learning rate over the budget used (tokens, epochs or time): cosine or "
