@@ -7,7 +7,7 @@ state is carried into the next minibatch (its gradient cut); with the random one
 from zeros.
 
 The loop prints nothing: it reports to a `Reporter`. Resume is exact: the sampler of epoch `e`
-draws from default_rng([seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
+draws from default_rng([data seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
 has done; the truncation Generator, the carried state, the optimizer state and the running sums
 are saved with the parameters.
 """
@@ -76,7 +76,8 @@ class TrainConfig:
     lr: float = 1e-2
     lr_decay: float = 0.9  # the learning rate of epoch e (from 0) is lr * lr_decay**e
     clip: float | None = 1.0  # None: no clipping
-    seed: int = 0
+    seed: int = 0  # initialisation and truncation draws (and data order unless data_seed is given)
+    data_seed: int | None = None  # order of the minibatches; None: seed. compare pairs runs by it
     # budget: the run stops at the first one reached (none given: DEFAULT_EPOCHS epochs)
     epochs: int | None = None
     max_tokens: int | None = None
@@ -116,8 +117,10 @@ class TrainConfig:
             raise ConfigError("lr_decay", f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction", f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if not (isinstance(self.seed, int) and self.seed >= 0):
-            raise ConfigError("seed", f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            if not (is_integer(value) and value >= 0 or value is None and name == "data_seed"):
+                raise ConfigError(name, f"{name} must be a non-negative integer, got {value!r}")
         choices = {"sampler": SAMPLERS, "on_nonfinite": ("stop", "skip"), "bptt_memory": BPTT_MEMORY_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -127,9 +130,15 @@ class TrainConfig:
         except ValueError as err:
             raise ConfigError("truncation", str(err)) from None
 
+    @property
+    def order_seed(self):
+        """The seed of the data order: data_seed, or seed when none is given."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     @classmethod
     def from_dict(cls, d):
-        """The inverse of `asdict`, for untrusted metadata: unknown or bad fields -> CharrnnError."""
+        """The inverse of `asdict`, for untrusted metadata: unknown or bad fields -> CharrnnError.
+        A field missing (a checkpoint older than the field) takes its default."""
         names = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or not set(d) <= names:
             raise CharrnnError(f"not a training configuration: {d!r:.200}")
@@ -331,6 +340,22 @@ def restore_training_state(path, model, config, arrays, meta):
     if not all_finite([*optimizer.state_arrays().values(), *([] if state is None else [state])]):
         raise CharrnnError(f"{path} holds a non-finite optimizer or carried state")
     return optimizer, truncation_rng, state
+
+
+def budget_reached(config, progress, elapsed=None, within_epoch=False):
+    """The name of the first budget of `config` that `progress` has used up, or None.
+
+    elapsed: seconds of training (default: those saved in `progress`). Epochs count only at an
+    epoch's end.
+    """
+    elapsed = progress.elapsed if elapsed is None else elapsed
+    if config.epochs is not None and not within_epoch and progress.epoch >= config.epochs:
+        return "epochs"
+    if config.max_tokens is not None and progress.tokens >= config.max_tokens:
+        return "max_tokens"
+    if config.max_time is not None and elapsed >= config.max_time:
+        return "max_time"
+    return None
 
 
 def default_out_dir(config, root="runs"):
@@ -547,7 +572,7 @@ class Run:
         Also sets the epoch's learning rate, lr * lr_decay**epoch.
         """
         self.optimizer.lr = self.config.lr * self.config.lr_decay ** self.progress.epoch
-        rng = np.random.default_rng([self.config.seed, SAMPLER_STREAM, self.progress.epoch])
+        rng = np.random.default_rng([self.config.order_seed, SAMPLER_STREAM, self.progress.epoch])
         batches = SAMPLERS[self.config.sampler](self.train_data, self.config.batch_size,
                                                 self.config.num_steps, rng)
         return islice(batches, self.progress.step_in_epoch, None)
@@ -591,14 +616,7 @@ class Run:
 
     def budget_reached(self, within_epoch=False):
         """The name of the first budget used up, or None. Epochs count only at an epoch's end."""
-        cfg, p = self.config, self.progress
-        if cfg.epochs is not None and not within_epoch and p.epoch >= cfg.epochs:
-            return "epochs"
-        if cfg.max_tokens is not None and p.tokens >= cfg.max_tokens:
-            return "max_tokens"
-        if cfg.max_time is not None and self.elapsed() >= cfg.max_time:
-            return "max_time"
-        return None
+        return budget_reached(self.config, self.progress, self.elapsed(), within_epoch)
 
     # ---- evaluation and files ----
 
