@@ -95,9 +95,7 @@ def clause(diff, digits=2) -> str:
     if d.excludes_zero():
         better = "better" if d.mean < 0 else "worse"
         return f"{a} is {better} than {b} by {abs(d.mean):.{digits}f} ± {d.half_width:.{digits}f}{p}"
-    return (f"no difference between {a} and {b} is detectable ({d.mean:+.{digits}f} ± "
-            f"{d.half_width:.{digits}f}{p}; the interval {d.low:+.{digits}f} to {d.high:+.{digits}f} "
-            f"does not rule out a difference of that size)")
+    return f"no difference between {a} and {b} is detectable ({d.mean:+.{digits}f} ± {d.half_width:.{digits}f}{p})"
 
 
 def verdict(differences, what="final validation perplexity", confidence=CONFIDENCE) -> str:
