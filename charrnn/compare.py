@@ -120,13 +120,15 @@ class Comparison:
 
 
 def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, num_seeds=1, data_dir=None, backend=None,
-            reporter=None, baseline="full") -> tuple:
+            reporter=None, baseline=None) -> tuple:
     """Train, resume or reuse every run of the comparison -> (Comparison, interrupted: bool).
 
     backend: a charrnn.sweep backend (default: one run after the other in this process);
-    reporter: a charrnn.sweep.SweepReporter.
+    reporter: a charrnn.sweep.SweepReporter; baseline: the strategy the others are set against
+    (default: the first).
     """
     specs = plan(config, out_dir, truncations, num_seeds, data_dir)
+    baseline = truncations[0] if baseline is None else baseline
     if baseline not in truncations:
         raise CharrnnError(f"the baseline {baseline} is not among the strategies compared")
     done = {spec.name for spec in specs if run_state(spec) == "done"}  # checks every directory first

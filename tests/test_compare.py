@@ -1,16 +1,19 @@
-"""Truncation comparison runs, through the Python API and `charrnn compare`, on a tiny model and text."""
+"""Comparisons over seeds through the Python API: the runs planned, paired, reused, resumed, and
+their statistics, on a tiny model and text."""
 import json
-import math
-import sys
+import os
 
+import numpy as np
 import pytest
-from click.testing import CliRunner
 
-import cli
 from charrnn import train as training
-from charrnn.compare import compare, read_curve, run_name
+from charrnn.compare import compare, default_out_dir, plan, run_name
 from charrnn.errors import CharrnnError
+from charrnn.runs import GRAD_NORMS, RunSpec, execute_run, read_curve, read_run, run_state
+from charrnn.stats import paired_difference
+from charrnn.sweep import SweepReporter
 
+TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 
 
 @pytest.fixture
@@ -24,101 +27,162 @@ def tiny_config(corpus, **changes):
     return training.TrainConfig(**{**settings, **changes})
 
 
-class StepLog(training.Reporter):
+class Log(SweepReporter):
     def __init__(self):
-        self.steps = []
+        self.started, self.ended = [], []
 
-    def on_step(self, stats):
-        self.steps.append(stats)
+    def on_run_start(self, spec, attempt):
+        self.started.append(spec.name)
 
-
-def test_each_strategy_trains_the_same_network_in_its_own_run(tmp_path, text_file):
-    logs = {}
-
-    def reporter_for(truncation):
-        logs[truncation] = StepLog()
-        return logs[truncation]
-
-    truncations = ("full", "regular:1", "randomized:0.5")
-    results = compare(tiny_config(text_file), tmp_path / "cmp", truncations, reporter_for=reporter_for)
-    assert [r.truncation for r in results] == list(truncations)
-    first_losses = {logs[t].steps[0]["loss"] for t in truncations}
-    assert len(first_losses) == 1  # same seed, same data: the same first forward pass
-    first_norms = [logs[t].steps[0]["grad_norm"] for t in truncations]
-    assert first_norms[0] != first_norms[1]  # but different gradients
-    for result in results:
-        run_dir = tmp_path / "cmp" / run_name(result.truncation)
-        assert result.out_dir == run_dir and (run_dir / training.CHECKPOINT).is_file()
-        records = [json.loads(line) for line in (run_dir / training.METRICS).read_text().splitlines()]
-        assert result.curve == [{k: r[k] for k in ("tokens", "elapsed", "val_ppl")} for r in records]
-        assert len(result.curve) >= 3 and result.final_val_ppl == records[-1]["val_ppl"]
-        assert result.reason == "max_tokens" and result.tokens == 720
-        norms = [s["grad_norm"] for s in logs[result.truncation].steps]
-        assert result.mean_grad_norm == pytest.approx(sum(norms) / len(norms))
-        assert result.tokens_per_s > 0
-        config = json.loads((run_dir / training.CONFIG).read_text())
-        assert config["truncation"] == result.truncation and config["num_hiddens"] == 10
+    def on_run_end(self, outcome):
+        self.ended.append(outcome)
 
 
-def test_only_the_truncation_differs(tmp_path, text_file):
-    """randomized:1 keeps every path, as full does: the two runs are the same run."""
-    full, kept = compare(tiny_config(text_file, max_tokens=360), tmp_path, ("full", "randomized:1"))
-    assert [p["val_ppl"] for p in full.curve] == [p["val_ppl"] for p in kept.curve]
-    assert full.mean_grad_norm == kept.mean_grad_norm and math.isfinite(full.final_val_ppl)
+def checkpoint_arrays(run_dir):
+    ckpt = training.load_checkpoint(run_dir / training.CHECKPOINT)
+    return {**ckpt.model.params, **ckpt.arrays}
 
 
-def test_run_names_and_bad_strategy_lists(tmp_path, text_file):
+def assert_same_arrays(dir_a, dir_b):
+    a, b = checkpoint_arrays(dir_a), checkpoint_arrays(dir_b)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_runs_are_planned_per_strategy_and_seed_with_one_data_order(tmp_path, text_file):
+    specs = plan(tiny_config(text_file, seed=4), tmp_path, TRUNCATIONS, num_seeds=2)
+    assert [s.name for s in specs] == ["full-seed4", "full-seed5", "regular-2-seed4", "regular-2-seed5",
+                                       "randomized-0.5-seed4", "randomized-0.5-seed5"]
+    assert all(s.out_dir == tmp_path.absolute() / s.name for s in specs)
+    assert [(s.truncation, s.seed) for s in specs[:3]] == [("full", 4), ("full", 5), ("regular:2", 4)]
+    assert {s.config.data_seed for s in specs} == {4}  # every run sees the data in seed 4's order
+    assert plan(tiny_config(text_file, seed=4, data_seed=9), tmp_path)[0].config.data_seed == 9
     assert [run_name(t) for t in ("full", "regular:10", "randomized:0.25")] == \
         ["full", "regular-10", "randomized-0.25"]
-    with pytest.raises(CharrnnError, match="distinct"):
-        compare(tiny_config(text_file), tmp_path, ("full", "full"))
-    with pytest.raises(CharrnnError, match="distinct"):
-        compare(tiny_config(text_file), tmp_path, ())
-    with pytest.raises(CharrnnError, match="truncation"):
-        compare(tiny_config(text_file), tmp_path, ("regular:0",))
+    for bad in (("full", "full"), (), ("regular:0",)):
+        with pytest.raises(CharrnnError, match="distinct|truncation"):
+            plan(tiny_config(text_file), tmp_path, bad)
+    with pytest.raises(CharrnnError, match="seeds must be at least 1"):
+        plan(tiny_config(text_file), tmp_path, num_seeds=0)
+
+
+def test_a_run_of_the_sweep_is_the_same_run_trained_alone(tmp_path, text_file):
+    comparison, interrupted = compare(tiny_config(text_file), tmp_path / "sweep", TRUNCATIONS, num_seeds=2)
+    assert not interrupted and not comparison.failed and len(comparison.summaries) == 6
+    alone = training.train(tiny_config(text_file, truncation="regular:2", seed=1, data_seed=0), tmp_path / "alone")
+    assert_same_arrays(tmp_path / "sweep" / "regular-2-seed1", tmp_path / "alone")
+    summary = next(s for s in comparison.summaries if s.name == "regular-2-seed1")
+    assert summary.final_val_ppl == alone.val_ppl and summary.tokens == 720 and summary.reason == "max_tokens"
+    assert summary.best_val_ppl == alone.progress.best_val_ppl
+    curve = read_curve(tmp_path / "alone" / training.METRICS)
+    assert [p["val_ppl"] for p in summary.curve] == [p["val_ppl"] for p in curve] and len(curve) == 3
+    # the seed-0 run is `charrnn train --seed 0` itself (data_seed None is the seed)
+    training.train(tiny_config(text_file), tmp_path / "plain")
+    assert_same_arrays(tmp_path / "sweep" / "full-seed0", tmp_path / "plain")
+
+
+def test_seeds_change_the_runs_and_the_strategies_pair_by_seed(tmp_path, text_file):
+    """randomized:1 keeps every path, as full does: seed by seed the same runs; other seeds differ."""
+    comparison, _ = compare(tiny_config(text_file), tmp_path, ("full", "randomized:1"), num_seeds=3)
+    final = {(s.truncation, s.seed): s.final_val_ppl for s in comparison.summaries}
+    assert [final["full", s] for s in range(3)] == [final["randomized:1", s] for s in range(3)]
+    assert len({final["full", s] for s in range(3)}) == 3
+    (diff,) = comparison.differences()
+    assert diff.difference.mean == 0 and diff.difference.half_width == 0
+    assert "identical in every seed" in comparison.verdict()
+
+
+def test_statistics_per_strategy_and_against_full(tmp_path, text_file):
+    comparison, _ = compare(tiny_config(text_file), tmp_path, TRUNCATIONS, num_seeds=3)
+    strategies = comparison.strategies()
+    assert [s.truncation for s in strategies] == list(TRUNCATIONS)
+    by = {(s.truncation, s.seed): s for s in comparison.summaries}
+    for strategy in strategies:
+        finals = [by[strategy.truncation, seed].final_val_ppl for seed in range(3)]
+        assert strategy.final.mean == pytest.approx(np.mean(finals)) and strategy.final.n == 3
+        assert strategy.final.low < strategy.final.mean < strategy.final.high
+        assert strategy.best.mean <= strategy.final.mean + 1e-12
+        norms = [by[strategy.truncation, seed].mean_grad_norm for seed in range(3)]
+        assert strategy.mean_grad_norm == pytest.approx(np.mean(norms)) and all(n > 0 for n in norms)
+    regular = comparison.differences()[0]
+    expected = paired_difference("regular:2", "full", {s: by["regular:2", s].final_val_ppl for s in range(3)},
+                                 {s: by["full", s].final_val_ppl for s in range(3)})
+    assert regular == expected
+    assert comparison.verdict().startswith("With 3 seeds, at 95% confidence")
+
+
+def test_running_again_trains_only_what_is_missing(tmp_path, text_file):
+    first = Log()
+    compare(tiny_config(text_file), tmp_path, TRUNCATIONS[:2], num_seeds=2, reporter=first)
+    assert len(first.started) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npz")}
+    again = Log()
+    comparison, _ = compare(tiny_config(text_file), tmp_path, TRUNCATIONS[:2], num_seeds=2, reporter=again)
+    assert again.started == [] and all(o.reused for o in again.ended) and len(comparison.summaries) == 4
+    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npz")}  # not even rewritten
+    more = Log()
+    compare(tiny_config(text_file), tmp_path, TRUNCATIONS, num_seeds=3, reporter=more)
+    assert sorted(more.started) == ["full-seed2", "randomized-0.5-seed0", "randomized-0.5-seed1",
+                                    "randomized-0.5-seed2", "regular-2-seed2"]
+
+
+def test_an_interrupted_run_is_resumed_to_the_run_never_stopped(tmp_path, text_file):
+    (spec,) = plan(tiny_config(text_file, truncation="randomized:0.5"), tmp_path / "a", ["randomized:0.5"])
+    stopped = RunSpec(spec.name, tiny_config(text_file, truncation="randomized:0.5", data_seed=0, max_tokens=400),
+                      spec.out_dir)
+    execute_run(stopped)  # as if stopped at 432 tokens
+    assert run_state(spec) == "resume"
+    resumed = execute_run(spec)
+    (straight,) = compare(tiny_config(text_file), tmp_path / "b", ["randomized:0.5"])[0].summaries
+    assert_same_arrays(spec.out_dir, tmp_path / "b" / spec.name)
+    assert resumed.final_val_ppl == straight.final_val_ppl
+    assert resumed.mean_grad_norm == straight.mean_grad_norm  # the sum went on from the checkpoint's
+
+
+def test_a_run_killed_before_its_grad_norms_were_saved_has_no_mean_rather_than_a_wrong_one(tmp_path, text_file):
+    (spec,) = plan(tiny_config(text_file), tmp_path, ["full"])
+    execute_run(RunSpec(spec.name, tiny_config(text_file, data_seed=0, max_tokens=400), spec.out_dir))
+    (spec.out_dir / GRAD_NORMS).unlink()
+    summary = execute_run(spec)
+    assert summary.mean_grad_norm is None and summary.final_val_ppl is not None
+
+
+def test_a_directory_holding_other_runs_is_refused_before_anything_trains(tmp_path, text_file):
+    compare(tiny_config(text_file), tmp_path, ["full"])
+    log = Log()
+    with pytest.raises(CharrnnError, match="holds a run with num_hiddens 10, this comparison asks for 12"):
+        compare(tiny_config(text_file, num_hiddens=12), tmp_path, ["regular:2", "full"], reporter=log)
+    assert log.started == [] and not (tmp_path / "regular-2-seed0").exists()
+    with pytest.raises(CharrnnError, match="longer run"):
+        compare(tiny_config(text_file, max_tokens=360), tmp_path, ["full"])
+    longer, _ = compare(tiny_config(text_file, max_tokens=1080), tmp_path, ["full"])  # a larger budget goes on
+    assert longer.summaries[0].tokens == 1080
+    with pytest.raises(CharrnnError, match="baseline"):
+        compare(tiny_config(text_file), tmp_path, ["regular:2"], baseline="full")
+
+
+def test_a_run_that_blows_up_is_reported_failed_and_the_others_finish(tmp_path, text_file):
+    comparison, interrupted = compare(tiny_config(text_file, lr=1e6, clip=None, activation="linear"), tmp_path,
+                                      ["full", "regular:2"], num_seeds=1)
+    assert not interrupted
+    assert set(comparison.failed) == {"full-seed0", "regular-2-seed0"}
+    assert all("non-finite" in message for message in comparison.failed.values())
+
+
+def test_default_directory_is_named_by_the_shared_settings(text_file):
+    a = default_out_dir(tiny_config(text_file))
+    assert a == default_out_dir(tiny_config(text_file, truncation="regular:3"))  # truncation is per run
+    assert a.parent.name == "runs" and a.name.startswith("compare-words-")
+    assert a != default_out_dir(tiny_config(text_file, num_hiddens=11))
+    assert a != default_out_dir(tiny_config(text_file, seed=1))  # another data order
+    assert json.loads(json.dumps(str(a)))  # a plain path
 
 
 def test_read_curve(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"tokens": 5, "elapsed": 1.5, "val_ppl": 9.0, "reason": "interval"}\n'
-                    '{"tokens": 9, "elapsed": 2.0, "val_ppl": null}\n')
-    assert read_curve(path) == [{"tokens": 5, "elapsed": 1.5, "val_ppl": 9.0},
-                                {"tokens": 9, "elapsed": 2.0, "val_ppl": None}]
-
-
-# ---------------------------------------------------------------------------- the command line
-
-def invoke(*args):
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-
-def test_compare_command_runs_each_strategy_with_the_training_options(tmp_path, text_file):
-    out = tmp_path / "cmp"
-    result = invoke("compare", text_file, "--num-hiddens", 9, "--batch-size", 2, "--num-steps", 12,
-                    "--max-tokens", 240, "--eval-every", 120, "--sample-length", 0, "--optimizer", "sgd",
-                    "--regular", 3, "--randomized", 0.5, "--out", out)
-    assert result.exit_code == 0, result.output
-    for name, truncation in (("full", "full"), ("regular-3", "regular:3"), ("randomized-0.5", "randomized:0.5")):
-        config = json.loads((out / name / training.CONFIG).read_text())
-        assert config["truncation"] == truncation and config["optimizer"] == "sgd"
-        assert (config["num_hiddens"], config["max_tokens"], config["eval_every"]) == (9, 240, 120)
-        assert truncation in result.output
-        final = json.loads((out / name / training.METRICS).read_text().splitlines()[-1])["val_ppl"]
-        assert f"{final:.3f}" in result.output
-
-
-def test_compare_defaults_and_refusals(tmp_path, text_file, monkeypatch):
-    out = tmp_path / "cmp"
-    result = invoke("compare", text_file, "--num-hiddens", 4, "--batch-size", 2, "--num-steps", 4,
-                    "--epochs", 1, "--sample-length", 0, "--out", out)
-    assert result.exit_code == 0, result.output
-    config = json.loads((out / "regular-10" / training.CONFIG).read_text())
-    assert (config["eval_every"], config["epochs"], config["max_tokens"]) == (cli.COMPARE_EVAL_EVERY, 1, None)
-    assert (out / "randomized-0.9" / training.METRICS).is_file()
-    again = invoke("compare", text_file, "--out", out, "--max-tokens", 8)
-    assert again.exit_code == 1 and "already holds a run" in again.output
-    assert invoke("compare", text_file, "--randomized", 0).exit_code == 2
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
-    missing = invoke("compare", text_file, "--out", tmp_path / "never", "--plot", tmp_path / "curves.png")
-    assert missing.exit_code == 1 and "matplotlib" in missing.output
-    assert not (tmp_path / "never").exists()  # refused before training
+                    '{"tokens": 9, "elapsed": 2.0, "val_ppl": null, "tokens_per_s": 3.0}\n')
+    assert read_curve(path) == [{"tokens": 5, "elapsed": 1.5, "val_ppl": 9.0, "tokens_per_s": None},
+                                {"tokens": 9, "elapsed": 2.0, "val_ppl": None, "tokens_per_s": 3.0}]
+    assert os.path.basename(path) == "metrics.jsonl"
