@@ -19,11 +19,10 @@ import socket
 import time
 import uuid
 
-from threadpoolctl import threadpool_limits
-
 from .errors import CharrnnError
 from .io import write_atomic
 from .runs import RunInterrupted
+from .threads import set_blas_threads
 from .sweep import attempt, finished, in_order, one_line, reused_outcome
 
 CONNECT_TIMEOUT = 5  # seconds to reach the scheduler before giving up
@@ -72,7 +71,7 @@ def run_on_worker(spec, marker, stop_name):
     if not (spec.out_dir.parent / marker).is_file():
         return "failed", (f"worker {socket.gethostname()} does not see {spec.out_dir.parent}: --out must be "
                           f"a directory every worker reaches at the same path")
-    threadpool_limits(limits=1)  # for the worker process: its runs use one BLAS thread each
+    set_blas_threads(1)  # for the worker process: its runs use one BLAS thread each
     return attempt(spec, StopPoller(stop_name), stop_by_raising)
 
 

@@ -21,7 +21,7 @@ from .errors import CharrnnError
 from .io import save_json
 from .model import parse_truncation
 from .runs import RunSpec, run_state
-from .stats import mean_interval, paired_difference, verdict
+from .stats import CONFIDENCE, mean_curve, mean_interval, paired_difference, verdict
 from .sweep import SerialBackend, SweepReporter
 
 DEFAULT_TRUNCATIONS = ("full", *TRUNCATED)
@@ -93,6 +93,7 @@ class Comparison:
     summaries: list  # RunSummary of every finished run
     failed: dict  # run name -> message
     baseline: str = "full"
+    confidence: float = CONFIDENCE
 
     def strategies(self) -> list:
         out = []
@@ -102,8 +103,8 @@ class Comparison:
                 continue
             norms = [r.mean_grad_norm for r in runs]
             out.append(StrategyStats(
-                truncation, runs, mean_interval([r.final_val_ppl for r in runs]),
-                mean_interval([r.best_val_ppl for r in runs]),
+                truncation, runs, mean_interval([r.final_val_ppl for r in runs], self.confidence),
+                mean_interval([r.best_val_ppl for r in runs], self.confidence),
                 None if None in norms else sum(norms) / len(norms), runs[0].tokens))
         return out
 
@@ -112,11 +113,36 @@ class Comparison:
         by_seed = {s.truncation: {r.seed: getattr(r, what) for r in s.runs} for s in self.strategies()}
         if self.baseline not in by_seed:
             return []
-        return [paired_difference(t, self.baseline, values, by_seed[self.baseline])
+        return [paired_difference(t, self.baseline, values, by_seed[self.baseline], self.confidence)
                 for t, values in by_seed.items() if t != self.baseline]
 
     def verdict(self) -> str:
-        return verdict(self.differences())
+        return verdict(self.differences(), confidence=self.confidence)
+
+    def num_seeds(self) -> int:
+        return len({s.seed for s in self.summaries})
+
+    def mean_curves(self) -> dict:
+        """truncation -> (tokens, mean validation perplexity, band low, band high) over its seeds."""
+        return {s.truncation: mean_curve([curve_of(r) for r in s.runs], self.confidence) for s in self.strategies()}
+
+    def difference_curves(self) -> dict:
+        """truncation -> (tokens, mean of its perplexity minus the baseline's, seed by seed, band
+        low, band high), for every strategy but the baseline."""
+        by_seed = {s.truncation: {r.seed: curve_of(r) for r in s.runs} for s in self.strategies()}
+        base = by_seed.get(self.baseline, {})
+        out = {}
+        for truncation, curves in by_seed.items():
+            pairs = [(curves[seed], base[seed]) for seed in sorted(set(curves) & set(base))]
+            if truncation != self.baseline and pairs:
+                out[truncation] = mean_curve([{x: a[x] - b[x] for x in set(a) & set(b)} for a, b in pairs],
+                                             self.confidence)
+        return out
+
+
+def curve_of(summary) -> dict:
+    """tokens -> validation perplexity of one run."""
+    return {p["tokens"]: p["val_ppl"] for p in summary.curve if p["val_ppl"] is not None}
 
 
 def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, num_seeds=1, data_dir=None, backend=None,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .checks import check_choice, check_int
 from .errors import CharrnnError
 from .io import save_json, write_atomic
 
@@ -178,7 +179,7 @@ def preprocess_text(text: str, mode: str) -> str:
     """'raw': the text as it is. 'd2l': every run of characters other than the ASCII letters
     A-Z, a-z becomes one space and letters are lowercased, over the whole text at once
     (d2l §9.2; The Time Machine -> 173,428 characters)."""
-    _check_choice(mode, PREPROCESS_MODES, "preprocess mode")
+    check_choice(mode, PREPROCESS_MODES, "preprocess mode")
     if mode == "raw":
         return text
     # UTF-8 keeps ASCII letters as single bytes and writes everything else with other bytes.
@@ -194,7 +195,7 @@ def preprocess_text(text: str, mode: str) -> str:
 def tokenize(text: str, level: str):
     """'char': the characters as a (len(text),) '<U1' array (a view, no copy).
     'word': `text.split()`, a list of the whitespace-separated words."""
-    _check_choice(level, LEVELS, "level")
+    check_choice(level, LEVELS, "level")
     if level == "word":
         return text.split()
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<U1")
@@ -244,7 +245,7 @@ class Vocab:
     def __init__(self, tokens=(), min_freq=0, reserved_tokens=None):
         """tokens: a sequence of tokens (e.g. from `tokenize`) or a mapping token -> count.
         Tokens seen fewer than `min_freq` times are left out and map to <unk>."""
-        _check_int(min_freq, "min_freq", minimum=0)
+        check_int(min_freq, "min_freq", minimum=0)
         counts = tokens if isinstance(tokens, Mapping) else _add_counts(Counter(), tokens)
         token_freqs = sorted(counts.items(), key=lambda token_count: (-token_count[1], token_count[0]))
         specials = list(dict.fromkeys([UNK, *(reserved_tokens or ())]))
@@ -282,7 +283,7 @@ class Vocab:
     def encode(self, text: str, level: str):
         """Ids of an already preprocessed text -> (ids: (num_tokens,) int32, unknown: sorted
         distinct tokens that are not in the vocab and were mapped to <unk>)."""
-        _check_choice(level, LEVELS, "level")
+        check_choice(level, LEVELS, "level")
         id_pieces, unknown = [np.empty(0, np.int32)], set()
         for piece in _pieces(text):
             tokens = tokenize(piece, level)
@@ -293,7 +294,7 @@ class Vocab:
 
     def decode(self, ids, level: str) -> str:
         """The text of token ids: characters joined by "", words by " "."""
-        _check_choice(level, LEVELS, "level")
+        check_choice(level, LEVELS, "level")
         return ("" if level == "char" else " ").join(self.to_tokens(ids))
 
     def _char_ids(self, chars: np.ndarray):
@@ -367,8 +368,8 @@ def _is_token_count(pair) -> bool:
 
 def load_corpus(name_or_path, level="char", preprocess="d2l", data_dir=None):
     """A text file or registered corpus -> (corpus: (num_tokens,) int32 ids, vocab of the whole text)."""
-    _check_choice(level, LEVELS, "level")
-    _check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
+    check_choice(level, LEVELS, "level")
+    check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
     text = preprocess_text(read_text(name_or_path, data_dir), preprocess)
     if not text.strip():
         hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if preprocess == "d2l" else ""
@@ -392,9 +393,9 @@ def split_corpus(corpus, val_fraction=0.1):
 def num_minibatches(corpus_len: int, batch_size: int, num_steps: int) -> int:
     """Minibatches per epoch of either sampler when its offset is 0. This is an upper bound:
     a random offset gives this many or one fewer (and at least 1 where one minibatch fits)."""
-    _check_int(corpus_len, "corpus_len", minimum=0)
-    _check_int(batch_size, "batch_size", minimum=1)
-    _check_int(num_steps, "num_steps", minimum=1)
+    check_int(corpus_len, "corpus_len", minimum=0)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(num_steps, "num_steps", minimum=1)
     return max(corpus_len - 1, 0) // (batch_size * num_steps)
 
 
@@ -423,8 +424,8 @@ def seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
 def _checked_corpus_and_offset(corpus, batch_size, num_steps, rng):
     """The corpus as a 1-D integer array and a random offset in [0, num_steps), narrowed for a
     short corpus so that at least one minibatch always fits."""
-    _check_int(batch_size, "batch_size", minimum=1)
-    _check_int(num_steps, "num_steps", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(num_steps, "num_steps", minimum=1)
     corpus = np.asarray(corpus)
     if corpus.ndim != 1 or not np.issubdtype(corpus.dtype, np.integer):
         raise CharrnnError(f"a corpus must be a 1-D integer array, got {corpus.ndim}-D {corpus.dtype}")
@@ -446,13 +447,5 @@ def _minibatches(corpus: np.ndarray, starts: np.ndarray, num_steps: int):
                corpus[positions + 1].astype(np.int32, copy=False))
 
 
-# ----------------------------------------------------------------------------- argument checks
-
-def _check_choice(value, choices, what: str) -> None:
-    if value not in choices:
-        raise CharrnnError(f"unknown {what} {value!r} (choose from {', '.join(choices)})")
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise CharrnnError(f"{name} must be an integer >= {minimum}, got {value!r}")
+# the minibatch samplers by name (TrainConfig.sampler, the CLI's --sampler)
+SAMPLERS = {"sequential": seq_data_iter_sequential, "random": seq_data_iter_random}

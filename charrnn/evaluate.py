@@ -10,13 +10,13 @@ import numpy as np
 
 from .data import preprocess_text, read_text, split_corpus
 from .errors import CharrnnError
+from .model import EVAL_CHUNK_STEPS
 
 EVAL_ROWS = 32  # parallel streams the evaluated text is cut into
-EVAL_STEPS = 256  # time steps per forward call (memory: EVAL_ROWS * EVAL_STEPS * vocab logits)
 MAX_UNKNOWN_FRACTION = 0.25  # a text with more tokens outside the vocabulary is refused
 
 
-def contiguous_batches(corpus, num_rows=EVAL_ROWS, num_steps=EVAL_STEPS):
+def contiguous_batches(corpus, num_rows=EVAL_ROWS, num_steps=EVAL_CHUNK_STEPS):
     """Cut `corpus` into `num_rows` contiguous rows read left to right, `num_steps` at a time.
 
     Yields X, Y: (rows, <= num_steps) int32 with Y the next token of X. Chunk i+1 of a row
@@ -37,7 +37,7 @@ def mean_loss(model, corpus):
     """Mean cross-entropy (nats per token) of `model` on `corpus`: (n,) int; forward only."""
     total, count, state = 0.0, 0, None
     for X, Y in contiguous_batches(corpus):
-        loss_sum, n, state = model.evaluate(X, Y, state)
+        loss_sum, n, state = model.forward_loss(X, Y, state)
         total += float(loss_sum)
         count += int(n)
     return total / count

@@ -177,7 +177,7 @@ class GradNormLog(Reporter):
             self.stopping = True
             self.stop()
 
-    def on_evaluate(self, record):
+    def on_validation(self, record):
         self.save(record["step"])
 
     def on_end(self, result):

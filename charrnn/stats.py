@@ -10,6 +10,7 @@ of the d_s. The arithmetic is scipy.stats'.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +71,10 @@ def paired_difference(strategy, baseline, by_seed, baseline_by_seed, confidence=
     d = x - y
     if len(seeds) < 2 or np.all(d == d[0]):
         return PairedDifference(strategy, baseline, mean_interval(d, confidence), None, seeds)
-    test = stats.ttest_rel(x, y)
-    interval = test.confidence_interval(confidence)
+    with warnings.catch_warnings():  # differences equal but for round-off: scipy warns of lost
+        warnings.simplefilter("ignore", RuntimeWarning)  # precision, the interval is as good as shown
+        test = stats.ttest_rel(x, y)
+        interval = test.confidence_interval(confidence)
     estimate = Estimate(float(d.mean()), float(interval.low), float(interval.high), len(seeds))
     return PairedDifference(strategy, baseline, estimate, float(test.pvalue), seeds)
 

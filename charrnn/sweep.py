@@ -1,7 +1,7 @@
 """Where the runs of a sweep execute: one after the other in this process (SerialBackend), or J
 at a time in local worker processes (ProcessBackend); charrnn.cluster adds a Dask cluster.
 
-Every backend runs charrnn.runs.execute_run with one BLAS thread (threadpoolctl), so a run's
+Every backend runs charrnn.runs.execute_run with one BLAS thread (charrnn.threads), so a run's
 numbers do not depend on the backend, nor on how many runs share the machine. A backend gets
 the runs and the names of those already done, reports to a SweepReporter, and returns
 ([Outcome] in the order of the runs, interrupted: bool).
@@ -23,10 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from threadpoolctl import threadpool_limits
-
 from .errors import CharrnnError
 from .runs import RunInterrupted, execute_run, read_run, stop_by_sigint
+from .threads import blas_threads, set_blas_threads
 
 START_METHOD = "spawn"  # fresh interpreters: no inherited threads, locks or state
 
@@ -84,7 +83,7 @@ class SerialBackend:
     def run(self, specs, done, reporter):
         reporter.on_sweep_start(len(specs), len(done))
         outcomes = {}
-        with threadpool_limits(limits=1):
+        with blas_threads(1):
             for spec in specs:
                 if spec.name in done:
                     outcomes[spec.name] = reused_outcome(spec)
@@ -113,13 +112,16 @@ def worker_loop(conn, stop_event):
     """A worker process: one BLAS thread; takes runs from `conn` until None, answers each with
     (status, message). SIGINT is left to the run in progress (which checkpoints and stops)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # between runs; a run installs its own handler
-    threadpool_limits(limits=1)
-    for spec in iter(conn.recv, None):
-        try:
-            result = attempt(spec, stop_event.is_set, stop_by_sigint)
-        except Exception as err:  # a bug, reported as the run's failure rather than a dead worker
-            result = "failed", f"{type(err).__name__}: {one_line(err)}"
-        conn.send(result)
+    set_blas_threads(1)
+    try:
+        for spec in iter(conn.recv, None):
+            try:
+                result = attempt(spec, stop_event.is_set, stop_by_sigint)
+            except Exception as err:  # a bug, reported as the run's failure rather than a dead worker
+                result = "failed", f"{type(err).__name__}: {one_line(err)}"
+            conn.send(result)
+    except (EOFError, OSError):  # the sweep is gone: nobody to work for
+        pass
 
 
 class Worker:

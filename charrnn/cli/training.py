@@ -1,0 +1,133 @@
+"""The commands that train: `train` (a run, or --resume of one) and `compare` (truncations side by side, over seeds)."""
+import shlex
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+import click
+
+from .. import analysis
+from .. import compare as comparison
+from .. import train as training
+from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
+from ..outdir import default_out_dir, last_good_checkpoint
+from ..plot import check_plot_path, plot_comparison
+from ..sweep import ProcessBackend, SerialBackend
+from .options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
+from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+COMPARE_TOKENS = 500_000  # compare's budget when none is given
+COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
+
+
+@click.command()
+@training_options()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for checkpoints and metrics [default: runs/<corpus>-<date>-<time>].")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the run in this directory (its settings; a budget may be raised).")
+@click.pass_context
+def train(ctx, data_dir, out, resume, **options):
+    """Train a character-level RNN language model on CORPUS (a registered name or a path;
+    default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run.
+    """
+    reporter = ConsoleReporter()
+    try:
+        if resume is not None:
+            if out is not None and out.resolve() != resume.resolve():
+                raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
+            result = training.resume(resume, config_changes(ctx, options), data_dir, reporter)
+        else:
+            config = TrainConfig(**options)
+            result = training.train(config, out or default_out_dir(config), data_dir, reporter)
+    except ConfigError as err:
+        raise bad_parameter(err, ctx) from None
+    print_summary(result)
+    resume_command = f"charrnn train --resume {shlex.quote(str(result.out_dir))}"
+    if result.reason == "nonfinite":
+        kept = last_good_checkpoint(result.out_dir, result.checkpoint_step)
+        raise click.ClickException(f"{result.message}; {kept}. Lower --lr, clip the gradient with --clip, "
+                                   f"or resume with --on-nonfinite skip: {resume_command} --on-nonfinite skip")
+    if result.reason in EXIT_CODES:
+        click.echo(f"Interrupted by {result.reason}: checkpoint saved to {result.checkpoint}. "
+                   f"Resume with: {resume_command}", err=True)
+        ctx.exit(EXIT_CODES[result.reason])
+
+
+@click.command()
+@training_options(with_truncation=False, eval_every=COMPARE_EVAL_EVERY)
+@click.option("--regular", "regular_steps", type=NumberList(click.IntRange(min=1)),
+              default=str(analysis.DEFAULT_REGULAR_STEPS), show_default=True, metavar="K[,K...]",
+              help="Compare regular:K truncation (a cut every K steps), for each K of the list.")
+@click.option("--randomized", "keep_probs", type=NumberList(FiniteRange(0, 1, min_open=True)),
+              default=f"{analysis.DEFAULT_KEEP_PROB:g}", show_default=True, metavar="P[,P...]",
+              help="Compare randomized:P truncation (each step kept with probability P, weighted 1/P; "
+                   "a cut every 1/(1-P) steps on average), for each P of the list.")
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs per strategy, from seeds --seed, --seed + 1, ...: the seed changes the "
+                   "initialisation and the truncation draws; the data order stays that of --seed, "
+                   "so the strategies pair seed by seed.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs at once, each in a local worker process with one BLAS thread.")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Run on the Dask cluster of this scheduler (e.g. tcp://host:8786); --out must be a "
+                   "directory every worker reaches at the same path. Needs: pip install 'charrnn[cluster]'.")
+@click.option("--baseline", type=Truncation(), default="full", show_default=True,
+              help="The strategy the others are set against, seed by seed.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the runs, one subdirectory per strategy and seed; running the same "
+                   "command again reuses finished runs and resumes interrupted ones "
+                   "[default: runs/compare-<corpus>-<hash of the settings>].")
+@plot_option
+@click.pass_context
+def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline, out, plot, data_dir,
+            **options):
+    """Train the same network with full, regular:K and randomized:P truncation, from --seeds
+    seeds each, and say what the runs support: per strategy the mean and 95% interval of the
+    final and best validation perplexity, the paired difference from --baseline with its
+    interval and p-value (paired t-test), and a verdict.
+
+    Every training option applies to all runs alike. Without a budget (--epochs, --max-tokens,
+    --max-time) each run trains on 500,000 tokens. Each run writes its checkpoints and
+    metrics.jsonl to its own subdirectory of --out; Ctrl-C stops every run with a checkpoint.
+    """
+    if plot is not None:
+        check_plot_path(plot)
+    if scheduler is not None and jobs > 1:
+        raise click.UsageError("--jobs sets local worker processes; with --scheduler the cluster's workers "
+                               "run the runs", ctx)
+    if all(options[name] is None for name in BUDGET_FIELDS):
+        options["max_tokens"] = COMPARE_TOKENS
+    truncations = ("full", *(f"regular:{k}" for k in regular_steps), *(f"randomized:{p:g}" for p in keep_probs))
+    chosen = [t for t in truncations if comparison.run_name(t) == comparison.run_name(baseline)]
+    if not chosen:
+        raise click.BadParameter(f"{baseline} is not among the strategies compared ({', '.join(truncations)})",
+                                 ctx, param_hint="'--baseline'")
+    try:
+        config = TrainConfig(**options)
+        training.load_data(config, data_dir)  # a text too short for the settings fails before any run
+    except ConfigError as err:  # as train: a setting the text cannot serve is a usage error
+        raise bad_parameter(err, ctx) from None
+    out = out or comparison.default_out_dir(config)
+    with ExitStack() as stack:
+        if scheduler is not None:
+            from ..cluster import DaskBackend, connect  # Dask only when asked for
+            backend = DaskBackend(stack.enter_context(connect(scheduler)))
+        else:
+            backend = ProcessBackend(jobs) if jobs > 1 else SerialBackend()
+        progress = stack.enter_context(closing(SweepProgress()))
+        result, interrupted = comparison.compare(config, out, truncations, num_seeds, data_dir, backend,
+                                                 progress, chosen[0])
+    if interrupted:
+        click.echo(f"Interrupted: {len(result.summaries)} finished runs kept in {out}, the runs in progress "
+                   f"checkpointed; the same command goes on from there.", err=True)
+        ctx.exit(EXIT_CODES["SIGINT"])
+    if result.summaries:
+        print_comparison(config, result)
+    say(f"runs: {out}")
+    if plot is not None and result.summaries:
+        plot_comparison(result, plot)
+        say(f"figure: {plot}")
+    if result.failed:
+        failures = "; ".join(f"{name}: {message}" for name, message in result.failed.items())
+        raise click.ClickException(f"{len(result.failed)} run(s) failed ({failures})")
