@@ -175,9 +175,9 @@ class ProcessBackend:
                 reporter.on_run_end(outcomes[spec.name])
         queue = deque((spec, 1) for spec in specs if spec.name not in done)
         self.stop_event = self.context.Event()
-        workers = []
+        self.workers = workers = []  # the live workers, each with the run it has (spec)
         try:
-            workers = [Worker(self.context, self.stop_event) for _ in range(min(self.jobs, len(queue)))]
+            workers += [Worker(self.context, self.stop_event) for _ in range(min(self.jobs, len(queue)))]
             self.loop(workers, queue, outcomes, reporter)
         except KeyboardInterrupt:
             self.stop_all(workers, outcomes, reporter)
