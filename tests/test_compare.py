@@ -2,6 +2,8 @@
 their statistics, on a tiny model and text."""
 import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +188,99 @@ def test_read_curve(tmp_path):
     assert read_curve(path) == [{"tokens": 5, "elapsed": 1.5, "val_ppl": 9.0, "tokens_per_s": None},
                                 {"tokens": 9, "elapsed": 2.0, "val_ppl": None, "tokens_per_s": 3.0}]
     assert os.path.basename(path) == "metrics.jsonl"
+
+
+# ---------------------------------------------------------------------------- the command line
+
+TINY_CLI = ["--num-hiddens", 9, "--batch-size", 2, "--num-steps", 12, "--max-tokens", 240, "--eval-every", 120,
+            "--sample-length", 0]
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from charrnn import cli
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def test_compare_command_runs_every_strategy_and_seed_and_prints_the_statistics(tmp_path, text_file):
+    out = tmp_path / "cmp"
+    result = invoke("compare", text_file, *TINY_CLI, "--optimizer", "sgd", "--regular", "3,5", "--randomized",
+                    "0.5", "--seeds", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    names = [f"{name}-seed{seed}" for name in ("full", "regular-3", "regular-5", "randomized-0.5") for seed in range(3)]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
+    for name in names:
+        config = json.loads((out / name / training.CONFIG).read_text())
+        assert config["optimizer"] == "sgd" and config["data_seed"] == 0
+        assert (config["num_hiddens"], config["max_tokens"], config["eval_every"]) == (9, 240, 120)
+    comparison, _ = compare(training.TrainConfig(corpus=str(text_file), num_hiddens=9, batch_size=2, num_steps=12,
+                                                 max_tokens=240, eval_every=120, sample_length=0, optimizer="sgd"),
+                            out, ("full", "regular:3", "regular:5", "randomized:0.5"), num_seeds=3)
+    for strategy in comparison.strategies():  # the same numbers, read back from the runs
+        assert f"{strategy.final.mean:.2f} ± {strategy.final.half_width:.2f}" in result.output
+        assert f"{strategy.best.mean:.2f} ± {strategy.best.half_width:.2f}" in result.output
+    for diff in comparison.differences():
+        assert f"{diff.difference.mean:+.2f} ± {diff.difference.half_width:.2f}" in result.output
+    assert " ".join(comparison.verdict().split()) in " ".join(result.output.split())
+    assert ("\n" + result.output).count("\ndone ") == 12  # a line per finished run
+    again = invoke("compare", text_file, *TINY_CLI, "--optimizer", "sgd", "--regular", "3,5", "--randomized",
+                   "0.5", "--seeds", 3, "--out", out)
+    assert again.exit_code == 0 and "12 of 12 runs finished before: reused" in again.output
+    assert "\ndone " not in again.output
+
+
+def test_compare_defaults_and_the_directory_named_by_its_settings(tmp_path, text_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("compare", text_file, "--num-hiddens", 4, "--batch-size", 2, "--num-steps", 4, "--epochs", 1,
+                    "--sample-length", 0)
+    assert result.exit_code == 0, result.output
+    (out,) = (tmp_path / "runs").iterdir()
+    assert out.name.startswith("compare-words-") and f"runs: {Path('runs') / out.name}" in result.output
+    config = json.loads((out / "regular-10-seed0" / training.CONFIG).read_text())
+    assert (config["eval_every"], config["epochs"], config["max_tokens"]) == (50_000, 1, None)
+    assert (out / "randomized-0.9-seed0" / training.METRICS).is_file()
+    assert "one seed, no interval" in result.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--seeds", 0], "--seeds"), (["--jobs", 0], "--jobs"), (["--regular", ""], "--regular"),
+    (["--regular", "5,,10"], "--regular"), (["--regular", "5,x"], "--regular"), (["--regular", "0"], "--regular"),
+    (["--regular", "5,5"], "repeats"), (["--randomized", "0.5,1.5"], "--randomized"), (["--randomized", ","], "--randomized"),
+    (["--baseline", "regular:7"], "--baseline"), (["--jobs", 2, "--scheduler", "tcp://127.0.0.1:1"], "--scheduler"),
+    (["--num-steps", 100_000], "--num-steps"),
+])
+def test_bad_compare_options_are_usage_errors_before_anything_runs(tmp_path, text_file, args, says):
+    result = invoke("compare", text_file, *TINY_CLI, *args, "--out", tmp_path / "never")
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_compare_refusals_and_failures_are_one_line(tmp_path, text_file, monkeypatch):
+    out = tmp_path / "cmp"
+    assert invoke("compare", text_file, *TINY_CLI, "--out", out).exit_code == 0
+    other = invoke("compare", text_file, *TINY_CLI, "--num-hiddens", 5, "--out", out)
+    assert other.exit_code == 1 and other.stderr.count("\n") == 1
+    assert "holds a run with num_hiddens 9, this comparison asks for 5" in other.stderr
+    blown = invoke("compare", text_file, *TINY_CLI, "--lr", 1e6, "--clip", "none", "--activation", "linear",
+                   "--regular", 2, "--out", tmp_path / "blown")
+    assert blown.exit_code == 1 and blown.stderr.count("\n") == 1 and "3 run(s) failed" in blown.stderr
+    assert "non-finite" in blown.stderr
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    missing = invoke("compare", text_file, *TINY_CLI, "--out", tmp_path / "never", "--plot", tmp_path / "c.png")
+    assert missing.exit_code == 1 and "matplotlib" in missing.output
+    assert not (tmp_path / "never").exists()  # refused before training
+
+
+def test_the_figure_data_are_mean_curves_and_paired_differences(tmp_path, text_file):
+    comparison, _ = compare(tiny_config(text_file), tmp_path, ("full", "regular:2"), num_seeds=3)
+    curves = {t: {s.seed: {p["tokens"]: p["val_ppl"] for p in s.curve} for s in comparison.summaries
+                  if s.truncation == t} for t in ("full", "regular:2")}
+    xs, means, lows, highs = comparison.mean_curves()["full"]
+    assert xs == [252, 504, 720]  # the minibatches (36 tokens) that cross each 240 tokens, and the end
+    assert means == pytest.approx([np.mean([curves["full"][s][x] for s in range(3)]) for x in xs])
+    assert all(lo < m < hi for lo, m, hi in zip(lows, means, highs))
+    xs, diffs, lows, highs = comparison.difference_curves()["regular:2"]
+    expected = [np.mean([curves["regular:2"][s][x] - curves["full"][s][x] for s in range(3)]) for x in xs]
+    assert diffs == pytest.approx(expected) and "full" not in comparison.difference_curves()
