@@ -2,6 +2,7 @@
 workers killed under a run, Ctrl-C. Tiny models; the runs that must be caught in flight are long."""
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -127,3 +128,28 @@ def test_ctrl_c_stops_the_runs_in_flight_with_a_checkpoint_and_keeps_the_finishe
             training.train(spec.config, tmp_path / "straight" / spec.name)
             assert_same_arrays(spec.out_dir, tmp_path / "straight" / spec.name)
 
+
+
+def test_ctrl_c_in_a_terminal_stops_the_command_and_its_workers_cleanly(tmp_path, text_file):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, no traceback, every
+    worker's run checkpointed; the same command then finishes the sweep as if never stopped."""
+    from test_cli import charrnn_command
+
+    out = tmp_path / "cmp"
+    command = [charrnn_command(), "compare", str(text_file), "--num-hiddens", "10", "--batch-size", "3",
+               "--num-steps", "12", "--max-tokens", "20000", "--eval-every", "720", "--sample-length", "5",
+               "--regular", "2", "--randomized", "0.5", "--jobs", "2", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    wait_for(lambda: len(list(out.glob("*/metrics.jsonl"))) >= 2 or process.poll() is not None)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "Interrupted" in stderr
+    specs = plan(long_config(text_file), out, TRUNCATIONS)
+    assert all(run_state(spec) in ("resume", "new") for spec in specs)  # stopped where they were
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    for spec in specs:
+        training.train(spec.config, tmp_path / "straight" / spec.name)
+        assert_same_arrays(spec.out_dir, tmp_path / "straight" / spec.name)
