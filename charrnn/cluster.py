@@ -23,7 +23,7 @@ from .errors import CharrnnError
 from .io import write_atomic
 from .runs import RunInterrupted
 from .threads import set_blas_threads
-from .sweep import attempt, finished, in_order, one_line, reused_outcome
+from .sweep import attempt, finished, in_order, one_line, start_sweep
 
 CONNECT_TIMEOUT = 5  # seconds to reach the scheduler before giving up
 STOP_POLL = 1.0  # seconds between two looks at the stop Event
@@ -84,12 +84,7 @@ class DaskBackend:
     def run(self, specs, done, reporter):
         from distributed import Event, as_completed
 
-        reporter.on_sweep_start(len(specs), len(done))
-        outcomes = {}
-        for spec in specs:
-            if spec.name in done:
-                outcomes[spec.name] = reused_outcome(spec)
-                reporter.on_run_end(outcomes[spec.name])
+        outcomes = start_sweep(specs, done, reporter)
         todo = [spec for spec in specs if spec.name not in done]
         token = uuid.uuid4().hex[:12]
         markers = [directory / f".charrnn-sweep-{token}" for directory in {s.out_dir.parent for s in todo}]

@@ -62,8 +62,15 @@ def one_line(err) -> str:
     return " ".join(str(err).split())
 
 
-def reused_outcome(spec) -> Outcome:
-    return Outcome(spec, "done", read_run(spec), reused=True)
+def start_sweep(specs, done, reporter) -> dict:
+    """Report the start of a sweep -> {name: Outcome} of the runs in `done` (finished before)."""
+    reporter.on_sweep_start(len(specs), len(done))
+    outcomes = {}
+    for spec in specs:
+        if spec.name in done:
+            outcomes[spec.name] = Outcome(spec, "done", read_run(spec), reused=True)
+            reporter.on_run_end(outcomes[spec.name])
+    return outcomes
 
 
 def finished(spec, status, message, attempts) -> Outcome:
@@ -81,16 +88,11 @@ class SerialBackend:
     """The runs one after the other in this process (Ctrl-C reaches the run directly)."""
 
     def run(self, specs, done, reporter):
-        reporter.on_sweep_start(len(specs), len(done))
-        outcomes = {}
+        outcomes = start_sweep(specs, done, reporter)
         with blas_threads(1):
-            for spec in specs:
-                if spec.name in done:
-                    outcomes[spec.name] = reused_outcome(spec)
-                else:
-                    reporter.on_run_start(spec, 1)
-                    status, message = attempt(spec)
-                    outcomes[spec.name] = finished(spec, status, message, 1)
+            for spec in (spec for spec in specs if spec.name not in done):
+                reporter.on_run_start(spec, 1)
+                outcomes[spec.name] = finished(spec, *attempt(spec), 1)
                 reporter.on_run_end(outcomes[spec.name])
                 if outcomes[spec.name].status == "interrupted":
                     return in_order(specs, outcomes, True)
@@ -167,12 +169,7 @@ class ProcessBackend:
         self.context = multiprocessing.get_context(START_METHOD)
 
     def run(self, specs, done, reporter):
-        reporter.on_sweep_start(len(specs), len(done))
-        outcomes = {}
-        for spec in specs:
-            if spec.name in done:
-                outcomes[spec.name] = reused_outcome(spec)
-                reporter.on_run_end(outcomes[spec.name])
+        outcomes = start_sweep(specs, done, reporter)
         queue = deque((spec, 1) for spec in specs if spec.name not in done)
         self.stop_event = self.context.Event()
         self.workers = workers = []  # the live workers, each with the run it has (spec)
