@@ -5,7 +5,8 @@ Runs of two strategies from the same seed see the same data in the same order (t
 data order is shared, charrnn.train.TrainConfig.data_seed), so they are compared seed by seed:
 d_s = x_s - y_s, and the paired t-test asks whether the mean of the d_s differs from zero
 (Student 1908). Its interval is d̄ ± t_{n-1, (1+c)/2} · s_d / √n, with s_d the standard deviation
-of the d_s. The arithmetic is scipy.stats'.
+of the d_s. The arithmetic is scipy.stats', imported when a statistic is first computed: importing
+charrnn or its CLI loads no second BLAS library (scipy brings its own) and stays quick.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 
@@ -52,6 +52,8 @@ def mean_interval(values, confidence=CONFIDENCE) -> Estimate:
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no values to average")
+    from scipy import stats
+
     mean = float(values.mean())
     if values.size == 1:
         return Estimate(mean, None, None, 1)
@@ -63,6 +65,8 @@ def mean_interval(values, confidence=CONFIDENCE) -> Estimate:
 
 def paired_difference(strategy, baseline, by_seed, baseline_by_seed, confidence=CONFIDENCE):
     """by_seed, baseline_by_seed: {seed: value} -> PairedDifference on their common seeds."""
+    from scipy import stats
+
     seeds = tuple(sorted(set(by_seed) & set(baseline_by_seed)))
     if not seeds:
         raise ValueError(f"{strategy} and {baseline} have no seed in common")
