@@ -12,14 +12,17 @@ of memory) is replaced and its run started again up to `retries` times, resuming
 checkpoint; a run that fails (a non-finite loss, a bad setting) is reported failed and the
 others go on. Ctrl-C: the
 terminal's SIGINT reaches every worker, each run checkpoints where it is and stops; a stop
-request (an Event the workers poll) does the same when only this process got the signal. A
+request (an Event the workers poll) does the same when only this process got the signal (a
+SIGINT, or a SIGTERM). A
 second Ctrl-C kills the workers; their runs resume from their last checkpoint next time.
 """
 from __future__ import annotations
 
 import multiprocessing
 import signal
+import threading
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
@@ -159,6 +162,22 @@ class Worker:
         self.conn.close()
 
 
+@contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (only this process gets it) stops the sweep as Ctrl-C does, workers included."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ProcessBackend:
     """At most `jobs` runs at once, in `jobs` worker processes that live for the sweep."""
 
@@ -174,8 +193,9 @@ class ProcessBackend:
         self.stop_event = self.context.Event()
         self.workers = workers = []  # the live workers, each with the run it has (spec)
         try:
-            workers += [Worker(self.context, self.stop_event) for _ in range(min(self.jobs, len(queue)))]
-            self.loop(workers, queue, outcomes, reporter)
+            with sigterm_as_ctrl_c():
+                workers += [Worker(self.context, self.stop_event) for _ in range(min(self.jobs, len(queue)))]
+                self.loop(workers, queue, outcomes, reporter)
         except KeyboardInterrupt:
             self.stop_all(workers, outcomes, reporter)
             return in_order(specs, outcomes, True)

@@ -94,18 +94,23 @@ def test_without_retries_the_run_of_a_killed_worker_fails_and_the_others_finish(
 
 
 class InterruptAtThirdRun(Log):
-    """Sends SIGINT to this process (only, as `kill -INT`) when the third run is handed out: the
-    workers hear of it through the stop request."""
+    """Sends `sig` to this process (only, as `kill`) when the third run is handed out: the workers
+    hear of it through the stop request."""
+
+    def __init__(self, sig):
+        super().__init__()
+        self.sig = sig
 
     def on_run_start(self, spec, attempt):
         super().on_run_start(spec, attempt)
         if len(self.started) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.sig)
 
 
-def test_ctrl_c_stops_the_runs_in_flight_with_a_checkpoint_and_keeps_the_finished(tmp_path, text_file):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_runs_in_flight_with_a_checkpoint_and_keeps_the_finished(tmp_path, text_file, sig):
     config = long_config(text_file)
-    log = InterruptAtThirdRun()
+    log = InterruptAtThirdRun(sig)
     comparison, interrupted = compare(config, tmp_path / "sweep", TRUNCATIONS, num_seeds=2,
                                       backend=ProcessBackend(jobs=2), reporter=log)
     assert interrupted
