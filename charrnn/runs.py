@@ -15,6 +15,7 @@ import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .checks import is_finite, is_integer
 from .errors import CharrnnError
 from .io import save_json
 from .train import (CHECKPOINT, METRICS, MATHS_FIELDS, Reporter, TrainConfig, budget_reached,
@@ -145,11 +146,14 @@ def read_curve(path) -> list:
 
 
 def read_grad_norms(out_dir):
+    """The sums in out_dir/grad_norms.json, {step, sum, count}; None if missing, unknown or corrupt."""
     try:
         norms = json.loads((Path(out_dir) / GRAD_NORMS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return norms if isinstance(norms, dict) and {"step", "sum", "count"} <= set(norms) else None
+    valid = (isinstance(norms, dict) and is_integer(norms.get("step")) and is_finite(norms.get("sum"))
+             and is_integer(norms.get("count")))
+    return norms if valid else None
 
 
 class GradNormLog(Reporter):

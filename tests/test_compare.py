@@ -11,7 +11,7 @@ import pytest
 from charrnn import train as training
 from charrnn.compare import compare, default_out_dir, plan, run_name
 from charrnn.errors import CharrnnError
-from charrnn.runs import GRAD_NORMS, RunSpec, execute_run, read_curve, read_run, run_state
+from charrnn.runs import GRAD_NORMS, RunSpec, execute_run, read_curve, read_grad_norms, run_state
 from charrnn.stats import paired_difference
 from charrnn.sweep import SweepReporter
 
@@ -148,6 +148,11 @@ def test_a_run_killed_before_its_grad_norms_were_saved_has_no_mean_rather_than_a
     (spec.out_dir / GRAD_NORMS).unlink()
     summary = execute_run(spec)
     assert summary.mean_grad_norm is None and summary.final_val_ppl is not None
+    longer = RunSpec(spec.name, tiny_config(text_file, data_seed=0, max_tokens=1080), spec.out_dir)
+    assert execute_run(longer).mean_grad_norm is None  # and stays unknown when it goes on
+    for corrupt in ('{"step": 30, "sum": "x", "count": 2}', '[1, 2]', '{"step": 30'):
+        (spec.out_dir / GRAD_NORMS).write_text(corrupt)
+        assert read_grad_norms(spec.out_dir) is None
 
 
 def test_a_directory_holding_other_runs_is_refused_before_anything_trains(tmp_path, text_file):
