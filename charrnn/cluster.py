@@ -98,12 +98,11 @@ class DaskBackend:
                                             key=f"charrnn-{spec.name}-{token}")
                 futures[future] = spec
                 reporter.on_run_start(spec, 1)
-            try:
-                for future in as_completed(list(futures), loop=self.client.loop):
-                    self.collect(future, futures, outcomes, reporter)
-            except KeyboardInterrupt:
-                self.stop_all(stop, futures, outcomes, reporter)
-                return in_order(specs, outcomes, True)
+            for future in as_completed(list(futures), loop=self.client.loop):
+                self.collect(future, futures, outcomes, reporter)
+        except KeyboardInterrupt:
+            self.stop_all(stop, futures, outcomes, reporter)
+            return in_order(specs, outcomes, True)
         finally:
             self.client.cancel([f for f in futures if not f.done()])
             for path in markers:

@@ -128,3 +128,25 @@ def test_a_worker_killed_under_a_run_hands_it_to_another_that_resumes_it(tmp_pat
     assert not comparison.failed and len(comparison.summaries) == 1
     training.train(spec.config, tmp_path / "straight")
     assert_same_arrays(spec.out_dir, tmp_path / "straight")
+
+
+class InterruptAtFirstEnd(Log):
+    def on_run_end(self, outcome):
+        super().on_run_end(outcome)
+        if len(self.ended) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_the_runs_on_the_cluster_and_keeps_the_finished(tmp_path, text_file, scheduler):
+    config = tiny_config(text_file, max_tokens=20_000, eval_every=720)
+    log = InterruptAtFirstEnd()
+    with connect(scheduler) as client:
+        comparison, interrupted = compare(config, tmp_path, TRUNCATIONS, num_seeds=2, backend=DaskBackend(client),
+                                          reporter=log)
+        assert interrupted and len(comparison.summaries) >= 1
+        assert not any(client.processing().values())  # no run goes on behind the user's back
+    statuses = [o.status for o in log.ended]
+    assert statuses[0] == "done" and set(statuses) <= {"done", "interrupted"} and "interrupted" in statuses
+    from charrnn.runs import run_state
+    states = [run_state(spec) for spec in plan(config, tmp_path, TRUNCATIONS, num_seeds=2)]
+    assert states.count("done") == len(comparison.summaries) and set(states) <= {"done", "resume", "new"}
