@@ -107,7 +107,7 @@ class InterruptAtThirdRun(Log):
             os.kill(os.getpid(), self.sig)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_runs_in_flight_with_a_checkpoint_and_keeps_the_finished(tmp_path, text_file, sig):
     config = long_config(text_file)
     log = InterruptAtThirdRun(sig)
