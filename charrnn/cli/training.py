@@ -63,12 +63,13 @@ def train(ctx, data_dir, out, resume, **options):
               default=f"{analysis.DEFAULT_KEEP_PROB:g}", show_default=True, metavar="P[,P...]",
               help="Compare randomized:P truncation (each step kept with probability P, weighted 1/P; "
                    "a cut every 1/(1-P) steps on average), for each P of the list.")
-@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Runs per strategy, from seeds --seed, --seed + 1, ...: the seed changes the "
                    "initialisation and the truncation draws; the data order stays that of --seed, "
                    "so the strategies pair seed by seed.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs at once, each in a local worker process with one BLAS thread.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="J",
+              help="Runs at once, each in a local worker process with one BLAS thread (the runs of "
+                   "compare always use one).")
 @click.option("--scheduler", metavar="ADDRESS", default=None,
               help="Run on the Dask cluster of this scheduler (e.g. tcp://host:8786); --out must be a "
                    "directory every worker reaches at the same path. Needs: pip install 'charrnn[cluster]'.")
