@@ -289,3 +289,14 @@ def test_the_figure_data_are_mean_curves_and_paired_differences(tmp_path, text_f
     xs, diffs, lows, highs = comparison.difference_curves()["regular:2"]
     expected = [np.mean([curves["regular:2"][s][x] - curves["full"][s][x] for s in range(3)]) for x in xs]
     assert diffs == pytest.approx(expected) and "full" not in comparison.difference_curves()
+
+
+def test_data_seed_option_orders_the_data_of_train_and_of_every_compare_run(tmp_path, text_file):
+    result = invoke("train", text_file, *TINY_CLI, "--seed", 3, "--data-seed", 1, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / training.CONFIG).read_text())
+    assert (config["seed"], config["data_seed"]) == (3, 1)
+    result = invoke("compare", text_file, *TINY_CLI, "--seed", 3, "--seeds", 2, "--data-seed", 1, "--out", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c" / "full-seed4" / training.CONFIG).read_text())["data_seed"] == 1
+    assert_same_arrays(tmp_path / "run", tmp_path / "c" / "full-seed3")

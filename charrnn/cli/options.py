@@ -166,7 +166,10 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every):
                      help="Learning rate."),
         click.option("--lr-decay", type=FiniteRange(0, 1, min_open=True), default=DEFAULTS.lr_decay,
                      show_default=True, help="Multiply the learning rate by this after each epoch."),
-        click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
+                     help="Seed of the initialisation and the truncation draws (and of the data order)."),
+        click.option("--data-seed", type=click.IntRange(min=0), default=DEFAULTS.data_seed,
+                     help="Seed of the order of the minibatches alone [default: --seed]."),
         click.option("--epochs", type=click.IntRange(min=1), default=None,
                      help=f"Budget in passes over the training split [default: {DEFAULT_EPOCHS} "
                           f"when no budget is given]."),
