@@ -18,7 +18,8 @@ from pathlib import Path
 from .checks import is_finite, is_integer
 from .errors import CharrnnError
 from .io import save_json
-from .train import (CHECKPOINT, METRICS, MATHS_FIELDS, Reporter, TrainConfig, budget_reached,
+from .schedule import BUDGET_SCHEDULES
+from .train import (BUDGET_FIELDS, CHECKPOINT, METRICS, MATHS_FIELDS, Reporter, TrainConfig, budget_reached,
                     load_checkpoint, resume, train)
 
 GRAD_NORMS = "grad_norms.json"  # running sum of the gradient norms, as of the checkpoint's step
@@ -74,6 +75,11 @@ def run_state(spec) -> str:
         if getattr(ckpt.config, name) != getattr(spec.config, name):
             raise CharrnnError(f"{spec.out_dir} holds a run with {name} {getattr(ckpt.config, name)!r}, this "
                                f"comparison asks for {getattr(spec.config, name)!r}; choose another --out")
+    budgets = [{name: getattr(config, name) for name in sorted(BUDGET_FIELDS)} for config in (ckpt.config, spec.config)]
+    if budgets[0] != budgets[1] and spec.config.lr_schedule in BUDGET_SCHEDULES:
+        raise CharrnnError(f"{spec.out_dir} holds a run with the budget {budgets[0]}, this comparison asks for "
+                           f"{budgets[1]}; with --lr-schedule {spec.config.lr_schedule} the learning rate follows "
+                           f"the budget, so that run cannot become this one; choose another --out")
     if not budget_reached(spec.config, ckpt.progress):
         return "resume"
     if overshoots(spec.config, ckpt.progress):
@@ -108,8 +114,8 @@ def execute_run(spec, should_stop=None, stop=None) -> RunSummary:
             result = train(spec.config, spec.out_dir, spec.data_dir, recorder)
         else:
             recorder.restore(load_checkpoint(spec.out_dir / CHECKPOINT).progress.step)
-            changes = {f.name: getattr(spec.config, f.name) for f in fields(spec.config)
-                       if f.name not in MATHS_FIELDS}
+            changes = {f.name: getattr(spec.config, f.name) for f in fields(spec.config)  # None: as saved
+                       if f.name not in MATHS_FIELDS and (f.name in BUDGET_FIELDS or getattr(spec.config, f.name) is not None)}
             result = resume(spec.out_dir, changes, spec.data_dir, recorder)
         if result.reason in ("SIGINT", "SIGTERM"):
             raise RunInterrupted(f"{spec.name} stopped by {result.reason} at {result.progress.tokens:,} tokens")

@@ -1,6 +1,5 @@
 """Sweeps on a real Dask distributed cluster (charrnn.cluster, the extra `cluster`): a LocalCluster of
 two worker processes on the loopback address, a shared directory."""
-import json
 import os
 import signal
 import socket
@@ -15,8 +14,9 @@ from charrnn import train as training
 from charrnn.cluster import DaskBackend, connect, run_on_worker
 from charrnn.compare import compare, plan
 from charrnn.errors import CharrnnError
+from charrnn.runs import run_state
 from test_cli import assert_error
-from test_compare import Log, TINY_CLI, assert_same_arrays, invoke, tiny_config
+from test_compare import Log, TINY_CLI, assert_same_arrays, interrupt, invoke, tiny_config
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 
@@ -59,12 +59,14 @@ def test_a_sweep_on_the_cluster_equals_the_local_one(tmp_path, text_file, schedu
 def test_the_compare_command_on_the_cluster_reuses_and_resumes(tmp_path, text_file, scheduler):
     out = tmp_path / "cmp"
     (spec,) = plan(training.TrainConfig(corpus=str(text_file), num_hiddens=9, batch_size=2, num_steps=12,
-                                        max_tokens=120, eval_every=120, sample_length=0), out, ["regular:10"])
-    training.train(spec.config, spec.out_dir)  # a run stopped halfway, found by the sweep
+                                        max_tokens=240, eval_every=120, sample_length=0), out, ["regular:10"])
+    interrupt(spec, 7)  # a run stopped halfway (checkpointed at 120 tokens), found by the sweep
+    assert run_state(spec) == "resume"
     result = invoke("compare", text_file, *TINY_CLI, "--seeds", 2, "--scheduler", scheduler, "--out", out)
     assert result.exit_code == 0, result.output
     assert ("\n" + result.output).count("\ndone ") == 6 and "With 2 seeds" in result.output
-    assert json.loads((out / "regular-10-seed0" / training.METRICS).read_text().splitlines()[-1])["tokens"] == 240
+    training.train(spec.config, tmp_path / "straight")
+    assert_same_arrays(spec.out_dir, tmp_path / "straight")
     again = invoke("compare", text_file, *TINY_CLI, "--seeds", 2, "--scheduler", scheduler, "--out", out)
     assert again.exit_code == 0 and "6 of 6 runs finished before: reused" in again.output
 
@@ -147,6 +149,5 @@ def test_ctrl_c_stops_the_runs_on_the_cluster_and_keeps_the_finished(tmp_path, t
         assert not any(client.processing().values())  # no run goes on behind the user's back
     statuses = [o.status for o in log.ended]
     assert statuses[0] == "done" and set(statuses) <= {"done", "interrupted"} and "interrupted" in statuses
-    from charrnn.runs import run_state
     states = [run_state(spec) for spec in plan(config, tmp_path, TRUNCATIONS, num_seeds=2)]
     assert states.count("done") == len(comparison.summaries) and set(states) <= {"done", "resume", "new"}

@@ -11,7 +11,7 @@ import pytest
 from charrnn import train as training
 from charrnn.compare import compare, default_out_dir, plan, run_name
 from charrnn.errors import CharrnnError
-from charrnn.runs import GRAD_NORMS, RunSpec, execute_run, read_curve, read_grad_norms, run_state
+from charrnn.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state
 from charrnn.stats import paired_difference
 from charrnn.sweep import SweepReporter
 
@@ -129,11 +129,21 @@ def test_running_again_trains_only_what_is_missing(tmp_path, text_file):
                                     "randomized-0.5-seed2", "regular-2-seed2"]
 
 
+def interrupt(spec, after_steps):
+    """Run `spec` and stop it after `after_steps` minibatches, as a stop request does on a cluster
+    (an exception out of the loop: the checkpoint of the last evaluation stays)."""
+    steps = iter(range(after_steps))
+
+    def stop():
+        raise RunInterrupted("stopped by the test")
+
+    with pytest.raises(RunInterrupted):
+        execute_run(spec, should_stop=lambda: next(steps, None) is None, stop=stop)
+
+
 def test_an_interrupted_run_is_resumed_to_the_run_never_stopped(tmp_path, text_file):
     (spec,) = plan(tiny_config(text_file, truncation="randomized:0.5"), tmp_path / "a", ["randomized:0.5"])
-    stopped = RunSpec(spec.name, tiny_config(text_file, truncation="randomized:0.5", data_seed=0, max_tokens=400),
-                      spec.out_dir)
-    execute_run(stopped)  # as if stopped at 432 tokens
+    interrupt(spec, 12)  # 432 tokens, checkpointed at 252
     assert run_state(spec) == "resume"
     resumed = execute_run(spec)
     (straight,) = compare(tiny_config(text_file), tmp_path / "b", ["randomized:0.5"])[0].summaries
@@ -143,12 +153,13 @@ def test_an_interrupted_run_is_resumed_to_the_run_never_stopped(tmp_path, text_f
 
 
 def test_a_run_killed_before_its_grad_norms_were_saved_has_no_mean_rather_than_a_wrong_one(tmp_path, text_file):
-    (spec,) = plan(tiny_config(text_file), tmp_path, ["full"])
-    execute_run(RunSpec(spec.name, tiny_config(text_file, data_seed=0, max_tokens=400), spec.out_dir))
+    (spec,) = plan(tiny_config(text_file, lr_schedule="constant"), tmp_path, ["full"])
+    interrupt(spec, 12)
     (spec.out_dir / GRAD_NORMS).unlink()
     summary = execute_run(spec)
     assert summary.mean_grad_norm is None and summary.final_val_ppl is not None
-    longer = RunSpec(spec.name, tiny_config(text_file, data_seed=0, max_tokens=1080), spec.out_dir)
+    longer = RunSpec(spec.name, tiny_config(text_file, data_seed=0, max_tokens=1080, lr_schedule="constant"),
+                     spec.out_dir)
     assert execute_run(longer).mean_grad_norm is None  # and stays unknown when it goes on
     for corrupt in ('{"step": 30, "sum": "x", "count": 2}', '[1, 2]', '{"step": 30'):
         (spec.out_dir / GRAD_NORMS).write_text(corrupt)
@@ -161,12 +172,21 @@ def test_a_directory_holding_other_runs_is_refused_before_anything_trains(tmp_pa
     with pytest.raises(CharrnnError, match="holds a run with num_hiddens 10, this comparison asks for 12"):
         compare(tiny_config(text_file, num_hiddens=12), tmp_path, ["regular:2", "full"], reporter=log)
     assert log.started == [] and not (tmp_path / "regular-2-seed0").exists()
-    with pytest.raises(CharrnnError, match="longer run"):
-        compare(tiny_config(text_file, max_tokens=360), tmp_path, ["full"])
-    longer, _ = compare(tiny_config(text_file, max_tokens=1080), tmp_path, ["full"])  # a larger budget goes on
-    assert longer.summaries[0].tokens == 1080
+    with pytest.raises(CharrnnError, match="with --lr-schedule cosine the learning rate follows the budget"):
+        compare(tiny_config(text_file, max_tokens=1080), tmp_path, ["full"])
     with pytest.raises(CharrnnError, match="baseline"):
         compare(tiny_config(text_file), tmp_path, ["regular:2"], baseline="full")
+
+
+def test_with_a_schedule_that_ignores_the_budget_a_larger_budget_goes_on(tmp_path, text_file):
+    constant = dict(lr_schedule="constant")
+    compare(tiny_config(text_file, **constant), tmp_path / "a", ["full"])
+    with pytest.raises(CharrnnError, match="longer run"):
+        compare(tiny_config(text_file, max_tokens=360, **constant), tmp_path / "a", ["full"])
+    longer, _ = compare(tiny_config(text_file, max_tokens=1080, **constant), tmp_path / "a", ["full"])
+    straight, _ = compare(tiny_config(text_file, max_tokens=1080, **constant), tmp_path / "b", ["full"])
+    assert longer.summaries[0].tokens == 1080
+    assert_same_arrays(tmp_path / "a" / "full-seed0", tmp_path / "b" / "full-seed0")
 
 
 def test_a_run_that_blows_up_is_reported_failed_and_the_others_finish(tmp_path, text_file):
