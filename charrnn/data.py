@@ -33,6 +33,7 @@ REGISTRY_FILENAME = "registry.json"
 LEVELS = ("char", "word")
 PREPROCESS_MODES = ("d2l", "raw")
 UNK = "<unk>"
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, dropped from the start of a text
 
 _PIECE_CHARS = 1 << 22
 _WHITESPACE = re.compile(r"\s")  # the characters str.split() splits on
@@ -75,26 +76,40 @@ def read_text(name_or_path, data_dir=None) -> str:
     (default: $CHARRNN_DATA_DIR), then in `default_data_dir()`, then downloaded there. A
     registered corpus must match the registry's size and SHA-1.
     """
+    path, entry = find_corpus(name_or_path, data_dir)
+    data = _read_bytes(path)
+    if entry is not None:
+        check_registered(path, name_or_path, entry, len(data), hashlib.sha1(data).hexdigest())
+    return _decode(data, path)
+
+
+def find_corpus(name_or_path, data_dir=None):
+    """-> (path of the text file, its registry entry or None when a path was given).
+
+    A registered corpus that is nowhere on disk is downloaded; its checksum is the caller's to
+    check (`check_registered`), as the caller reads the bytes anyway.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         raise CharrnnError(f"{path} is a directory, not a text file")
     if path.exists() and not path.is_file():  # reading a FIFO or a device could block forever
         raise CharrnnError(f"{path} is not a regular file (a pipe, socket or device), not a text file")
     if path.is_file():
-        return _decode(_read_bytes(path), path)
+        return path, None
     registry = load_registry()
     name = str(name_or_path)
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
         raise CharrnnError(f"no such file or registered corpus: {name!r} (registered corpora: {known})")
-    entry = registry[name]
-    path = _find_or_download(name, entry, data_dir)
-    data = _read_bytes(path)
-    mismatch = _checksum_mismatch(len(data), hashlib.sha1(data).hexdigest(), entry)
+    return _find_or_download(name, registry[name], data_dir), registry[name]
+
+
+def check_registered(path, name, entry: dict, size: int, sha1: str) -> None:
+    """CharrnnError unless `size` and `sha1` (of the file at `path`) are the registry entry's."""
+    mismatch = _checksum_mismatch(size, sha1, entry)
     if mismatch:
-        raise CharrnnError(f"{path} is not the registered corpus {name!r} ({mismatch}); "
+        raise CharrnnError(f"{path} is not the registered corpus {str(name)!r} ({mismatch}); "
                            "delete or replace it")
-    return _decode(data, path)
 
 
 def _find_or_download(name: str, entry: dict, data_dir) -> Path:
@@ -153,23 +168,35 @@ def _read_bytes(path: Path) -> bytes:
         raise CharrnnError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def _decode(data: bytes, path: Path) -> str:
-    """The text of a file's bytes, which must be non-empty UTF-8 and not look binary.
-    A leading byte order mark is dropped."""
-    if not data:
+def check_text_head(head: bytes, path) -> None:
+    """CharrnnError unless the first bytes of a file look like text: not empty, no NUL byte,
+    at most _MAX_CONTROL_FRACTION control characters. The streamed reader checks its first
+    block with this, so a binary file is refused before gigabytes are read."""
+    if not head:
         raise CharrnnError(f"{path} is empty")
-    if b"\0" in data:
+    if b"\0" in head:
         raise CharrnnError(f"{path} looks binary (it contains NUL bytes), not like UTF-8 text")
-    control_fraction = 1 - len(data.translate(None, _CONTROL_BYTES)) / len(data)
+    control_fraction = 1 - len(head.translate(None, _CONTROL_BYTES)) / len(head)
     if control_fraction > _MAX_CONTROL_FRACTION:
         raise CharrnnError(f"{path} looks binary ({control_fraction:.0%} of its bytes are "
                            "control characters), not like UTF-8 text")
-    data = data.removeprefix(b"\xef\xbb\xbf")
+
+
+def not_utf8_error(path, err: UnicodeDecodeError, offset: int = 0) -> CharrnnError:
+    """The error for a file whose bytes fail to decode: `offset` is where err.object starts."""
+    return CharrnnError(f"{path} is not UTF-8 text "
+                        f"(byte 0x{err.object[err.start]:02x} at offset {offset + err.start})")
+
+
+def _decode(data: bytes, path: Path) -> str:
+    """The text of a file's bytes, which must be non-empty UTF-8 and not look binary.
+    A leading byte order mark is dropped."""
+    check_text_head(data, path)
+    data = data.removeprefix(BOM)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise CharrnnError(f"{path} is not UTF-8 text "
-                           f"(byte 0x{data[err.start]:02x} at offset {err.start})") from None
+        raise not_utf8_error(path, err) from None
 
 
 # ----------------------------------------------------------------------------- text and tokens
@@ -181,14 +208,23 @@ def preprocess_text(text: str, mode: str) -> str:
     _check_choice(mode, PREPROCESS_MODES, "preprocess mode")
     if mode == "raw":
         return text
-    # UTF-8 keeps ASCII letters as single bytes and writes everything else with other bytes.
     codes = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
+    return preprocess_d2l_bytes(codes)[0].tobytes().decode("ascii")
+
+
+def preprocess_d2l_bytes(codes: np.ndarray, after_letter=True):
+    """The d2l rule on UTF-8 bytes: codes (n,) uint8 -> (kept: (m,) uint8 ASCII, whether the
+    last byte was a letter). UTF-8 keeps ASCII letters as single bytes and writes everything
+    else with other bytes, so bytes suffice. A text read in pieces passes each piece the
+    `after_letter` of the one before (True at the start), so that a run of non-letters across
+    a boundary still becomes one space."""
     lower = codes | 0x20
     is_letter = (lower >= ord("a")) & (lower <= ord("z"))
     keep = is_letter.copy()  # a letter, or the first character of a run of non-letters
     keep[1:] |= is_letter[:-1]
-    keep[:1] = True
-    return np.where(is_letter, lower, ord(" "))[keep].tobytes().decode("ascii")
+    keep[:1] |= after_letter
+    kept = np.where(is_letter, lower, ord(" "))[keep]
+    return kept, bool(is_letter[-1]) if len(codes) else after_letter
 
 
 def tokenize(text: str, level: str):
@@ -241,16 +277,20 @@ class Vocab:
     """Tokens <-> indices: <unk> is 0, then the reserved tokens, then the other tokens by
     descending frequency, ties in token order (Python string order)."""
 
-    def __init__(self, tokens=(), min_freq=0, reserved_tokens=None):
+    def __init__(self, tokens=(), min_freq=0, reserved_tokens=None, max_size=None):
         """tokens: a sequence of tokens (e.g. from `tokenize`) or a mapping token -> count.
-        Tokens seen fewer than `min_freq` times are left out and map to <unk>."""
+        Tokens seen fewer than `min_freq` times, and all but the `max_size` most frequent
+        (None: no limit; <unk> and the reserved tokens not counted), are left out and map
+        to <unk>."""
         _check_int(min_freq, "min_freq", minimum=0)
+        if max_size is not None:
+            _check_int(max_size, "max_size", minimum=0)
         counts = tokens if isinstance(tokens, Mapping) else _add_counts(Counter(), tokens)
         token_freqs = sorted(counts.items(), key=lambda token_count: (-token_count[1], token_count[0]))
         specials = list(dict.fromkeys([UNK, *(reserved_tokens or ())]))
         seen = set(specials)
         frequent = [token for token, count in token_freqs if count >= min_freq and token not in seen]
-        self._set(specials + frequent, token_freqs)
+        self._set(specials + frequent[:max_size], token_freqs)
 
     def _set(self, idx_to_token: list, token_freqs: list) -> None:
         self.idx_to_token = idx_to_token
