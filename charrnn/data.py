@@ -174,12 +174,17 @@ def check_text_head(head: bytes, path) -> None:
     block with this, so a binary file is refused before gigabytes are read."""
     if not head:
         raise CharrnnError(f"{path} is empty")
-    if b"\0" in head:
-        raise CharrnnError(f"{path} looks binary (it contains NUL bytes), not like UTF-8 text")
+    check_no_nul(head, path)
     control_fraction = 1 - len(head.translate(None, _CONTROL_BYTES)) / len(head)
     if control_fraction > _MAX_CONTROL_FRACTION:
         raise CharrnnError(f"{path} looks binary ({control_fraction:.0%} of its bytes are "
                            "control characters), not like UTF-8 text")
+
+
+def check_no_nul(data: bytes, path) -> None:
+    """CharrnnError if `data` (a file's bytes, or a piece of them) holds a NUL byte."""
+    if b"\0" in data:
+        raise CharrnnError(f"{path} looks binary (it contains NUL bytes), not like UTF-8 text")
 
 
 def not_utf8_error(path, err: UnicodeDecodeError, offset: int = 0) -> CharrnnError:
