@@ -40,6 +40,7 @@ _WHITESPACE = re.compile(r"\s")  # the characters str.split() splits on
 _CONTROL_BYTES = bytes(b for b in [*range(32), 127] if b not in b"\t\n\v\f\r")
 _MAX_CONTROL_FRACTION = 0.1
 _DOWNLOAD_CHUNK_BYTES = 1 << 16
+_SHUFFLE_IN_MEMORY = 1 << 22  # subsequences the random sampler shuffles as one array
 
 
 # ----------------------------------------------------------------------------- corpus files
@@ -446,12 +447,21 @@ def num_minibatches(corpus_len: int, batch_size: int, num_steps: int) -> int:
 def seq_data_iter_random(corpus, batch_size, num_steps, rng):
     """Minibatches of non-overlapping subsequences in random order, cut from a random offset
     (d2l §9.3.4) -> iterator of (X, Y), each (batch_size, num_steps) int32.
-    rng: np.random.Generator. Arguments are checked at the call, not at the first minibatch."""
+    rng: np.random.Generator. Arguments are checked at the call, not at the first minibatch.
+    Memory: the order of up to _SHUFFLE_IN_MEMORY subsequences is drawn as a whole
+    (rng.shuffle); beyond that it is a keyed permutation computed a minibatch at a time."""
     corpus, offset = _checked_corpus_and_offset(corpus, batch_size, num_steps, rng)
     num_subseqs = (len(corpus) - offset - 1) // num_steps
     num_batches = num_subseqs // batch_size
-    starts = offset + num_steps * rng.permutation(num_subseqs)[:num_batches * batch_size]
-    return _minibatches(corpus, starts.reshape(num_batches, batch_size), num_steps)
+    if num_subseqs <= _SHUFFLE_IN_MEMORY:
+        order = np.arange(num_subseqs, dtype=np.int32)
+        rng.shuffle(order)  # the same draws, so the same order, as rng.permutation(num_subseqs)
+        take = order.__getitem__
+    else:
+        take = KeyedPermutation(num_subseqs, rng).take
+    starts = (offset + num_steps * take(slice(b * batch_size, (b + 1) * batch_size)).astype(np.int64)
+              for b in range(num_batches))
+    return _minibatches(corpus, starts, num_steps)
 
 
 def seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
@@ -461,8 +471,45 @@ def seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
     corpus, offset = _checked_corpus_and_offset(corpus, batch_size, num_steps, rng)
     row_len = (len(corpus) - offset - 1) // batch_size
     num_batches = row_len // num_steps
-    starts = offset + row_len * np.arange(batch_size) + num_steps * np.arange(num_batches)[:, None]
-    return _minibatches(corpus, starts, num_steps)
+    row_starts = offset + row_len * np.arange(batch_size)
+    return _minibatches(corpus, (row_starts + num_steps * b for b in range(num_batches)), num_steps)
+
+
+class KeyedPermutation:
+    """A pseudo-random permutation of range(n) in O(1) memory: a 4-round Feistel network on
+    2h bits (4**h >= n) with round keys drawn from rng, whose values >= n are sent through it
+    again until they fall in range ("cycle walking", Black & Rogaway 2002)."""
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, rng):
+        self.n = n
+        self.half = max(1, ((n - 1).bit_length() + 1) // 2)
+        self.mask = np.uint64((1 << self.half) - 1)
+        self.keys = rng.integers(0, 2**63, size=self.ROUNDS, dtype=np.uint64)
+
+    def take(self, positions: slice) -> np.ndarray:
+        """The permutation's values at range(n)[positions] -> int64 array."""
+        x = np.arange(*positions.indices(self.n), dtype=np.uint64)
+        y = self._feistel(x)
+        outside = np.flatnonzero(y >= self.n)
+        while len(outside):
+            y[outside] = self._feistel(y[outside])
+            outside = outside[y[outside] >= self.n]
+        return y.astype(np.int64)
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(self.half), x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ (_mix64(right ^ key) & self.mask)
+        return (left << np.uint64(self.half)) | right
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """A 64-bit mixing function (the finaliser of splitmix64), wrapping modulo 2**64."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def _checked_corpus_and_offset(corpus, batch_size, num_steps, rng):
@@ -481,9 +528,10 @@ def _checked_corpus_and_offset(corpus, batch_size, num_steps, rng):
     return corpus, int(rng.integers(min(num_steps, len(corpus) - needed + 1)))
 
 
-def _minibatches(corpus: np.ndarray, starts: np.ndarray, num_steps: int):
-    """starts: (num_batches, batch_size) -> for each row, X[b, t] = corpus[starts[b] + t] and
-    Y[b, t] = corpus[starts[b] + t + 1], both (batch_size, num_steps) int32, C-contiguous."""
+def _minibatches(corpus: np.ndarray, starts, num_steps: int):
+    """starts: an iterable of (batch_size,) start positions -> for each, X[b, t] =
+    corpus[starts[b] + t] and Y[b, t] = corpus[starts[b] + t + 1], both (batch_size, num_steps)
+    int32, C-contiguous. corpus may be a memory map of narrower ids: only X and Y are read."""
     steps = np.arange(num_steps)
     for batch_starts in starts:
         positions = batch_starts[:, None] + steps

@@ -16,21 +16,26 @@ EVAL_STEPS = 256  # time steps per forward call (memory: EVAL_ROWS * EVAL_STEPS 
 MAX_UNKNOWN_FRACTION = 0.25  # a text with more tokens outside the vocabulary is refused
 
 
-def contiguous_batches(corpus, num_rows=EVAL_ROWS, num_steps=EVAL_STEPS):
+def contiguous_batches(corpus, num_rows=EVAL_ROWS, num_steps=EVAL_STEPS, id_map=None):
     """Cut `corpus` into `num_rows` contiguous rows read left to right, `num_steps` at a time.
 
     Yields X, Y: (rows, <= num_steps) int32 with Y the next token of X. Chunk i+1 of a row
     continues where chunk i ended, so the hidden state can be carried. Every token except the
     first of each row and at most num_rows - 1 at the end is a target exactly once.
+    corpus may be a memory map of narrower ids: only the chunk at hand is read and converted,
+    through `id_map` ((vocab,) int array: corpus id -> model id) when one is given.
     """
+    corpus = np.asarray(corpus)  # a memory map stays one (np.asarray does not read it)
     if len(corpus) < 2:
         raise CharrnnError(f"a text of {len(corpus)} tokens is too short to evaluate")
     num_rows = min(num_rows, len(corpus) - 1)
     row_len = (len(corpus) - 1) // num_rows
-    X = np.asarray(corpus[: num_rows * row_len], dtype=np.int32).reshape(num_rows, row_len)
-    Y = np.asarray(corpus[1 : num_rows * row_len + 1], dtype=np.int32).reshape(num_rows, row_len)
+    X = corpus[: num_rows * row_len].reshape(num_rows, row_len)  # views, no copy
+    Y = corpus[1 : num_rows * row_len + 1].reshape(num_rows, row_len)
+    convert = (lambda ids: np.asarray(ids, dtype=np.int32)) if id_map is None else \
+        (lambda ids: np.asarray(id_map, dtype=np.int32)[ids])
     for start in range(0, row_len, num_steps):
-        yield X[:, start : start + num_steps], Y[:, start : start + num_steps]
+        yield convert(X[:, start : start + num_steps]), convert(Y[:, start : start + num_steps])
 
 
 def mean_loss(model, corpus):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ FORMAT_VERSION = 1
 ALIGN = 64  # the ids start at a multiple of this
 CACHE_ENV = "CHARRNN_CACHE_DIR"
 SUFFIX = ".tokens"
+SETTLE_NS = 100_000_000  # a text is read only once its last modification is this old
 _PREFIX = len(MAGIC) + 8
 _MAX_HEADER_BYTES = 1 << 30
 
@@ -164,7 +166,7 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
         raise CharrnnError(f"cannot read {text_path}: {err.strerror or err}") from None
     try:
         with f, open(scratch_path, "w+b") as scratch:
-            before = os.fstat(f.fileno())
+            before = _settled_stat(f)
             sha1, size = hashlib.sha1(), [0]
 
             def on_read(block):
@@ -199,6 +201,15 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
                                                         (renumber[chunk] for chunk in id_file.chunks())))
     finally:
         scratch_path.unlink(missing_ok=True)
+
+
+def _settled_stat(f) -> os.stat_result:
+    """os.fstat of the text once its modification time is SETTLE_NS old: file systems stamp
+    times at a coarse tick, so an edit in the same tick as the last one, of the same length,
+    would otherwise look unchanged to the (size, mtime) check of later runs."""
+    while 0 <= (age := time.time_ns() - os.fstat(f.fileno()).st_mtime_ns) < SETTLE_NS:
+        time.sleep((SETTLE_NS - age) / 1e9)
+    return os.fstat(f.fileno())
 
 
 def _write_store(out, header: dict, dtype, id_chunks) -> None:
