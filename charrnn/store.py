@@ -114,8 +114,9 @@ def open_store(name_or_path, level="char", preprocess="d2l", min_freq=0, max_voc
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(path.with_name(path.name + ".lock"), progress):
             store = _try_read(path, expected)  # built by another process while we waited?
-            if store is None:
-                _build(path, text_path, settings, piece_bytes, progress, name_or_path, entry)
+            if store is not None:
+                return store
+            _build(path, text_path, settings, piece_bytes, progress, name_or_path, entry)
     except OSError as err:
         free = "free space there, or " if err.errno == errno.ENOSPC else ""
         raise CharrnnError(f"cannot write the token store of {text_path.name} in {cache_dir}: "
