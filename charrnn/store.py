@@ -47,7 +47,7 @@ FORMAT_VERSION = 1
 ALIGN = 64  # the ids start at a multiple of this
 CACHE_ENV = "CHARRNN_CACHE_DIR"
 SUFFIX = ".tokens"
-SETTLE_NS = 100_000_000  # a text is read only once its last modification is this old
+SETTLE_NS = 20_000_000  # a text is read only once its last modification is this old (a coarse tick: <= 10 ms)
 _PREFIX = len(MAGIC) + 8
 _MAX_HEADER_BYTES = 1 << 30
 
@@ -161,6 +161,8 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
     """Tokenize the text into first-sight ids in a scratch file beside `path`, count, make the
     vocabulary, then write the store (ids renumbered to the vocabulary's) atomically."""
     scratch_path = path.with_name(f".{path.name}.{os.getpid()}.scratch")
+    if entry is not None:  # checked first: a corrupt copy is told as such, not as bad text
+        check_registered(text_path, name, entry, *_size_and_sha1(text_path))
     try:
         f = open(text_path, "rb")
     except OSError as err:
@@ -183,8 +185,6 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
             after = os.fstat(f.fileno())
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 raise CharrnnError(f"{text_path} changed while it was being read; try again")
-            if entry is not None:
-                check_registered(text_path, name, entry, size[0], sha1.hexdigest())
             vocab = Vocab(dict(zip(tokens, counts.tolist())), min_freq=settings["min_freq"],
                           max_size=settings["max_vocab"])
             if all(token.isspace() for token in tokens):
@@ -202,6 +202,18 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
                                                         (renumber[chunk] for chunk in id_file.chunks())))
     finally:
         scratch_path.unlink(missing_ok=True)
+
+
+def _size_and_sha1(path: Path):
+    sha1, size = hashlib.sha1(), 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(PIECE_BYTES):
+                sha1.update(block)
+                size += len(block)
+    except OSError as err:
+        raise CharrnnError(f"cannot read {path}: {err.strerror or err}") from None
+    return size, sha1.hexdigest()
 
 
 def _settled_stat(f) -> os.stat_result:

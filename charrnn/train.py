@@ -21,13 +21,14 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from itertools import islice
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
-from .data import (Vocab, load_corpus, num_minibatches, seq_data_iter_random, seq_data_iter_sequential,
+from .data import (Vocab, num_minibatches, seq_data_iter_random, seq_data_iter_sequential,
                    split_corpus)
 from .errors import CharrnnError
 from .evaluate import mean_loss, perplexity
@@ -36,6 +37,7 @@ from .model import RNNLM, parse_truncation
 from .optim import clip_grad_norm, make_optimizer
 from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET, loss_and_grads_auto
 from .sample import sample_text
+from .store import open_store
 
 CHECKPOINT = "checkpoint.npz"  # the latest state of a run, what --resume continues
 BEST = "best.npz"  # the state with the lowest validation perplexity so far
@@ -382,11 +384,13 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
     return run.start(resumed=True)
 
 
-def load_data(config, data_dir):
-    """-> train, val: (n,) int32 token ids, and the vocabulary; checks one minibatch fits."""
-    corpus, vocab = load_corpus(config.corpus, level=config.level, preprocess=config.preprocess,
-                                data_dir=data_dir)
-    train_data, val_data = split_corpus(corpus, config.val_fraction)
+def load_data(config, data_dir, cache_dir=None):
+    """-> train, val: (n,) token ids (views of the memory-mapped token store, charrnn.store),
+    and the vocabulary; checks one minibatch fits."""
+    store = open_store(config.corpus, level=config.level, preprocess=config.preprocess,
+                       data_dir=data_dir, cache_dir=cache_dir)
+    vocab = store.vocab
+    train_data, val_data = split_corpus(store.ids, config.val_fraction)
     try:
         next(SAMPLERS[config.sampler](train_data, config.batch_size, config.num_steps,
                                       np.random.default_rng(0)))
@@ -399,9 +403,13 @@ def load_data(config, data_dir):
     return train_data, val_data, vocab
 
 
-def data_sha1(tokens):
-    """SHA-1 of a token array, to recognise the training text on resume."""
-    return hashlib.sha1(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()
+def data_sha1(tokens, chunk=1 << 22):
+    """SHA-1 of a token array as int32, to recognise the training text on resume; read `chunk`
+    ids at a time, so that a memory-mapped corpus is never copied whole."""
+    sha1 = hashlib.sha1()
+    for start in range(0, len(tokens), chunk):
+        sha1.update(np.ascontiguousarray(tokens[start:start + chunk], dtype=np.int32).tobytes())
+    return sha1.hexdigest()
 
 
 def last_good_checkpoint(out_dir, step):
@@ -494,7 +502,6 @@ class Run:
                  reporter, progress, truncation_rng, state):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
-        self.data_sha1 = data_sha1(train_data)  # saved in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
         self.truncation_rng = truncation_rng
         self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None
@@ -504,6 +511,12 @@ class Run:
         self.session_start = time.perf_counter()
         self.session_tokens = progress.tokens
         self.elapsed_before = progress.elapsed
+
+    @cached_property
+    def data_sha1(self):
+        """Saved in every checkpoint, checked on resume; computed when first needed, as it
+        reads the whole training split."""
+        return data_sha1(self.train_data)
 
     # ---- the loop ----
 
