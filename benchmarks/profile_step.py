@@ -42,8 +42,8 @@ def phases(model, X, Y) -> dict:
     model._set_initial_state(ws, None)
     model._forward_states(X_tm, ws)
     scales = path_scales("full", T, B, None, model.dtype)
-    W_hh, states, tmp = model.params["W_hh"], ws.H, ws.tmp
-    rows_prev, rows_grad = ws.H[:-1].reshape(B * T, -1), ws.dA.reshape(B * T, -1)
+    W_hh, states, tmp = model.params["W_hh"], ws.hs, ws.tmp
+    rows_prev, rows_grad = ws.hs[:-1].reshape(B * T, -1), ws.dA.reshape(B * T, -1)
     grads = model.loss_and_grads(X, Y)[1]
     optimizer = make_optimizer("sgd", model.params, 1.0)
 

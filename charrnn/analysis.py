@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import check_int
 from .errors import CharrnnError
 from .model import PARAM_NAMES, Workspace, parse_truncation
 
@@ -28,8 +29,9 @@ DEFAULT_DRAWS = 100
 def analysis_window(corpus, num_steps=DEFAULT_WINDOW, batch_size=1, offset=0) -> tuple:
     """(X, Y): (batch_size, num_steps) int32, consecutive rows of corpus (n,) int from `offset`,
     Y the next token of X."""
-    if num_steps < 1 or batch_size < 1 or offset < 0:
-        raise CharrnnError(f"bad analysis window: num_steps {num_steps}, batch_size {batch_size}, offset {offset}")
+    check_int(num_steps, "the window's num_steps", minimum=1)
+    check_int(batch_size, "the window's batch_size", minimum=1)
+    check_int(offset, "the window's offset", minimum=0)
     tokens = batch_size * num_steps
     if offset + tokens + 1 > len(corpus):
         raise CharrnnError(f"a window of {batch_size} x {num_steps} tokens from offset {offset} "
@@ -53,10 +55,10 @@ def hidden_grad_norms(model, X, Y, state=None) -> np.ndarray:
     """
     ws, Y = _forward(model, X, Y, state)
     y = Y.T.reshape(-1)
-    model._softmax_cross_entropy(y, ws)
-    model._output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
+    model.softmax_cross_entropy(y, ws)
+    model.output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
     direct = ws.dA.astype(np.float64)
-    derivative = _activation_derivative(model, ws.H[1:])
+    derivative = _activation_derivative(model, ws.hs[1:])
     W_hh_T = model.params["W_hh"].T.astype(np.float64)
     norms = np.empty(len(direct))
     grad = np.zeros_like(direct[0])  # ∂L/∂h_{t+1} through h_{t+2}, ..., zero after the window
@@ -75,7 +77,7 @@ def jacobian_norms(model, X, state=None) -> np.ndarray:
     neither overflows nor underflows; a norm below ~1e-308 comes back as 0, above ~1e308 as inf.
     """
     ws, _ = _forward(model, X, X, state)
-    derivative = _activation_derivative(model, ws.H[1:])
+    derivative = _activation_derivative(model, ws.hs[1:])
     W_hh = model.params["W_hh"].astype(np.float64)
     T, B, H = derivative.shape
     product = np.broadcast_to(np.eye(H), (B, H, H)).copy()  # row convention: dh_t = dh_0 product
@@ -201,13 +203,13 @@ def analyze(model, X, Y, state=None, truncations=DEFAULT_TRUNCATIONS, num_draws=
 
 
 def _forward(model, X, Y, state):
-    """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.H = h_0..h_T, Y
+    """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.hs = h_0..h_T, Y
     checked against the model)."""
-    X, Y, h0 = model._check_batch(X, Y, state)
+    X, Y, h0 = model.check_batch(X, Y, state)
     B, T = X.shape
     ws = Workspace(B, T, model.num_hiddens, model.vocab_size, model.dtype)
-    model._set_initial_state(ws, h0)
-    model._forward_states(X.T, ws)
+    model.set_initial_state(ws, h0)
+    model.forward_states(X.T, ws)
     return ws, Y
 
 

@@ -47,8 +47,8 @@ class GradNormRecorder(Reporter):
         self.grad_norms.append(stats["grad_norm"])
         self.inner.on_step(stats)
 
-    def on_evaluate(self, record):
-        self.inner.on_evaluate(record)
+    def on_validation(self, record):
+        self.inner.on_validation(record)
 
     def on_end(self, result):
         self.inner.on_end(result)

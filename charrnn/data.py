@@ -1,8 +1,10 @@
-"""The data layer: corpus files, preprocessing, tokens, the vocabulary and minibatch samplers.
+"""The data layer: corpus files, preprocessing, tokens and the vocabulary.
 
 text file -> read_text -> preprocess_text -> tokenize -> Vocab -> corpus: (num_tokens,) int32 ids
-corpus -> seq_data_iter_random / seq_data_iter_sequential -> X, Y: (batch_size, num_steps) int32,
-with Y[:, t] the token that follows X[:, t] (d2l §9.2 and §9.3.4).
+(load_corpus: the whole text in memory, for small texts and as the reference the streamed
+token store is tested against). Training, evaluation and analysis read a text through
+charrnn.store instead (streamed once by charrnn.stream, memory-mapped after), and draw
+minibatches with charrnn.samplers.
 
 Whole-text work is vectorised NumPy, done piece by piece so that memory stays bounded.
 """
@@ -25,8 +27,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .checks import check_choice, check_int
 from .errors import CharrnnError
 from .io import save_json, write_atomic
+# the samplers live in charrnn.samplers; charrnn.data offers them too, as it always has
+from .samplers import (SAMPLERS, KeyedPermutation, num_minibatches, seq_data_iter_random,  # noqa: F401
+                       seq_data_iter_sequential, split_corpus)
 
 SOURCE_CORPORA = Path(__file__).resolve().parents[1] / "corpora"  # in a source checkout
 REGISTRY_FILENAME = "registry.json"
@@ -40,7 +46,6 @@ _WHITESPACE = re.compile(r"\s")  # the characters str.split() splits on
 _CONTROL_BYTES = bytes(b for b in [*range(32), 127] if b not in b"\t\n\v\f\r")
 _MAX_CONTROL_FRACTION = 0.1
 _DOWNLOAD_CHUNK_BYTES = 1 << 16
-_SHUFFLE_IN_MEMORY = 1 << 22  # subsequences the random sampler shuffles as one array
 
 
 # ----------------------------------------------------------------------------- corpus files
@@ -211,7 +216,7 @@ def preprocess_text(text: str, mode: str) -> str:
     """'raw': the text as it is. 'd2l': every run of characters other than the ASCII letters
     A-Z, a-z becomes one space and letters are lowercased, over the whole text at once
     (d2l §9.2; The Time Machine -> 173,428 characters)."""
-    _check_choice(mode, PREPROCESS_MODES, "preprocess mode")
+    check_choice(mode, PREPROCESS_MODES, "preprocess mode")
     if mode == "raw":
         return text
     codes = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
@@ -236,7 +241,7 @@ def preprocess_d2l_bytes(codes: np.ndarray, after_letter=True):
 def tokenize(text: str, level: str):
     """'char': the characters as a (len(text),) '<U1' array (a view, no copy).
     'word': `text.split()`, a list of the whitespace-separated words."""
-    _check_choice(level, LEVELS, "level")
+    check_choice(level, LEVELS, "level")
     if level == "word":
         return text.split()
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<U1")
@@ -288,9 +293,9 @@ class Vocab:
         Tokens seen fewer than `min_freq` times, and all but the `max_size` most frequent
         (None: no limit; <unk> and the reserved tokens not counted), are left out and map
         to <unk>."""
-        _check_int(min_freq, "min_freq", minimum=0)
+        check_int(min_freq, "min_freq", minimum=0)
         if max_size is not None:
-            _check_int(max_size, "max_size", minimum=0)
+            check_int(max_size, "max_size", minimum=0)
         counts = tokens if isinstance(tokens, Mapping) else _add_counts(Counter(), tokens)
         token_freqs = sorted(counts.items(), key=lambda token_count: (-token_count[1], token_count[0]))
         specials = list(dict.fromkeys([UNK, *(reserved_tokens or ())]))
@@ -328,7 +333,7 @@ class Vocab:
     def encode(self, text: str, level: str):
         """Ids of an already preprocessed text -> (ids: (num_tokens,) int32, unknown: sorted
         distinct tokens that are not in the vocab and were mapped to <unk>)."""
-        _check_choice(level, LEVELS, "level")
+        check_choice(level, LEVELS, "level")
         id_pieces, unknown = [np.empty(0, np.int32)], set()
         for piece in _pieces(text):
             tokens = tokenize(piece, level)
@@ -339,7 +344,7 @@ class Vocab:
 
     def decode(self, ids, level: str) -> str:
         """The text of token ids: characters joined by "", words by " "."""
-        _check_choice(level, LEVELS, "level")
+        check_choice(level, LEVELS, "level")
         return ("" if level == "char" else " ").join(self.to_tokens(ids))
 
     def _char_ids(self, chars: np.ndarray):
@@ -413,8 +418,8 @@ def _is_token_count(pair) -> bool:
 
 def load_corpus(name_or_path, level="char", preprocess="d2l", data_dir=None):
     """A text file or registered corpus -> (corpus: (num_tokens,) int32 ids, vocab of the whole text)."""
-    _check_choice(level, LEVELS, "level")
-    _check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
+    check_choice(level, LEVELS, "level")
+    check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
     text = preprocess_text(read_text(name_or_path, data_dir), preprocess)
     if not text.strip():
         hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if preprocess == "d2l" else ""
@@ -424,128 +429,3 @@ def load_corpus(name_or_path, level="char", preprocess="d2l", data_dir=None):
     corpus, _ = vocab.encode(text, level)
     return corpus, vocab
 
-
-# ----------------------------------------------------------------------------- minibatches
-
-def split_corpus(corpus, val_fraction=0.1):
-    """(train, val): the last int(val_fraction * len(corpus)) tokens are held out (views)."""
-    if not 0 <= val_fraction < 1:
-        raise CharrnnError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    num_train = len(corpus) - int(len(corpus) * val_fraction)
-    return corpus[:num_train], corpus[num_train:]
-
-
-def num_minibatches(corpus_len: int, batch_size: int, num_steps: int) -> int:
-    """Minibatches per epoch of either sampler when its offset is 0. This is an upper bound:
-    a random offset gives this many or one fewer (and at least 1 where one minibatch fits)."""
-    _check_int(corpus_len, "corpus_len", minimum=0)
-    _check_int(batch_size, "batch_size", minimum=1)
-    _check_int(num_steps, "num_steps", minimum=1)
-    return max(corpus_len - 1, 0) // (batch_size * num_steps)
-
-
-def seq_data_iter_random(corpus, batch_size, num_steps, rng):
-    """Minibatches of non-overlapping subsequences in random order, cut from a random offset
-    (d2l §9.3.4) -> iterator of (X, Y), each (batch_size, num_steps) int32.
-    rng: np.random.Generator. Arguments are checked at the call, not at the first minibatch.
-    Memory: the order of up to _SHUFFLE_IN_MEMORY subsequences is drawn as a whole
-    (rng.shuffle); beyond that it is a keyed permutation computed a minibatch at a time."""
-    corpus, offset = _checked_corpus_and_offset(corpus, batch_size, num_steps, rng)
-    num_subseqs = (len(corpus) - offset - 1) // num_steps
-    num_batches = num_subseqs // batch_size
-    if num_subseqs <= _SHUFFLE_IN_MEMORY:
-        order = np.arange(num_subseqs, dtype=np.int32)
-        rng.shuffle(order)  # the same draws, so the same order, as rng.permutation(num_subseqs)
-        take = order.__getitem__
-    else:
-        take = KeyedPermutation(num_subseqs, rng).take
-    starts = (offset + num_steps * take(slice(b * batch_size, (b + 1) * batch_size)).astype(np.int64)
-              for b in range(num_batches))
-    return _minibatches(corpus, starts, num_steps)
-
-
-def seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
-    """Minibatches in which row i continues exactly where row i of the previous minibatch ended,
-    from a random offset (d2l §9.3.4) -> iterator of (X, Y), each (batch_size, num_steps) int32.
-    rng: np.random.Generator. Arguments are checked at the call, not at the first minibatch."""
-    corpus, offset = _checked_corpus_and_offset(corpus, batch_size, num_steps, rng)
-    row_len = (len(corpus) - offset - 1) // batch_size
-    num_batches = row_len // num_steps
-    row_starts = offset + row_len * np.arange(batch_size)
-    return _minibatches(corpus, (row_starts + num_steps * b for b in range(num_batches)), num_steps)
-
-
-class KeyedPermutation:
-    """A pseudo-random permutation of range(n) in O(1) memory: a 4-round Feistel network on
-    2h bits (4**h >= n) with round keys drawn from rng, whose values >= n are sent through it
-    again until they fall in range ("cycle walking", Black & Rogaway 2002)."""
-
-    ROUNDS = 4
-
-    def __init__(self, n: int, rng):
-        self.n = n
-        self.half = max(1, ((n - 1).bit_length() + 1) // 2)
-        self.mask = np.uint64((1 << self.half) - 1)
-        self.keys = rng.integers(0, 2**63, size=self.ROUNDS, dtype=np.uint64)
-
-    def take(self, positions: slice) -> np.ndarray:
-        """The permutation's values at range(n)[positions] -> int64 array."""
-        x = np.arange(*positions.indices(self.n), dtype=np.uint64)
-        y = self._feistel(x)
-        outside = np.flatnonzero(y >= self.n)
-        while len(outside):
-            y[outside] = self._feistel(y[outside])
-            outside = outside[y[outside] >= self.n]
-        return y.astype(np.int64)
-
-    def _feistel(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> np.uint64(self.half), x & self.mask
-        for key in self.keys:
-            left, right = right, left ^ (_mix64(right ^ key) & self.mask)
-        return (left << np.uint64(self.half)) | right
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """A 64-bit mixing function (the finaliser of splitmix64), wrapping modulo 2**64."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _checked_corpus_and_offset(corpus, batch_size, num_steps, rng):
-    """The corpus as a 1-D integer array and a random offset in [0, num_steps), narrowed for a
-    short corpus so that at least one minibatch always fits."""
-    _check_int(batch_size, "batch_size", minimum=1)
-    _check_int(num_steps, "num_steps", minimum=1)
-    corpus = np.asarray(corpus)
-    if corpus.ndim != 1 or not np.issubdtype(corpus.dtype, np.integer):
-        raise CharrnnError(f"a corpus must be a 1-D integer array, got {corpus.ndim}-D {corpus.dtype}")
-    needed = batch_size * num_steps + 1
-    if len(corpus) < needed:
-        raise CharrnnError(f"a corpus of {len(corpus)} tokens is too short for one minibatch of "
-                           f"batch_size={batch_size} x num_steps={num_steps} "
-                           f"(needs at least {needed} tokens)")
-    return corpus, int(rng.integers(min(num_steps, len(corpus) - needed + 1)))
-
-
-def _minibatches(corpus: np.ndarray, starts, num_steps: int):
-    """starts: an iterable of (batch_size,) start positions -> for each, X[b, t] =
-    corpus[starts[b] + t] and Y[b, t] = corpus[starts[b] + t + 1], both (batch_size, num_steps)
-    int32, C-contiguous. corpus may be a memory map of narrower ids: only X and Y are read."""
-    steps = np.arange(num_steps)
-    for batch_starts in starts:
-        positions = batch_starts[:, None] + steps
-        yield (corpus[positions].astype(np.int32, copy=False),
-               corpus[positions + 1].astype(np.int32, copy=False))
-
-
-# ----------------------------------------------------------------------------- argument checks
-
-def _check_choice(value, choices, what: str) -> None:
-    if value not in choices:
-        raise CharrnnError(f"unknown {what} {value!r} (choose from {', '.join(choices)})")
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise CharrnnError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -13,12 +13,11 @@ dividing round-off by nothing. Finite differences are fourth-order central diffe
 error (~1e-12 absolute here) is far below the floor times the tolerance.
 """
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import NamedTuple
 
 import numpy as np
 
-from .errors import CharrnnError
+from .checks import check_int
 from .model import PARAM_NAMES, RNNLM, parse_truncation
 
 FD_STEP = 1e-3
@@ -64,8 +63,7 @@ def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activ
     kind, value = parse_truncation(truncation)
     for name, number, least in (("batch_size", batch_size, 1), ("num_steps", num_steps, 1),
                                 ("max_entries", max_entries, 1), ("num_draws", num_draws, 2)):
-        if not isinstance(number, Integral) or isinstance(number, bool) or number < least:
-            raise CharrnnError(f"{name} must be an integer >= {least}, got {number!r}")
+        check_int(number, name, minimum=least)
     model, X, Y, state = make_problem(vocab_size, num_hiddens, batch_size, num_steps,
                                       activation, seed, with_state)
     rng = np.random.default_rng((seed, 1))
@@ -77,7 +75,7 @@ def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activ
     full = model.loss_and_grads(X, Y, state)[1]
 
     def loss():
-        return model.evaluate(X, Y, state)[0] / X.size
+        return model.forward_loss(X, Y, state)[0] / X.size
 
     report.rows += compare("full vs finite differences", full,
                            finite_difference_grads(loss, model.params, entries),
@@ -191,11 +189,11 @@ def regular_rows(model, X, Y, state, chunk_steps, entries) -> list:
     chunk_sum = {name: 0.0 for name in PARAM_NAMES}
     for start in range(0, X.shape[1], chunk_steps):
         X_c, Y_c = X[:, start:start + chunk_steps], Y[:, start:start + chunk_steps]
-        h_start = state if start == 0 else model.evaluate(X[:, :start], Y[:, :start], state)[2]
+        h_start = state if start == 0 else model.forward_loss(X[:, :start], Y[:, :start], state)[2]
         share = X_c.size / X.size
 
         def chunk_loss():
-            return model.evaluate(X_c, Y_c, h_start)[0] / X.size
+            return model.forward_loss(X_c, Y_c, h_start)[0] / X.size
 
         grads = model.loss_and_grads(X_c, Y_c, h_start)[1]
         fd = finite_difference_grads(chunk_loss, model.params, entries)

@@ -18,20 +18,17 @@ from numpy.random.default_rng(seed) in that order and then cast, so the same see
 same model (and a float32 model is the rounded float64 one).
 """
 import math
-from numbers import Integral
 
 import numpy as np
 
+from .checks import check_choice, check_int
 from .errors import CharrnnError
-from .io import load_npz, save_npz
 
 ACTIVATIONS = ("tanh", "linear")
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
-FORMAT = "charrnn-model"
-FORMAT_VERSION = 1
 INIT_SCALE = 0.01
-EVAL_CHUNK_STEPS = 256  # evaluate() runs long windows in chunks of this many steps
+EVAL_CHUNK_STEPS = 256  # forward-only evaluation runs long windows in chunks of this many steps
 MAX_WORKSPACES = 4
 
 # Entries of a path-scale list: what happens to the gradient path h_t -> h_{t-1} at step t.
@@ -94,14 +91,14 @@ def path_scales(truncation, num_steps, batch_size, rng, dtype) -> list:
 class Workspace:
     """Buffers for one (batch_size, num_steps) shape, reused across calls.
 
-    H: (T+1, B, H) hidden states, H[0] = h_0; dA: (T, B, H) gradients (dL/dh_t, then dL/da_t);
+    hs: (T+1, B, H) hidden states, hs[0] = h_0; dA: (T, B, H) gradients (dL/dh_t, then dL/da_t);
     scratch: (T, B, H) the tanh derivative, then sorted dA rows; logits: (V, T*B);
     carry, tmp: (B, H); xb: (V, H) = W_xh + b_h; rows: (T*B,) = arange.
     """
 
     def __init__(self, batch_size, num_steps, num_hiddens, vocab_size, dtype):
         steps_hidden = (num_steps, batch_size, num_hiddens)
-        self.H = np.empty((num_steps + 1, batch_size, num_hiddens), dtype)
+        self.hs = np.empty((num_steps + 1, batch_size, num_hiddens), dtype)
         self.dA = np.empty(steps_hidden, dtype)
         self.scratch = np.empty(steps_hidden, dtype)
         self.logits = np.empty((vocab_size, num_steps * batch_size), dtype)
@@ -116,14 +113,11 @@ class RNNLM:
     "W_hq" (H,V), "b_q" (V,), updated in place by the optimizers."""
 
     def __init__(self, vocab_size, num_hiddens, activation="tanh", dtype="float32", seed=0):
-        self.vocab_size = _check_size("vocab_size", vocab_size)
-        self.num_hiddens = _check_size("num_hiddens", num_hiddens)
-        if activation not in ACTIVATIONS:
-            raise CharrnnError(f"unknown activation {activation!r} (use 'tanh' or 'linear')")
-        self.activation = activation
+        self.vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
+        self.num_hiddens = check_int(num_hiddens, "num_hiddens", minimum=1)
+        self.activation = check_choice(activation, ACTIVATIONS, "activation")
         self.dtype = _check_dtype(dtype)
-        if not isinstance(seed, Integral) or isinstance(seed, bool) or seed < 0:
-            raise CharrnnError(f"seed must be an integer >= 0, got {seed!r}")
+        check_int(seed, "seed", minimum=0)
         self.params = self._init_params(np.random.default_rng(seed))
         self._workspaces = {}
 
@@ -158,9 +152,9 @@ class RNNLM:
         self._forward_states(X_tm, ws)
         ws.carry.fill(0)
         loss_sum, grads = self._segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
-        return loss_sum / X.size, grads, ws.H[-1].copy()
+        return loss_sum / X.size, grads, ws.hs[-1].copy()
 
-    def evaluate(self, X, Y, state=None) -> tuple:
+    def forward_loss(self, X, Y, state=None) -> tuple:
         """Forward only -> (loss_sum: float, count: int, state (batch, H)).
 
         loss_sum is the summed cross-entropy in nats over count = batch * num_steps tokens;
@@ -175,7 +169,7 @@ class RNNLM:
             self._set_initial_state(ws, h)
             self._forward_states(X_tm, ws)
             loss_sum += self._softmax_cross_entropy(Y[:, start:start + len(X_tm)].T.reshape(-1), ws)
-            h = ws.H[-1]
+            h = ws.hs[-1]
         return loss_sum, X.size, h.copy()
 
     def step(self, token_ids, state=None) -> tuple:
@@ -186,50 +180,6 @@ class RNNLM:
         h += self.params["b_h"]
         self._cell(h, np.zeros_like(h) if h_prev is None else h_prev, np.empty_like(h))
         return self._logits(h), h
-
-    def save(self, path, extra_arrays=None, extra_meta=None) -> None:
-        """Write params and metadata (plus the caller's extras) atomically to a .npz file."""
-        arrays, meta = dict(extra_arrays or {}), dict(extra_meta or {})
-        model_meta = self.meta()
-        clash = sorted(set(arrays) & set(PARAM_NAMES) | set(meta) & set(model_meta))
-        if clash:
-            raise CharrnnError(f"extra arrays/metadata may not use the model's names {clash}")
-        save_npz(path, {**arrays, **self.params}, {**meta, **model_meta})
-
-    def meta(self) -> dict:
-        """The metadata that describes this model in a file."""
-        return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "vocab_size": self.vocab_size, "num_hiddens": self.num_hiddens,
-                "activation": self.activation, "dtype": self.dtype.name}
-
-    @classmethod
-    def load_with_extras(cls, path) -> tuple:
-        """Read a file written by save() -> (model, extra_arrays, extra_meta).
-
-        Refuses (CharrnnError) a file that is not a charrnn model, has missing arrays, shapes
-        or dtypes that disagree with its metadata, or non-finite parameters.
-        """
-        arrays, meta = load_npz(path)
-        model = cls(**_check_model_meta(path, meta))
-        for name, shape in model.param_shapes().items():
-            array = arrays.pop(name, None)
-            if array is None:
-                raise CharrnnError(f"{path}: model file has no array {name!r}")
-            if array.shape != shape or array.dtype != model.dtype:
-                raise CharrnnError(
-                    f"{path}: {name} is {array.dtype.name} {array.shape}, "
-                    f"expected {model.dtype.name} {shape}")
-            if not np.all(np.isfinite(array)):
-                raise CharrnnError(f"{path}: {name} holds non-finite values")
-            model.params[name][...] = array
-        model_meta = model.meta()
-        extra_meta = {key: value for key, value in meta.items() if key not in model_meta}
-        return model, arrays, extra_meta
-
-    @classmethod
-    def load(cls, path) -> "RNNLM":
-        """Read a model written by save()."""
-        return cls.load_with_extras(path)[0]
 
     # ---------------------------------------------------------------- one row at a time
 
@@ -265,15 +215,15 @@ class RNNLM:
             np.tanh(a, out=a)
 
     def _forward_states(self, X_tm, ws) -> None:
-        """Fill ws.H[1:] with h_1..h_T from h_0 = ws.H[0] (eq. 9.7.1). X_tm: (T, B) int."""
-        p, H = self.params, ws.H
+        """Fill ws.hs[1:] with h_1..h_T from h_0 = ws.hs[0] (eq. 9.7.1). X_tm: (T, B) int."""
+        p, hs = self.params, ws.hs
         np.add(p["W_xh"], p["b_h"], out=ws.xb)
-        np.take(ws.xb, X_tm, axis=0, out=H[1:], mode="clip")
+        np.take(ws.xb, X_tm, axis=0, out=hs[1:], mode="clip")
         for t in range(len(X_tm)):
-            self._cell(H[t + 1], H[t], ws.tmp)
+            self._cell(hs[t + 1], hs[t], ws.tmp)
 
     def _segment_grads(self, X_tm, Y_tm, scales, carry, count, ws) -> tuple:
-        """Loss and gradients of a segment whose states ws.H already holds -> (loss_sum, grads).
+        """Loss and gradients of a segment whose states ws.hs already holds -> (loss_sum, grads).
 
         X_tm, Y_tm: (T, B) int; scales: path_scales for its steps; carry as in _backward_states;
         count: tokens of the whole window, whose mean loss is differentiated (eq. 9.7.2).
@@ -291,7 +241,7 @@ class RNNLM:
         summed in float64; leaves softmax(o) in ws.logits, stored (V, N) so that every reduction
         over the vocabulary runs along contiguous rows. y: (N,) int, time-major."""
         logits = ws.logits
-        np.matmul(self.params["W_hq"].T, ws.H[1:].reshape(len(y), -1).T, out=logits)
+        np.matmul(self.params["W_hq"].T, ws.hs[1:].reshape(len(y), -1).T, out=logits)
         logits += self.params["b_q"][:, None]
         logits -= logits.max(axis=0)
         target = logits.reshape(-1)[_target_index(y, ws)]
@@ -307,9 +257,9 @@ class RNNLM:
         d_logits = ws.logits
         d_logits.reshape(-1)[_target_index(y, ws)] -= 1
         d_logits *= scale
-        H_out = ws.H[1:].reshape(len(y), -1)
+        hs_out = ws.hs[1:].reshape(len(y), -1)
         np.matmul(d_logits.T, self.params["W_hq"].T, out=ws.dA.reshape(len(y), -1))
-        dW_hq = np.ascontiguousarray((d_logits @ H_out).T)  # this order runs BLAS ~1.3x faster
+        dW_hq = np.ascontiguousarray((d_logits @ hs_out).T)  # this order runs BLAS ~1.3x faster
         return dW_hq, d_logits.sum(axis=1)
 
     def _backward_states(self, scales, carry, ws) -> None:
@@ -324,7 +274,7 @@ class RNNLM:
         derivative = None
         if self.activation == "tanh":
             derivative = ws.scratch
-            np.multiply(ws.H[1:], ws.H[1:], out=derivative)
+            np.multiply(ws.hs[1:], ws.hs[1:], out=derivative)
             np.subtract(1, derivative, out=derivative)
         for t in range(len(dA) - 1, -1, -1):
             dA_t = dA[t]
@@ -349,7 +299,7 @@ class RNNLM:
         """
         T, B, H = ws.dA.shape
         dA = ws.dA.reshape(T * B, H)
-        dW_hh = ws.H[:-1].reshape(T * B, H).T @ dA
+        dW_hh = ws.hs[:-1].reshape(T * B, H).T @ dA
         ids = X_tm.reshape(-1)
         sorted_dA = np.take(dA, np.argsort(ids, kind="stable"), axis=0,
                             out=ws.scratch.reshape(T * B, H), mode="clip")
@@ -376,9 +326,9 @@ class RNNLM:
     @staticmethod
     def _set_initial_state(ws, h0) -> None:
         if h0 is None:
-            ws.H[0].fill(0)
+            ws.hs[0].fill(0)
         else:
-            ws.H[0] = h0
+            ws.hs[0] = h0
 
     def _check_batch(self, X, Y, state) -> tuple:
         """Validate a minibatch -> (X, Y, state or None)."""
@@ -411,15 +361,22 @@ class RNNLM:
         return state.astype(self.dtype, copy=False)
 
 
+    # ---------------------------------------------------------------- the pieces other modules build on
+    # charrnn.recompute runs segments, charrnn.analysis measures inside the backward pass and
+    # charrnn.sample generates one row at a time with these; they call them by these names.
+    check_batch = _check_batch
+    workspace = _workspace
+    set_initial_state = _set_initial_state
+    forward_states = _forward_states
+    segment_grads = _segment_grads
+    softmax_cross_entropy = _softmax_cross_entropy
+    output_grads = _output_grads
+    stepper = _stepper
+
+
 def _target_index(y, ws) -> np.ndarray:
     """Flat indices of the targets y (N,) in the (V, N) logits."""
     return np.multiply(y, len(y), dtype=np.intp) + ws.rows
-
-
-def _check_size(name, value) -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise CharrnnError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _check_dtype(dtype) -> np.dtype:
@@ -430,20 +387,3 @@ def _check_dtype(dtype) -> np.dtype:
     if resolved is None or resolved.name not in DTYPES:
         raise CharrnnError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return resolved
-
-
-def _check_model_meta(path, meta) -> dict:
-    """Check a model file's metadata -> RNNLM keyword arguments."""
-    if meta.get("format") != FORMAT:
-        raise CharrnnError(f"{path}: not a charrnn model file (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise CharrnnError(f"{path}: unsupported model format_version {version!r}")
-    spec = {key: meta.get(key) for key in ("vocab_size", "num_hiddens", "activation", "dtype")}
-    for key in ("vocab_size", "num_hiddens"):
-        if type(spec[key]) is not int or spec[key] < 1:
-            raise CharrnnError(f"{path}: bad {key} {spec[key]!r} in model metadata")
-    if spec["activation"] not in ACTIVATIONS or spec["dtype"] not in DTYPES:
-        raise CharrnnError(
-            f"{path}: bad activation/dtype {spec['activation']!r}/{spec['dtype']!r} in metadata")
-    return spec

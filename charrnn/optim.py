@@ -6,10 +6,10 @@ resumed run continues exactly as an uninterrupted one. Hyperparameters (lr, beta
 to construction: load_state restores the state, not the learning rate.
 """
 import math
-from numbers import Integral, Real
 
 import numpy as np
 
+from .checks import is_finite, is_integer, is_real
 from .errors import CharrnnError
 
 
@@ -19,7 +19,7 @@ def clip_grad_norm(grads, theta) -> float:
     Returns ‖g‖ before clipping, summed in float64 (einsum widens float32 chunk by chunk, with
     no float64 copy of the gradient). theta: a number > 0 (inf never clips).
     """
-    if not isinstance(theta, Real) or isinstance(theta, bool) or not theta > 0:
+    if not is_real(theta) or not theta > 0:
         raise CharrnnError(f"clipping threshold theta must be a number > 0, got {theta!r}")
     norm = math.sqrt(sum(float(np.einsum("i,i->", g.reshape(-1), g.reshape(-1), dtype=np.float64))
                          for g in grads.values()))
@@ -37,7 +37,7 @@ class Optimizer:
     slot_names = ()
 
     def __init__(self, params, lr):
-        if not isinstance(lr, Real) or isinstance(lr, bool) or not 0 < lr < math.inf:
+        if not is_finite(lr) or not lr > 0:
             raise CharrnnError(f"learning rate must be a finite number > 0, got {lr!r}")
         self.params = params
         self.lr = float(lr)
@@ -68,7 +68,7 @@ class Optimizer:
         if meta.get("name") != self.name:
             raise CharrnnError(f"optimizer state is for {meta.get('name')!r}, not {self.name!r}")
         steps = meta.get("steps")
-        if not isinstance(steps, Integral) or isinstance(steps, bool) or steps < 0:
+        if not is_integer(steps) or steps < 0:
             raise CharrnnError(f"optimizer state has a bad step count {steps!r}")
         mine = self.state_arrays()
         for key, target in mine.items():

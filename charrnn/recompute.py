@@ -13,11 +13,10 @@ the recurrence. The terms are those of plain BPTT, summed per segment, so the re
 up to floating-point summation order (exactly, when one segment covers the window).
 """
 import math
-from numbers import Integral
 
 import numpy as np
 
-from .errors import CharrnnError
+from .checks import check_choice, check_int
 from .model import path_scales
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
@@ -58,8 +57,7 @@ def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,
                        memory_budget_bytes=DEFAULT_MEMORY_BUDGET) -> str:
     """"store" | "recompute" for a window: "auto" recomputes when plain BPTT's buffers
     (bptt_memory_bytes) would exceed memory_budget_bytes."""
-    if bptt_memory not in BPTT_MEMORY_MODES:
-        raise CharrnnError(f"bptt_memory must be one of {', '.join(BPTT_MEMORY_MODES)}, got {bptt_memory!r}")
+    check_choice(bptt_memory, BPTT_MEMORY_MODES, "bptt_memory mode")
     if bptt_memory != "auto":
         return bptt_memory
     stored = bptt_memory_bytes(batch_size, num_steps, model.num_hiddens, model.vocab_size, model.dtype)
@@ -86,11 +84,10 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     (batch, H) or None; truncation and rng as there, the same ξ drawn from rng) -> (loss,
     grads, state). segment_steps: steps between checkpoints, default round(√num_steps).
     """
-    X, Y, h0 = model._check_batch(X, Y, state)
+    X, Y, h0 = model.check_batch(X, Y, state)
     B, T = X.shape
     segment_steps = default_segment_steps(T) if segment_steps is None else segment_steps
-    if not isinstance(segment_steps, Integral) or isinstance(segment_steps, bool) or segment_steps < 1:
-        raise CharrnnError(f"segment_steps must be an integer >= 1, got {segment_steps!r}")
+    check_int(segment_steps, "segment_steps", minimum=1)
     scales = path_scales(truncation, T, B, rng, model.dtype)
     X_tm, Y_tm = X.T, Y.T
     bounds = segment_bounds(T, int(segment_steps))
@@ -103,8 +100,8 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
         start, stop = bounds[k]
         ws = _segment_states(model, X_tm[start:stop], checkpoints[k])
         if k == len(bounds) - 1:
-            final_state = ws.H[-1].copy()
-        segment_loss, segment_grads = model._segment_grads(
+            final_state = ws.hs[-1].copy()
+        segment_loss, segment_grads = model.segment_grads(
             X_tm[start:stop], Y_tm[start:stop], scales[start:stop], carry, X.size, ws)
         loss_sum += segment_loss
         for name, grad in segment_grads.items():
@@ -120,13 +117,13 @@ def _checkpoint_states(model, X_tm, h0, bounds) -> np.ndarray:
     if h0 is not None:
         checkpoints[0] = h0
     for k, (start, stop) in enumerate(bounds[:-1]):
-        checkpoints[k + 1] = _segment_states(model, X_tm[start:stop], checkpoints[k]).H[-1]
+        checkpoints[k + 1] = _segment_states(model, X_tm[start:stop], checkpoints[k]).hs[-1]
     return checkpoints
 
 
 def _segment_states(model, X_segment, h_start):
     """Run the recurrence over one segment from h_start -> the model's workspace, states filled."""
-    ws = model._workspace(X_segment.shape[1], X_segment.shape[0])
-    ws.H[0] = h_start
-    model._forward_states(X_segment, ws)
+    ws = model.workspace(X_segment.shape[1], X_segment.shape[0])
+    ws.hs[0] = h_start
+    model.forward_states(X_segment, ws)
     return ws

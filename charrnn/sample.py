@@ -40,7 +40,7 @@ def generate(model, prefix_ids, length, rng, temperature=1.0, top_k=None, greedy
     state = None
     for token in prefix_ids:  # model.step checks the prefix's ids
         logits, state = model.step(np.array([token]), state)
-    advance = model._stepper()  # step()'s numbers without its checks: drawn ids are valid
+    advance = model.stepper()  # step()'s numbers without its checks: drawn ids are valid
     generated = np.empty(length, dtype=np.int32)
     for i in range(length):
         scores = logits[0].astype(np.float64)

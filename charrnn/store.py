@@ -77,6 +77,11 @@ class TokenStore:
         """The size of the store file."""
         return self.path.stat().st_size
 
+    def split_sha1(self, stop: int) -> str:
+        """A SHA-1 naming ids[:stop] of this store: of the SHA-1 of all its ids (computed when
+        it was written), its dtype and `stop`; no pass over the ids."""
+        return hashlib.sha1(f"{self.header['ids_sha1']} {self.ids.dtype.name} [:{stop}]".encode()).hexdigest()
+
     def verify(self) -> None:
         """Read every id: CharrnnError unless their SHA-1 is the header's and each is < len(vocab)."""
         sha1, largest = hashlib.sha1(), 0

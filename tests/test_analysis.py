@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli
+from charrnn import cli
 from charrnn import train as training
 from charrnn.analysis import (analysis_window, analyze, flat_grad, hidden_grad_norms, jacobian_norms,
                               recurrence_spectrum, truncation_error)

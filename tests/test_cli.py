@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli
+from charrnn import cli
 from charrnn import train as training
 from charrnn.gradcheck import run_gradcheck
 
@@ -146,7 +146,7 @@ def test_gradcheck_command():
 def test_gradcheck_exits_1_when_a_check_fails(monkeypatch):
     report = run_gradcheck()
     report.rows[0] = report.rows[0]._replace(passed=False)
-    monkeypatch.setattr(cli, "run_gradcheck", lambda **options: report)
+    monkeypatch.setattr(cli.inspection, "run_gradcheck", lambda **options: report)
     result = invoke("gradcheck")
     assert result.exit_code == 1 and "FAIL" in result.stdout and "some checks failed" in result.stdout
 
@@ -222,10 +222,11 @@ def test_installed_command_and_cli_py(text_file):
     assert json.loads(done.stdout)["tokens"] == len(text_file.read_text())
     bad = subprocess.run([charrnn_command(), "sample", str(text_file)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
-    from_checkout = subprocess.run([sys.executable, "cli.py", "--help"], cwd=REPO,
-                                   capture_output=True, text=True, timeout=60)
-    assert from_checkout.returncode == 0
-    assert all(command in from_checkout.stdout for command in ("corpus", "train", "sample", "evaluate", "gradcheck"))
+    for how in ([charrnn_command()], [sys.executable, "cli.py"], [sys.executable, "-m", "charrnn"]):
+        helped = subprocess.run([*how, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert helped.returncode == 0, (how, helped.stderr)
+        assert all(command in helped.stdout for command in ("corpus", "train", "sample", "evaluate", "gradcheck",
+                                                            "analyze", "compare", "--threads")), how
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -6,7 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import cli
+from charrnn import cli
 from charrnn import train as training
 from charrnn.compare import compare, read_curve, run_name
 from charrnn.errors import CharrnnError

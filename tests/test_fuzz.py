@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import cli
+from charrnn import cli
 
 WORDS = "the time machine traveller said we go into future past strange".split()
 SMALL = ["--num-hiddens", "8", "--batch-size", "2", "--num-steps", "4"]  # given first: fuzzed values win

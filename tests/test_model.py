@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from charrnn import model as model_module
+from charrnn.checkpoint import load_model, load_model_with_extras, save_model
 from charrnn.errors import CharrnnError
 from charrnn.io import load_npz, save_npz
 from charrnn.model import PARAM_NAMES, RNNLM, parse_truncation
@@ -154,7 +155,7 @@ def test_evaluate_loss_equals_training_loss_and_state():
     m = scaled_model(dtype="float32")
     X, Y = batch()
     loss, _, state = m.loss_and_grads(X, Y)
-    loss_sum, count, eval_state = m.evaluate(X, Y)
+    loss_sum, count, eval_state = m.forward_loss(X, Y)
     assert count == X.size and loss_sum / count == loss
     assert np.array_equal(state, eval_state)
 
@@ -163,7 +164,7 @@ def test_evaluate_long_window_in_chunks_matches_plain_loop():
     m = scaled_model()
     num_steps = model_module.EVAL_CHUNK_STEPS * 2 + 17
     X, Y = batch(num_steps=num_steps)
-    loss_sum, count, state = m.evaluate(X, Y)
+    loss_sum, count, state = m.forward_loss(X, Y)
     expected_loss, expected_state = reference_loss(m, X, Y)
     assert loss_sum / count == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(state, expected_state, rtol=1e-10, atol=1e-12)
@@ -327,14 +328,14 @@ def test_segment_pieces_compose_into_full_bptt():
     X, Y = batch(num_steps=10)
     full = all_grads(m, X, Y, None, "full")
     bounds = [(0, 4), (4, 7), (7, 10)]
-    starts = [np.zeros((B, H))] + [m.evaluate(X[:, :s], Y[:, :s])[2] for s, _ in bounds[1:]]
+    starts = [np.zeros((B, H))] + [m.forward_loss(X[:, :s], Y[:, :s])[2] for s, _ in bounds[1:]]
     scales = model_module.path_scales("full", 10, B, None, m.dtype)
     total = {name: 0.0 for name in PARAM_NAMES}
     carry = np.zeros((B, H))
     for (s, e), h_start in reversed(list(zip(bounds, starts))):
         X_tm, y = X[:, s:e].T, Y[:, s:e].T.reshape(-1)
         ws = m._workspace(B, e - s)
-        ws.H[0] = h_start
+        ws.hs[0] = h_start
         m._forward_states(X_tm, ws)
         m._softmax_cross_entropy(y, ws)
         dW_hq, db_q = m._output_grads(y, 1.0 / X.size, ws)
@@ -358,7 +359,7 @@ def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
     m = RNNLM(vocab_size, 40, dtype="float64")
     X_tm = draw(rng, (6, 5)).astype(np.int32)
     ws = m._workspace(5, 6)
-    ws.H[...] = rng.standard_normal(ws.H.shape)
+    ws.hs[...] = rng.standard_normal(ws.hs.shape)
     ws.dA[...] = rng.standard_normal(ws.dA.shape)
     rows = ws.dA.reshape(30, 40).copy()
     dW_xh, dW_hh, db_h = m._input_grads(X_tm, ws)
@@ -367,7 +368,7 @@ def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
     np.testing.assert_allclose(dW_xh, expected, rtol=1e-13, atol=1e-13)
     assert not dW_xh[np.setdiff1d(np.arange(vocab_size), X_tm)].any()
     np.testing.assert_allclose(db_h, rows.sum(axis=0), rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(dW_hh, ws.H[:-1].reshape(30, 40).T @ rows, rtol=1e-13)
+    np.testing.assert_allclose(dW_hh, ws.hs[:-1].reshape(30, 40).T @ rows, rtol=1e-13)
 
 
 # ------------------------------------------------------------------ bad input
@@ -389,7 +390,7 @@ def test_bad_batches_raise_naming_the_problem(make, word):
     with pytest.raises(CharrnnError, match=word):
         m.loss_and_grads(X, Y, state)
     with pytest.raises(CharrnnError, match=word):
-        m.evaluate(X, Y, state)
+        m.forward_loss(X, Y, state)
 
 
 def test_bad_step_input():
@@ -409,8 +410,8 @@ def test_save_load_round_trip_with_extras(tmp_path):
     m = scaled_model("linear", dtype="float32", seed=3)
     path = tmp_path / "m.npz"
     vocab = np.array([1, 2, 3], np.int32)
-    m.save(path, extra_arrays={"vocab": vocab}, extra_meta={"epoch": 4})
-    loaded, arrays, meta = RNNLM.load_with_extras(path)
+    save_model(m, path, extra_arrays={"vocab": vocab}, extra_meta={"epoch": 4})
+    loaded, arrays, meta = load_model_with_extras(path)
     assert (loaded.vocab_size, loaded.num_hiddens, loaded.activation, loaded.dtype) == (
         V, H, "linear", np.float32)
     assert all(np.array_equal(loaded.params[k], m.params[k]) for k in PARAM_NAMES)
@@ -418,7 +419,7 @@ def test_save_load_round_trip_with_extras(tmp_path):
     assert meta == {"epoch": 4}
     X, Y = batch()
     assert loaded.loss_and_grads(X, Y)[0] == m.loss_and_grads(X, Y)[0]
-    assert RNNLM.load(path).activation == "linear"
+    assert load_model(path).activation == "linear"
     _, raw_meta = load_npz(path)
     assert raw_meta["format"] == "charrnn-model" and raw_meta["format_version"] == 1
     with zipfile.ZipFile(path) as z:  # pickle-free: every member is a plain .npy array
@@ -428,15 +429,15 @@ def test_save_load_round_trip_with_extras(tmp_path):
 def test_save_refuses_extras_that_shadow_the_model(tmp_path):
     m = RNNLM(V, H)
     with pytest.raises(CharrnnError, match="W_hh"):
-        m.save(tmp_path / "a.npz", extra_arrays={"W_hh": np.zeros(1)})
+        save_model(m, tmp_path / "a.npz", extra_arrays={"W_hh": np.zeros(1)})
     with pytest.raises(CharrnnError, match="dtype"):
-        m.save(tmp_path / "b.npz", extra_meta={"dtype": "float64"})
+        save_model(m, tmp_path / "b.npz", extra_meta={"dtype": "float64"})
 
 
 def tampered(tmp_path, arrays_fn=None, meta_fn=None):
     """Save a good model, then rewrite it with modified arrays or metadata."""
     path = tmp_path / "m.npz"
-    RNNLM(V, H, dtype="float32").save(path)
+    save_model(RNNLM(V, H, dtype="float32"), path)
     arrays, meta = load_npz(path)
     if arrays_fn:
         arrays_fn(arrays)
@@ -468,7 +469,7 @@ def tampered(tmp_path, arrays_fn=None, meta_fn=None):
 def test_load_refuses_bad_files(tmp_path, arrays_fn, meta_fn, word):
     path = tampered(tmp_path, arrays_fn, meta_fn)
     with pytest.raises(CharrnnError, match=word) as err:
-        RNNLM.load(path)
+        load_model(path)
     assert "\n" not in str(err.value)
 
 
@@ -476,10 +477,10 @@ def test_load_refuses_non_model_files(tmp_path):
     text = tmp_path / "notes.npz"
     text.write_text("hello")
     with pytest.raises(CharrnnError):
-        RNNLM.load(text)
+        load_model(text)
     with pytest.raises(CharrnnError):
-        RNNLM.load(tmp_path / "missing.npz")
+        load_model(tmp_path / "missing.npz")
     plain = tmp_path / "plain.npz"
     save_npz(plain, {"x": np.zeros(2)}, {"note": json.dumps([1])})
     with pytest.raises(CharrnnError, match="not a charrnn model"):
-        RNNLM.load(plain)
+        load_model(plain)

@@ -20,9 +20,10 @@ import click
 import numpy as np
 import pytest
 
-import cli
+from charrnn import cli
 from charrnn import data
 from charrnn import io as charrnn_io
+from charrnn import outdir
 from charrnn import train as training
 from charrnn.errors import CharrnnError
 from charrnn.io import load_npz, save_npz
@@ -515,7 +516,7 @@ def test_sizes_no_array_can_have_are_one_line_errors(run_dir, args):
 # ---------------------------------------------------------------------------- full or read-only disk
 
 def test_a_full_disk_is_refused_before_training_or_resuming(tmp_path, text_file, run_dir, monkeypatch):
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=10**12, free=4096))
+    monkeypatch.setattr(outdir.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=10**12, free=4096))
     fresh = tmp_path / "fresh"
     assert_error(invoke("train", text_file, *TINY, "--out", fresh), says="not enough space")
     assert not list(fresh.iterdir())

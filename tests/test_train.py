@@ -7,6 +7,7 @@ import pytest
 
 from charrnn import train as training
 from charrnn.data import Vocab
+from charrnn.checkpoint import save_model
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import contiguous_batches, mean_loss
 from charrnn.model import RNNLM
@@ -181,11 +182,11 @@ def test_corrupt_checkpoints_are_refused(tmp_path, text_file):
         training.load_checkpoint(truncated)
     ckpt = training.load_checkpoint(tmp_path / "run" / training.CHECKPOINT)
     bare_model = tmp_path / "model.npz"
-    ckpt.model.save(bare_model)
+    save_model(ckpt.model, bare_model)
     with pytest.raises(CharrnnError, match="not a charrnn training checkpoint"):
         training.load_checkpoint(bare_model)
     small_vocab = tmp_path / "small_vocab.npz"
-    ckpt.model.save(small_vocab, extra_meta={**ckpt.meta, "vocab": Vocab(list("abc")).to_dict()})
+    save_model(ckpt.model, small_vocab, extra_meta={**ckpt.meta, "vocab": Vocab(list("abc")).to_dict()})
     with pytest.raises(CharrnnError, match="vocabulary of 4 tokens"):
         training.load_checkpoint(small_vocab)
 

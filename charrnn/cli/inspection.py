@@ -1,0 +1,173 @@
+"""The commands that read: `corpus`, `sample`, `evaluate`, `gradcheck` and `analyze`."""
+import inspect
+import json
+from pathlib import Path
+
+import click
+
+from .. import analysis
+from ..checkpoint import load_checkpoint
+from ..data import load_corpus
+from ..errors import CharrnnError
+from ..evaluate import evaluate_text
+from ..gradcheck import run_gradcheck
+from ..model import RNNLM
+from ..plot import check_plot_path, plot_analysis
+from ..sample import sample_text
+from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, checkpoint_argument,
+                      data_dir_option, dtype_choice, given_options, level_option, plot_option,
+                      preprocess_option, randomized_option, regular_option)
+from .render import print_analysis, print_corpus, print_evaluation, print_gradcheck, say, warn_unknown
+
+GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
+FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activation", "dtype", "model_seed")
+
+
+@click.command()
+@click.argument("corpus", default=DEFAULTS.corpus)
+@level_option
+@preprocess_option
+@data_dir_option
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many of the most frequent tokens to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def corpus(corpus, level, preprocess, data_dir, top, as_json):
+    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path)."""
+    ids, vocab = load_corpus(corpus, level=level, preprocess=preprocess, data_dir=data_dir)
+    top_tokens = vocab.token_freqs[:top]
+    if as_json:
+        click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
+                               "tokens": len(ids), "vocab_size": len(vocab),
+                               "top": [[token, count] for token, count in top_tokens]}))
+        return
+    print_corpus(corpus, level, preprocess, len(ids), vocab, top_tokens)
+
+
+@click.command()
+@checkpoint_argument
+@click.option("--prefix", default=DEFAULTS.sample_prefix, show_default=True, help="Text to warm the state up on.")
+@click.option("--length", type=click.IntRange(min=0), default=200, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", type=FiniteRange(0, min_open=True), default=1.0, show_default=True,
+              help="Below 1: more conservative; above 1: more random.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Draw only from the K most likely tokens.")
+@click.option("--greedy", is_flag=True, help="Always take the most likely token (as the textbook's predict).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
+    """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz)."""
+    ckpt = load_checkpoint(checkpoint)
+    text, unknown = sample_text(ckpt.model, ckpt.vocab, prefix, length, level=ckpt.config.level,
+                                preprocess=ckpt.config.preprocess, temperature=temperature,
+                                top_k=top_k, greedy=greedy, seed=seed)
+    warn_unknown(unknown, "the prefix")
+    click.echo(text)
+
+
+@click.command()
+@checkpoint_argument
+@click.argument("corpus", required=False)
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate(checkpoint, corpus, data_dir, as_json):
+    """Perplexity of a model on its validation split, or on CORPUS (a name or a path).
+
+    CHECKPOINT: a .npz file or a run directory (best.npz there). Tokens outside the
+    checkpoint's vocabulary are read as <unk>.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir)
+    warn_unknown(result.unknown, str(corpus))
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
+                               "loss": result.loss, "perplexity": result.perplexity}))
+        return
+    print_evaluation(ckpt.path, result)
+
+
+def gradcheck_option(name, **kwargs):
+    return click.option(name, default=GRADCHECK_DEFAULTS[name.lstrip("-").replace("-", "_")],
+                        show_default=True, **kwargs)
+
+
+@click.command()
+@gradcheck_option("--vocab-size", type=click.IntRange(min=2))
+@gradcheck_option("--num-hiddens", type=click.IntRange(min=1))
+@gradcheck_option("--batch-size", type=click.IntRange(min=1))
+@gradcheck_option("--num-steps", type=click.IntRange(min=1))
+@gradcheck_option("--activation", type=activation_choice)
+@gradcheck_option("--truncation", type=Truncation())
+@gradcheck_option("--seed", type=click.IntRange(min=0))
+@click.option("--with-state/--no-state", default=GRADCHECK_DEFAULTS["with_state"], show_default=True,
+              help="Start from a random carried state.")
+@click.pass_context
+def gradcheck(ctx, **options):
+    """Compare BPTT gradients with finite differences on a small fresh model (exit 0 iff all pass).
+
+    Checks every parameter against finite differences; with --activation linear also against
+    the closed-form gradient; with truncation also the strategy's own checks.
+    """
+    report = run_gradcheck(**options)
+    print_gradcheck(report)
+    if not report.passed:
+        ctx.exit(1)
+
+
+@click.command()
+@click.argument("checkpoint", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--window", "num_steps", type=click.IntRange(min=1), default=analysis.DEFAULT_WINDOW,
+              show_default=True, help="Time steps of the analysed window.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rows of the window (consecutive stretches of the text).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Token of the text where the window starts.")
+@regular_option
+@randomized_option
+@click.option("--draws", type=click.IntRange(min=2), default=analysis.DEFAULT_DRAWS, show_default=True,
+              help="Draws of randomized truncation, for its mean and spread.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draws.")
+@plot_option
+@data_dir_option
+@click.option("--corpus", default=DEFAULTS.corpus, show_default=True, help="Fresh model: the text.")
+@level_option
+@preprocess_option
+@click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True,
+              help="Fresh model: hidden units.")
+@click.option("--activation", type=activation_choice, default=DEFAULTS.activation,
+              show_default=True, help="Fresh model: activation.")
+@click.option("--dtype", type=dtype_choice, default=DEFAULTS.dtype, show_default=True,
+              help="Fresh model: floating-point type.")
+@click.option("--model-seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
+              help="Fresh model: seed of its initialisation.")
+@click.pass_context
+def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_prob, draws, seed, plot,
+            data_dir, **fresh):
+    """Vanishing and exploding gradients on a window of text: ‖∂L/∂h_t‖, the Jacobian product
+    ‖∂h_t/∂h_0‖ against ρ(W_hh)^t (eq. 9.7.15), and the error of truncated gradients.
+
+    CHECKPOINT: a .npz file or a run directory (best.npz there), analysed on its own text;
+    without it, a freshly initialised model from the --corpus ... --model-seed options.
+    """
+    if plot is not None:
+        check_plot_path(plot)
+    if checkpoint is None:
+        corpus, vocab = load_corpus(fresh["corpus"], level=fresh["level"], preprocess=fresh["preprocess"],
+                                    data_dir=data_dir)
+        model = RNNLM(len(vocab), fresh["num_hiddens"], activation=fresh["activation"], dtype=fresh["dtype"],
+                      seed=fresh["model_seed"])
+        source = f"a fresh model on {fresh['corpus']}"
+    else:
+        given = given_options(ctx, FRESH_MODEL_OPTIONS)
+        if given:
+            raise click.UsageError(f"{', '.join(given)} describe a fresh model; a CHECKPOINT brings its own", ctx)
+        ckpt = load_checkpoint(checkpoint)
+        cfg = ckpt.config
+        corpus, vocab = load_corpus(cfg.corpus, level=cfg.level, preprocess=cfg.preprocess, data_dir=data_dir)
+        if vocab.idx_to_token != ckpt.vocab.idx_to_token:
+            raise CharrnnError(f"{cfg.corpus} no longer gives the vocabulary {ckpt.path} was trained with")
+        model, source = ckpt.model, str(ckpt.path)
+    X, Y = analysis.analysis_window(corpus, num_steps, batch_size, offset)
+    truncations = (f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
+    result = analysis.analyze(model, X, Y, truncations=truncations, num_draws=draws, seed=seed)
+    print_analysis(result, source)
+    if plot is not None:
+        plot_analysis(result, plot)
+        say(f"figure: {plot}")

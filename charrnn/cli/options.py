@@ -1,0 +1,172 @@
+"""Option types and the options several commands share, declared once.
+
+Every choice comes from the list of the module that owns it (charrnn.data's LEVELS, the
+model's ACTIVATIONS, ...), every default from TrainConfig; `training_options` declares the
+training settings once for both `train` and `compare`.
+"""
+import math
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from .. import analysis
+from ..config import DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
+from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
+from ..model import ACTIVATIONS, DTYPES, parse_truncation
+from ..optim import OPTIMIZERS
+from ..recompute import BPTT_MEMORY_MODES
+from .render import one_line
+
+DEFAULTS = TrainConfig()
+
+
+class Truncation(click.ParamType):
+    """full | regular:K | randomized:P, checked by the model's own parser."""
+
+    name = "full|regular:K|randomized:P"
+
+    def convert(self, value, param, ctx):
+        try:
+            parse_truncation(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        return value
+
+
+class Clip(click.ParamType):
+    """A positive gradient-norm threshold, or `none` for no clipping."""
+
+    name = "THETA|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).lower() == "none":
+            return None
+        try:
+            theta = float(value)
+        except ValueError:
+            theta = float("nan")
+        if not theta > 0:
+            self.fail(f"{value!r} is not a positive number or 'none'", param, ctx)
+        return theta
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange of finite numbers: click lets nan through every bound, and inf past a lower one."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def bad_parameter(err, ctx):
+    """A charrnn.config.ConfigError as click's usage error on the option of its field."""
+    return click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'")
+
+
+def config_changes(ctx, options):
+    """The TrainConfig fields set on the command line (or environment), not by default."""
+    return {name: value for name, value in options.items()
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+
+
+def given_options(ctx, names):
+    """The options among `names` given on the command line, as --option-name."""
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+
+
+def stack(*decorators):
+    """One decorator applying `decorators` so that their options list in the order given."""
+    def decorate(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+    return decorate
+
+
+# ---------------------------------------------------------------------------- shared by several commands
+
+level_option = click.option("--level", type=click.Choice(LEVELS), default=DEFAULTS.level,
+                            show_default=True, help="Tokens: characters or words.")
+preprocess_option = click.option(
+    "--preprocess", type=click.Choice(PREPROCESS_MODES), default=DEFAULTS.preprocess, show_default=True,
+    help="d2l: letters only, lowercased, other runs -> one space; raw: the text as it is.")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where registered corpora are looked for first [default: $CHARRNN_DATA_DIR].")
+checkpoint_argument = click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+activation_choice = click.Choice(ACTIVATIONS)
+dtype_choice = click.Choice(DTYPES)
+regular_option = click.option("--regular", "regular_steps", type=click.IntRange(min=1),
+                              default=analysis.DEFAULT_REGULAR_STEPS, show_default=True, metavar="K",
+                              help="Compare regular:K truncation (a cut every K steps).")
+randomized_option = click.option("--randomized", "keep_prob", type=FiniteRange(0, 1, min_open=True),
+                                 default=analysis.DEFAULT_KEEP_PROB, show_default=True, metavar="P",
+                                 help="Compare randomized:P truncation: each step kept with probability P "
+                                      "(weighted 1/P), a cut every 1/(1-P) steps on average.")
+plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                           help="Also draw a figure to this .png/.pdf/.svg file (needs matplotlib).")
+
+
+# ---------------------------------------------------------------------------- the training settings
+
+def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every):
+    """The options of every TrainConfig field (and CORPUS, --data-dir), for `train` and `compare`.
+
+    with_truncation: whether --truncation is one of them (compare sets it per run itself);
+    eval_every: the default of --eval-every.
+    """
+    truncation = click.option(
+        "--truncation", type=Truncation(), default=DEFAULTS.truncation, show_default=True,
+        help="BPTT inside a window: full, regular:K (cut every K steps), randomized:P.")
+    return stack(
+        click.argument("corpus", default=DEFAULTS.corpus),
+        level_option,
+        preprocess_option,
+        data_dir_option,
+        click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
+                     default=DEFAULTS.val_fraction, show_default=True,
+                     help="Tail of the corpus held out for validation."),
+        click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True),
+        click.option("--activation", type=activation_choice, default=DEFAULTS.activation, show_default=True),
+        click.option("--dtype", type=dtype_choice, default=DEFAULTS.dtype, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
+        click.option("--num-steps", type=click.IntRange(min=1), default=DEFAULTS.num_steps, show_default=True,
+                     help="Time steps per minibatch (the BPTT window)."),
+        click.option("--sampler", type=click.Choice(tuple(SAMPLERS)), default=DEFAULTS.sampler,
+                     show_default=True, help="sequential carries the hidden state across minibatches."),
+        *([truncation] if with_truncation else []),
+        click.option("--clip", type=Clip(), default=DEFAULTS.clip, show_default=True,
+                     help="Clip the global gradient norm to THETA; 'none' to switch off."),
+        click.option("--optimizer", type=click.Choice(tuple(OPTIMIZERS)), default=DEFAULTS.optimizer,
+                     show_default=True),
+        click.option("--lr", type=FiniteRange(0, min_open=True), default=DEFAULTS.lr, show_default=True,
+                     help="Learning rate."),
+        click.option("--lr-decay", type=FiniteRange(0, 1, min_open=True), default=DEFAULTS.lr_decay,
+                     show_default=True, help="Multiply the learning rate by this after each epoch."),
+        click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help=f"Budget in passes over the training split [default: {DEFAULT_EPOCHS} "
+                          f"when no budget is given]."),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Budget in training tokens."),
+        click.option("--max-time", type=FiniteRange(0, min_open=True), default=None,
+                     help="Budget in seconds of training (wall clock)."),
+        click.option("--eval-every", type=click.IntRange(min=1), default=eval_every, show_default=True,
+                     help="Tokens between validation evaluations (there is one at the end too)."),
+        click.option("--on-nonfinite", type=click.Choice(ON_NONFINITE), default=DEFAULTS.on_nonfinite,
+                     show_default=True, help="On a NaN/inf loss or gradient: stop, or skip the minibatch."),
+        click.option("--sample-prefix", default=DEFAULTS.sample_prefix, show_default=True,
+                     help="Prefix continued at each evaluation."),
+        click.option("--sample-length", type=click.IntRange(min=0), default=DEFAULTS.sample_length,
+                     show_default=True),
+        click.option("--bptt-memory", type=click.Choice(BPTT_MEMORY_MODES), default=DEFAULTS.bptt_memory,
+                     show_default=True,
+                     help="store: keep every hidden state for BPTT; recompute: keep one every ~sqrt(num_steps) "
+                          "steps and recompute the rest (O(sqrt T) memory, about one more forward pass); "
+                          "auto: recompute beyond --bptt-memory-budget."),
+        click.option("--bptt-memory-budget", type=click.IntRange(min=1), default=DEFAULTS.bptt_memory_budget,
+                     show_default=True, metavar="MIB", help="MiB of BPTT buffers above which auto recomputes."),
+    )

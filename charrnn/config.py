@@ -1,0 +1,148 @@
+"""The configuration of a training run: TrainConfig, the single source of its defaults.
+
+The fields before `epochs` fix a run's maths (MATHS_FIELDS: a resumed run keeps them); the
+budget fields (BUDGET_FIELDS) stop it at the first one reached; the rest say what happens along
+the way. Every choice is checked against the list of the module that owns it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from .checks import is_finite, is_integer
+from .data import LEVELS, PREPROCESS_MODES, SAMPLERS
+from .errors import CharrnnError
+from .model import ACTIVATIONS, DTYPES, parse_truncation
+from .optim import OPTIMIZERS
+from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
+
+DEFAULT_EPOCHS = 30  # the budget when none of epochs / max_tokens / max_time is given
+ON_NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient does to the run
+
+
+class ConfigError(CharrnnError):
+    """A training setting that cannot work; `name` is the TrainConfig field at fault."""
+
+    def __init__(self, name, message):
+        super().__init__(message)
+        self.name = name
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. The fields before `epochs` fix its maths."""
+
+    corpus: str = "timemachine"
+    level: str = "char"
+    preprocess: str = "d2l"
+    min_freq: int = 0  # tokens seen fewer times map to <unk>
+    max_vocab: int | None = None  # keep the max_vocab most frequent tokens, the rest -> <unk>
+    val_fraction: float = 0.1
+    num_hiddens: int = 256
+    activation: str = "tanh"
+    dtype: str = "float32"
+    batch_size: int = 64
+    num_steps: int = 32
+    sampler: str = "sequential"
+    truncation: str = "full"
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    lr_decay: float = 0.9  # the learning rate after e epochs completed is lr * lr_decay**e
+    clip: float | None = 1.0  # None: no clipping
+    seed: int = 0
+    # budget: the run stops at the first one reached (none given: DEFAULT_EPOCHS epochs)
+    epochs: int | None = None
+    max_tokens: int | None = None
+    max_time: float | None = None  # seconds of training, all sessions of the run together
+    # what happens along the way
+    on_nonfinite: str = "stop"  # "stop" | "skip" the minibatch
+    eval_every: int = 500_000  # tokens between evaluations (and one at the end)
+    sample_prefix: str = "time traveller"
+    sample_length: int = 60
+    # BPTT storage: every state ("store"), or checkpoints and recomputation in O(√T) memory
+    # ("recompute", charrnn.recompute); "auto" recomputes when storing would pass the budget
+    bptt_memory: str = "auto"
+    bptt_memory_budget: int = DEFAULT_MEMORY_BUDGET >> 20  # MiB
+
+    def __post_init__(self):
+        self.corpus = corpus_key(self.corpus)
+        if self.epochs is None and self.max_tokens is None and self.max_time is None:
+            self.epochs = DEFAULT_EPOCHS
+        self.validate()
+
+    def validate(self):
+        """Raise ConfigError naming the first field that cannot work."""
+        integers = ("min_freq", "max_vocab", "num_hiddens", "batch_size", "num_steps", "epochs", "max_tokens",
+                    "eval_every", "sample_length", "seed")
+        for name in integers:
+            value = getattr(self, name)
+            if value is not None and not is_integer(value):
+                raise ConfigError(name, f"{name} must be an integer, got {value!r}")
+        if self.min_freq < 0:
+            raise ConfigError("min_freq", f"min_freq must be >= 0, got {self.min_freq!r}")
+        positive = ("max_vocab", "num_hiddens", "batch_size", "num_steps", "lr", "clip", "epochs",
+                    "max_tokens", "max_time", "eval_every", "bptt_memory_budget")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(name, f"{name} must be positive, got {value!r}")
+        if not is_finite(self.lr):
+            raise ConfigError("lr", f"lr must be a finite number, got {self.lr!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError("lr_decay", f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError("val_fraction", f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ConfigError("seed", f"seed must be a non-negative integer, got {self.seed!r}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        try:
+            parse_truncation(self.truncation)
+        except ValueError as err:
+            raise ConfigError("truncation", str(err)) from None
+
+    @classmethod
+    def from_dict(cls, d):
+        """The inverse of `asdict`, for untrusted metadata: unknown or bad fields -> CharrnnError."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or not set(d) <= names:
+            raise CharrnnError(f"not a training configuration: {d!r:.200}")
+        try:
+            return cls(**d)
+        except TypeError as err:
+            raise CharrnnError(f"bad training configuration ({err})") from None
+
+    def resumed(self, changes):
+        """This config with `changes` (field -> value) for a resumed run.
+
+        Changing a field that fixes the maths is an error; a budget given replaces the whole
+        budget (so `epochs` alone lifts a saved `max_time`); the other fields may change.
+        """
+        changes = dict(changes)
+        if "corpus" in changes:
+            changes["corpus"] = corpus_key(changes["corpus"])
+        for name in MATHS_FIELDS & set(changes):
+            if changes[name] != getattr(self, name):
+                raise ConfigError(name, f"a resumed run keeps its {name} ({getattr(self, name)!r}); "
+                                        f"start a new run to use {changes[name]!r}")
+        others = {k: v for k, v in changes.items() if k not in MATHS_FIELDS}
+        if BUDGET_FIELDS & set(others):
+            others = {**dict.fromkeys(BUDGET_FIELDS), **others}
+        return replace(self, **others)
+
+
+def corpus_key(corpus):
+    """A corpus as a run records it: the absolute path of an existing file, else the name."""
+    path = Path(corpus).expanduser()
+    return str(path.resolve()) if path.is_file() else str(corpus)
+
+
+# the fields chosen from a list, and the list of the module that owns each
+CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "activation": ACTIVATIONS, "dtype": DTYPES,
+           "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
+           "bptt_memory": BPTT_MEMORY_MODES}
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+MATHS_FIELDS = frozenset(FIELD_NAMES[: FIELD_NAMES.index("epochs")])
+BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))

@@ -1,0 +1,76 @@
+"""The output directory of a run: its default name, the checks before training starts, and the
+trimming of metrics.jsonl before a resume. Every refusal is a one-line CharrnnError."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT
+from .checks import is_integer
+from .errors import CharrnnError
+from .io import write_atomic
+
+
+def default_out_dir(config, root="runs"):
+    """runs/<corpus name>-<date>-<time>, a fresh directory for a new run."""
+    stem = Path(config.corpus).stem or "run"
+    return Path(root) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def last_good_checkpoint(out_dir, step):
+    """Where the run in `out_dir` can be resumed from, in words; `step`: that of its checkpoint."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return "no checkpoint was written"
+    return f"the last good checkpoint (step {step:,}) is {path}"
+
+
+def refuse_existing_run(out_dir):
+    if (Path(out_dir) / CHECKPOINT).exists():
+        raise CharrnnError(f"{out_dir} already holds a run; continue it with --resume {out_dir} "
+                           f"or choose another --out")
+
+
+def prepare_out_dir(out_dir):
+    """Create `out_dir` for a new run and check that it is writable."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CharrnnError(f"cannot create output directory {out_dir} ({err.strerror})") from None
+    check_writable(out_dir)
+    return out_dir
+
+
+def check_writable(out_dir):
+    """Write and remove a small file in `out_dir`, so a bad directory fails before training."""
+    probe = Path(out_dir) / ".charrnn-write-test"
+    try:
+        write_atomic(probe, lambda f: f.write(b"ok"))
+        probe.unlink()
+    except OSError as err:
+        raise CharrnnError(f"output directory {out_dir} is not writable ({err.strerror})") from None
+
+
+def check_free_space(out_dir, model, optimizer):
+    """Refuse to start unless `out_dir` has room for the checkpoint, the best one and a temporary."""
+    arrays = [*model.params.values(), *optimizer.state_arrays().values()]
+    needed = 3 * sum(a.nbytes for a in arrays) + (1 << 20)
+    free = shutil.disk_usage(out_dir).free
+    if free < needed:
+        raise CharrnnError(f"not enough space in {out_dir}: {free:,} bytes free, checkpoints need {needed:,}")
+
+
+def keep_metrics_until(path, step):
+    """Drop the records of metrics.jsonl after `step` (and a torn last line), before a resume."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and is_integer(record.get("step")) and record["step"] <= step:
+            kept.append(line + "\n")
+    write_atomic(path, lambda f: f.write("".join(kept).encode("utf-8")))
