@@ -7,16 +7,16 @@ import click
 
 from .. import analysis
 from ..checkpoint import load_checkpoint
-from ..data import load_corpus
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
 from ..gradcheck import run_gradcheck
 from ..model import RNNLM
 from ..plot import check_plot_path, plot_analysis
 from ..sample import sample_text
-from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, checkpoint_argument,
-                      data_dir_option, dtype_choice, given_options, level_option, plot_option,
-                      preprocess_option, randomized_option, regular_option)
+from ..store import open_store
+from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option,
+                      checkpoint_argument, data_dir_option, dtype_choice, given_options, level_option,
+                      plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
 from .render import print_analysis, print_corpus, print_evaluation, print_gradcheck, say, warn_unknown
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
@@ -27,20 +27,28 @@ FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activati
 @click.argument("corpus", default=DEFAULTS.corpus)
 @level_option
 @preprocess_option
+@vocab_limit_options
 @data_dir_option
+@cache_dir_option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many of the most frequent tokens to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def corpus(corpus, level, preprocess, data_dir, top, as_json):
-    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path)."""
-    ids, vocab = load_corpus(corpus, level=level, preprocess=preprocess, data_dir=data_dir)
-    top_tokens = vocab.token_freqs[:top]
+def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, as_json):
+    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path), and
+    where its token store is (made now if need be, and every id read back to check it)."""
+    store = open_store(corpus, level, preprocess, min_freq, max_vocab, data_dir=data_dir, cache_dir=cache_dir)
+    store.verify()
+    vocab, top_tokens = store.vocab, store.vocab.token_freqs[:top]
     if as_json:
         click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
-                               "tokens": len(ids), "vocab_size": len(vocab),
-                               "top": [[token, count] for token, count in top_tokens]}))
+                               "tokens": len(store), "vocab_size": len(vocab),
+                               "top": [[token, count] for token, count in top_tokens],
+                               "store": str(store.path), "store_bytes": store.nbytes,
+                               "dtype": store.ids.dtype.name}))
         return
-    print_corpus(corpus, level, preprocess, len(ids), vocab, top_tokens)
+    print_corpus(corpus, level, preprocess, len(store), vocab, top_tokens)
+    say(f"token store: {store.path} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
+        f"{', made now' if store.built else ''})")
 
 
 @click.command()
@@ -66,15 +74,16 @@ def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
 @checkpoint_argument
 @click.argument("corpus", required=False)
 @data_dir_option
+@cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate(checkpoint, corpus, data_dir, as_json):
+def evaluate(checkpoint, corpus, data_dir, cache_dir, as_json):
     """Perplexity of a model on its validation split, or on CORPUS (a name or a path).
 
     CHECKPOINT: a .npz file or a run directory (best.npz there). Tokens outside the
     checkpoint's vocabulary are read as <unk>.
     """
     ckpt = load_checkpoint(checkpoint)
-    result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir)
+    result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir, cache_dir)
     warn_unknown(result.unknown, str(corpus))
     if as_json:
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
@@ -126,6 +135,7 @@ def gradcheck(ctx, **options):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draws.")
 @plot_option
 @data_dir_option
+@cache_dir_option
 @click.option("--corpus", default=DEFAULTS.corpus, show_default=True, help="Fresh model: the text.")
 @level_option
 @preprocess_option
@@ -139,7 +149,7 @@ def gradcheck(ctx, **options):
               help="Fresh model: seed of its initialisation.")
 @click.pass_context
 def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_prob, draws, seed, plot,
-            data_dir, **fresh):
+            data_dir, cache_dir, **fresh):
     """Vanishing and exploding gradients on a window of text: ‖∂L/∂h_t‖, the Jacobian product
     ‖∂h_t/∂h_0‖ against ρ(W_hh)^t (eq. 9.7.15), and the error of truncated gradients.
 
@@ -149,8 +159,9 @@ def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_
     if plot is not None:
         check_plot_path(plot)
     if checkpoint is None:
-        corpus, vocab = load_corpus(fresh["corpus"], level=fresh["level"], preprocess=fresh["preprocess"],
-                                    data_dir=data_dir)
+        store = open_store(fresh["corpus"], fresh["level"], fresh["preprocess"], data_dir=data_dir,
+                           cache_dir=cache_dir)
+        vocab = store.vocab
         model = RNNLM(len(vocab), fresh["num_hiddens"], activation=fresh["activation"], dtype=fresh["dtype"],
                       seed=fresh["model_seed"])
         source = f"a fresh model on {fresh['corpus']}"
@@ -160,11 +171,12 @@ def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_
             raise click.UsageError(f"{', '.join(given)} describe a fresh model; a CHECKPOINT brings its own", ctx)
         ckpt = load_checkpoint(checkpoint)
         cfg = ckpt.config
-        corpus, vocab = load_corpus(cfg.corpus, level=cfg.level, preprocess=cfg.preprocess, data_dir=data_dir)
-        if vocab.idx_to_token != ckpt.vocab.idx_to_token:
+        store = open_store(cfg.corpus, cfg.level, cfg.preprocess, cfg.min_freq, cfg.max_vocab,
+                           data_dir=data_dir, cache_dir=cache_dir)
+        if store.vocab.idx_to_token != ckpt.vocab.idx_to_token:
             raise CharrnnError(f"{cfg.corpus} no longer gives the vocabulary {ckpt.path} was trained with")
         model, source = ckpt.model, str(ckpt.path)
-    X, Y = analysis.analysis_window(corpus, num_steps, batch_size, offset)
+    X, Y = analysis.analysis_window(store.ids, num_steps, batch_size, offset)
     truncations = (f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
     result = analysis.analyze(model, X, Y, truncations=truncations, num_draws=draws, seed=seed)
     print_analysis(result, source)

@@ -26,7 +26,7 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this directory (its settings; a budget may be raised).")
 @click.pass_context
-def train(ctx, data_dir, out, resume, **options):
+def train(ctx, data_dir, cache_dir, out, resume, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
     default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run.
     """
@@ -35,10 +35,10 @@ def train(ctx, data_dir, out, resume, **options):
         if resume is not None:
             if out is not None and out.resolve() != resume.resolve():
                 raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
-            result = training.resume(resume, config_changes(ctx, options), data_dir, reporter)
+            result = training.resume(resume, config_changes(ctx, options), data_dir, reporter, cache_dir)
         else:
             config = TrainConfig(**options)
-            result = training.train(config, out or default_out_dir(config), data_dir, reporter)
+            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir)
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
     print_summary(result)
@@ -61,7 +61,7 @@ def train(ctx, data_dir, out, resume, **options):
               help="Directory for the runs, one subdirectory each [default: runs/compare-<date>-<time>].")
 @plot_option
 @click.pass_context
-def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, **options):
+def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, cache_dir, **options):
     """Train the same network from the same seed with full, regular:K and randomized:P truncation.
 
     Every training option applies to all runs alike. Without a budget (--epochs, --max-tokens,
@@ -76,7 +76,8 @@ def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, **options):
         config = TrainConfig(**options)
         out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         truncations = ("full", f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
-        results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter())
+        results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter(),
+                                     cache_dir=cache_dir)
     except ConfigError as err:  # as train: a setting the text cannot serve is a usage error
         raise bad_parameter(err, ctx) from None
     print_comparison(config, results)
