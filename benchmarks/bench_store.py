@@ -22,7 +22,6 @@ The temporary directory (text and stores) is deleted at the end unless --keep.
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -53,17 +52,18 @@ def generate(path: Path, size: int, seed=0) -> None:
     rng = np.random.default_rng(seed)
     blocks = []
     for _ in range(16):
-        words = rng.choice(WORDS, size=BLOCK_BYTES // 6)
+        words = [WORDS[i] for i in rng.integers(len(WORDS), size=BLOCK_BYTES // 6).tolist()]
         lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
-        blocks.append(("\n".join(lines) + "\n").encode("utf-8")[:BLOCK_BYTES])
+        block = ("\n".join(lines) + "\n").encode("utf-8")[:BLOCK_BYTES]
+        blocks.append(block[:block.rfind(b"\n") + 1])  # whole lines, so whole characters
     with open(path, "wb") as f:
         written = 0
         while written < size:
             block = blocks[rng.integers(len(blocks))]
-            block = block[:size - written]
-            cut = block.rfind(b"\n") + 1 if written + len(block) >= size else len(block)
-            f.write(block[:cut or len(block)])
-            written += cut or len(block)
+            if written + len(block) > size:
+                block = block[:block.rfind(b"\n", 0, size - written) + 1] or block
+            f.write(block)
+            written += len(block)
     os.utime(path, ns=(time.time_ns() - 10**9,) * 2)  # settled: the store reads it at once
 
 
@@ -80,9 +80,12 @@ def child(args) -> dict:
         return {"seconds": seconds, "tokens": len(store), "vocab": len(store.vocab),
                 "dtype": str(store.ids.dtype), "store_bytes": store.nbytes, **rss()}
     from charrnn import train as training
-    first_step = []
+    first_step, started = [], []
 
     class Timer(training.Reporter):
+        def on_start(self, info):
+            started.append(time.time() - launched)
+
         def on_step(self, stats):
             now = time.perf_counter()
             if not first_step:
@@ -94,15 +97,15 @@ def child(args) -> dict:
                                   val_fraction=args.val_fraction, eval_every=10**12, sample_length=0)
     training.train(config, Path(args.out), data_dir=None, reporter=timer)
     (since_launch, t0, tokens0), (t1, tokens1) = first_step[0], timer.last
-    return {"first_step_after_launch_s": since_launch, "tokens_per_s": (tokens1 - tokens0) / (t1 - t0),
-            **rss()}
+    return {"start_after_launch_s": started[0], "first_step_after_launch_s": since_launch,
+            "tokens_per_s": (tokens1 - tokens0) / (t1 - t0), **rss()}
 
 
 def rss() -> dict:
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     mib = lambda key: int(status[key].split()[0]) / 1024  # noqa: E731 (kB -> MiB)
-    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_anon_mib": mib("RssAnon"), "rss_file_mib": mib("RssFile")}
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across fork and exec
+    return {"peak_rss_mib": mib("VmHWM"), "rss_anon_mib": mib("RssAnon"), "rss_file_mib": mib("RssFile")}
 
 
 def run_child(step, **options) -> dict:
@@ -120,6 +123,7 @@ def main():
     parser.add_argument("--size", type=parse_size, default=parse_size("2G"), help="bytes of text (2G, 200M, ...)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the temporary directory goes")
     parser.add_argument("--preprocess", default="raw", choices=["raw", "d2l"])
+    parser.add_argument("--repeats", type=int, default=2, help="training runs of each text, alternated")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--train-tokens", type=int, default=200_000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -152,20 +156,23 @@ def measure(args, tmp: Path) -> dict:
     start = time.perf_counter()
     generate(text, args.size)
     size = text.stat().st_size
-    results = {"size_bytes": size, "generate_s": time.perf_counter() - start, "preprocess": args.preprocess,
+    results = {"size_bytes": size, "generate_s": time.perf_counter() - start, "hidden": args.hidden,
                "load": os.getloadavg()}
-    first = run_child("tokenize", text=text, cache=cache, preprocess=args.preprocess)
-    results["tokenize"] = {**first, "mb_per_s": size / 1e6 / first["seconds"]}
-    # a validation split of ~100k tokens, so that the one evaluation at the end stays short
-    val_fraction = max(1e-6, min(0.1, 100_000 / first["tokens"]))
-    common = dict(preprocess=args.preprocess, hidden=args.hidden, train_tokens=args.train_tokens)
+    for preprocess in dict.fromkeys([args.preprocess, "d2l"]):
+        first = run_child("tokenize", text=text, cache=cache, preprocess=preprocess)
+        results[f"tokenize_{preprocess}"] = {**first, "mb_per_s": size / 1e6 / first["seconds"]}
+    # the book's settings (d2l: the same vocabulary of 28, so the same network), a validation
+    # split of ~100k tokens so that the one evaluation at the end stays short
+    val_fraction = max(1e-6, min(0.1, 100_000 / results["tokenize_d2l"]["tokens"]))
+    common = dict(preprocess="d2l", hidden=args.hidden, train_tokens=args.train_tokens)
     env_cache = os.environ.get("CHARRNN_CACHE_DIR")
     os.environ["CHARRNN_CACHE_DIR"] = str(cache)
     try:
-        results["train_generated"] = run_child("train", text=text, out=tmp / "run-generated",
-                                               val_fraction=val_fraction, **common)
-        results["train_book"] = run_child("train", text="timemachine", out=tmp / "run-book",
-                                          val_fraction=0.1, **common)
+        for name in ("generated", "book") * args.repeats:
+            run = run_child("train", text=text if name == "generated" else "timemachine",
+                            out=tmp / f"run-{name}-{time.time_ns()}",
+                            val_fraction=val_fraction if name == "generated" else 0.1, **common)
+            results.setdefault(f"train_{name}", []).append(run)
     finally:
         if env_cache is None:
             del os.environ["CHARRNN_CACHE_DIR"]
@@ -176,17 +183,32 @@ def measure(args, tmp: Path) -> dict:
 
 
 def report(r: dict) -> None:
-    t, g, b = r["tokenize"], r["train_generated"], r["train_book"]
     print(f"text: {r['size_bytes'] / 1e9:.2f} GB generated in {r['generate_s']:.0f} s; "
           f"load average before {r['load'][0]:.2f}, after {r['load_after'][0]:.2f}")
-    print(f"first tokenization (char, {r['preprocess']}, one core): {t['seconds']:.1f} s = "
-          f"{t['mb_per_s']:.0f} MB/s, peak RSS {t['peak_rss_mib']:.0f} MiB; "
-          f"{t['tokens']:,} tokens, vocab {t['vocab']}, {t['dtype']}, store {t['store_bytes'] / 1e9:.2f} GB")
-    print(f"second run: first training step {g['first_step_after_launch_s']:.2f} s after launch")
-    for name, x in (("generated", g), ("book", b)):
-        print(f"training on the {name}: {x['tokens_per_s']:,.0f} tokens/s, peak RSS {x['peak_rss_mib']:.0f} MiB "
-              f"(at the end: heap {x['rss_anon_mib']:.0f} MiB, mapped file {x['rss_file_mib']:.0f} MiB)")
-    print(f"throughput generated / book: {g['tokens_per_s'] / b['tokens_per_s']:.2f}")
+    for preprocess in ("raw", "d2l"):
+        t = r.get(f"tokenize_{preprocess}")
+        if t:
+            print(f"first tokenization (char, {preprocess}, one core): {t['seconds']:.1f} s = {t['mb_per_s']:.0f} MB/s, "
+                  f"peak RSS {t['peak_rss_mib']:.0f} MiB; {t['tokens']:,} tokens, vocab {t['vocab']}, {t['dtype']}, "
+                  f"store {t['store_bytes'] / 1e9:.2f} GB")
+    g, b = r["train_generated"], r["train_book"]
+    print(f"later runs on the generated text (d2l): training starts {median(g, 'start_after_launch_s'):.2f} s "
+          f"after launch, first step done {median(g, 'first_step_after_launch_s'):.2f} s "
+          f"(medians; runs: {each(g, 'first_step_after_launch_s', '.2f')})")
+    for name, runs in (("generated", g), ("book", b)):
+        print(f"training on the {name} (hidden {r['hidden']}): {median(runs, 'tokens_per_s'):,.0f} tokens/s "
+              f"(runs: {each(runs, 'tokens_per_s', ',.0f')}), peak RSS {max(x['peak_rss_mib'] for x in runs):.0f} MiB "
+              f"(at the end: heap {median(runs, 'rss_anon_mib'):.0f} MiB, "
+              f"mapped file {median(runs, 'rss_file_mib'):.0f} MiB)")
+    print(f"throughput generated / book: {median(g, 'tokens_per_s') / median(b, 'tokens_per_s'):.2f}")
+
+
+def median(runs, key) -> float:
+    return float(np.median([run[key] for run in runs]))
+
+
+def each(runs, key, spec) -> str:
+    return ", ".join(format(run[key], spec) for run in runs)
 
 
 if __name__ == "__main__":

@@ -123,13 +123,13 @@ class CharIds:
             grown = np.full(max(2 * len(self.table), int(code_points.max()) + 1), -1, np.int32)
             grown[:len(self.table)] = self.table
             self.table = grown
-        ids = self.table[code_points]
+        ids = np.take(self.table, code_points)
         unseen = ids < 0
         if unseen.any():
             new = np.unique(code_points[unseen])
             self.table[new] = np.arange(len(self), len(self) + len(new))
             self.code_points.extend(new.tolist())
-            ids = self.table[code_points]
+            ids = np.take(self.table, code_points)
         return ids
 
     def tokens(self) -> list:
