@@ -298,3 +298,92 @@ def test_cache_dir_follows_the_environment_then_the_data_dir(tmp_path, monkeypat
     monkeypatch.setattr(data, "SOURCE_CORPORA", tmp_path / "site-packages" / "corpora")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert store_module.default_cache_dir() == tmp_path / "xdg" / "charrnn" / "tokens"
+
+
+# ----------------------------------------------------------------------------- the commands on the store
+
+TINY_RUN = ["--num-hiddens", "8", "--batch-size", "2", "--num-steps", "4", "--sample-length", "5",
+            "--eval-every", "100000"]
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+    from charrnn import cli
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    return result
+
+
+def test_training_reads_views_of_the_memory_map_not_int32_copies(tmp_path, write_words):
+    from charrnn import train as training
+    path = write_words(tmp_path / "w.txt", 300, seed=1)
+    config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4)
+    train, val, vocab, data_id = training.load_data(config, None, tmp_path / "c")
+    store = open_store(path, cache_dir=tmp_path / "c")
+    for split in (train, val):
+        assert isinstance(split, np.memmap) and split.dtype == np.uint8 and not split.flags.owndata
+    assert len(train) + len(val) == len(store) and vocab.idx_to_token == store.vocab.idx_to_token
+    assert data_id == store.split_sha1(len(train)) != store.split_sha1(len(train) - 1)
+
+
+def test_corpus_command_reports_where_the_store_is(tmp_path, write_words):
+    path = write_words(tmp_path / "w.txt", 200, seed=2)
+    first = json.loads(invoke("corpus", path, "--json", "--cache-dir", tmp_path / "c").stdout)
+    assert Path(first["store"]).parent == tmp_path / "c" and first["dtype"] == "uint8"
+    assert first["store_bytes"] == Path(first["store"]).stat().st_size > first["tokens"]
+    table = invoke("corpus", path, "--cache-dir", tmp_path / "c").stdout
+    assert f"token store: {first['store']} ({first['store_bytes']:,} bytes, uint8 ids)" in table
+    assert "made now" not in table
+
+
+def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, write_words):
+    from charrnn import train as training
+    path = write_words(tmp_path / "w.txt", 400, seed=3)
+    run = tmp_path / "run"
+    invoke("train", path, "--level", "word", "--max-vocab", "5", "--min-freq", "2", *TINY_RUN,
+           "--max-tokens", "64", "--out", run, "--cache-dir", tmp_path / "c")
+    ckpt = training.load_checkpoint(run / training.CHECKPOINT)
+    assert len(ckpt.vocab) == 6 and ckpt.config.max_vocab == 5 and ckpt.config.min_freq == 2
+    assert ckpt.model.params["W_hq"].shape == (8, 6)
+    invoke("train", "--resume", run, "--max-tokens", "128", "--cache-dir", tmp_path / "c")
+    from click.testing import CliRunner
+    from charrnn import cli
+    refused = CliRunner().invoke(cli.main, ["train", "--resume", str(run), "--max-vocab", "7",
+                                            "--max-tokens", "256"])
+    assert refused.exit_code == 2 and "max_vocab" in refused.output
+
+
+def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_words):
+    from charrnn import train as training
+    from charrnn.checkpoint import data_sha1
+    from charrnn.io import load_npz, save_npz
+    path = write_words(tmp_path / "w.txt", 300, seed=4)
+    config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4,
+                                  max_tokens=32, sample_length=5)
+    training.train(config, tmp_path / "run", cache_dir=tmp_path / "c")
+    checkpoint = tmp_path / "run" / training.CHECKPOINT
+    arrays, meta = load_npz(checkpoint)
+    train_ids = training.load_data(config, None, tmp_path / "c")[0]
+    for saved, resumes in [(data_sha1(train_ids), True), ("0" * 40, False)]:
+        save_npz(checkpoint, arrays, {**meta, "data_sha1": saved})
+        if resumes:
+            training.resume(tmp_path / "run", {"max_tokens": 64}, cache_dir=tmp_path / "c")
+            arrays, meta = load_npz(checkpoint)  # the checkpoint the resumed run wrote
+        else:
+            with pytest.raises(CharrnnError, match="not the text the run"):
+                training.resume(tmp_path / "run", {"max_tokens": 96}, cache_dir=tmp_path / "c")
+
+
+def test_evaluating_another_text_maps_its_ids_to_the_checkpoints(tmp_path):
+    from charrnn.config import TrainConfig
+    from charrnn.evaluate import evaluate_text, mean_loss
+    from charrnn.model import RNNLM
+    trained_on = write(tmp_path / "a.txt", "abcde abcde abcde " * 20)
+    other = write(tmp_path / "b.txt", "edcba xyz edcba " * 20)  # another order, and x y z unknown
+    vocab = open_store(trained_on, "char", "raw", cache_dir=tmp_path / "c").vocab
+    model = RNNLM(len(vocab), 8, seed=0)
+    config = TrainConfig(corpus=str(trained_on), preprocess="raw")
+    result = evaluate_text(model, vocab, config, corpus=str(other), cache_dir=tmp_path / "c")
+    ids, unknown = vocab.encode(other.read_text(), "char")  # the in-memory reading
+    assert result.unknown == unknown == ["x", "y", "z"] and result.tokens == len(ids)
+    assert result.loss == pytest.approx(mean_loss(model, ids), rel=1e-12)
