@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .checks import check_choice, check_int
 from .data import LEVELS, PREPROCESS_MODES, Vocab, check_registered, default_data_dir, find_corpus
 from .errors import CharrnnError
 from .io import write_atomic
@@ -102,10 +103,11 @@ def open_store(name_or_path, level="char", preprocess="d2l", min_freq=0, max_voc
     min_freq and max_size). cache_dir: default `default_cache_dir()`. progress: a progress bar
     in bytes on stderr while tokenizing (None: when stderr is a terminal).
     """
-    if level not in LEVELS or preprocess not in PREPROCESS_MODES:
-        raise CharrnnError(f"unknown level/preprocess {level!r}/{preprocess!r} "
-                           f"(choose from {', '.join(LEVELS)} / {', '.join(PREPROCESS_MODES)})")
-    Vocab((), min_freq=min_freq, max_size=max_vocab)  # checks the limits
+    check_choice(level, LEVELS, "level")
+    check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
+    check_int(min_freq, "min_freq", minimum=0)
+    if max_vocab is not None:
+        check_int(max_vocab, "max_vocab", minimum=0)
     text_path, entry = find_corpus(name_or_path, data_dir)
     text_path = text_path.resolve()
     settings = {"level": level, "preprocess": preprocess, "min_freq": min_freq, "max_vocab": max_vocab}

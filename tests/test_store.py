@@ -287,7 +287,7 @@ def test_min_freq_and_max_vocab_at_word_level(tmp_path):
         store = assert_same_as_in_memory(path, "word", "raw", tmp_path / "c", 4, **limits)
         assert store.vocab.idx_to_token[1:3] == ["a", "b"]
     assert len(open_store(path, "word", "raw", max_vocab=2, cache_dir=tmp_path / "c").vocab) == 3
-    with pytest.raises(CharrnnError, match="max_size"):
+    with pytest.raises(CharrnnError, match="max_vocab"):
         open_store(path, "word", "raw", max_vocab=-1, cache_dir=tmp_path / "c")
 
 
