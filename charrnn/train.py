@@ -154,10 +154,10 @@ class Run:
     """One training run in progress: model, optimizer, data, RNG streams and where it stands."""
 
     def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
-                 reporter, progress, truncation_rng, state, data_sha1):
+                 reporter, progress, truncation_rng, state, data_id):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
-        self.data_sha1 = data_sha1  # saved in every checkpoint, checked on resume
+        self.data_sha1 = data_id  # names the training data in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
         self.truncation_rng = truncation_rng
         self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None

@@ -90,6 +90,16 @@ def test_streamed_tokenization_equals_in_memory(text, piece_bytes, level_mode):
         assert store.ids.tolist() == expected[0].tolist()
 
 
+def test_first_tokenization_shows_a_progress_bar_in_bytes_only_when_asked(tmp_path, capsys):
+    path = write(tmp_path / "t.txt", "some text " * 100)
+    open_store(path, cache_dir=tmp_path / "quiet")
+    assert capsys.readouterr().err == ""  # stderr is no terminal here
+    open_store(path, cache_dir=tmp_path / "shown", progress=True)
+    assert "tokenizing t.txt" in capsys.readouterr().err
+    open_store(path, cache_dir=tmp_path / "shown", progress=True)  # made already: no bar
+    assert capsys.readouterr().err == ""
+
+
 def test_ids_widen_from_uint8_when_the_vocabulary_outgrows_it(tmp_path, monkeypatch):
     monkeypatch.setattr(IdFile, "CHUNK", 7)  # widening in place runs over several chunks
     text = "ab" * 50 + "".join(map(chr, range(0x400, 0x400 + 300)))  # 302 distinct, most late
