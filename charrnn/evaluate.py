@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import split_corpus
+from .samplers import batches_per_release, memory_map_of, release_pages
 from .errors import CharrnnError
 from .model import EVAL_CHUNK_STEPS
 from .store import open_store
@@ -35,12 +36,15 @@ def contiguous_batches(corpus, num_rows=EVAL_ROWS, num_steps=EVAL_CHUNK_STEPS, i
     X = corpus[: num_rows * row_len].reshape(num_rows, row_len)  # views, no copy
     Y = corpus[1 : num_rows * row_len + 1].reshape(num_rows, row_len)
     table = None if id_map is None else np.asarray(id_map, dtype=np.int32)
-    for start in range(0, row_len, num_steps):
+    mapping, release_every = memory_map_of(corpus), batches_per_release(num_steps, corpus.itemsize)
+    for i, start in enumerate(range(0, row_len, num_steps), 1):
         X_chunk, Y_chunk = X[:, start : start + num_steps], Y[:, start : start + num_steps]
-        if table is None:
-            yield X_chunk.astype(np.int32, copy=False), Y_chunk.astype(np.int32, copy=False)
+        if table is None:  # copies: the map's pages may be released below
+            yield X_chunk.astype(np.int32), Y_chunk.astype(np.int32)
         else:
             yield table[X_chunk], table[Y_chunk]
+        if mapping is not None and i % release_every == 0:
+            release_pages(mapping)
 
 
 def mean_loss(model, corpus, id_map=None):

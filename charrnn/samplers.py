@@ -6,12 +6,15 @@ Y[:, t] the token that follows X[:, t]. Only the minibatch at hand is read from 
 and the bookkeeping of an epoch is a few bytes per subsequence at most, so that a corpus
 larger than memory trains in bounded memory.
 """
+import mmap
+
 import numpy as np
 
 from .checks import check_int
 from .errors import CharrnnError
 
 _SHUFFLE_IN_MEMORY = 1 << 22  # subsequences the random sampler shuffles as one array
+RELEASE_BYTES = 1 << 20  # a row read left to right moves on this far between two release_pages
 
 
 def split_corpus(corpus, val_fraction=0.1):
@@ -48,7 +51,7 @@ def seq_data_iter_random(corpus, batch_size, num_steps, rng):
         take = KeyedPermutation(num_subseqs, rng).take
     starts = (offset + num_steps * take(slice(b * batch_size, (b + 1) * batch_size)).astype(np.int64)
               for b in range(num_batches))
-    return _minibatches(corpus, starts, num_steps)
+    return _minibatches(corpus, starts, num_steps, release_every=1)
 
 
 def seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
@@ -59,7 +62,8 @@ def seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
     row_len = (len(corpus) - offset - 1) // batch_size
     num_batches = row_len // num_steps
     row_starts = offset + row_len * np.arange(batch_size)
-    return _minibatches(corpus, (row_starts + num_steps * b for b in range(num_batches)), num_steps)
+    return _minibatches(corpus, (row_starts + num_steps * b for b in range(num_batches)), num_steps,
+                        release_every=batches_per_release(num_steps, corpus.itemsize))
 
 
 class KeyedPermutation:
@@ -115,15 +119,42 @@ def _checked_corpus_and_offset(corpus, batch_size, num_steps, rng):
     return corpus, int(rng.integers(min(num_steps, len(corpus) - needed + 1)))
 
 
-def _minibatches(corpus: np.ndarray, starts, num_steps: int):
+def _minibatches(corpus: np.ndarray, starts, num_steps: int, release_every: int):
     """starts: an iterable of (batch_size,) start positions -> for each, X[b, t] =
     corpus[starts[b] + t] and Y[b, t] = corpus[starts[b] + t + 1], both (batch_size, num_steps)
-    int32, C-contiguous. corpus may be a memory map of narrower ids: only X and Y are read."""
-    steps = np.arange(num_steps)
-    for batch_starts in starts:
+    int32, C-contiguous. corpus may be a memory map of narrower ids: only X and Y are read, and
+    the pages mapped are released every `release_every` minibatches (release_pages)."""
+    steps, mapping = np.arange(num_steps), memory_map_of(corpus)
+    for b, batch_starts in enumerate(starts, 1):
         positions = batch_starts[:, None] + steps
-        yield (corpus[positions].astype(np.int32, copy=False),
-               corpus[positions + 1].astype(np.int32, copy=False))
+        X, Y = corpus[positions].astype(np.int32), corpus[positions + 1].astype(np.int32)
+        if mapping is not None and b % release_every == 0:
+            release_pages(mapping)
+        yield X, Y
+
+
+def batches_per_release(num_steps: int, itemsize: int) -> int:
+    """How many steps of rows read left to right (the sequential sampler, evaluation) go between
+    two release_pages: each row moves on RELEASE_BYTES meanwhile, a page-cache folio or two."""
+    return max(1, RELEASE_BYTES // (num_steps * itemsize))
+
+
+def memory_map_of(ids: np.ndarray):
+    """The mmap.mmap an array's memory belongs to (a token store's ids and views of them), or None."""
+    base = ids
+    while isinstance(base, np.ndarray):
+        base = base.base
+    base = base.obj if isinstance(base, memoryview) else base  # np.frombuffer's base
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def release_pages(mapping) -> None:
+    """Unmap the pages of `mapping` (from memory_map_of) from this process. They stay in the
+    page cache; the next read maps them again. Reading a few bytes of a file mapping maps a
+    whole page-cache folio (up to MBs here), so without this a long run over a large store
+    would count most of the store in its resident memory."""
+    if hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 # the minibatch samplers by name (TrainConfig.sampler, the CLI's --sampler)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import sys
 import time
@@ -65,7 +66,7 @@ class TokenStore:
     """A token store open for reading: ids (num_tokens,) read-only memmap, the vocabulary."""
 
     path: Path
-    ids: np.memmap
+    ids: np.ndarray  # (num_tokens,) read-only, backed by a memory map of the file
     vocab: Vocab
     header: dict
     built: bool = field(default=False)  # whether this process tokenized the text just now
@@ -85,11 +86,12 @@ class TokenStore:
 
     def verify(self) -> None:
         """Read every id: CharrnnError unless their SHA-1 is the header's and each is < len(vocab)."""
-        sha1, largest = hashlib.sha1(), 0
-        for start in range(0, len(self.ids), IdFile.CHUNK):
-            chunk = np.asarray(self.ids[start:start + IdFile.CHUNK])
-            sha1.update(chunk.tobytes())
-            largest = max(largest, int(chunk.max()))
+        sha1, largest, offset = hashlib.sha1(), 0, self.path.stat().st_size - self.ids.nbytes
+        with open(self.path, "rb") as f:  # read, not mapped: the map is advised for random access
+            f.seek(offset)
+            while data := f.read(IdFile.CHUNK * self.ids.itemsize):
+                sha1.update(data)
+                largest = max(largest, int(np.frombuffer(data, self.ids.dtype).max()))
         if sha1.hexdigest() != self.header["ids_sha1"] or largest >= len(self.vocab):
             raise CharrnnError(f"token store {self.path} is corrupt (its ids do not match its header); "
                                "delete it and it will be rebuilt")
@@ -283,9 +285,20 @@ def read_store(path, expected: dict | None = None) -> TokenStore:
     if id_dtype(len(vocab)) != np.dtype(header["dtype"]):
         raise CharrnnError(f"token store {path} is not usable: dtype {header['dtype']} "
                            f"for a vocabulary of {len(vocab)}")
-    ids = np.memmap(path, dtype=np.dtype(header["dtype"]).newbyteorder("<"), mode="r", offset=offset,
-                    shape=(header["num_tokens"],))
+    ids = _map_ids(path, np.dtype(header["dtype"]).newbyteorder("<"), offset, header["num_tokens"])
     return TokenStore(path, ids, vocab, header)
+
+
+def _map_ids(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
+    """The ids of a store file as a read-only array backed by a memory map of the file."""
+    try:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as err:
+        raise CharrnnError(f"cannot map token store {path}: {err}") from None
+    if hasattr(mmap, "MADV_RANDOM"):  # minibatches read small, scattered windows: no read-ahead
+        mapped.madvise(mmap.MADV_RANDOM)  # around each one (8 MB here), which would only swell RSS
+    return np.frombuffer(mapped, dtype, count, offset)
 
 
 def _read_header(path: Path):

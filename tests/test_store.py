@@ -2,6 +2,7 @@
 import errno
 import io
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def test_book_store_holds_the_textbook_numbers(data_dir, tmp_path, level, prepro
     assert store.vocab.idx_to_token == vocab.idx_to_token
     np.testing.assert_array_equal(store.ids, ids)
     again = open_store("timemachine", level, preprocess, data_dir=data_dir, cache_dir=tmp_path)
-    assert not again.built and isinstance(again.ids, np.memmap) and not again.ids.flags.writeable
+    assert not again.built and isinstance(again.ids.base.obj, mmap.mmap) and not again.ids.flags.writeable
     assert again.ids.dtype == (np.uint8 if level == "char" else np.uint16)
 
 
@@ -331,7 +332,8 @@ def test_training_reads_views_of_the_memory_map_not_int32_copies(tmp_path, write
     train, val, vocab, data_id = training.load_data(config, None, tmp_path / "c")
     store = open_store(path, cache_dir=tmp_path / "c")
     for split in (train, val):
-        assert isinstance(split, np.memmap) and split.dtype == np.uint8 and not split.flags.owndata
+        assert split.dtype == np.uint8 and not split.flags.owndata and not split.flags.writeable
+        assert isinstance(split.base.base.obj, mmap.mmap)  # view <- the store's ids <- the map
     assert len(train) + len(val) == len(store) and vocab.idx_to_token == store.vocab.idx_to_token
     assert data_id == store.split_sha1(len(train)) != store.split_sha1(len(train) - 1)
 
@@ -397,3 +399,23 @@ def test_evaluating_another_text_maps_its_ids_to_the_checkpoints(tmp_path):
     ids, unknown = vocab.encode(other.read_text(), "char")  # the in-memory reading
     assert result.unknown == unknown == ["x", "y", "z"] and result.tokens == len(ids)
     assert result.loss == pytest.approx(mean_loss(model, ids), rel=1e-12)
+
+
+def test_samplers_and_evaluation_give_the_maps_pages_back(tmp_path, monkeypatch, write_words):
+    from charrnn import evaluate, samplers
+    store = open_store(write_words(tmp_path / "w.txt", 2000, seed=5), cache_dir=tmp_path / "c")
+    assert samplers.memory_map_of(store.ids[10:-10]) is samplers.memory_map_of(store.ids) is not None
+    assert samplers.memory_map_of(np.array(store.ids)) is None
+    released = []
+    monkeypatch.setattr(samplers, "release_pages", released.append)
+    monkeypatch.setattr(evaluate, "release_pages", released.append)
+    monkeypatch.setattr(samplers, "RELEASE_BYTES", 3 * 8)  # the sequential rows: every 3 minibatches
+    random = list(samplers.seq_data_iter_random(store.ids, 4, 8, np.random.default_rng(0)))
+    assert len(released) == len(random) > 10  # scattered reads: after every minibatch
+    released.clear()
+    sequential = list(samplers.seq_data_iter_sequential(store.ids, 4, 8, np.random.default_rng(0)))
+    assert len(released) == len(sequential) // 3
+    released.clear()
+    chunks = list(evaluate.contiguous_batches(store.ids, num_rows=4, num_steps=8))
+    assert len(released) == len(chunks) // 3
+    assert all(X.flags.owndata and Y.flags.owndata for X, Y in chunks)  # copies, not views of the map
