@@ -416,15 +416,19 @@ def _is_token_count(pair) -> bool:
             and isinstance(pair[1], int) and not isinstance(pair[1], bool) and pair[1] >= 0)
 
 
+def blank_text_error(name, preprocess: str) -> CharrnnError:
+    """The error for a text left with nothing but whitespace by preprocessing."""
+    hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if preprocess == "d2l" else ""
+    return CharrnnError(f"{name} holds nothing but whitespace after {preprocess!r} preprocessing{hint}")
+
+
 def load_corpus(name_or_path, level="char", preprocess="d2l", data_dir=None):
     """A text file or registered corpus -> (corpus: (num_tokens,) int32 ids, vocab of the whole text)."""
     check_choice(level, LEVELS, "level")
     check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
     text = preprocess_text(read_text(name_or_path, data_dir), preprocess)
     if not text.strip():
-        hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if preprocess == "d2l" else ""
-        raise CharrnnError(f"{name_or_path} holds nothing but whitespace after "
-                           f"{preprocess!r} preprocessing{hint}")
+        raise blank_text_error(name_or_path, preprocess)
     vocab = Vocab(count_tokens(text, level))
     corpus, _ = vocab.encode(text, level)
     return corpus, vocab

@@ -34,7 +34,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .checks import check_choice, check_int
-from .data import LEVELS, PREPROCESS_MODES, Vocab, check_registered, default_data_dir, find_corpus
+from .data import (LEVELS, PREPROCESS_MODES, Vocab, blank_text_error, check_registered, default_data_dir,
+                   find_corpus)
 from .errors import CharrnnError
 from .io import write_atomic
 from .stream import ID_DTYPES, PIECE_BYTES, IdFile, id_dtype, tokenize_stream
@@ -63,7 +64,7 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class TokenStore:
-    """A token store open for reading: ids (num_tokens,) read-only memmap, the vocabulary."""
+    """A token store open for reading: its ids, memory-mapped, and its vocabulary."""
 
     path: Path
     ids: np.ndarray  # (num_tokens,) read-only, backed by a memory map of the file
@@ -179,11 +180,10 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
     try:
         with f, open(scratch_path, "w+b") as scratch:
             before = _settled_stat(f)
-            sha1, size = hashlib.sha1(), [0]
+            sha1 = hashlib.sha1()
 
             def on_read(block):
                 sha1.update(block)
-                size[0] += len(block)
                 bar.update(len(block))
 
             with tqdm(total=before.st_size, unit="B", unit_scale=True, file=sys.stderr,
@@ -197,9 +197,7 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
             vocab = Vocab(dict(zip(tokens, counts.tolist())), min_freq=settings["min_freq"],
                           max_size=settings["max_vocab"])
             if all(token.isspace() for token in tokens):
-                hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if settings["preprocess"] == "d2l" else ""
-                raise CharrnnError(f"{name} holds nothing but whitespace after "
-                                   f"{settings['preprocess']!r} preprocessing{hint}")
+                raise blank_text_error(name, settings["preprocess"])
             dtype = id_dtype(len(vocab))
             renumber = np.array([vocab.token_to_idx.get(token, vocab.unk) for token in tokens], dtype)
             header = {"format": "charrnn token store", "version": FORMAT_VERSION,
