@@ -206,7 +206,7 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
                       **settings, "dtype": dtype.name, "num_tokens": id_file.count,
                       "ids_sha1": "0" * 40, "vocab": vocab.to_dict()}
             write_atomic(path, lambda out: _write_store(out, header, dtype,
-                                                        (renumber[chunk] for chunk in id_file.chunks())))
+                                                        (np.take(renumber, chunk) for chunk in id_file.chunks())))
     finally:
         scratch_path.unlink(missing_ok=True)
 
@@ -237,7 +237,7 @@ def _write_store(out, header: dict, dtype, id_chunks) -> None:
     ids_sha1 = hashlib.sha1()
     _write_header(out, header)
     for chunk in id_chunks:
-        data = chunk.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+        data = np.ascontiguousarray(chunk, dtype.newbyteorder("<")).data
         ids_sha1.update(data)
         out.write(data)
     header["ids_sha1"] = ids_sha1.hexdigest()

@@ -170,7 +170,7 @@ class IdFile:
         needed = id_dtype(num_ids)
         if needed.itemsize > self.dtype.itemsize:
             self._widen(needed)
-        self.f.write(ids.astype(self.dtype).tobytes())
+        self.f.write(ids.astype(self.dtype).data)
         self.count += len(ids)
 
     def _widen(self, dtype: np.dtype) -> None:
