@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import urllib.request
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from functools import cached_property
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checks import check_choice, check_int
-from .errors import CharrnnError
+from .errors import CharrnnError, CharrnnWarning
 from .io import save_json, write_atomic
 # the samplers live in charrnn.samplers; charrnn.data offers them too, as it always has
 from .samplers import (SAMPLERS, KeyedPermutation, num_minibatches, seq_data_iter_random,  # noqa: F401
@@ -201,13 +202,20 @@ def not_utf8_error(path, err: UnicodeDecodeError, offset: int = 0) -> CharrnnErr
 
 def _decode(data: bytes, path: Path) -> str:
     """The text of a file's bytes, which must be non-empty UTF-8 and not look binary.
-    A leading byte order mark is dropped."""
+    A leading byte order mark is dropped; line ends are universal newlines (\r\n and \r -> \n)."""
     check_text_head(data, path)
     data = data.removeprefix(BOM)
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise not_utf8_error(path, err) from None
+    return universal_newlines(text)
+
+
+def universal_newlines(text):
+    """\r\n and \r -> \n, in a str or in UTF-8 bytes."""
+    cr, lf = ("\r", "\n") if isinstance(text, str) else (b"\r", b"\n")
+    return text.replace(cr + lf, lf).replace(cr, lf) if cr in text else text
 
 
 # ----------------------------------------------------------------------------- text and tokens
@@ -236,6 +244,42 @@ def preprocess_d2l_bytes(codes: np.ndarray, after_letter=True):
     keep[:1] |= after_letter
     kept = np.where(is_letter, lower, ord(" "))[keep]
     return kept, bool(is_letter[-1]) if len(codes) else after_letter
+
+
+def default_preprocess(name_or_path) -> str:
+    """'d2l' for a registered corpus (the book: the textbook's numbers), 'raw' for a file."""
+    return "d2l" if str(name_or_path) in load_registry() and not Path(name_or_path).is_file() else "raw"
+
+
+def dropped_letters(text: str, num_examples: int = 8):
+    """The letters 'd2l' preprocessing drops (any alphabet but A-Z, a-z) -> (how many,
+    up to num_examples of the most frequent, as a string)."""
+    if text.isascii():
+        return 0, ""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    return letters_among(np.bincount(codes[codes > 127]) if (codes > 127).any() else np.zeros(0, np.int64),
+                         num_examples)
+
+
+def letters_among(counts: np.ndarray, num_examples: int = 8):
+    """counts: occurrences by code point -> (how many occurrences of letters outside ASCII,
+    up to num_examples of the most frequent of those, as a string)."""
+    present = np.flatnonzero(counts[128:]) + 128
+    letters = [(int(counts[c]), chr(c)) for c in present.tolist() if chr(c).isalpha()]
+    letters.sort(key=lambda count_letter: -count_letter[0])
+    return sum(n for n, _ in letters), "".join(letter for _, letter in letters[:num_examples])
+
+
+def warn_dropped_letters(text: str, what) -> None:
+    """A CharrnnWarning when 'd2l' preprocessing of `text` drops letters outside A-Z."""
+    warn_if_letters_dropped(*dropped_letters(text), what, stacklevel=4)
+
+
+def warn_if_letters_dropped(count: int, examples: str, what, stacklevel=3) -> None:
+    """The warning of warn_dropped_letters, from dropped_letters' result."""
+    if count:
+        warnings.warn(f"'d2l' preprocessing of {what} dropped {count:,} letters outside A-Z "
+                      f"(e.g. {examples}); raw preprocessing keeps them", CharrnnWarning, stacklevel=stacklevel)
 
 
 def tokenize(text: str, level: str):
@@ -422,11 +466,19 @@ def blank_text_error(name, preprocess: str) -> CharrnnError:
     return CharrnnError(f"{name} holds nothing but whitespace after {preprocess!r} preprocessing{hint}")
 
 
-def load_corpus(name_or_path, level="char", preprocess="d2l", data_dir=None):
-    """A text file or registered corpus -> (corpus: (num_tokens,) int32 ids, vocab of the whole text)."""
+def load_corpus(name_or_path, level="char", preprocess=None, data_dir=None):
+    """A text file or registered corpus -> (corpus: (num_tokens,) int32 ids, vocab of the whole text).
+
+    preprocess None: default_preprocess(name_or_path). 'd2l' warns (CharrnnWarning) about the
+    letters outside A-Z it drops.
+    """
     check_choice(level, LEVELS, "level")
+    preprocess = default_preprocess(name_or_path) if preprocess is None else preprocess
     check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
-    text = preprocess_text(read_text(name_or_path, data_dir), preprocess)
+    text = read_text(name_or_path, data_dir)
+    if preprocess == "d2l":
+        warn_dropped_letters(text, name_or_path)
+    text = preprocess_text(text, preprocess)
     if not text.strip():
         raise blank_text_error(name_or_path, preprocess)
     vocab = Vocab(count_tokens(text, level))

@@ -75,6 +75,7 @@ class Evaluation:
     loss: float  # mean cross-entropy, nats per token
     perplexity: float
     unknown: list  # distinct tokens of the text outside the vocabulary (read as <unk>)
+    unknown_count: int = 0  # their occurrences
 
 
 def evaluate_text(model, vocab, config, corpus=None, data_dir=None, cache_dir=None):
@@ -88,7 +89,9 @@ def evaluate_text(model, vocab, config, corpus=None, data_dir=None, cache_dir=No
     """
     name = config.corpus if corpus is None else corpus
     limits = (config.min_freq, config.max_vocab) if corpus is None else (0, None)
-    store = open_store(name, config.level, config.preprocess, *limits, data_dir=data_dir, cache_dir=cache_dir)
+    # the d2l warning for another text; the training text's was given in training
+    store = open_store(name, config.level, config.preprocess, *limits, data_dir=data_dir, cache_dir=cache_dir,
+                       warn_dropped=corpus is not None)
     ids = store.ids
     if corpus is None:
         ids = split_corpus(ids, config.val_fraction)[1]
@@ -97,11 +100,11 @@ def evaluate_text(model, vocab, config, corpus=None, data_dir=None, cache_dir=No
         source = str(name)
     id_map = np.array(vocab[store.vocab.idx_to_token], dtype=np.int32)  # store id -> model id
     unknown = sorted(token for token in store.vocab.idx_to_token[1:] if token not in vocab.token_to_idx)
-    unknown_count = sum(np.count_nonzero(id_map[ids[start:start + UNKNOWN_CHUNK]] == vocab.unk)
-                        for start in range(0, len(ids), UNKNOWN_CHUNK))
+    unknown_count = int(sum(np.count_nonzero(id_map[ids[start:start + UNKNOWN_CHUNK]] == vocab.unk)
+                            for start in range(0, len(ids), UNKNOWN_CHUNK)))
     unknown_fraction = unknown_count / max(len(ids), 1)
     if unknown and unknown_fraction > MAX_UNKNOWN_FRACTION:
         raise CharrnnError(f"{name}: {unknown_fraction:.0%} of its tokens are outside the checkpoint's "
                            f"vocabulary of {len(vocab)} (level {config.level}, preprocess {config.preprocess})")
     loss = mean_loss(model, ids, id_map)
-    return Evaluation(source, len(ids), loss, perplexity(loss), unknown)
+    return Evaluation(source, len(ids), loss, perplexity(loss), unknown, unknown_count)

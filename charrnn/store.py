@@ -10,8 +10,9 @@ File (one per text, level, preprocessing and vocabulary limits, in the cache dir
     zero padding to a multiple of ALIGN | ids: num_tokens x dtype, little-endian
 
 The header names the text (absolute path, size, mtime_ns, SHA-1 of its bytes), the settings
-(level, preprocess, min_freq, max_vocab), dtype, num_tokens, the SHA-1 of the ids and the
-vocabulary (Vocab.to_dict). A store is used only if every field is well formed, matches the
+(level, preprocess, min_freq, max_vocab), dtype, num_tokens, the SHA-1 of the ids, the
+vocabulary (Vocab.to_dict) and the letters d2l preprocessing dropped (for the same warning as
+charrnn.data.load_corpus gives). A store is used only if every field is well formed, matches the
 request and the text's size and modification time, and the file has exactly the length the
 header implies; otherwise it is rebuilt. Stores are written atomically (charrnn.io.write_atomic)
 under an exclusive lock (fcntl.flock), so that two processes never build the same store at once
@@ -35,18 +36,18 @@ from tqdm import tqdm
 
 from .checks import check_choice, check_int
 from .data import (LEVELS, PREPROCESS_MODES, Vocab, blank_text_error, check_registered, default_data_dir,
-                   find_corpus)
+                   default_preprocess, find_corpus, letters_among, warn_if_letters_dropped)
 from .errors import CharrnnError
 from .io import write_atomic
-from .stream import ID_DTYPES, PIECE_BYTES, IdFile, id_dtype, tokenize_stream
+from .stream import ID_DTYPES, PIECE_BYTES, CodePointCounts, IdFile, id_dtype, tokenize_stream
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock, concurrent builders each write (atomically) their own copy
     fcntl = None
 
-MAGIC = b"charrnn-tokens\x00\x01"  # the last byte is the format version
-FORMAT_VERSION = 1
+MAGIC = b"charrnn-tokens\x00\x02"  # the last byte is the format version
+FORMAT_VERSION = 2  # 2: universal newlines, dropped_letters
 ALIGN = 64  # the ids start at a multiple of this
 CACHE_ENV = "CHARRNN_CACHE_DIR"
 SUFFIX = ".tokens"
@@ -98,14 +99,18 @@ class TokenStore:
                                "delete it and it will be rebuilt")
 
 
-def open_store(name_or_path, level="char", preprocess="d2l", min_freq=0, max_vocab=None, *,
-               data_dir=None, cache_dir=None, piece_bytes=PIECE_BYTES, progress=None) -> TokenStore:
+def open_store(name_or_path, level="char", preprocess=None, min_freq=0, max_vocab=None, *,
+               data_dir=None, cache_dir=None, piece_bytes=PIECE_BYTES, progress=None,
+               warn_dropped=True) -> TokenStore:
     """The token store of a text file or registered corpus, tokenized now if no valid one exists.
 
-    The vocabulary is the one charrnn.data.load_corpus gives (min_freq, max_vocab as in Vocab's
-    min_freq and max_size). cache_dir: default `default_cache_dir()`. progress: a progress bar
-    in bytes on stderr while tokenizing (None: when stderr is a terminal).
+    The ids and vocabulary are the ones charrnn.data.load_corpus gives (preprocess None:
+    default_preprocess; min_freq, max_vocab as Vocab's min_freq and max_size), and so is the
+    CharrnnWarning about the letters d2l preprocessing drops (unless warn_dropped is false).
+    cache_dir: default `default_cache_dir()`. progress: a progress bar in bytes on stderr while
+    tokenizing (None: when stderr is a terminal).
     """
+    preprocess = default_preprocess(name_or_path) if preprocess is None else preprocess
     check_choice(level, LEVELS, "level")
     check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
     check_int(min_freq, "min_freq", minimum=0)
@@ -119,13 +124,13 @@ def open_store(name_or_path, level="char", preprocess="d2l", min_freq=0, max_voc
     expected = {"text": str(text_path), **settings, "registered_sha1": entry and entry["sha1"]}
     store = _try_read(path, expected)
     if store is not None:
-        return store
+        return _opened(store, name_or_path, warn_dropped)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(path.with_name(path.name + ".lock"), progress):
             store = _try_read(path, expected)  # built by another process while we waited?
             if store is not None:
-                return store
+                return _opened(store, name_or_path, warn_dropped)
             _build(path, text_path, settings, piece_bytes, progress, name_or_path, entry)
     except OSError as err:
         free = "free space there, or " if err.errno == errno.ENOSPC else ""
@@ -134,6 +139,12 @@ def open_store(name_or_path, level="char", preprocess="d2l", min_freq=0, max_voc
                            f"or {CACHE_ENV})") from None
     store = read_store(path, expected)
     store.built = True
+    return _opened(store, name_or_path, warn_dropped)
+
+
+def _opened(store: TokenStore, name, warn_dropped: bool) -> TokenStore:
+    if warn_dropped and store.header["preprocess"] == "d2l":
+        warn_if_letters_dropped(*store.header["dropped_letters"], name, stacklevel=4)
     return store
 
 
@@ -188,9 +199,9 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
 
             with tqdm(total=before.st_size, unit="B", unit_scale=True, file=sys.stderr,
                       desc=f"tokenizing {text_path.name}", disable=not _show_progress(progress)) as bar:
-                id_file = IdFile(scratch)
+                id_file, dropped = IdFile(scratch), CodePointCounts()
                 tokens, counts = tokenize_stream(f, text_path, settings["level"], settings["preprocess"],
-                                                 id_file, piece_bytes, on_read)
+                                                 id_file, piece_bytes, on_read, dropped)
             after = os.fstat(f.fileno())
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 raise CharrnnError(f"{text_path} changed while it was being read; try again")
@@ -204,6 +215,7 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
                       "text": {"path": str(text_path), "size": before.st_size,
                                "mtime_ns": before.st_mtime_ns, "sha1": sha1.hexdigest()},
                       **settings, "dtype": dtype.name, "num_tokens": id_file.count,
+                      "dropped_letters": list(letters_among(dropped.counts)),
                       "ids_sha1": "0" * 40, "vocab": vocab.to_dict()}
             write_atomic(path, lambda out: _write_store(out, header, dtype,
                                                         (np.take(renumber, chunk) for chunk in id_file.chunks())))
@@ -331,6 +343,9 @@ def _header_problem(header: dict, ids_bytes: int):
         return "malformed text record"
     if header.get("dtype") not in [dtype.name for dtype in ID_DTYPES] or not _is_sha1(header.get("ids_sha1")):
         return "malformed dtype or ids_sha1"
+    dropped = header.get("dropped_letters")
+    if not (isinstance(dropped, list) and len(dropped) == 2 and _is_count(dropped[0]) and isinstance(dropped[1], str)):
+        return "malformed dropped_letters"
     num_tokens = header.get("num_tokens")
     if not _is_count(num_tokens) or num_tokens < 1:
         return f"bad num_tokens {num_tokens!r}"

@@ -16,7 +16,8 @@ from itertools import repeat
 
 import numpy as np
 
-from .data import (BOM, check_no_nul, check_text_head, not_utf8_error, preprocess_d2l_bytes)
+from .data import (BOM, check_no_nul, check_text_head, not_utf8_error, preprocess_d2l_bytes,
+                   universal_newlines)
 from .errors import CharrnnError
 
 PIECE_BYTES = 1 << 22  # bytes read at a time
@@ -81,13 +82,49 @@ def utf8_pieces(pieces, path):
             raise not_utf8_error(path, err, offset) from None
 
 
-def token_pieces(pieces, level: str, preprocess: str):
+def newline_pieces(pieces):
+    """(bytes, text) pieces -> the same with universal newlines (\r\n and \r -> \n), as
+    charrnn.data reads a text: a \r that ends a piece waits for the next, which may begin
+    with the \n of the same \r\n."""
+    held = False  # whether the previous piece ended with a \r, held back
+    for data, text in pieces:
+        if held:
+            data, text = b"\r" + data, "\r" + text
+        held = text.endswith("\r")
+        if held:
+            data, text = data[:-1], text[:-1]
+        yield universal_newlines(data), universal_newlines(text)
+    if held:
+        yield b"\n", "\n"
+
+
+class CodePointCounts:
+    """Occurrences by code point of the characters above ASCII, piece by piece: what d2l
+    preprocessing drops, for charrnn.data.letters_among."""
+
+    def __init__(self):
+        self.counts = np.zeros(0, np.int64)
+
+    def add(self, text: str) -> None:
+        if text.isascii():
+            return
+        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+        piece_counts = np.bincount(codes[codes > 127])
+        if len(piece_counts) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(len(piece_counts) - len(self.counts), np.int64)])
+        self.counts[:len(piece_counts)] += piece_counts
+
+
+def token_pieces(pieces, level: str, preprocess: str, dropped=None):
     """(bytes, text) pieces -> token pieces, as charrnn.data.tokenize would cut the whole text:
     level 'char': code points, a (n,) uint8 or uint32 array per piece; 'word': a list of the
-    whitespace-separated words per piece (a word cut by a boundary is carried to the next)."""
+    whitespace-separated words per piece (a word cut by a boundary is carried to the next).
+    dropped: a CodePointCounts that counts what d2l preprocessing drops, or None."""
     after_letter, carry = True, ""
     for data, text in pieces:
         if preprocess == "d2l":
+            if dropped is not None:
+                dropped.add(text)
             kept, after_letter = preprocess_d2l_bytes(np.frombuffer(data, np.uint8), after_letter)
             if level == "char":
                 yield kept
@@ -194,12 +231,14 @@ class IdFile:
 
 
 def tokenize_stream(f, path, level: str, preprocess: str, id_file: IdFile, piece_bytes=PIECE_BYTES,
-                    on_read=None):
+                    on_read=None, dropped=None):
     """Tokenize the open text file `f` in one streamed pass, appending first-sight ids to
-    `id_file` -> (tokens: list of str, the token of each id; counts: (len(tokens),) int64)."""
+    `id_file` -> (tokens: list of str, the token of each id; counts: (len(tokens),) int64).
+    dropped: as in token_pieces."""
     seen = CharIds() if level == "char" else WordIds()
     counts = np.zeros(256, np.int64)
-    pieces = token_pieces(utf8_pieces(byte_pieces(f, path, piece_bytes, on_read), path), level, preprocess)
+    texts = newline_pieces(utf8_pieces(byte_pieces(f, path, piece_bytes, on_read), path))
+    pieces = token_pieces(texts, level, preprocess, dropped)
     for tokens in pieces:
         ids = seen.ids(tokens)
         if len(seen) > len(counts):

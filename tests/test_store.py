@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 from charrnn import data, store as store_module, stream
 from charrnn.data import load_corpus
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, CharrnnWarning
 from charrnn.store import open_store, read_store
 from charrnn.stream import IdFile
 
@@ -53,9 +54,11 @@ BOUNDARY_TEXTS = {
     "shorter than a piece": "hi",
     "an empty piece after d2l": "ab" + ",.;:!?-" * 5 + "cd 1234567890 e",
     "whitespace runs at the ends": "  \n\t x  y \n",
+    "universal newlines": "a\r\nb\rc\r\n\r\r\nd\r",
 }
 
 
+@pytest.mark.filterwarnings("ignore::charrnn.errors.CharrnnWarning")  # d2l drops é (tested below)
 @pytest.mark.parametrize("text", BOUNDARY_TEXTS.values(), ids=BOUNDARY_TEXTS.keys())
 @pytest.mark.parametrize("piece_bytes", [1, 2, 3, 5, 1 << 20])
 @pytest.mark.parametrize("level, preprocess", LEVELS_AND_MODES)
@@ -72,8 +75,9 @@ def test_characters_cut_by_every_boundary_are_whole():
         assert all(piece_bytes_.decode() == piece_text for piece_bytes_, piece_text in pieces)
 
 
+@pytest.mark.filterwarnings("ignore::charrnn.errors.CharrnnWarning")  # d2l drops é (tested below)
 @settings(max_examples=60, deadline=None)
-@given(text=st.text(st.sampled_from("ab Z\n\t\u00a0\u2003é€😀,."), min_size=1, max_size=80),
+@given(text=st.text(st.sampled_from("ab Z\n\r\t\u00a0\u2003é€😀,."), min_size=1, max_size=80),
        piece_bytes=st.integers(1, 9), level_mode=st.sampled_from(LEVELS_AND_MODES))
 def test_streamed_tokenization_equals_in_memory(text, piece_bytes, level_mode):
     level, preprocess = level_mode
@@ -99,6 +103,21 @@ def test_first_tokenization_shows_a_progress_bar_in_bytes_only_when_asked(tmp_pa
     assert "tokenizing t.txt" in capsys.readouterr().err
     open_store(path, cache_dir=tmp_path / "shown", progress=True)  # made already: no bar
     assert capsys.readouterr().err == ""
+
+
+def test_the_letters_d2l_drops_are_warned_about_on_every_use(tmp_path):
+    path = write(tmp_path / "t.txt", "Ёжик в тумане, the hedgehog in the fog; café " * 5)
+    with pytest.warns(CharrnnWarning) as in_memory:
+        load_corpus(path, "char", "d2l")
+    for _ in range(2):  # made now, then read from the store
+        with pytest.warns(CharrnnWarning) as streamed:
+            open_store(path, "char", "d2l", cache_dir=tmp_path / "c", piece_bytes=3)
+        assert [str(w.message) for w in streamed] == [str(w.message) for w in in_memory]
+    assert "dropped 60 letters" in str(in_memory[0].message)  # Ёжик в тумане, é: 12 letters x 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_store(path, "char", "raw", cache_dir=tmp_path / "c")  # raw drops nothing
+        open_store(path, "char", "d2l", cache_dir=tmp_path / "c", warn_dropped=False)
 
 
 def test_ids_widen_from_uint8_when_the_vocabulary_outgrows_it(tmp_path, monkeypatch):
@@ -329,7 +348,7 @@ def test_training_reads_views_of_the_memory_map_not_int32_copies(tmp_path, write
     from charrnn import train as training
     path = write_words(tmp_path / "w.txt", 300, seed=1)
     config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4)
-    train, val, vocab, data_id = training.load_data(config, None, tmp_path / "c")
+    train, val, vocab, data_id = training.load_data(config, None, cache_dir=tmp_path / "c")
     store = open_store(path, cache_dir=tmp_path / "c")
     for split in (train, val):
         assert split.dtype == np.uint8 and not split.flags.owndata and not split.flags.writeable
@@ -375,7 +394,7 @@ def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_word
     training.train(config, tmp_path / "run", cache_dir=tmp_path / "c")
     checkpoint = tmp_path / "run" / training.CHECKPOINT
     arrays, meta = load_npz(checkpoint)
-    train_ids = training.load_data(config, None, tmp_path / "c")[0]
+    train_ids = training.load_data(config, None, cache_dir=tmp_path / "c")[0]
     for saved, resumes in [(data_sha1(train_ids), True), ("0" * 40, False)]:
         save_npz(checkpoint, arrays, {**meta, "data_sha1": saved})
         if resumes:

@@ -7,17 +7,19 @@ import click
 
 from .. import analysis
 from ..checkpoint import load_checkpoint
+from ..data import default_preprocess
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
 from ..gradcheck import run_gradcheck
 from ..model import RNNLM
 from ..plot import check_plot_path, plot_analysis
-from ..sample import sample_text
+from ..sample import next_token_probs, sample_text
 from ..store import open_store
 from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option,
                       checkpoint_argument, data_dir_option, dtype_choice, given_options, level_option,
                       plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
-from .render import print_analysis, print_corpus, print_evaluation, print_gradcheck, say, warn_unknown
+from .render import (print_analysis, print_corpus, print_evaluation, print_gradcheck, print_next_tokens, say,
+                     warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activation", "dtype", "model_seed")
@@ -36,6 +38,7 @@ FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activati
 def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, as_json):
     """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path), and
     where its token store is (made now if need be, and every id read back to check it)."""
+    preprocess = preprocess or default_preprocess(corpus)
     store = open_store(corpus, level, preprocess, min_freq, max_vocab, data_dir=data_dir, cache_dir=cache_dir)
     store.verify()
     vocab, top_tokens = store.vocab, store.vocab.token_freqs[:top]
@@ -44,7 +47,7 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
                                "tokens": len(store), "vocab_size": len(vocab),
                                "top": [[token, count] for token, count in top_tokens],
                                "store": str(store.path), "store_bytes": store.nbytes,
-                               "dtype": store.ids.dtype.name}))
+                               "dtype": store.ids.dtype.name}, ensure_ascii=False))
         return
     print_corpus(corpus, level, preprocess, len(store), vocab, top_tokens)
     say(f"token store: {store.path} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
@@ -53,21 +56,38 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
 
 @click.command()
 @checkpoint_argument
-@click.option("--prefix", default=DEFAULTS.sample_prefix, show_default=True, help="Text to warm the state up on.")
+@click.option("--prefix", default=None,
+              help="Text to warm the state up on [default: the run's sample prefix: 'time traveller' for the book].")
 @click.option("--length", type=click.IntRange(min=0), default=200, show_default=True, help="Tokens to generate.")
 @click.option("--temperature", type=FiniteRange(0, min_open=True), default=1.0, show_default=True,
               help="Below 1: more conservative; above 1: more random.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Draw only from the K most likely tokens.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (as the textbook's predict).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
-    """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz)."""
+@click.option("--show-probs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Instead of generating, list the N most likely next tokens after PREFIX with their probabilities.")
+@click.pass_context
+def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, show_probs):
+    """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz).
+
+    The prefix is read as the training text was (its preprocessing); a change is warned about.
+    """
+    drawing = given_options(ctx, ["top_k", "temperature"])
+    if greedy and drawing:
+        raise click.UsageError(f"--greedy takes the most likely token; it cannot be combined with "
+                               f"{' or '.join(drawing)}", ctx)
+    generating = given_options(ctx, ["length", "temperature", "top_k", "greedy", "seed"])
+    if show_probs is not None and generating:
+        raise click.UsageError(f"--show-probs lists the next token's probabilities and generates nothing; "
+                               f"drop {', '.join(generating)}", ctx)
     ckpt = load_checkpoint(checkpoint)
-    text, unknown = sample_text(ckpt.model, ckpt.vocab, prefix, length, level=ckpt.config.level,
-                                preprocess=ckpt.config.preprocess, temperature=temperature,
-                                top_k=top_k, greedy=greedy, seed=seed)
-    warn_unknown(unknown, "the prefix")
-    click.echo(text)
+    if prefix is None:
+        prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
+    if show_probs is not None:
+        print_next_tokens(prefix, next_token_probs(ckpt, prefix, show_probs))
+        return
+    click.echo(sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy,
+                           seed=seed).text)
 
 
 @click.command()
@@ -84,10 +104,10 @@ def evaluate(checkpoint, corpus, data_dir, cache_dir, as_json):
     """
     ckpt = load_checkpoint(checkpoint)
     result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir, cache_dir)
-    warn_unknown(result.unknown, str(corpus))
+    warn_unknown(result.unknown, result.unknown_count, str(corpus))
     if as_json:
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
-                               "loss": result.loss, "perplexity": result.perplexity}))
+                               "loss": result.loss, "perplexity": result.perplexity}, ensure_ascii=False))
         return
     print_evaluation(ckpt.path, result)
 
@@ -179,7 +199,8 @@ def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_
     X, Y = analysis.analysis_window(store.ids, num_steps, batch_size, offset)
     truncations = (f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
     result = analysis.analyze(model, X, Y, truncations=truncations, num_draws=draws, seed=seed)
+    if plot is not None:  # the file first: a reader of the tables may close the pipe early
+        plot_analysis(result, plot)
     print_analysis(result, source)
     if plot is not None:
-        plot_analysis(result, plot)
         say(f"figure: {plot}")
