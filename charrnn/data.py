@@ -1,4 +1,5 @@
-"""The data layer: corpus files, preprocessing, tokens and the vocabulary.
+"""The data layer: corpus files, tokens and the vocabulary (the rules of text, preprocessing
+included, are charrnn.text's).
 
 text file -> read_text -> preprocess_text -> tokenize -> Vocab -> corpus: (num_tokens,) int32 ids
 (load_corpus: the whole text in memory, for small texts and as the reference the streamed
@@ -19,7 +20,6 @@ import os
 import re
 import sys
 import urllib.request
-import warnings
 from collections import Counter
 from collections.abc import Mapping
 from functools import cached_property
@@ -29,23 +29,23 @@ import numpy as np
 from tqdm import tqdm
 
 from .checks import check_choice, check_int
-from .errors import CharrnnError, CharrnnWarning
+from .errors import CharrnnError
 from .io import save_json, write_atomic
-# the samplers live in charrnn.samplers; charrnn.data offers them too, as it always has
+# the text rules live in charrnn.text, the samplers in charrnn.samplers; charrnn.data offers
+# them too, as it always has
+from .text import (BOM, PREPROCESS_MODES, blank_text_error, check_no_nul, check_text_head,  # noqa: F401
+                   dropped_letters, letters_among, not_utf8_error, preprocess_d2l_bytes, preprocess_text,
+                   universal_newlines, warn_dropped_letters, warn_if_letters_dropped)
 from .samplers import (SAMPLERS, KeyedPermutation, num_minibatches, seq_data_iter_random,  # noqa: F401
                        seq_data_iter_sequential, split_corpus)
 
 SOURCE_CORPORA = Path(__file__).resolve().parents[1] / "corpora"  # in a source checkout
 REGISTRY_FILENAME = "registry.json"
 LEVELS = ("char", "word")
-PREPROCESS_MODES = ("d2l", "raw")
 UNK = "<unk>"
-BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, dropped from the start of a text
 
 _PIECE_CHARS = 1 << 22
 _WHITESPACE = re.compile(r"\s")  # the characters str.split() splits on
-_CONTROL_BYTES = bytes(b for b in [*range(32), 127] if b not in b"\t\n\v\f\r")
-_MAX_CONTROL_FRACTION = 0.1
 _DOWNLOAD_CHUNK_BYTES = 1 << 16
 
 
@@ -175,31 +175,6 @@ def _read_bytes(path: Path) -> bytes:
         raise CharrnnError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def check_text_head(head: bytes, path) -> None:
-    """CharrnnError unless the first bytes of a file look like text: not empty, no NUL byte,
-    at most _MAX_CONTROL_FRACTION control characters. The streamed reader checks its first
-    block with this, so a binary file is refused before gigabytes are read."""
-    if not head:
-        raise CharrnnError(f"{path} is empty")
-    check_no_nul(head, path)
-    control_fraction = 1 - len(head.translate(None, _CONTROL_BYTES)) / len(head)
-    if control_fraction > _MAX_CONTROL_FRACTION:
-        raise CharrnnError(f"{path} looks binary ({control_fraction:.0%} of its bytes are "
-                           "control characters), not like UTF-8 text")
-
-
-def check_no_nul(data: bytes, path) -> None:
-    """CharrnnError if `data` (a file's bytes, or a piece of them) holds a NUL byte."""
-    if b"\0" in data:
-        raise CharrnnError(f"{path} looks binary (it contains NUL bytes), not like UTF-8 text")
-
-
-def not_utf8_error(path, err: UnicodeDecodeError, offset: int = 0) -> CharrnnError:
-    """The error for a file whose bytes fail to decode: `offset` is where err.object starts."""
-    return CharrnnError(f"{path} is not UTF-8 text "
-                        f"(byte 0x{err.object[err.start]:02x} at offset {offset + err.start})")
-
-
 def _decode(data: bytes, path: Path) -> str:
     """The text of a file's bytes, which must be non-empty UTF-8 and not look binary.
     A leading byte order mark is dropped; line ends are universal newlines (\r\n and \r -> \n)."""
@@ -212,74 +187,11 @@ def _decode(data: bytes, path: Path) -> str:
     return universal_newlines(text)
 
 
-def universal_newlines(text):
-    """\r\n and \r -> \n, in a str or in UTF-8 bytes."""
-    cr, lf = ("\r", "\n") if isinstance(text, str) else (b"\r", b"\n")
-    return text.replace(cr + lf, lf).replace(cr, lf) if cr in text else text
-
-
 # ----------------------------------------------------------------------------- text and tokens
-
-def preprocess_text(text: str, mode: str) -> str:
-    """'raw': the text as it is. 'd2l': every run of characters other than the ASCII letters
-    A-Z, a-z becomes one space and letters are lowercased, over the whole text at once
-    (d2l §9.2; The Time Machine -> 173,428 characters)."""
-    check_choice(mode, PREPROCESS_MODES, "preprocess mode")
-    if mode == "raw":
-        return text
-    codes = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
-    return preprocess_d2l_bytes(codes)[0].tobytes().decode("ascii")
-
-
-def preprocess_d2l_bytes(codes: np.ndarray, after_letter=True):
-    """The d2l rule on UTF-8 bytes: codes (n,) uint8 -> (kept: (m,) uint8 ASCII, whether the
-    last byte was a letter). UTF-8 keeps ASCII letters as single bytes and writes everything
-    else with other bytes, so bytes suffice. A text read in pieces passes each piece the
-    `after_letter` of the one before (True at the start), so that a run of non-letters across
-    a boundary still becomes one space."""
-    lower = codes | 0x20
-    is_letter = (lower >= ord("a")) & (lower <= ord("z"))
-    keep = is_letter.copy()  # a letter, or the first character of a run of non-letters
-    keep[1:] |= is_letter[:-1]
-    keep[:1] |= after_letter
-    kept = np.where(is_letter, lower, ord(" "))[keep]
-    return kept, bool(is_letter[-1]) if len(codes) else after_letter
-
 
 def default_preprocess(name_or_path) -> str:
     """'d2l' for a registered corpus (the book: the textbook's numbers), 'raw' for a file."""
     return "d2l" if str(name_or_path) in load_registry() and not Path(name_or_path).is_file() else "raw"
-
-
-def dropped_letters(text: str, num_examples: int = 8):
-    """The letters 'd2l' preprocessing drops (any alphabet but A-Z, a-z) -> (how many,
-    up to num_examples of the most frequent, as a string)."""
-    if text.isascii():
-        return 0, ""
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-    return letters_among(np.bincount(codes[codes > 127]) if (codes > 127).any() else np.zeros(0, np.int64),
-                         num_examples)
-
-
-def letters_among(counts: np.ndarray, num_examples: int = 8):
-    """counts: occurrences by code point -> (how many occurrences of letters outside ASCII,
-    up to num_examples of the most frequent of those, as a string)."""
-    present = np.flatnonzero(counts[128:]) + 128
-    letters = [(int(counts[c]), chr(c)) for c in present.tolist() if chr(c).isalpha()]
-    letters.sort(key=lambda count_letter: -count_letter[0])
-    return sum(n for n, _ in letters), "".join(letter for _, letter in letters[:num_examples])
-
-
-def warn_dropped_letters(text: str, what) -> None:
-    """A CharrnnWarning when 'd2l' preprocessing of `text` drops letters outside A-Z."""
-    warn_if_letters_dropped(*dropped_letters(text), what, stacklevel=4)
-
-
-def warn_if_letters_dropped(count: int, examples: str, what, stacklevel=3) -> None:
-    """The warning of warn_dropped_letters, from dropped_letters' result."""
-    if count:
-        warnings.warn(f"'d2l' preprocessing of {what} dropped {count:,} letters outside A-Z "
-                      f"(e.g. {examples}); raw preprocessing keeps them", CharrnnWarning, stacklevel=stacklevel)
 
 
 def tokenize(text: str, level: str):
@@ -458,12 +370,6 @@ class Vocab:
 def _is_token_count(pair) -> bool:
     return (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
             and isinstance(pair[1], int) and not isinstance(pair[1], bool) and pair[1] >= 0)
-
-
-def blank_text_error(name, preprocess: str) -> CharrnnError:
-    """The error for a text left with nothing but whitespace by preprocessing."""
-    hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if preprocess == "d2l" else ""
-    return CharrnnError(f"{name} holds nothing but whitespace after {preprocess!r} preprocessing{hint}")
 
 
 def load_corpus(name_or_path, level="char", preprocess=None, data_dir=None):

@@ -35,8 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .checks import check_choice, check_int
-from .data import (LEVELS, PREPROCESS_MODES, Vocab, blank_text_error, check_registered, default_data_dir,
-                   default_preprocess, find_corpus, letters_among, warn_if_letters_dropped)
+from .data import LEVELS, Vocab, check_registered, default_data_dir, default_preprocess, find_corpus
+from .text import PREPROCESS_MODES, blank_text_error, letters_among, warn_if_letters_dropped
 from .errors import CharrnnError
 from .io import write_atomic
 from .stream import ID_DTYPES, PIECE_BYTES, CodePointCounts, IdFile, id_dtype, tokenize_stream

@@ -16,7 +16,7 @@ from itertools import repeat
 
 import numpy as np
 
-from .data import (BOM, check_no_nul, check_text_head, not_utf8_error, preprocess_d2l_bytes,
+from .text import (BOM, check_no_nul, check_text_head, not_utf8_error, preprocess_d2l_bytes,
                    universal_newlines)
 from .errors import CharrnnError
 
