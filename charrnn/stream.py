@@ -99,8 +99,8 @@ def newline_pieces(pieces):
 
 
 class CodePointCounts:
-    """Occurrences by code point of the characters above ASCII, piece by piece: what d2l
-    preprocessing drops, for charrnn.data.letters_among."""
+    """Occurrences by code point of the characters of the pieces that are not all ASCII, piece
+    by piece: charrnn.text.letters_among finds there the letters d2l preprocessing drops."""
 
     def __init__(self):
         self.counts = np.zeros(0, np.int64)
@@ -108,8 +108,7 @@ class CodePointCounts:
     def add(self, text: str) -> None:
         if text.isascii():
             return
-        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
-        piece_counts = np.bincount(codes[codes > 127])
+        piece_counts = np.bincount(np.frombuffer(text.encode("utf-32-le"), np.uint32))  # ASCII too: cheaper
         if len(piece_counts) > len(self.counts):
             self.counts = np.concatenate([self.counts, np.zeros(len(piece_counts) - len(self.counts), np.int64)])
         self.counts[:len(piece_counts)] += piece_counts
@@ -125,7 +124,7 @@ def token_pieces(pieces, level: str, preprocess: str, dropped=None):
         if preprocess == "d2l":
             if dropped is not None:
                 dropped.add(text)
-            kept, after_letter = preprocess_d2l_bytes(np.frombuffer(data, np.uint8), after_letter)
+            kept, after_letter = preprocess_d2l_bytes(data, after_letter)
             if level == "char":
                 yield kept
                 continue

@@ -17,6 +17,7 @@ PREPROCESS_MODES = ("d2l", "raw")
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, dropped from the start of a text
 _CONTROL_BYTES = bytes(b for b in [*range(32), 127] if b not in b"\t\n\v\f\r")
 _MAX_CONTROL_FRACTION = 0.1
+_D2L_BYTES = bytes(byte | 0x20 if chr(byte).isascii() and chr(byte).isalpha() else ord(" ") for byte in range(256))
 
 
 # ----------------------------------------------------------------------------- is it text?
@@ -68,23 +69,21 @@ def preprocess_text(text: str, mode: str) -> str:
     check_choice(mode, PREPROCESS_MODES, "preprocess mode")
     if mode == "raw":
         return text
-    codes = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
-    return preprocess_d2l_bytes(codes)[0].tobytes().decode("ascii")
+    return preprocess_d2l_bytes(text.encode("utf-8", "surrogatepass"))[0].tobytes().decode("ascii")
 
 
-def preprocess_d2l_bytes(codes: np.ndarray, after_letter=True):
-    """The d2l rule on UTF-8 bytes: codes (n,) uint8 -> (kept: (m,) uint8 ASCII, whether the
-    last byte was a letter). UTF-8 keeps ASCII letters as single bytes and writes everything
-    else with other bytes, so bytes suffice. A text read in pieces passes each piece the
-    `after_letter` of the one before (True at the start), so that a run of non-letters across
-    a boundary still becomes one space."""
-    lower = codes | 0x20
-    is_letter = (lower >= ord("a")) & (lower <= ord("z"))
+def preprocess_d2l_bytes(data: bytes, after_letter=True):
+    """The d2l rule on UTF-8 bytes -> (kept: (m,) uint8 ASCII, whether the last byte was a
+    letter). UTF-8 keeps ASCII letters as single bytes and writes everything else with other
+    bytes, so bytes suffice. A text read in pieces passes each piece the `after_letter` of the
+    one before (True at the start), so that a run of non-letters across a boundary still
+    becomes one space."""
+    mapped = np.frombuffer(data.translate(_D2L_BYTES), np.uint8)  # a lowercase letter or a space
+    is_letter = mapped != ord(" ")
     keep = is_letter.copy()  # a letter, or the first character of a run of non-letters
     keep[1:] |= is_letter[:-1]
     keep[:1] |= after_letter
-    kept = np.where(is_letter, lower, ord(" "))[keep]
-    return kept, bool(is_letter[-1]) if len(codes) else after_letter
+    return np.compress(keep, mapped), bool(is_letter[-1]) if len(mapped) else after_letter
 
 
 def dropped_letters(text: str, num_examples: int = 8):
