@@ -1,11 +1,13 @@
 """The files of a run: the model file format and the training checkpoint, one save/load pair each.
 
 A model file is an `.npz` (charrnn.io, no pickle) holding the parameters by name and JSON
-metadata that describes the model (MODEL_FORMAT, its version, sizes, activation, dtype). A
+metadata that describes the model (MODEL_FORMAT, its version, sizes, cell, layers, dropout,
+activation, dtype). Version 2 records cell, num_layers and dropout; a version-1 file (before
+gated cells) is read as the one-layer rnn it is. A
 training checkpoint is a model file with more: the optimizer's arrays ("optim.<slot>.<param>")
 and the state carried by the sequential sampler (STATE_KEY), and in the metadata the vocabulary,
-the TrainConfig, the Progress, the optimizer's counters, the truncation Generator's state and
-the SHA-1 of the training tokens. `save_checkpoint` writes exactly the keys `load_checkpoint`
+the TrainConfig, the Progress, the optimizer's counters, the states of the truncation and
+dropout Generators and the SHA-1 of the training tokens. `save_checkpoint` writes exactly the keys `load_checkpoint`
 reads back and checks whole.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .config import TrainConfig
 from .data import Vocab
 from .errors import CharrnnError
 from .io import load_npz, save_npz
-from .model import ACTIVATIONS, DTYPES, PARAM_NAMES, RNNLM
+from .model import ACTIVATIONS, CELLS, DTYPES, RNNLM
 from .optim import make_optimizer
 
 # the files of a run directory
@@ -32,7 +34,9 @@ VOCAB = "vocab.json"
 METRICS = "metrics.jsonl"
 
 MODEL_FORMAT = "charrnn-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: cell, num_layers, dropout recorded; 1: a one-layer rnn
+MODEL_FORMAT_VERSIONS = (1, 2)  # the versions load_model reads
+NETWORK_V1 = {"cell": "rnn", "num_layers": 1, "dropout": 0.0}  # what a version-1 file holds
 STATE_KEY = "carried_state"  # hidden state carried into the next minibatch (sequential)
 
 
@@ -42,6 +46,7 @@ def model_meta(model) -> dict:
     """The metadata that describes `model` in a file."""
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
             "vocab_size": model.vocab_size, "num_hiddens": model.num_hiddens,
+            "cell": model.cell, "num_layers": model.num_layers, "dropout": model.dropout,
             "activation": model.activation, "dtype": model.dtype.name}
 
 
@@ -49,7 +54,7 @@ def save_model(model, path, extra_arrays=None, extra_meta=None) -> None:
     """Write the model's params and metadata (plus the caller's extras) atomically to a .npz file."""
     arrays, meta = dict(extra_arrays or {}), dict(extra_meta or {})
     described = model_meta(model)
-    clash = sorted(set(arrays) & set(PARAM_NAMES) | set(meta) & set(described))
+    clash = sorted(set(arrays) & set(model.params) | set(meta) & set(described))
     if clash:
         raise CharrnnError(f"extra arrays/metadata may not use the model's names {clash}")
     save_npz(path, {**arrays, **model.params}, {**meta, **described})
@@ -74,6 +79,10 @@ def load_model_with_extras(path) -> tuple:
         if not np.all(np.isfinite(array)):
             raise CharrnnError(f"{path}: {name} holds non-finite values")
         model.params[name][...] = array
+    stray = sorted(name for name in arrays if name.startswith(("W_", "b_")))
+    if stray:
+        raise CharrnnError(f"{path}: arrays {stray} belong to no {model.num_layers}-layer {model.cell} "
+                           f"network: its metadata and its arrays disagree")
     described = model_meta(model)
     extra_meta = {key: value for key, value in meta.items() if key not in described}
     return model, arrays, extra_meta
@@ -89,15 +98,22 @@ def check_model_meta(path, meta) -> dict:
     if meta.get("format") != MODEL_FORMAT:
         raise CharrnnError(f"{path}: not a charrnn model file (format {meta.get('format')!r})")
     version = meta.get("format_version")
-    if type(version) is not int or version != MODEL_FORMAT_VERSION:
+    if type(version) is not int or version not in MODEL_FORMAT_VERSIONS:
         raise CharrnnError(f"{path}: unsupported model format_version {version!r}")
-    spec = {key: meta.get(key) for key in ("vocab_size", "num_hiddens", "activation", "dtype")}
-    for key in ("vocab_size", "num_hiddens"):
+    keys = ("vocab_size", "num_hiddens", "activation", "dtype")
+    if version >= 2:
+        keys += tuple(NETWORK_V1)
+    elif set(NETWORK_V1) & set(meta):
+        raise CharrnnError(f"{path}: a version-1 model file cannot describe a cell, layers or dropout")
+    spec = {**NETWORK_V1, **{key: meta.get(key) for key in keys}}
+    for key in ("vocab_size", "num_hiddens", "num_layers"):
         if type(spec[key]) is not int or spec[key] < 1:
             raise CharrnnError(f"{path}: bad {key} {spec[key]!r} in model metadata")
     if spec["activation"] not in ACTIVATIONS or spec["dtype"] not in DTYPES:
         raise CharrnnError(
             f"{path}: bad activation/dtype {spec['activation']!r}/{spec['dtype']!r} in metadata")
+    if spec["cell"] not in CELLS or not (is_finite(spec["dropout"]) and 0 <= spec["dropout"] < 1):
+        raise CharrnnError(f"{path}: bad cell/dropout {spec['cell']!r}/{spec['dropout']!r} in metadata")
     return spec
 
 
@@ -161,9 +177,10 @@ class Checkpoint:
     progress: Progress
     optimizer: object = field(repr=False)  # restored on model.params
     truncation_rng: np.random.Generator = field(repr=False)
-    state: np.ndarray | None = field(repr=False)  # carried (batch_size, num_hiddens), or None
+    state: np.ndarray | None = field(repr=False)  # carried (model.state_shape(batch_size)), or None
     arrays: dict = field(repr=False)  # extra arrays: optimizer state, carried state
     meta: dict = field(repr=False)
+    dropout_rng: np.random.Generator = field(repr=False, default=None)
 
 
 def all_finite(arrays) -> bool:
@@ -180,7 +197,8 @@ def data_sha1(tokens, chunk=1 << 22) -> str:
     return sha1.hexdigest()
 
 
-def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, sha1) -> None:
+def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, sha1,
+                    dropout_rng=None) -> None:
     """Write the whole state of a run to `path` atomically (what load_checkpoint reads back).
 
     A state with a non-finite value -> CharrnnError, and nothing written; a failed write
@@ -194,6 +212,8 @@ def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_
     meta = {"vocab": vocab.to_dict(), "config": asdict(config), "progress": asdict(progress),
             "optimizer": optimizer.state_meta(), "rng": truncation_rng.bit_generator.state,
             "data_sha1": sha1}
+    if dropout_rng is not None:
+        meta["dropout_rng"] = dropout_rng.bit_generator.state
     save_model(model, path, extra_arrays=arrays, extra_meta=meta)
 
 
@@ -225,30 +245,36 @@ def load_checkpoint(path, prefer=BEST):
     if len(vocab) != model.vocab_size:
         raise CharrnnError(f"{path}: vocabulary of {len(vocab)} tokens for a model of {model.vocab_size}")
     described = model_meta(model)
-    for name in ("num_hiddens", "activation", "dtype"):
+    for name in ("num_hiddens", "cell", "num_layers", "dropout", "activation", "dtype"):
         if getattr(config, name) != described[name]:
             raise CharrnnError(f"{path}: its config has {name} {getattr(config, name)!r}, its arrays {described[name]!r}")
     if progress.tokens != progress.step * config.batch_size * config.num_steps:
         raise CharrnnError(f"{path}: {progress.tokens} tokens cannot be {progress.step} minibatches "
                            f"of {config.batch_size} x {config.num_steps}")
-    optimizer, truncation_rng, state = restore_training_state(path, model, config, arrays, meta)
-    return Checkpoint(path, model, vocab, config, progress, optimizer, truncation_rng, state, arrays, meta)
+    optimizer, truncation_rng, state, dropout_rng = restore_training_state(path, model, config, arrays, meta)
+    return Checkpoint(path, model, vocab, config, progress, optimizer, truncation_rng, state, arrays, meta,
+                      dropout_rng)
 
 
 def restore_training_state(path, model, config, arrays, meta):
-    """-> (optimizer on model.params, truncation Generator, carried state or None) as a checkpoint
-    saved them; a missing, misshapen or non-finite piece -> CharrnnError."""
+    """-> (optimizer on model.params, truncation Generator, carried state or None, dropout
+    Generator or None) as a checkpoint saved them; a missing, misshapen or non-finite piece ->
+    CharrnnError. A checkpoint without a dropout Generator (before dropout existed) gives None."""
     try:
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         optimizer.load_state(arrays, meta["optimizer"])
         truncation_rng = np.random.default_rng()
         truncation_rng.bit_generator.state = meta["rng"]
+        dropout_rng = None
+        if "dropout_rng" in meta:
+            dropout_rng = np.random.default_rng()
+            dropout_rng.bit_generator.state = meta["dropout_rng"]
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CharrnnError(f"{path} has a corrupt training state ({err})") from None
-    state, shape = arrays.get(STATE_KEY), (config.batch_size, model.num_hiddens)
+    state, shape = arrays.get(STATE_KEY), model.state_shape(config.batch_size)
     if state is not None and (state.shape != shape or state.dtype != model.dtype):
         raise CharrnnError(f"{path}: {STATE_KEY} is {state.dtype.name} {state.shape}, "
                            f"expected {model.dtype.name} {shape}")
     if not all_finite([*optimizer.state_arrays().values(), *([] if state is None else [state])]):
         raise CharrnnError(f"{path} holds a non-finite optimizer or carried state")
-    return optimizer, truncation_rng, state
+    return optimizer, truncation_rng, state, dropout_rng

@@ -12,7 +12,7 @@ from pathlib import Path
 from .checks import is_finite, is_integer
 from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess
 from .errors import CharrnnError
-from .model import ACTIVATIONS, DTYPES, parse_truncation
+from .model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
 from .optim import OPTIMIZERS
 from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
 from .schedule import LR_SCHEDULES
@@ -44,7 +44,10 @@ class TrainConfig:
     max_vocab: int | None = None  # keep the max_vocab most frequent tokens, the rest -> <unk>
     val_fraction: float = 0.1
     num_hiddens: int = 256
-    activation: str = "tanh"
+    cell: str = "rnn"  # "rnn" | "gru" | "lstm" (charrnn.cells)
+    num_layers: int = 1
+    dropout: float = 0.0  # between layers and before the output layer, while training
+    activation: str = "tanh"  # the rnn cell's; gated cells have their own nonlinearities
     dtype: str = "float32"
     batch_size: int = 64
     num_steps: int = 32
@@ -110,6 +113,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
                 raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        problem = network_problem(self.cell, self.num_layers, self.dropout, self.activation)
+        if problem:
+            raise ConfigError(*problem)
         try:
             parse_truncation(self.truncation)
         except ValueError as err:
@@ -152,7 +158,7 @@ def corpus_key(corpus):
 
 
 # the fields chosen from a list, and the list of the module that owns each
-CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "activation": ACTIVATIONS, "dtype": DTYPES,
+CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
            "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))

@@ -9,8 +9,8 @@ restarts from zeros.
 
 The loop prints nothing: it reports to a `Reporter`. Resume is exact: the sampler of epoch `e`
 draws from default_rng([seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
-has done; the truncation Generator, the carried state, the optimizer state and the running sums
-are saved with the parameters (charrnn.checkpoint). The configuration is charrnn.config's
+has done; the truncation and dropout Generators, the carried state, the optimizer state and the
+running sums are saved with the parameters (charrnn.checkpoint). The configuration is charrnn.config's
 TrainConfig; the output directory's checks are in charrnn.outdir.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ from .signals import StopSignals
 from .store import open_store
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
-SAMPLER_STREAM, TRUNCATION_STREAM = 0, 1  # second word of the seeds of the two Generators
+SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM = 0, 1, 2  # second word of the Generators' seeds
 
 
 def finite_or_none(number):
@@ -113,7 +113,8 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None):
         model = grown_model(parent.model, len(vocab), config.seed)
     else:
         model = RNNLM(vocab_size=len(vocab), num_hiddens=config.num_hiddens,
-                      activation=config.activation, dtype=config.dtype, seed=config.seed)
+                      activation=config.activation, dtype=config.dtype, seed=config.seed,
+                      cell=config.cell, num_layers=config.num_layers, dropout=config.dropout)
     optimizer = make_optimizer(config.optimizer, model.params, config.lr)
     check_free_space(out_dir, model, optimizer)
     vocab.save(out_dir / VOCAB)
@@ -121,8 +122,9 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None):
     if parent:
         save_json(out_dir / PARENT, parent_record(parent, vocab))
     truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
+    dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
     run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-              reporter or Reporter(), Progress(), truncation_rng, None, data_id)
+              reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id)
     run.save(CHECKPOINT)
     return run.start(resumed=False)
 
@@ -138,8 +140,11 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None):
     config = ckpt.config.resumed(changes or {})
     train_data, val_data, vocab, data_id = load_data(config, data_dir, ckpt.vocab if config.init_from else None,
                                                      cache_dir)
+    dropout_rng = ckpt.dropout_rng  # None in a checkpoint from before dropout, whose model has none
+    if dropout_rng is None:
+        dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
     run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
-              reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, data_id)
+              reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id)
     saved_id = ckpt.meta.get("data_sha1")  # a run from before token stores saved data_sha1's
     if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and saved_id != data_sha1(train_data)):
         raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
@@ -184,13 +189,13 @@ class Run:
     """One training run in progress: model, optimizer, data, RNG streams and where it stands."""
 
     def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
-                 reporter, progress, truncation_rng, state, data_id):
+                 reporter, progress, truncation_rng, state, dropout_rng, data_id):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
         self.data_sha1 = data_id  # names the training data in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
-        self.truncation_rng = truncation_rng
-        self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None
+        self.truncation_rng, self.dropout_rng = truncation_rng, dropout_rng
+        self.state = state  # model.state_shape(batch_size) carried by the sequential sampler, or None
         self.tokens_per_batch = config.batch_size * config.num_steps
         self.tokens_per_epoch = (num_minibatches(len(train_data), config.batch_size, config.num_steps)
                                  * self.tokens_per_batch)
@@ -250,7 +255,8 @@ class Run:
         self.optimizer.lr = self.learning_rate()
         loss, grads, state = loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
                                                  rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
-                                                 memory_budget_bytes=cfg.bptt_memory_budget * 2**20)
+                                                 memory_budget_bytes=cfg.bptt_memory_budget * 2**20,
+                                                 dropout_rng=self.dropout_rng)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
@@ -372,7 +378,7 @@ class Run:
         self.progress.elapsed = self.elapsed()
         try:
             save_checkpoint(self.out_dir / name, self.model, self.optimizer, self.vocab, self.config,
-                            self.progress, self.truncation_rng, self.state, self.data_sha1)
+                            self.progress, self.truncation_rng, self.state, self.data_sha1, self.dropout_rng)
         except CharrnnError as err:
             raise CharrnnError(f"{err} at step {self.progress.step:,}, {name} not written; "
                                f"{last_good_checkpoint(self.out_dir, self.checkpoint_step)}") from None
