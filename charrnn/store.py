@@ -120,6 +120,8 @@ def open_store(name_or_path, level="char", preprocess=None, min_freq=0, max_voca
     text_path = text_path.resolve()
     settings = {"level": level, "preprocess": preprocess, "min_freq": min_freq, "max_vocab": max_vocab}
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if "\0" in str(cache_dir):  # the file system would raise ValueError, not OSError
+        raise CharrnnError(f"the cache directory {str(cache_dir)!r} holds a NUL character")
     path = cache_dir / store_name(text_path, settings)
     expected = {"text": str(text_path), **settings, "registered_sha1": entry and entry["sha1"]}
     store = _try_read(path, expected)

@@ -263,6 +263,8 @@ def test_an_unwritable_cache_dir_is_one_line(tmp_path):
     with pytest.raises(CharrnnError) as excinfo:
         open_store(path, cache_dir=blocker / "cache")
     assert str(blocker / "cache") in str(excinfo.value) and "--cache-dir" in str(excinfo.value)
+    with pytest.raises(CharrnnError, match="NUL"):
+        open_store(path, cache_dir=tmp_path / "a\0b")
 
 
 # ----------------------------------------------------------------------------- concurrency
