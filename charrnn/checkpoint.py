@@ -187,9 +187,14 @@ def all_finite(arrays) -> bool:
     return all(np.isfinite(a).all() for a in arrays)
 
 
-def data_sha1(tokens) -> str:
-    """SHA-1 of a token array, to recognise the training text on resume."""
-    return hashlib.sha1(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()
+def data_sha1(tokens, chunk=1 << 22) -> str:
+    """SHA-1 of a token array as int32: what checkpoints recorded to recognise the training
+    text before token stores (charrnn.store.TokenStore.split_sha1 now), still accepted on
+    resume. Read `chunk` ids at a time: a memory map of narrower ids is never copied whole."""
+    sha1 = hashlib.sha1()
+    for start in range(0, len(tokens), chunk):
+        sha1.update(np.ascontiguousarray(tokens[start:start + chunk], dtype=np.int32).tobytes())
+    return sha1.hexdigest()
 
 
 def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, sha1,

@@ -34,7 +34,7 @@ def run_name(truncation) -> str:
     return kind if value is None else f"{kind}-{value:g}"
 
 
-def plan(config, out_dir, truncations=DEFAULT_TRUNCATIONS, num_seeds=1, data_dir=None) -> list:
+def plan(config, out_dir, truncations=DEFAULT_TRUNCATIONS, num_seeds=1, data_dir=None, cache_dir=None) -> list:
     """The runs of a comparison -> [RunSpec], strategy by strategy, seeds config.seed, +1, ...
 
     Every run keeps the data order of config (its data_seed, else its seed).
@@ -47,7 +47,7 @@ def plan(config, out_dir, truncations=DEFAULT_TRUNCATIONS, num_seeds=1, data_dir
     out_dir = Path(out_dir).absolute()
     base = replace(config, data_seed=config.order_seed)
     return [RunSpec(f"{name}-seed{seed}", replace(base, truncation=truncation, seed=seed),
-                    out_dir / f"{name}-seed{seed}", data_dir)
+                    out_dir / f"{name}-seed{seed}", data_dir, cache_dir)
             for truncation, name in zip(truncations, names)
             for seed in range(config.seed, config.seed + num_seeds)]
 
@@ -146,14 +146,14 @@ def curve_of(summary) -> dict:
 
 
 def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, num_seeds=1, data_dir=None, backend=None,
-            reporter=None, baseline=None) -> tuple:
+            reporter=None, baseline=None, cache_dir=None) -> tuple:
     """Train, resume or reuse every run of the comparison -> (Comparison, interrupted: bool).
 
     backend: a charrnn.sweep backend (default: one run after the other in this process);
     reporter: a charrnn.sweep.SweepReporter; baseline: the strategy the others are set against
-    (default: the first).
+    (default: the first); data_dir, cache_dir: where the text and its token store are.
     """
-    specs = plan(config, out_dir, truncations, num_seeds, data_dir)
+    specs = plan(config, out_dir, truncations, num_seeds, data_dir, cache_dir)
     baseline = truncations[0] if baseline is None else baseline
     if baseline not in truncations:
         raise CharrnnError(f"the baseline {baseline} is not among the strategies compared")

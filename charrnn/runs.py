@@ -37,6 +37,7 @@ class RunSpec:
     config: TrainConfig
     out_dir: Path
     data_dir: Path | None = None
+    cache_dir: Path | None = None  # where the corpus' token store is (charrnn.store)
 
     @property
     def truncation(self):
@@ -111,12 +112,12 @@ def execute_run(spec, should_stop=None, stop=None) -> RunSummary:
         if state == "new":
             for stale in (METRICS, GRAD_NORMS):  # of a run that died before its first checkpoint
                 (spec.out_dir / stale).unlink(missing_ok=True)
-            result = train(spec.config, spec.out_dir, spec.data_dir, recorder)
+            result = train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir)
         else:
             recorder.restore(load_checkpoint(spec.out_dir / CHECKPOINT).progress.step)
             changes = {f.name: getattr(spec.config, f.name) for f in fields(spec.config)  # None: as saved
                        if f.name not in MATHS_FIELDS and (f.name in BUDGET_FIELDS or getattr(spec.config, f.name) is not None)}
-            result = resume(spec.out_dir, changes, spec.data_dir, recorder)
+            result = resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir)
         if result.reason in ("SIGINT", "SIGTERM"):
             raise RunInterrupted(f"{spec.name} stopped by {result.reason} at {result.progress.tokens:,} tokens")
         if result.reason == "nonfinite":

@@ -320,3 +320,10 @@ def test_data_seed_option_orders_the_data_of_train_and_of_every_compare_run(tmp_
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "c" / "full-seed4" / training.CONFIG).read_text())["data_seed"] == 1
     assert_same_arrays(tmp_path / "run", tmp_path / "c" / "full-seed3")
+
+
+def test_every_run_reads_the_token_store_of_the_given_cache_directory(tmp_path, text_file):
+    compare(tiny_config(text_file), tmp_path / "runs", ("full", "regular:2"), num_seeds=2, cache_dir=tmp_path / "cache")
+    assert any((tmp_path / "cache").rglob("*"))
+    specs = plan(tiny_config(text_file), tmp_path / "runs", ("full",), cache_dir=tmp_path / "cache")
+    assert specs[0].cache_dir == tmp_path / "cache"

@@ -31,7 +31,7 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
               help="Fine-tune: start a new run from the weights of this run (its best.npz) or checkpoint, "
                    "with its network and preprocessing and a fresh optimizer; new tokens get new rows.")
 @click.pass_context
-def train(ctx, data_dir, out, resume, init_from, **options):
+def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
     default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run;
     --init-from RUN fine-tunes a trained model on CORPUS.
@@ -45,14 +45,14 @@ def train(ctx, data_dir, out, resume, init_from, **options):
                 raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
             if init_from is not None:
                 raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
-            result = training.resume(resume, given, data_dir, reporter)
+            result = training.resume(resume, given, data_dir, reporter, cache_dir)
         else:
             if init_from is not None:
                 config = finetune_config(init_from, options["corpus"],
                                          **{k: v for k, v in given.items() if k != "corpus"})
             else:
                 config = TrainConfig(**options)
-            result = training.train(config, out or default_out_dir(config), data_dir, reporter)
+            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir)
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
     print_summary(result)
@@ -105,7 +105,7 @@ def check_schedule_options(ctx, given, schedule, resume):
 @plot_option
 @click.pass_context
 def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline, out, plot, data_dir,
-            **options):
+            cache_dir, **options):
     """Train the same network with full, regular:K and randomized:P truncation, from --seeds
     seeds each, and say what the runs support: per strategy the mean and 95% interval of the
     final and best validation perplexity, the paired difference from --baseline with its
@@ -130,7 +130,7 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
                                  ctx, param_hint="'--baseline'")
     try:
         config = TrainConfig(**options)
-        training.load_data(config, data_dir)  # a text too short for the settings fails before any run
+        training.load_data(config, data_dir, cache_dir=cache_dir)  # a text too short for the settings fails before any run
     except ConfigError as err:  # as train: a setting the text cannot serve is a usage error
         raise bad_parameter(err, ctx) from None
     out = out or comparison.default_out_dir(config)
@@ -142,7 +142,7 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
             backend = ProcessBackend(jobs) if jobs > 1 else SerialBackend()
         progress = stack.enter_context(closing(SweepProgress()))
         result, interrupted = comparison.compare(config, out, truncations, num_seeds, data_dir, backend,
-                                                 progress, chosen[0])
+                                                 progress, chosen[0], cache_dir)
     if interrupted:
         click.echo(f"Interrupted: {len(result.summaries)} finished runs kept in {out}, the runs in progress "
                    f"checkpointed; the same command goes on from there.", err=True)
