@@ -20,8 +20,11 @@ def is_real(value) -> bool:
 
 
 def is_finite(value) -> bool:
-    """A finite real number, not a bool."""
-    return is_real(value) and math.isfinite(value)
+    """A finite real number, not a bool (an integer too large for a float is not)."""
+    try:
+        return is_real(value) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_int(value, name, minimum=None) -> int:

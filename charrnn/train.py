@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -24,12 +24,15 @@ import numpy as np
 
 # charrnn.train also offers the names of the run's files, config and checkpoints it was split into
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
-                         checkpoint_path, data_sha1, load_checkpoint, save_checkpoint)
+                         checkpoint_path, data_hashes, data_sha1, load_checkpoint, model_spec, same_text,
+                         save_checkpoint)
 from .config import BUDGET_FIELDS, DEFAULT_EPOCHS, MATHS_FIELDS, ConfigError, TrainConfig  # noqa: F401
 from .data import SAMPLERS, load_corpus, num_minibatches, split_corpus
 from .errors import CharrnnError
 from .evaluate import mean_loss, perplexity
-from .io import append_jsonl, save_json
+from .io import append_jsonl, remove_stale_temporaries, save_json
+from .lock import RunLock
+from .memory import MEMORY_ADVICE, checkpoint_bytes, check_memory, training_memory_bytes
 from .model import RNNLM
 from .optim import clip_grad_norm, make_optimizer
 from .outdir import (check_free_space, check_writable, default_out_dir, keep_metrics_until,  # noqa: F401
@@ -85,46 +88,79 @@ class Reporter:
 
 
 def train(config, out_dir, data_dir=None, reporter=None):
-    """Start a new run of `config` writing to `out_dir` -> TrainResult."""
+    """Start a new run of `config` writing to `out_dir` -> TrainResult.
+
+    Everything is checked before anything is created (memory, disk space, a directory free of
+    other runs); the run holds the directory's lock (charrnn.lock) from then to its end.
+    """
     refuse_existing_run(out_dir)
     train_data, val_data, vocab = load_data(config, data_dir)
+    spec = {"vocab_size": len(vocab), "num_hiddens": config.num_hiddens, "activation": config.activation,
+            "dtype": config.dtype}
+    check_memory(training_memory_bytes(spec, config), "this run", advice=MEMORY_ADVICE)
+    check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
     out_dir = prepare_out_dir(out_dir)
-    model = RNNLM(vocab_size=len(vocab), num_hiddens=config.num_hiddens,
-                  activation=config.activation, dtype=config.dtype, seed=config.seed)
-    optimizer = make_optimizer(config.optimizer, model.params, config.lr)
-    check_free_space(out_dir, model, optimizer)
-    vocab.save(out_dir / VOCAB)
-    save_json(out_dir / CONFIG, asdict(config))
-    truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
-    run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-              reporter or Reporter(), Progress(), truncation_rng, None)
-    run.save(CHECKPOINT)
-    return run.start(resumed=False)
+    with RunLock(out_dir):
+        refuse_existing_run(out_dir)  # again: another process may have started one meanwhile
+        remove_stale_temporaries(out_dir)
+        model = RNNLM(**spec, seed=config.seed)
+        optimizer = make_optimizer(config.optimizer, model.params, config.lr)
+        vocab.save(out_dir / VOCAB)
+        save_json(out_dir / CONFIG, asdict(config))
+        truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
+        run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
+                  reporter or Reporter(), Progress(), truncation_rng, None)
+        run.save(CHECKPOINT)
+        return run.start(resumed=False)
 
 
 def resume(out_dir, changes=None, data_dir=None, reporter=None):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
-    a field that fixes the maths may only be given with its saved value.
+    a field that fixes the maths may only be given with its saved value, except `corpus`: the
+    text's new path when it moved, accepted if its tokens hash as the run's did.
+    Everything is checked before anything is written, under the directory's lock.
     """
-    out_dir = Path(out_dir)
-    ckpt = load_checkpoint(out_dir / CHECKPOINT)
-    config = ckpt.config.resumed(changes or {})
-    train_data, val_data, vocab = load_data(config, data_dir)
-    run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
-              reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state)
-    if vocab.idx_to_token != ckpt.vocab.idx_to_token or ckpt.meta.get("data_sha1") != run.data_sha1:
-        raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
-    reached = run.budget_reached()
-    if reached:
-        raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
-                           f"give a larger --epochs, --max-tokens or --max-time to go on")
-    check_writable(out_dir)
-    check_free_space(out_dir, ckpt.model, ckpt.optimizer)
-    save_json(out_dir / CONFIG, asdict(config))
-    keep_metrics_until(out_dir / METRICS, ckpt.progress.step)
-    return run.start(resumed=True)
+    out_dir, changes = Path(out_dir), dict(changes or {})
+    moved = changes.pop("corpus", None)
+    with RunLock(out_dir):
+        ckpt = load_checkpoint(out_dir / CHECKPOINT)
+        config = ckpt.config.resumed(changes)
+        if moved is not None:
+            config = replace(config, corpus=moved)
+        train_data, val_data, vocab = load_resumed_data(out_dir, config, data_dir, moved)
+        run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
+                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state)
+        if vocab.idx_to_token != ckpt.vocab.idx_to_token or not same_text(ckpt.meta, run.data_hashes):
+            raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
+        reached = run.budget_reached()
+        if reached:
+            raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
+                               f"give a larger --epochs, --max-tokens or --max-time to go on")
+        spec = model_spec(ckpt.model)
+        loaded = checkpoint_bytes(spec, config.optimizer)  # held already
+        check_memory(training_memory_bytes(spec, config) - loaded, "resuming this run", advice=MEMORY_ADVICE)
+        check_writable(out_dir)
+        check_free_space(out_dir, loaded)
+        remove_stale_temporaries(out_dir)
+        save_json(out_dir / CONFIG, asdict(config))
+        keep_metrics_until(out_dir / METRICS, ckpt.progress.step)
+        return run.start(resumed=True)
+
+
+def load_resumed_data(out_dir, config, data_dir, moved):
+    """load_data for a resumed run; a text no longer where the run found it -> how to give its new place."""
+    try:
+        return load_data(config, data_dir)
+    except ConfigError:
+        raise
+    except CharrnnError as err:
+        where = Path(config.corpus)
+        if moved is None and where.is_absolute() and not where.exists():
+            raise CharrnnError(f"{err}; if the text moved, give its new path: "
+                               f"charrnn train --resume {out_dir} NEW_PATH") from None
+        raise
 
 
 def load_data(config, data_dir):
@@ -151,7 +187,7 @@ class Run:
                  reporter, progress, truncation_rng, state):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
-        self.data_sha1 = data_sha1(train_data)  # saved in every checkpoint, checked on resume
+        self.data_hashes = data_hashes(train_data, val_data)  # saved in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
         self.truncation_rng = truncation_rng
         self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None
@@ -302,7 +338,10 @@ class Run:
         self.last_record = record
         if improved:
             p.best_val_ppl, p.best_step = val_ppl, p.step
-        append_jsonl(self.out_dir / METRICS, record)
+        try:
+            append_jsonl(self.out_dir / METRICS, record)
+        except OSError as err:
+            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
         if improved:
             self.save(BEST)
         self.save(CHECKPOINT)
@@ -325,15 +364,17 @@ class Run:
         self.progress.elapsed = self.elapsed()
         try:
             save_checkpoint(self.out_dir / name, self.model, self.optimizer, self.vocab, self.config,
-                            self.progress, self.truncation_rng, self.state, self.data_sha1)
+                            self.progress, self.truncation_rng, self.state, self.data_hashes)
         except CharrnnError as err:
-            raise CharrnnError(f"{err} at step {self.progress.step:,}, {name} not written; "
-                               f"{last_good_checkpoint(self.out_dir, self.checkpoint_step)}") from None
+            raise self.failed(f"{err} at step {self.progress.step:,}, {name} not written") from None
         except OSError as err:
-            raise CharrnnError(f"cannot write {self.out_dir / name} ({err.strerror or err}); "
-                               f"{last_good_checkpoint(self.out_dir, self.checkpoint_step)}") from None
+            raise self.failed(f"cannot write {self.out_dir / name} ({err.strerror or err})") from None
         if name == CHECKPOINT:
             self.checkpoint_step = self.progress.step
+
+    def failed(self, what):
+        """A CharrnnError: `what` went wrong, and where the run can be resumed from."""
+        return CharrnnError(f"{what}; {last_good_checkpoint(self.out_dir, self.checkpoint_step)}")
 
     # ---- bookkeeping ----
 
