@@ -64,13 +64,10 @@ def check_writable(out_dir):
 
 
 def check_free_space(out_dir, checkpoint_bytes):
-    """Refuse to start unless `out_dir` (or, before it exists, the directory that will hold it) has
-    room for the checkpoint, the best one and a temporary, each of `checkpoint_bytes`."""
+    """Refuse to start unless `out_dir` has room for the checkpoint, the best one and a temporary,
+    each of `checkpoint_bytes`."""
     needed = 3 * checkpoint_bytes + (1 << 20)
-    existing = Path(out_dir).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(out_dir).free
     if free < needed:
         raise CharrnnError(f"not enough space in {out_dir}: {free:,} bytes free, checkpoints need {needed:,}")
 

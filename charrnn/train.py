@@ -90,16 +90,16 @@ class Reporter:
 def train(config, out_dir, data_dir=None, reporter=None):
     """Start a new run of `config` writing to `out_dir` -> TrainResult.
 
-    Everything is checked before anything is created (memory, disk space, a directory free of
-    other runs); the run holds the directory's lock (charrnn.lock) from then to its end.
+    Everything is checked before a file is written (memory before the directory is created);
+    the run holds the directory's lock (charrnn.lock) from then to its end.
     """
     refuse_existing_run(out_dir)
     train_data, val_data, vocab = load_data(config, data_dir)
     spec = {"vocab_size": len(vocab), "num_hiddens": config.num_hiddens, "activation": config.activation,
             "dtype": config.dtype}
     check_memory(training_memory_bytes(spec, config), "this run", advice=MEMORY_ADVICE)
-    check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
     out_dir = prepare_out_dir(out_dir)
+    check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
     with RunLock(out_dir):
         refuse_existing_run(out_dir)  # again: another process may have started one meanwhile
         remove_stale_temporaries(out_dir)
