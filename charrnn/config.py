@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
+
 from .checks import is_finite, is_integer
 from .data import LEVELS, PREPROCESS_MODES, SAMPLERS
 from .errors import CharrnnError
@@ -95,9 +97,12 @@ class TrainConfig:
             if not isinstance(value, str) or value not in allowed:
                 raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         try:
-            parse_truncation(self.truncation)
+            kind, keep_prob = parse_truncation(self.truncation)
         except ValueError as err:
             raise ConfigError("truncation", str(err)) from None
+        if kind == "randomized" and not keep_prob * float(np.finfo(self.dtype).max) >= 1:  # ξ = 1/P must be a number
+            raise ConfigError("truncation", f"truncation {self.truncation!r}: 1/P overflows {self.dtype}; "
+                                            f"P must be at least {1 / float(np.finfo(self.dtype).max):.3g}")
 
     @classmethod
     def from_dict(cls, d):
@@ -131,7 +136,10 @@ class TrainConfig:
 
 def corpus_key(corpus):
     """A corpus as a run records it: the absolute path of an existing file, else the name."""
-    path = Path(corpus).expanduser()
+    try:
+        path = Path(corpus).expanduser()
+    except RuntimeError:  # "~user" of no such user: a name, not a path
+        return str(corpus)
     return str(path.resolve()) if path.is_file() else str(corpus)
 
 

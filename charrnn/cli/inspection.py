@@ -1,6 +1,7 @@
 """The commands that read: `corpus`, `sample`, `evaluate`, `gradcheck` and `analyze`."""
 import inspect
 import json
+import math
 from pathlib import Path
 
 import click
@@ -17,7 +18,8 @@ from ..sample import sample_text
 from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, checkpoint_argument,
                       data_dir_option, dtype_choice, given_options, level_option, plot_option,
                       preprocess_option, randomized_option, regular_option)
-from .render import print_analysis, print_corpus, print_evaluation, print_gradcheck, say, warn_unknown
+from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck, say,
+                     warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activation", "dtype", "model_seed")
@@ -59,7 +61,8 @@ def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
                                 preprocess=ckpt.config.preprocess, temperature=temperature,
                                 top_k=top_k, greedy=greedy, seed=seed)
     warn_unknown(unknown, "the prefix")
-    click.echo(text)
+    to_terminal = click.get_text_stream("stdout").isatty()
+    click.echo(escape_controls(text) if to_terminal else text)  # a pipe or file gets the text as it is
 
 
 @click.command()
@@ -75,10 +78,14 @@ def evaluate(checkpoint, corpus, data_dir, as_json):
     """
     ckpt = load_checkpoint(checkpoint)
     result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir)
+    if not math.isfinite(result.loss):
+        raise CharrnnError(f"{ckpt.path}: the model's outputs overflow on this text (its loss is {result.loss}); "
+                           f"its weights are too large to evaluate")
     warn_unknown(result.unknown, str(corpus))
-    if as_json:
+    if as_json:  # strict JSON: a perplexity past a float (loss > ~709 nats) is null
+        perplexity = result.perplexity if math.isfinite(result.perplexity) else None
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
-                               "loss": result.loss, "perplexity": result.perplexity}))
+                               "loss": result.loss, "perplexity": perplexity}, allow_nan=False))
         return
     print_evaluation(ckpt.path, result)
 

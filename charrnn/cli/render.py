@@ -2,6 +2,8 @@
 
 User-provided text (corpus names, samples, paths) is printed as it is, never read as markup.
 """
+import re
+
 import click
 from rich.console import Console
 from rich.markup import escape
@@ -26,6 +28,15 @@ def warn_unknown(unknown, what):
     if unknown:
         shown = ", ".join(repr(token) for token in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
         warn(f"{len(unknown)} token(s) of {what} are not in the vocabulary and were read as <unk>: {shown}")
+
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Unicode's Cc but newline and tab
+
+
+def escape_controls(text):
+    """`text` with each control character other than newline and tab written as an escape
+    (ESC -> \\x1b), so that a model's output cannot drive the terminal that shows it."""
+    return CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def say(text, **style):
