@@ -2,6 +2,7 @@
 import inspect
 import json
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -61,7 +62,7 @@ def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
                                 preprocess=ckpt.config.preprocess, temperature=temperature,
                                 top_k=top_k, greedy=greedy, seed=seed)
     warn_unknown(unknown, "the prefix")
-    to_terminal = click.get_text_stream("stdout").isatty()
+    to_terminal = sys.stdout.isatty()
     click.echo(escape_controls(text) if to_terminal else text)  # a pipe or file gets the text as it is
 
 
