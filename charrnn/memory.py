@@ -52,14 +52,16 @@ def window_bytes(spec, batch_size, num_steps, bptt_memory="store", budget_bytes=
                              segment_steps=segment_steps, **cell)
 
 
-def training_memory_bytes(spec, config) -> int:
-    """Bytes a training run of the model `spec` (RNNLM keyword arguments) with `config` holds at
-    its peak, beyond the interpreter and the text (see the module docstring)."""
+def training_memory_bytes(spec, config, val_tokens) -> int:
+    """Bytes a training run of the model `spec` (RNNLM keyword arguments) with `config` and a
+    validation split of `val_tokens` holds at its peak, beyond the interpreter and the text (see
+    the module docstring)."""
     slots = len(OPTIMIZERS[config.optimizer].slot_names)
     largest = max(math.prod(shape) for shape in param_shapes(spec).values())
     train = window_bytes(spec, config.batch_size, config.num_steps, config.bptt_memory,
                          config.bptt_memory_budget * 2**20)
-    evaluation = 2 * window_bytes(spec, EVAL_ROWS, EVAL_CHUNK_STEPS)
+    rows = max(1, min(EVAL_ROWS, val_tokens - 1))  # as evaluate.contiguous_batches cuts the split
+    evaluation = 2 * window_bytes(spec, rows, max(1, min(EVAL_CHUNK_STEPS, (val_tokens - 1) // rows)))
     return (4 + slots) * param_bytes(spec) + 8 * largest + train + evaluation
 
 

@@ -97,7 +97,7 @@ def train(config, out_dir, data_dir=None, reporter=None):
     train_data, val_data, vocab = load_data(config, data_dir)
     spec = {"vocab_size": len(vocab), "num_hiddens": config.num_hiddens, "activation": config.activation,
             "dtype": config.dtype}
-    check_memory(training_memory_bytes(spec, config), "this run", advice=MEMORY_ADVICE)
+    check_memory(training_memory_bytes(spec, config, len(val_data)), "this run", advice=MEMORY_ADVICE)
     out_dir = prepare_out_dir(out_dir)
     check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
     with RunLock(out_dir):
@@ -140,7 +140,8 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
                                f"give a larger --epochs, --max-tokens or --max-time to go on")
         spec = model_spec(ckpt.model)
         loaded = checkpoint_bytes(spec, config.optimizer)  # held already
-        check_memory(training_memory_bytes(spec, config) - loaded, "resuming this run", advice=MEMORY_ADVICE)
+        needed = training_memory_bytes(spec, config, len(val_data)) - loaded
+        check_memory(needed, "resuming this run", advice=MEMORY_ADVICE)
         check_writable(out_dir)
         check_free_space(out_dir, loaded)
         remove_stale_temporaries(out_dir)
