@@ -8,6 +8,7 @@ import struct
 import time
 import tracemalloc
 import zipfile
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from charrnn import io as charrnn_io
 from charrnn import train as training
 from charrnn.errors import CharrnnError
 from charrnn.io import META_KEY, load_npz
+from charrnn.sample import sample_text
 from test_cli import assert_error, assert_ok, invoke
 
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10",
@@ -281,20 +283,28 @@ def test_every_command_refuses_a_hostile_checkpoint_in_one_line(tmp_path, run_di
 
 # ---------------------------------------------------------------------------- fuzz
 
+HOSTILE_VALUES = [10**400, -10**400, 2**64, 2**300, -1, 0, 1e308, -0.0, "", "\ud800", "x", [], {}, [[[]]],
+                  None, True, {"bit_generator": "PCG64"}]
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                           max_leaves=8)
+
+
 def mutations(good_bytes, meta):
-    """Random damage to a real checkpoint: flipped bytes, a cut, or an edited JSON value."""
+    """Random damage to a real checkpoint: flipped bytes, a cut, or an edited JSON value (a leaf,
+    or a whole part of the metadata), the values biased towards the hostile."""
     flips = st.lists(st.tuples(st.integers(0, len(good_bytes) - 1), st.integers(1, 255)), min_size=1, max_size=8)
-    values = st.one_of(st.integers(), st.integers(-2**70, 2**400), st.floats(), st.text(max_size=8),
-                       st.none(), st.booleans(), st.lists(st.integers(), max_size=3))
-    where = st.sampled_from([w for w, _ in leaves(meta)])
+    values = st.one_of(st.sampled_from(HOSTILE_VALUES), st.sampled_from(HOSTILE_VALUES), json_values)
+    paths = st.sampled_from([w for w, _ in leaves(meta)] + [(key,) for key in meta])
+    edits = st.tuples(st.just("edit"), st.tuples(paths, values))
     return st.one_of(
         st.tuples(st.just("flip"), flips),
         st.tuples(st.just("cut"), st.integers(0, len(good_bytes) - 1)),
-        st.tuples(st.just("edit"), st.tuples(where, values)),
+        edits, edits, edits,
     )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                     HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzzed_checkpoint_bytes_never_crash_hang_or_blow_up(tmp_path, good, data):
@@ -313,10 +323,20 @@ def test_fuzzed_checkpoint_bytes_never_crash_hang_or_blow_up(tmp_path, good, dat
     tracemalloc.start()
     start = time.perf_counter()
     try:
-        training.load_checkpoint(path)
+        use(training.load_checkpoint(path))
     except CharrnnError as err:
         assert "\n" not in str(err)
     finally:
         seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert seconds < LIMIT_SECONDS and peak < LIMIT_BYTES, (kind, seconds, peak)
+
+
+def use(ckpt):
+    """What sample and train --resume do first with a checkpoint they accepted: a greedy sample of
+    the configured prefix, printable; the config and progress saved again as strict JSON."""
+    cfg = ckpt.config
+    text, _ = sample_text(ckpt.model, ckpt.vocab, cfg.sample_prefix, 5, level=cfg.level,
+                          preprocess=cfg.preprocess, greedy=True)
+    text.encode("utf-8")
+    json.dumps([asdict(cfg.resumed({})), asdict(ckpt.progress)], allow_nan=False)
