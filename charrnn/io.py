@@ -166,16 +166,23 @@ def parse_json(data: bytes, what) -> dict:
 # ----------------------------------------------------------------------------- untrusted .npz
 
 def _check_zip_directory(path, file_size) -> None:
-    """Refuse a zip whose end record announces more members, or a larger directory, than any
-    charrnn file has, before zipfile builds an object for each of them."""
+    """Refuse a zip whose end record (or zip64 end record, which zipfile believes first) announces
+    more members, or a larger directory, than any charrnn file has, before zipfile builds an
+    object for each of them."""
     with open(path, "rb") as f:
         tail_size = min(file_size, 22 + 0xFFFF)
         f.seek(file_size - tail_size)
         tail = f.read(tail_size)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < 22:
-        raise CharrnnError(f"{path} is not a charrnn checkpoint (not an .npz file)")
-    _, _, _, _, members, directory_size, _, _ = struct.unpack("<4s4H2LH", tail[at: at + 22])
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            raise CharrnnError(f"{path} is not a charrnn checkpoint (not an .npz file)")
+        _, _, _, _, members, directory_size, _, _ = struct.unpack("<4s4H2LH", tail[at: at + 22])
+        if at >= 20 and tail[at - 20: at - 16] == b"PK\x06\x07":  # a zip64 locator
+            record_at = struct.unpack("<4sLQL", tail[at - 20: at])[2]
+            f.seek(min(record_at, file_size))
+            record = f.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                members, directory_size = struct.unpack("<4sQ2H2L4Q", record)[7:9]
     if members > MAX_MEMBERS or directory_size > MAX_MEMBERS * 1024:
         raise CharrnnError(f"{path} holds {members:,} members in a {directory_size:,}-byte directory; "
                            f"a charrnn file holds at most {MAX_MEMBERS}")

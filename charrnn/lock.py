@@ -36,11 +36,14 @@ class RunLock:
             raise CharrnnError(f"cannot create the lock file {self.path} ({err.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise CharrnnError(f"the run in {self.path.parent} is in use by another charrnn process "
                                f"(PID {holder}); wait for it to end or stop it") from None
+        except OSError as err:  # a file system without locks
+            os.close(fd)
+            raise CharrnnError(f"cannot lock {self.path} ({err.strerror})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

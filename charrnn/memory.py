@@ -65,6 +65,13 @@ def training_memory_bytes(spec, config, val_tokens) -> int:
     return (4 + slots) * param_bytes(spec) + 8 * largest + train + evaluation
 
 
+def check_training_memory(spec, config, val_tokens, held=0) -> None:
+    """Refuse (CharrnnError) a run whose training_memory_bytes, less the `held` bytes already
+    allocated (a resumed checkpoint's), exceed the memory available."""
+    what = "resuming this run" if held else "this run"
+    check_memory(training_memory_bytes(spec, config, val_tokens) - held, what, advice=MEMORY_ADVICE)
+
+
 def _read_int(path):
     try:
         text = Path(path).read_text().split()[0]

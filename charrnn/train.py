@@ -32,7 +32,7 @@ from .errors import CharrnnError
 from .evaluate import mean_loss, perplexity
 from .io import append_jsonl, remove_stale_temporaries, save_json
 from .lock import RunLock
-from .memory import MEMORY_ADVICE, checkpoint_bytes, check_memory, training_memory_bytes
+from .memory import check_training_memory, checkpoint_bytes
 from .model import RNNLM
 from .optim import clip_grad_norm, make_optimizer
 from .outdir import (check_free_space, check_writable, default_out_dir, keep_metrics_until,  # noqa: F401
@@ -97,7 +97,7 @@ def train(config, out_dir, data_dir=None, reporter=None):
     train_data, val_data, vocab = load_data(config, data_dir)
     spec = {"vocab_size": len(vocab), "num_hiddens": config.num_hiddens, "activation": config.activation,
             "dtype": config.dtype}
-    check_memory(training_memory_bytes(spec, config, len(val_data)), "this run", advice=MEMORY_ADVICE)
+    check_training_memory(spec, config, len(val_data))
     out_dir = prepare_out_dir(out_dir)
     check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
     with RunLock(out_dir):
@@ -124,6 +124,8 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
     """
     out_dir, changes = Path(out_dir), dict(changes or {})
     moved = changes.pop("corpus", None)
+    if not (out_dir / CHECKPOINT).is_file():  # before the lock file is made
+        raise CharrnnError(f"no checkpoint file at {out_dir / CHECKPOINT}")
     with RunLock(out_dir):
         ckpt = load_checkpoint(out_dir / CHECKPOINT)
         config = ckpt.config.resumed(changes)
@@ -139,11 +141,9 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
             raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
                                f"give a larger --epochs, --max-tokens or --max-time to go on")
         spec = model_spec(ckpt.model)
-        loaded = checkpoint_bytes(spec, config.optimizer)  # held already
-        needed = training_memory_bytes(spec, config, len(val_data)) - loaded
-        check_memory(needed, "resuming this run", advice=MEMORY_ADVICE)
+        check_training_memory(spec, config, len(val_data), held=checkpoint_bytes(spec, config.optimizer))
         check_writable(out_dir)
-        check_free_space(out_dir, loaded)
+        check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
         remove_stale_temporaries(out_dir)
         save_json(out_dir / CONFIG, asdict(config))
         keep_metrics_until(out_dir / METRICS, ckpt.progress.step)

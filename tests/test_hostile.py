@@ -215,6 +215,20 @@ def test_zip_tricks_are_one_line_errors(tmp_path, good):
         refused_quickly(path, says=says)
 
 
+def test_a_zip64_end_record_announcing_a_billion_members_is_refused(tmp_path, good, monkeypatch):
+    """zipfile believes a zip64 end record over the plain one: its counts are checked too."""
+    path = tmp_path / "zip64.npz"
+    with monkeypatch.context() as patched:
+        patched.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)  # makes zipfile write a zip64 end record
+        write_npz(path, good[1], good[2])
+    training.load_checkpoint(path)
+    data = bytearray(path.read_bytes())
+    record = data.rfind(b"PK\x06\x06")
+    struct.pack_into("<Q", data, record + 32, 10**9)  # entries in total
+    path.write_bytes(bytes(data))
+    refused_quickly(path, says="1,000,000,000 members")
+
+
 def add_member(source, path, name, payload, compress=True):
     shutil.copy(source, path)
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:
