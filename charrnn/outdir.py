@@ -5,6 +5,7 @@ A new run refuses a directory that holds any file of a run (RUN_FILES), even wit
 checkpoints: it never appends to or overwrites another run's records.
 """
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -38,8 +39,8 @@ def refuse_existing_run(out_dir):
         raise CharrnnError(f"{out_dir} already holds a run; continue it with --resume {out_dir} "
                            f"or choose another --out")
     if found:
-        raise CharrnnError(f"{out_dir} holds files of an earlier run ({', '.join(found)}) but no "
-                           f"{CHECKPOINT} to resume from; choose another --out, or move them away")
+        raise CharrnnError(f"{out_dir} holds files of another run ({', '.join(found)}) but no {CHECKPOINT}: "
+                           f"a run is starting there, or its checkpoints were deleted; choose another --out")
 
 
 def prepare_out_dir(out_dir):
@@ -55,7 +56,7 @@ def prepare_out_dir(out_dir):
 
 def check_writable(out_dir):
     """Write and remove a small file in `out_dir`, so a bad directory fails before training."""
-    probe = Path(out_dir) / ".charrnn-write-test"
+    probe = Path(out_dir) / f".charrnn-write-test.{os.getpid()}"  # one per process: two may probe at once
     try:
         write_atomic(probe, lambda f: f.write(b"ok"))
         probe.unlink()
