@@ -27,6 +27,18 @@ def is_finite(value) -> bool:
         return False
 
 
+def is_text(value) -> bool:
+    """A string that is Unicode text: no lone surrogates (what Python makes of bytes that are not
+    UTF-8 in a file name or argument), which can be neither printed nor saved as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_int(value, name, minimum=None) -> int:
     """An integer (not a bool) >= minimum -> int(value); anything else -> CharrnnError."""
     if not is_integer(value) or (minimum is not None and value < minimum):

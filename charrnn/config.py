@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import is_finite, is_integer
+from .checks import is_finite, is_integer, is_text
 from .data import LEVELS, PREPROCESS_MODES, SAMPLERS
 from .errors import CharrnnError
 from .model import ACTIVATIONS, DTYPES, parse_truncation
@@ -92,6 +92,9 @@ class TrainConfig:
             raise ConfigError("val_fraction", f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ConfigError("seed", f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("corpus", "sample_prefix"):  # saved in checkpoints, which hold UTF-8 text only
+            if not is_text(getattr(self, name)):
+                raise ConfigError(name, f"{name} must be UTF-8 text, got {getattr(self, name)!r}")
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:

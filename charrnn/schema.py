@@ -11,7 +11,7 @@ whole (`describe`).
 """
 from dataclasses import fields
 
-from .checks import is_integer
+from .checks import is_integer, is_text
 
 INT64 = 1 << 63
 MAX_SIZE = (1 << 31) - 1  # vocab_size, num_hiddens, batch_size, ...: one array dimension
@@ -67,9 +67,7 @@ def text(value, where) -> str:
     """A string that is Unicode text: no lone surrogates, which cannot be printed or saved."""
     if not isinstance(value, str):
         refuse(where, "a string", value)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_text(value):
         refuse(where, "Unicode text (it holds a lone surrogate)", value)
     return value
 

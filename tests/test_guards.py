@@ -287,6 +287,16 @@ def test_sample_escapes_control_characters_on_a_terminal_only(tmp_path, run_dir)
     assert b"\x1b" not in shown and b"\\x1b" in shown
 
 
+def test_arguments_that_are_not_utf8_text_are_usage_errors(tmp_path, run_dir, text_file):
+    """Bytes that are not UTF-8 in an argument reach Python as lone surrogates: such a prefix could
+    be neither printed nor saved in a checkpoint that loads again."""
+    assert_error(invoke("sample", run_dir, "--prefix", "ab\udcff"), code=2, says="--prefix")
+    out = tmp_path / "run"
+    assert_error(invoke("train", text_file, *TINY, "--sample-prefix", "ab\udcff", "--out", out),
+                 code=2, says="--sample-prefix")
+    assert not out.exists()
+
+
 def test_an_unexpected_exception_is_one_line_reporting_a_bug(run_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")

@@ -9,6 +9,7 @@ import click
 
 from .. import analysis
 from ..checkpoint import load_checkpoint
+from ..checks import is_text
 from ..data import load_corpus
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
@@ -57,6 +58,8 @@ def corpus(corpus, level, preprocess, data_dir, top, as_json):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
     """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz)."""
+    if not is_text(prefix):
+        raise click.BadParameter(f"{prefix!r} is not UTF-8 text", param_hint="'--prefix'")
     ckpt = load_checkpoint(checkpoint)
     text, unknown = sample_text(ckpt.model, ckpt.vocab, prefix, length, level=ckpt.config.level,
                                 preprocess=ckpt.config.preprocess, temperature=temperature,
