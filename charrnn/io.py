@@ -295,9 +295,9 @@ class NpzReader:
                 if ((shape is not None and found_shape != tuple(shape))
                         or (dtype is not None and found_dtype != np.dtype(dtype))
                         or (ndim is not None and len(found_shape) != ndim)):
-                    expected = f"{np.dtype(dtype) if dtype is not None else 'an array'} " + (
-                        f"{tuple(shape)}" if shape is not None else f"of {ndim} dimension(s)" if ndim else "")
-                    raise CharrnnError(f"{self.path}: {name} is {found_dtype} {found_shape}, expected {expected.strip()}")
+                    expected = " ".join(str(part) for part in (dtype and np.dtype(dtype), shape and tuple(shape),
+                                                               ndim and f"({ndim} dimensions)") if part)
+                    raise CharrnnError(f"{self.path}: {name} is {found_dtype} {found_shape}, expected {expected}")
                 if max_bytes is not None and data_bytes > max_bytes:
                     raise CharrnnError(f"{self.path}: {name} is {data_bytes:,} bytes, over the {max_bytes:,} allowed")
                 array = np.empty(math.prod(found_shape), found_dtype)

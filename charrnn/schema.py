@@ -84,7 +84,7 @@ def obj(value, where, keys=None) -> dict:
         refuse(where, "an object", value)
     if keys is not None and set(value) != set(keys):
         raise SchemaError(f"{where} must have exactly the keys {', '.join(sorted(keys))}, "
-                          f"got {', '.join(sorted(map(str, value))[:20])[:300]}")
+                          f"got {', '.join(describe(key) for key in sorted(value)[:10])}")
     return value
 
 
@@ -105,11 +105,11 @@ def dataclass_fields(cls, value, where, required=True) -> dict:
     obj(value, where)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(value) - set(known))
-    missing = sorted(set(known) - set(value)) if required else []
-    if unknown or missing:
-        raise SchemaError(f"{where} has unknown fields {unknown[:5]} and lacks {missing[:5]}"
-                          if unknown and missing else
-                          f"{where} has unknown fields {unknown[:5]}" if unknown else f"{where} lacks {missing[:5]}")
+    if unknown:
+        raise SchemaError(f"{where} has unknown fields {', '.join(describe(name) for name in unknown[:5])}")
+    missing = sorted(set(known) - set(value))
+    if required and missing:
+        raise SchemaError(f"{where} lacks the fields {', '.join(missing[:5])}")
     for name, item in value.items():
         kinds = [kind.strip() for kind in str(known[name].type).split("|")]
         if item is None and "None" in kinds:
