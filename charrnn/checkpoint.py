@@ -13,12 +13,14 @@ gives, the memory it needs) before anything is built from it.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from . import io as charrnn_io
 from . import schema
 from .checks import is_finite, is_integer
 from .config import TrainConfig
@@ -227,6 +229,19 @@ def same_text(meta, hashes) -> bool:
     """Whether a checkpoint's metadata names the text of `hashes` (a checkpoint older than
     val_sha1 vouches for its training split only)."""
     return all(meta.get(key, hashes[key] if key == "val_sha1" else None) == value for key, value in hashes.items())
+
+
+META_MARGIN = 64 << 10  # bytes of checkpoint metadata besides the vocabulary, at most
+
+
+def check_vocab_fits(vocab) -> None:
+    """Refuse, before a run starts, a vocabulary too large for a checkpoint's metadata (which
+    charrnn.io limits to MAX_META_BYTES), rather than fail at the first checkpoint."""
+    size = len(json.dumps(vocab.to_dict()).encode("utf-8"))
+    if size > charrnn_io.MAX_META_BYTES - META_MARGIN:
+        raise CharrnnError(f"a vocabulary of {len(vocab):,} tokens takes {size:,} bytes of metadata, over the "
+                           f"{charrnn_io.MAX_META_BYTES - META_MARGIN:,} a checkpoint holds; use --level char "
+                           f"or a smaller text")
 
 
 def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, hashes) -> None:

@@ -24,8 +24,8 @@ import numpy as np
 
 # charrnn.train also offers the names of the run's files, config and checkpoints it was split into
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
-                         checkpoint_path, data_hashes, data_sha1, load_checkpoint, model_spec, same_text,
-                         save_checkpoint)
+                         check_vocab_fits, checkpoint_path, data_hashes, data_sha1, load_checkpoint, model_spec,
+                         same_text, save_checkpoint)
 from .config import BUDGET_FIELDS, DEFAULT_EPOCHS, MATHS_FIELDS, ConfigError, TrainConfig  # noqa: F401
 from .data import SAMPLERS, load_corpus, num_minibatches, split_corpus
 from .errors import CharrnnError
@@ -95,6 +95,7 @@ def train(config, out_dir, data_dir=None, reporter=None):
     """
     refuse_existing_run(out_dir)
     train_data, val_data, vocab = load_data(config, data_dir)
+    check_vocab_fits(vocab)
     spec = {"vocab_size": len(vocab), "num_hiddens": config.num_hiddens, "activation": config.activation,
             "dtype": config.dtype}
     check_training_memory(spec, config, len(val_data))
@@ -154,11 +155,9 @@ def load_resumed_data(out_dir, config, data_dir, moved):
     """load_data for a resumed run; a text no longer where the run found it -> how to give its new place."""
     try:
         return load_data(config, data_dir)
-    except ConfigError:
-        raise
     except CharrnnError as err:
-        where = Path(config.corpus)
-        if moved is None and where.is_absolute() and not where.exists():
+        gone = moved is None and Path(config.corpus).is_absolute() and not Path(config.corpus).exists()
+        if gone and not isinstance(err, ConfigError):
             raise CharrnnError(f"{err}; if the text moved, give its new path: "
                                f"charrnn train --resume {out_dir} NEW_PATH") from None
         raise

@@ -15,6 +15,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from charrnn import io as charrnn_io
 from charrnn import memory
 from charrnn import train as training
 from charrnn.cli import inspection
@@ -111,6 +112,17 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_creating_nothing(tmp_path, t
     assert_error(result, says="needs about")
     assert "GB of memory" in result.stderr and "--num-hiddens" in result.stderr
     assert time.perf_counter() - start < 5 and not out.exists()
+
+
+def test_a_vocabulary_too_large_for_a_checkpoint_is_refused_before_the_run_starts(tmp_path, text_file, monkeypatch):
+    """The limit on what a checkpoint's metadata may hold is met when a run starts, not at its
+    first checkpoint (a word vocabulary of ~100,000 words reaches the real 2 MiB)."""
+    monkeypatch.setattr(charrnn_io, "MAX_META_BYTES", (64 << 10) + 200)  # 200 bytes for the vocabulary
+    out = tmp_path / "run"
+    assert_error(invoke("train", text_file, *TINY, "--out", out), says="bytes of metadata, over the 200 a checkpoint holds")
+    assert not out.exists()
+    monkeypatch.undo()
+    assert_ok(invoke("train", text_file, *TINY, "--max-tokens", 64, "--out", out))
 
 
 def test_resume_and_readers_check_memory_before_allocating(tmp_path, run_dir, monkeypatch):
