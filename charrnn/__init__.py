@@ -1,3 +1,56 @@
-"""charrnn: character-level RNN language models trained by exact BPTT, in NumPy."""
+"""charrnn: character-level RNN language models trained by exact BPTT, in NumPy.
+
+The Python API (README, "Use from Python"): the names below are imported from their modules
+when first used, so `import charrnn` stays fast and sets nothing (no BLAS threads, no warnings
+filters, no files).
+
+    data        read_text, preprocess_text, load_corpus, split_corpus, Vocab,
+                seq_data_iter_random, seq_data_iter_sequential, SAMPLERS
+    model       RNNLM
+    training    SGD, Adagrad, Adam, make_optimizer, clip_grad_norm, TrainConfig, train, resume,
+                TrainResult, Reporter, NotebookReporter, finetune_config
+    files       load_checkpoint, Checkpoint, save_model, load_model
+    using       sample_text, continue_text, next_token_probs, evaluate_text, mean_loss, perplexity
+    machine     blas_threads
+    errors      CharrnnError, CharrnnWarning
+
+`charrnn.train(config, out_dir)` starts a run (the module charrnn.train is callable as its
+`train` function).
+"""
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "data": ("read_text", "preprocess_text", "load_corpus", "split_corpus", "Vocab",
+             "seq_data_iter_random", "seq_data_iter_sequential", "SAMPLERS"),
+    "model": ("RNNLM",),
+    "optim": ("SGD", "Adagrad", "Adam", "make_optimizer", "clip_grad_norm"),
+    "config": ("TrainConfig",),
+    "train": ("resume", "TrainResult", "Reporter"),
+    "notebook": ("NotebookReporter",),
+    "finetune": ("finetune_config",),
+    "checkpoint": ("load_checkpoint", "Checkpoint", "save_model", "load_model"),
+    "sample": ("sample_text", "continue_text", "next_token_probs"),
+    "evaluate": ("evaluate_text", "mean_loss", "perplexity"),
+    "threads": ("blas_threads",),
+    "errors": ("CharrnnError", "CharrnnWarning"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = ["__version__", "train", *_MODULE_OF]
+
+
+def __getattr__(name):
+    """Import an exported name from its module on first use (PEP 562)."""
+    from importlib import import_module
+
+    if name == "train":  # the module, callable as charrnn.train.train
+        return import_module(".train", __name__)
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

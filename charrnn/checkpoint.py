@@ -268,7 +268,8 @@ def checkpoint_path(path, prefer=BEST):
     for name in (prefer, CHECKPOINT):
         if (path / name).is_file():
             return path / name
-    raise CharrnnError(f"no checkpoint in directory {path} (expected {CHECKPOINT})")
+    raise CharrnnError(f"{path} is not a run directory (it holds neither {BEST} nor {CHECKPOINT}); "
+                       f"give a run directory or a .npz checkpoint")
 
 
 def load_checkpoint(path, prefer=BEST):

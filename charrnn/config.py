@@ -12,14 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from .checks import is_finite, is_integer, is_text
-from .data import LEVELS, PREPROCESS_MODES, SAMPLERS
+from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess
 from .errors import CharrnnError
 from .model import ACTIVATIONS, DTYPES, parse_truncation
 from .optim import OPTIMIZERS
 from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
+from .schedule import LR_SCHEDULES
 
 DEFAULT_EPOCHS = 30  # the budget when none of epochs / max_tokens / max_time is given
 ON_NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient does to the run
+# what a configuration saved before a field existed meant by it (older checkpoints still load)
+LEGACY_DEFAULTS = {"lr_schedule": "epoch"}
+# the prefix continued at each evaluation, by corpus; other texts: their own first words
+DEFAULT_SAMPLE_PREFIXES = {"timemachine": "time traveller"}
 
 
 class ConfigError(CharrnnError):
@@ -36,7 +41,7 @@ class TrainConfig:
 
     corpus: str = "timemachine"
     level: str = "char"
-    preprocess: str = "d2l"
+    preprocess: str | None = None  # None: "d2l" for the registered book, "raw" for a file
     val_fraction: float = 0.1
     num_hiddens: int = 256
     activation: str = "tanh"
@@ -47,9 +52,12 @@ class TrainConfig:
     truncation: str = "full"
     optimizer: str = "adam"
     lr: float = 1e-2
-    lr_decay: float = 0.9  # the learning rate after e epochs completed is lr * lr_decay**e
+    lr_schedule: str = "cosine"  # lr over the fraction of the budget used (charrnn.schedule)
+    lr_floor: float = 0.1  # where cosine/exponential end: lr * lr_floor
+    lr_decay: float = 0.9  # the "epoch" schedule: after e epochs completed, lr * lr_decay**e
     clip: float | None = 1.0  # None: no clipping
     seed: int = 0
+    init_from: str | None = None  # fine-tuning: the checkpoint whose weights the run starts from
     # budget: the run stops at the first one reached (none given: DEFAULT_EPOCHS epochs)
     epochs: int | None = None
     max_tokens: int | None = None
@@ -57,7 +65,7 @@ class TrainConfig:
     # what happens along the way
     on_nonfinite: str = "stop"  # "stop" | "skip" the minibatch
     eval_every: int = 500_000  # tokens between evaluations (and one at the end)
-    sample_prefix: str = "time traveller"
+    sample_prefix: str | None = None  # None: DEFAULT_SAMPLE_PREFIXES, else the text's first words
     sample_length: int = 60
     # BPTT storage: every state ("store"), or checkpoints and recomputation in O(√T) memory
     # ("recompute", charrnn.recompute); "auto" recomputes when storing would pass the budget
@@ -66,6 +74,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.corpus = corpus_key(self.corpus)
+        if self.preprocess is None:
+            self.preprocess = default_preprocess(self.corpus)
         if self.epochs is None and self.max_tokens is None and self.max_time is None:
             self.epochs = DEFAULT_EPOCHS
         self.validate()
@@ -86,15 +96,18 @@ class TrainConfig:
                 raise ConfigError(name, f"{name} must be positive, got {value!r}")
         if not is_finite(self.lr):
             raise ConfigError("lr", f"lr must be a finite number, got {self.lr!r}")
+        if not (is_finite(self.lr_floor) and 0 < self.lr_floor <= 1):
+            raise ConfigError("lr_floor", f"lr_floor must be in (0, 1], got {self.lr_floor!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr_decay", f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction", f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ConfigError("seed", f"seed must be a non-negative integer, got {self.seed!r}")
-        for name in ("corpus", "sample_prefix"):  # saved in checkpoints, which hold UTF-8 text only
-            if not is_text(getattr(self, name)):
-                raise ConfigError(name, f"{name} must be UTF-8 text, got {getattr(self, name)!r}")
+        for name in ("corpus", "sample_prefix", "init_from"):  # saved in checkpoints, which hold UTF-8 text only
+            value = getattr(self, name)
+            if not is_text(value) and (name == "corpus" or value is not None):
+                raise ConfigError(name, f"{name} must be UTF-8 text, got {value!r}")
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
@@ -114,7 +127,7 @@ class TrainConfig:
         if not isinstance(d, dict) or not set(d) <= names:
             raise CharrnnError(f"not a training configuration: {d!r:.200}")
         try:
-            return cls(**d)
+            return cls(**{**{k: v for k, v in LEGACY_DEFAULTS.items() if k not in d}, **d})
         except TypeError as err:
             raise CharrnnError(f"bad training configuration ({err})") from None
 
@@ -149,7 +162,7 @@ def corpus_key(corpus):
 # the fields chosen from a list, and the list of the module that owns each
 CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "activation": ACTIVATIONS, "dtype": DTYPES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
-           "bptt_memory": BPTT_MEMORY_MODES}
+           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 MATHS_FIELDS = frozenset(FIELD_NAMES[: FIELD_NAMES.index("epochs")])
 BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))

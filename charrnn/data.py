@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import urllib.request
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from functools import cached_property
@@ -26,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checks import check_choice, check_int
-from .errors import CharrnnError
+from .errors import CharrnnError, CharrnnWarning
 from .io import save_json, write_atomic
 
 SOURCE_CORPORA = Path(__file__).resolve().parents[1] / "corpora"  # in a source checkout
@@ -156,7 +157,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def _decode(data: bytes, path: Path) -> str:
     """The text of a file's bytes, which must be non-empty UTF-8 and not look binary.
-    A leading byte order mark is dropped."""
+    A leading byte order mark is dropped; line ends are universal newlines (\r\n and \r -> \n)."""
     if not data:
         raise CharrnnError(f"{path} is empty")
     if b"\0" in data:
@@ -167,10 +168,11 @@ def _decode(data: bytes, path: Path) -> str:
                            "control characters), not like UTF-8 text")
     data = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CharrnnError(f"{path} is not UTF-8 text "
                            f"(byte 0x{data[err.start]:02x} at offset {err.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 # ----------------------------------------------------------------------------- text and tokens
@@ -190,6 +192,32 @@ def preprocess_text(text: str, mode: str) -> str:
     keep[1:] |= is_letter[:-1]
     keep[:1] = True
     return np.where(is_letter, lower, ord(" "))[keep].tobytes().decode("ascii")
+
+
+def default_preprocess(name_or_path) -> str:
+    """'d2l' for a registered corpus (the book: the textbook's numbers), 'raw' for a file."""
+    return "d2l" if str(name_or_path) in load_registry() and not Path(name_or_path).is_file() else "raw"
+
+
+def dropped_letters(text: str, num_examples: int = 8):
+    """The letters 'd2l' preprocessing drops (any alphabet but A-Z, a-z) -> (how many,
+    up to num_examples of the most frequent, as a string)."""
+    if text.isascii():
+        return 0, ""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    counts = np.bincount(codes[codes > 127]) if (codes > 127).any() else np.zeros(0, np.int64)
+    present = np.flatnonzero(counts)
+    letters = [(int(counts[c]), chr(c)) for c in present.tolist() if chr(c).isalpha()]
+    letters.sort(key=lambda count_letter: -count_letter[0])
+    return sum(n for n, _ in letters), "".join(letter for _, letter in letters[:num_examples])
+
+
+def warn_dropped_letters(text: str, what) -> None:
+    """A CharrnnWarning when 'd2l' preprocessing of `text` drops letters outside A-Z."""
+    count, examples = dropped_letters(text)
+    if count:
+        warnings.warn(f"'d2l' preprocessing of {what} dropped {count:,} letters outside A-Z "
+                      f"(e.g. {examples}); raw preprocessing keeps them", CharrnnWarning, stacklevel=3)
 
 
 def tokenize(text: str, level: str):
@@ -366,11 +394,19 @@ def _is_token_count(pair) -> bool:
             and isinstance(pair[1], int) and not isinstance(pair[1], bool) and pair[1] >= 0)
 
 
-def load_corpus(name_or_path, level="char", preprocess="d2l", data_dir=None):
-    """A text file or registered corpus -> (corpus: (num_tokens,) int32 ids, vocab of the whole text)."""
+def load_corpus(name_or_path, level="char", preprocess=None, data_dir=None):
+    """A text file or registered corpus -> (corpus: (num_tokens,) int32 ids, vocab of the whole text).
+
+    preprocess None: default_preprocess(name_or_path). 'd2l' warns (CharrnnWarning) about the
+    letters outside A-Z it drops.
+    """
     check_choice(level, LEVELS, "level")
+    preprocess = default_preprocess(name_or_path) if preprocess is None else preprocess
     check_choice(preprocess, PREPROCESS_MODES, "preprocess mode")
-    text = preprocess_text(read_text(name_or_path, data_dir), preprocess)
+    text = read_text(name_or_path, data_dir)
+    if preprocess == "d2l":
+        warn_dropped_letters(text, name_or_path)
+    text = preprocess_text(text, preprocess)
     if not text.strip():
         hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if preprocess == "d2l" else ""
         raise CharrnnError(f"{name_or_path} holds nothing but whitespace after "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import preprocess_text, read_text, split_corpus
+from .data import preprocess_text, read_text, split_corpus, warn_dropped_letters
 from .errors import CharrnnError
 from .model import EVAL_CHUNK_STEPS
 
@@ -60,6 +60,7 @@ class Evaluation:
     loss: float  # mean cross-entropy, nats per token
     perplexity: float
     unknown: list  # distinct tokens of the text outside the vocabulary (read as <unk>)
+    unknown_count: int = 0  # their occurrences
 
 
 def evaluate_text(model, vocab, config, corpus=None, data_dir=None):
@@ -70,16 +71,20 @@ def evaluate_text(model, vocab, config, corpus=None, data_dir=None):
     than MAX_UNKNOWN_FRACTION of them is refused as not matching the vocabulary.
     """
     name = config.corpus if corpus is None else corpus
-    text = preprocess_text(read_text(name, data_dir=data_dir), config.preprocess)
+    text = read_text(name, data_dir=data_dir)
+    if config.preprocess == "d2l" and corpus is not None:  # (the training text was reported on in training)
+        warn_dropped_letters(text, name)
+    text = preprocess_text(text, config.preprocess)
     ids, unknown = vocab.encode(text, config.level)
     if corpus is None:
         ids = split_corpus(ids, config.val_fraction)[1]
         source = f"{name} (validation split, last {config.val_fraction:g})"
     else:
         source = str(name)
-    unknown_fraction = np.count_nonzero(ids == vocab.unk) / max(len(ids), 1)
+    unknown_count = int(np.count_nonzero(ids == vocab.unk))
+    unknown_fraction = unknown_count / max(len(ids), 1)
     if unknown and unknown_fraction > MAX_UNKNOWN_FRACTION:
         raise CharrnnError(f"{name}: {unknown_fraction:.0%} of its tokens are outside the checkpoint's "
                            f"vocabulary of {len(vocab)} (level {config.level}, preprocess {config.preprocess})")
     loss = mean_loss(model, ids)
-    return Evaluation(source, len(ids), loss, perplexity(loss), list(unknown))
+    return Evaluation(source, len(ids), loss, perplexity(loss), list(unknown), unknown_count)

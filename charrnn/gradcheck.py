@@ -39,10 +39,13 @@ class GradcheckRow(NamedTuple):
 
 @dataclass
 class GradcheckReport:
-    """rows: GradcheckRow per (check, parameter); settings: the arguments it ran with."""
+    """rows: GradcheckRow per (check, parameter); settings: the arguments it ran with;
+    z_scores: for the statistical checks, (check, parameter) -> the largest |mean - reference|
+    in standard errors of the mean, the measure such a check bounds."""
 
     rows: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    z_scores: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -88,7 +91,8 @@ def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activ
         report.rows += regular_rows(model, X, Y, state, value, entries)
     if kind == "randomized":
         report.settings["num_draws"] = num_draws
-        report.rows += randomized_rows(model, X, Y, state, value, num_draws, rng, full)
+        rows, report.z_scores = randomized_rows(model, X, Y, state, value, num_draws, rng, full)
+        report.rows += rows
     return report
 
 
@@ -210,22 +214,24 @@ def regular_rows(model, X, Y, state, chunk_steps, entries) -> list:
                       ROUNDOFF_TOLERANCE))
 
 
-def randomized_rows(model, X, Y, state, keep_prob, num_draws, rng, full) -> list:
+def randomized_rows(model, X, Y, state, keep_prob, num_draws, rng, full) -> tuple:
     """"randomized:P": P=1 must equal full exactly; the mean of num_draws draws must lie
-    within STANDARD_ERRORS standard errors of full (unbiasedness, eq. 9.7.9)."""
+    within STANDARD_ERRORS standard errors of full (unbiasedness, eq. 9.7.9) -> (rows, z_scores)."""
     exact = model.loss_and_grads(X, Y, state, "randomized:1", rng)[1]
     rows = compare("randomized:1 vs full (exactly)", exact, full, 0.0)
 
     def draw():
         return model.loss_and_grads(X, Y, state, f"randomized:{keep_prob}", rng)[1]
 
-    return rows + mean_within_bound(f"randomized:{keep_prob} mean of {num_draws} draws vs full "
-                                    f"(±{STANDARD_ERRORS:g} s.e.)", draw, full, num_draws)
+    mean_rows, z_scores = mean_within_bound(f"randomized:{keep_prob} mean of {num_draws} draws vs full "
+                                            f"(±{STANDARD_ERRORS:g} s.e.)", draw, full, num_draws)
+    return rows + mean_rows, z_scores
 
 
-def mean_within_bound(check, draw, reference, num_draws) -> list:
+def mean_within_bound(check, draw, reference, num_draws) -> tuple:
     """Rows: is the mean of num_draws calls of draw() (dicts of arrays) within STANDARD_ERRORS
-    standard errors of `reference`, entry by entry (plus round-off)? Sums are of draw - reference."""
+    standard errors of `reference`, entry by entry (plus round-off)? Sums are of draw - reference.
+    -> (rows, {(check, parameter): largest |mean - reference| / standard error})."""
     total = {name: np.zeros_like(g) for name, g in reference.items()}
     total_sq = {name: np.zeros_like(g) for name, g in reference.items()}
     for _ in range(num_draws):
@@ -233,13 +239,17 @@ def mean_within_bound(check, draw, reference, num_draws) -> list:
             d = g - reference[name]
             total[name] += d
             total_sq[name] += d * d
-    rows = []
+    rows, z_scores = [], {}
     for name in PARAM_NAMES:
         bias = total[name] / num_draws
         variance = np.maximum(total_sq[name] - total[name] * bias, 0.0) / (num_draws - 1)
         bound = (STANDARD_ERRORS * np.sqrt(variance / num_draws)
                  + ROUNDOFF_TOLERANCE * np.abs(reference[name]).max())
         abs_err, rel_err = errors(reference[name] + bias, reference[name])
-        rows.append(GradcheckRow(check, name, float(abs_err.max()), float(rel_err.max()),
-                                 bool(np.all(np.abs(bias) <= bound))))
-    return rows
+        passed = np.abs(bias) <= bound
+        rows.append(GradcheckRow(check, name, float(abs_err.max()), float(rel_err.max()), bool(np.all(passed))))
+        stderr = np.sqrt(variance / num_draws)
+        with np.errstate(divide="ignore", invalid="ignore"):  # exact entries: 0 if within round-off
+            z = np.where(stderr > 0, np.abs(bias) / stderr, np.where(passed, 0.0, np.inf))
+        z_scores[check, name] = float(z.max())
+    return rows, z_scores

@@ -54,7 +54,7 @@ def _figure_class():
         from matplotlib.figure import Figure
     except ImportError:
         raise CharrnnError("plots need matplotlib, which is not installed: "
-                           "pip install 'charrnn[plot]' (or pip install matplotlib)") from None
+                           "pip install -e '.[plot]' in a checkout, or pip install matplotlib") from None
     return Figure
 
 
@@ -106,4 +106,19 @@ def plot_comparison(results, path) -> None:
     by_tokens.set(xlabel="training tokens", ylabel="validation perplexity")
     by_time.set(xlabel="seconds of training", ylabel="validation perplexity")
     by_tokens.legend()
+    save_figure(figure, path)
+
+
+def plot_runs(histories, path) -> None:
+    """histories ([charrnn.curves.RunHistory]) -> training (dashed) and validation (solid)
+    perplexity against tokens, one colour per run, log scale."""
+    figure, (axes,) = new_figure(1, width=6.4, height=4.2)
+    for i, history in enumerate(histories):
+        for values, style, what in ((history.val_ppl, "-", "validation"), (history.train_ppl, "--", "training")):
+            points = [(t, p) for t, p in zip(history.tokens, values) if p is not None]
+            if points:
+                axes.plot(*zip(*points), style, marker="." if style == "-" else None, color=f"C{i % 10}",
+                          label=f"{history.name} ({what})")
+    axes.set(xlabel="training tokens", ylabel="perplexity", yscale="log")
+    axes.legend(fontsize="small")
     save_figure(figure, path)

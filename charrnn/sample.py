@@ -5,11 +5,13 @@ h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h) (eq. 9.4.5) without producing anything;
 each token is chosen from the output distribution softmax(o_t / temperature) and fed back in.
 """
 import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from .data import preprocess_text
-from .errors import CharrnnError
+from .errors import CharrnnError, CharrnnWarning
 
 
 def next_token(logits, rng, temperature=1.0, top_k=None, greedy=False):
@@ -52,18 +54,95 @@ def generate(model, prefix_ids, length, rng, temperature=1.0, top_k=None, greedy
     return generated
 
 
-def sample_text(model, vocab, prefix, length, level="char", preprocess="d2l",
-                temperature=1.0, top_k=None, greedy=False, seed=0):
-    """The prefix (preprocessed as the training text was) followed by `length` generated tokens,
-    never <unk>.
+@dataclass
+class Sample:
+    """A continuation: `text` is the prefix as preprocessed (`prefix`) and what followed it;
+    `unknown` the distinct prefix tokens outside the vocabulary (read as <unk>), `unknown_count`
+    how often they occur."""
 
-    -> (text, unknown): `unknown` lists the prefix's tokens outside `vocab`, read as <unk>.
-    """
-    prefix = preprocess_text(prefix, preprocess)
-    prefix_ids, unknown = vocab.encode(prefix, level)
-    if len(prefix_ids) == 0:
-        raise CharrnnError(f"the prefix {prefix!r} holds no tokens to start from")
+    text: str
+    prefix: str
+    unknown: list
+    unknown_count: int
+
+
+def encode_prefix(vocab, prefix, level, preprocess):
+    """A prefix as the training text was read -> (ids (n,) int32, preprocessed prefix, unknown,
+    unknown_count); a prefix without tokens -> CharrnnError."""
+    preprocessed = preprocess_text(prefix, preprocess)
+    ids, unknown = vocab.encode(preprocessed, level)
+    if len(ids) == 0:
+        raise CharrnnError(f"the prefix {prefix!r} holds no tokens to start from"
+                           + (f" after {preprocess!r} preprocessing" if preprocessed != prefix else ""))
+    return ids, preprocessed, unknown, int(np.count_nonzero(ids == vocab.unk))
+
+
+def continue_text(model, vocab, prefix, length, level, preprocess, temperature=1.0, top_k=None,
+                  greedy=False, seed=0) -> Sample:
+    """The prefix (preprocessed as the training text was: `level`, `preprocess`) followed by
+    `length` generated tokens, never <unk>."""
+    prefix_ids, preprocessed, unknown, unknown_count = encode_prefix(vocab, prefix, level, preprocess)
     generated = generate(model, prefix_ids, length, np.random.default_rng(seed),
                          temperature, top_k, greedy, banned=vocab.unk)
     separator = " " if level == "word" and length else ""
-    return prefix + separator + vocab.decode(generated, level), unknown
+    return Sample(preprocessed + separator + vocab.decode(generated, level), preprocessed, unknown, unknown_count)
+
+
+def sample_text(checkpoint, prefix, length=200, temperature=1.0, top_k=None, greedy=False, seed=0) -> Sample:
+    """Continue `prefix` with a trained model, reading it as its training text was read.
+
+    checkpoint: a charrnn.checkpoint.Checkpoint (load_checkpoint), a TrainResult, or anything
+    with .model, .vocab and .config (level and preprocess are taken from the config).
+    Warns (CharrnnWarning) when preprocessing changes the prefix or tokens of it are unknown.
+    """
+    cfg = checkpoint.config
+    sample = continue_text(checkpoint.model, checkpoint.vocab, prefix, length, cfg.level, cfg.preprocess,
+                           temperature, top_k, greedy, seed)
+    warn_prefix(prefix, sample.prefix, sample.unknown, sample.unknown_count, cfg.preprocess)
+    return sample
+
+
+def next_token_probs(checkpoint, prefix, top=10) -> list:
+    """The `top` most likely tokens after `prefix` -> [(token, probability)], most likely first.
+
+    The probabilities are softmax(o_t) of the model's output after the last prefix token; <unk>
+    is listed like any token (it stands for every token outside the vocabulary).
+    """
+    cfg = checkpoint.config
+    ids, preprocessed, unknown, unknown_count = encode_prefix(checkpoint.vocab, prefix, cfg.level, cfg.preprocess)
+    warn_prefix(prefix, preprocessed, unknown, unknown_count, cfg.preprocess)
+    state = None
+    for token in ids:
+        logits, state = checkpoint.model.step(np.array([token]), state)
+    z = logits[0].astype(np.float64)
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")[:top]
+    return [(checkpoint.vocab.to_tokens(int(i)), float(probs[i])) for i in order]
+
+
+def warn_prefix(prefix, preprocessed, unknown, unknown_count, preprocess) -> None:
+    """CharrnnWarnings: a prefix that preprocessing changed, tokens of it outside the vocabulary."""
+    if preprocessed != prefix:
+        warnings.warn(f"{preprocess!r} preprocessing changed the prefix {prefix!r} to {preprocessed!r}",
+                      CharrnnWarning, stacklevel=3)
+    if unknown:
+        warnings.warn(f"{unknown_summary(unknown, unknown_count)} of the prefix are not in the vocabulary "
+                      f"and were read as <unk>", CharrnnWarning, stacklevel=3)
+
+
+def unknown_summary(unknown, count, shown=10) -> str:
+    """'3 occurrences of 2 distinct tokens ('x', 'y')': what was read as <unk>, in words."""
+    listed = ", ".join(repr(token) for token in unknown[:shown]) + (", ..." if len(unknown) > shown else "")
+    return (f"{count:,} occurrence{'s' * (count != 1)} of {len(unknown):,} distinct "
+            f"token{'s' * (len(unknown) != 1)} ({listed})")
+
+
+def text_prefix(vocab, ids, level, max_chars=20) -> str:
+    """The first words of a text given as ids, as a default prefix: at most max_chars characters
+    (char level, cut after a whole word where there is one) or two words (word level)."""
+    if level == "word":
+        return vocab.decode(ids[:2], level)
+    text = vocab.decode(ids[: max_chars * 4], level).lstrip()[:max_chars]
+    cut = max(text.rfind(" "), text.rfind("\n"))
+    return (text[:cut] if cut > 0 else text).strip() or text

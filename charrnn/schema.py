@@ -140,8 +140,8 @@ def vocab_dict(value, vocab_size, where="vocab") -> dict:
         raise SchemaError(f"vocabulary of {len(tokens)} tokens for a model of {vocab_size}")
     for i, token in enumerate(tokens):
         text(token, f"{where}.idx_to_token[{i}]")
-    if not isinstance(freqs, list):
-        refuse(f"{where}.token_freqs", "a list", freqs)
+    if not isinstance(freqs, list) or not freqs:
+        refuse(f"{where}.token_freqs", "a list of the text's token counts", freqs)
     for i, pair in enumerate(freqs):
         if not (isinstance(pair, list) and len(pair) == 2):
             refuse(f"{where}.token_freqs[{i}]", "a [token, count] pair", pair)

@@ -2,9 +2,10 @@
 
 One step (d2l §9.7): forward over `num_steps` tokens, the loss L = (1/T) sum_t l(o_t, y_t)
 (eq. 9.7.2), its gradients by backpropagation through time (eqs. 9.7.3-9.7.8, in
-charrnn.model), global-norm clipping, an optimizer step. With the sequential sampler the hidden
-state is carried into the next minibatch (its gradient cut); with the random one it restarts
-from zeros.
+charrnn.model), global-norm clipping, an optimizer step at the learning rate the schedule gives
+for the share of the budget used so far (charrnn.schedule). With the sequential sampler the
+hidden state is carried into the next minibatch (its gradient cut); with the random one it
+restarts from zeros.
 
 The loop prints nothing: it reports to a `Reporter`. Resume is exact: the sampler of epoch `e`
 draws from default_rng([seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
@@ -15,7 +16,10 @@ TrainConfig; the output directory's checks are in charrnn.outdir.
 from __future__ import annotations
 
 import math
+import sys
 import time
+import types
+import warnings
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -26,10 +30,12 @@ import numpy as np
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
                          check_vocab_fits, checkpoint_path, data_hashes, data_sha1, load_checkpoint, model_spec,
                          same_text, save_checkpoint)
-from .config import BUDGET_FIELDS, DEFAULT_EPOCHS, MATHS_FIELDS, ConfigError, TrainConfig  # noqa: F401
-from .data import SAMPLERS, load_corpus, num_minibatches, split_corpus
-from .errors import CharrnnError
+from .config import (BUDGET_FIELDS, DEFAULT_EPOCHS, DEFAULT_SAMPLE_PREFIXES, MATHS_FIELDS,  # noqa: F401
+                     ConfigError, TrainConfig)
+from .data import SAMPLERS, Vocab, load_corpus, num_minibatches, preprocess_text, split_corpus
+from .errors import CharrnnError, CharrnnWarning
 from .evaluate import mean_loss, perplexity
+from .finetune import PARENT, extend_vocab, grown_model, load_parent, parent_record
 from .io import append_jsonl, remove_stale_temporaries, save_json
 from .lock import RunLock
 from .memory import check_training_memory, checkpoint_bytes
@@ -38,7 +44,8 @@ from .optim import clip_grad_norm, make_optimizer
 from .outdir import (check_free_space, check_writable, default_out_dir, keep_metrics_until,  # noqa: F401
                      last_good_checkpoint, prepare_out_dir, refuse_existing_run)
 from .recompute import loss_and_grads_auto
-from .sample import sample_text
+from .sample import continue_text, text_prefix
+from .schedule import budget_fraction, learning_rate
 from .signals import StopSignals
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
@@ -64,6 +71,9 @@ class TrainResult:
     checkpoint: Path | None  # the last good checkpoint
     checkpoint_step: int | None
     message: str = ""  # what went wrong, for reason == "nonfinite"
+    model: RNNLM | None = None  # the model as it ended (best.npz holds the best one)
+    vocab: Vocab | None = None
+    config: TrainConfig | None = None
 
     @property
     def best(self):
@@ -90,24 +100,32 @@ class Reporter:
 def train(config, out_dir, data_dir=None, reporter=None):
     """Start a new run of `config` writing to `out_dir` -> TrainResult.
 
-    Everything is checked before a file is written (memory before the directory is created);
-    the run holds the directory's lock (charrnn.lock) from then to its end.
+    config.init_from (fine-tuning): the run starts from that checkpoint's weights, grown for
+    the tokens its vocabulary lacks (charrnn.finetune), with a fresh optimizer. Everything is
+    checked before a file is written (memory before the directory is created); the run holds
+    the directory's lock (charrnn.lock) from then to its end.
     """
     refuse_existing_run(out_dir)
-    train_data, val_data, vocab = load_data(config, data_dir)
+    parent = load_parent(config) if config.init_from else None
+    train_data, val_data, vocab = load_data(config, data_dir, parent and parent.vocab)
     check_vocab_fits(vocab)
-    spec = {"vocab_size": len(vocab), "num_hiddens": config.num_hiddens, "activation": config.activation,
-            "dtype": config.dtype}
+    if config.sample_prefix is None:  # the run records the prefix it uses
+        config = replace(config, sample_prefix=DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
+                         or text_prefix(vocab, train_data, config.level))
+    spec = {**(model_spec(parent.model) if parent else {"num_hiddens": config.num_hiddens,
+            "activation": config.activation, "dtype": config.dtype}), "vocab_size": len(vocab)}
     check_training_memory(spec, config, len(val_data))
     out_dir = prepare_out_dir(out_dir)
     check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
     with RunLock(out_dir):
         refuse_existing_run(out_dir)  # again: another process may have started one meanwhile
         remove_stale_temporaries(out_dir)
-        model = RNNLM(**spec, seed=config.seed)
+        model = grown_model(parent.model, len(vocab), config.seed) if parent else RNNLM(**spec, seed=config.seed)
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         vocab.save(out_dir / VOCAB)
         save_json(out_dir / CONFIG, asdict(config))
+        if parent:
+            save_json(out_dir / PARENT, parent_record(parent, vocab))
         truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
         run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
                   reporter or Reporter(), Progress(), truncation_rng, None)
@@ -132,7 +150,8 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
         config = ckpt.config.resumed(changes)
         if moved is not None:
             config = replace(config, corpus=moved)
-        train_data, val_data, vocab = load_resumed_data(out_dir, config, data_dir, moved)
+        train_data, val_data, vocab = load_resumed_data(out_dir, config, data_dir, moved,
+                                                        ckpt.vocab if config.init_from else None)
         run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
                   reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state)
         if vocab.idx_to_token != ckpt.vocab.idx_to_token or not same_text(ckpt.meta, run.data_hashes):
@@ -151,10 +170,10 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
         return run.start(resumed=True)
 
 
-def load_resumed_data(out_dir, config, data_dir, moved):
+def load_resumed_data(out_dir, config, data_dir, moved, base_vocab):
     """load_data for a resumed run; a text no longer where the run found it -> how to give its new place."""
     try:
-        return load_data(config, data_dir)
+        return load_data(config, data_dir, base_vocab)
     except CharrnnError as err:
         gone = moved is None and Path(config.corpus).is_absolute() and not Path(config.corpus).exists()
         if gone and not isinstance(err, ConfigError):
@@ -163,10 +182,16 @@ def load_resumed_data(out_dir, config, data_dir, moved):
         raise
 
 
-def load_data(config, data_dir):
-    """-> train, val: (n,) int32 token ids, and the vocabulary; checks one minibatch fits."""
+def load_data(config, data_dir, base_vocab=None):
+    """-> train, val: (n,) int32 token ids, and the vocabulary; checks one minibatch fits.
+
+    base_vocab (fine-tuning): the vocabulary is base_vocab's tokens, in its order, then the
+    text's tokens it lacks.
+    """
     corpus, vocab = load_corpus(config.corpus, level=config.level, preprocess=config.preprocess,
                                 data_dir=data_dir)
+    if base_vocab is not None:
+        corpus, vocab = extend_vocab(base_vocab, corpus, vocab)
     train_data, val_data = split_corpus(corpus, config.val_fraction)
     try:
         next(SAMPLERS[config.sampler](train_data, config.batch_size, config.num_steps,
@@ -192,6 +217,9 @@ class Run:
         self.truncation_rng = truncation_rng
         self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None
         self.tokens_per_batch = config.batch_size * config.num_steps
+        self.tokens_per_epoch = (num_minibatches(len(train_data), config.batch_size, config.num_steps)
+                                 * self.tokens_per_batch)
+        self.warn_about_the_sample_prefix()
         self.checkpoint_step = progress.step  # of the checkpoint.npz on disk
         self.last_record = {}  # the latest metrics record of this session
         self.session_start = time.perf_counter()
@@ -235,11 +263,7 @@ class Run:
             self.state = None
 
     def epoch_batches(self):
-        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int.
-
-        Also sets the epoch's learning rate, lr * lr_decay**(epochs completed).
-        """
-        self.optimizer.lr = self.config.lr * self.config.lr_decay ** self.progress.epoch
+        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int."""
         rng = np.random.default_rng([self.config.seed, SAMPLER_STREAM, self.progress.epoch])
         batches = SAMPLERS[self.config.sampler](self.train_data, self.config.batch_size,
                                                 self.config.num_steps, rng)
@@ -248,6 +272,7 @@ class Run:
     def train_step(self, X, Y):
         """One minibatch: loss and gradients by BPTT, clipping, update -> "" or why the run must stop."""
         cfg = self.config
+        self.optimizer.lr = self.learning_rate()
         loss, grads, state = loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
                                                  rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
                                                  memory_budget_bytes=cfg.bptt_memory_budget * 2**20)
@@ -293,6 +318,11 @@ class Run:
         p.skipped_in_a_row += 1
         self.state = None
         return ""
+
+    def learning_rate(self):
+        """The schedule's learning rate for the next minibatch, from the budget used so far."""
+        fraction = budget_fraction(self.progress, self.config, self.tokens_per_epoch, self.elapsed())
+        return learning_rate(self.config, fraction, self.progress.epoch)
 
     def eval_due(self):
         """Whether the last minibatch crossed a multiple of eval_every tokens."""
@@ -347,16 +377,22 @@ class Run:
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
 
+    def warn_about_the_sample_prefix(self):
+        """A CharrnnWarning if preprocessing changes the prefix continued at each evaluation."""
+        prefix, preprocess = self.config.sample_prefix, self.config.preprocess
+        if prefix is not None and preprocess_text(prefix, preprocess) != prefix:
+            warnings.warn(f"{preprocess!r} preprocessing changes the sample prefix {prefix!r} to "
+                          f"{preprocess_text(prefix, preprocess)!r}", CharrnnWarning, stacklevel=2)
+
     def sample(self):
-        """The greedy continuation of the configured prefix (as the textbook's predict), or None
+        """The greedy continuation of the sample prefix (as the textbook's predict), or None
         when there is none to show (a prefix without tokens, a model without finite outputs)."""
         cfg = self.config
         try:
-            text, _ = sample_text(self.model, self.vocab, cfg.sample_prefix, cfg.sample_length,
-                                  level=cfg.level, preprocess=cfg.preprocess, greedy=True)
+            return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
+                                 level=cfg.level, preprocess=cfg.preprocess, greedy=True).text
         except CharrnnError:
             return None
-        return text
 
     def save(self, name):
         """Write the whole state of the run to `out_dir/name`, atomically; a state with a
@@ -398,7 +434,7 @@ class Run:
                 "num_params": sum(v.size for v in self.model.params.values())}
 
     def result(self, reason, message):
-        p = self.progress
+        p, cfg = self.progress, self.config
         if p.interval_steps:
             train_ppl = perplexity(p.interval_loss / p.interval_steps)
         else:
@@ -409,4 +445,15 @@ class Run:
             val_ppl=self.last_record.get("val_ppl"), tokens_per_s=self.tokens_per_s(),
             wall_time=time.perf_counter() - self.session_start,
             checkpoint=checkpoint if checkpoint.is_file() else None,
-            checkpoint_step=self.checkpoint_step, message=message)
+            checkpoint_step=self.checkpoint_step, message=message, model=self.model, vocab=self.vocab,
+            config=cfg)
+
+
+class CallableModule(types.ModuleType):
+    """This module, callable as its `train` function: `charrnn.train(config, out_dir)`."""
+
+    def __call__(self, config, out_dir, data_dir=None, reporter=None):
+        return train(config, out_dir, data_dir, reporter)
+
+
+sys.modules[__name__].__class__ = CallableModule

@@ -218,7 +218,7 @@ def test_plot_errors_are_one_line_and_come_first(tmp_path, text_file, monkeypatc
     assert no_folder.exit_code == 1 and "no folder" in no_folder.output
     assert "Gradient analysis" not in no_folder.output  # refused before any work
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
-    with pytest.raises(CharrnnError, match=r"pip install 'charrnn\[plot\]'"):
+    with pytest.raises(CharrnnError, match=r"pip install -e '\.\[plot\]'"):
         check_plot_path("figure.png")
     missing = invoke("analyze", *fresh, "--plot", tmp_path / "figure.png")
     assert missing.exit_code == 1 and "matplotlib" in missing.output and "Traceback" not in missing.output

@@ -15,7 +15,7 @@ from charrnn.data import (
     Vocab, count_tokens, load_corpus, num_minibatches, preprocess_text, read_text,
     seq_data_iter_random, seq_data_iter_sequential, split_corpus, tokenize,
 )
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, CharrnnWarning
 
 SAMPLERS = [seq_data_iter_random, seq_data_iter_sequential]
 
@@ -195,7 +195,7 @@ def test_byte_order_mark_is_dropped(tmp_path):
 
 def test_d2l_on_a_text_without_ascii_letters_suggests_raw(tmp_path):
     path = write(tmp_path / "ru.txt", "Машина времени, 1895.\n")
-    with pytest.raises(CharrnnError) as excinfo:
+    with pytest.raises(CharrnnError) as excinfo, pytest.warns(CharrnnWarning, match="dropped 13 letters"):
         load_corpus(path, preprocess="d2l")
     assert_one_line_error(excinfo, str(path), "'raw'")
 

@@ -1,6 +1,9 @@
 """Training loop, evaluation, sampling and checkpoints, through the Python API on tiny models."""
 import json
 import math
+import os
+import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,10 +11,10 @@ import pytest
 from charrnn import train as training
 from charrnn.data import Vocab
 from charrnn.checkpoint import save_model
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, CharrnnWarning
 from charrnn.evaluate import contiguous_batches, mean_loss
 from charrnn.model import RNNLM
-from charrnn.sample import generate, sample_text
+from charrnn.sample import continue_text, generate, sample_text
 
 TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 TIME_FIELDS = ("elapsed", "tokens_per_s")
@@ -50,11 +53,14 @@ def assert_same_run(dir_a, dir_b):
 
 
 @pytest.mark.parametrize("settings, k", [
-    (dict(sampler="sequential", truncation="randomized:0.5", optimizer="adam", lr_decay=0.8), 1),
-    (dict(sampler="random", truncation="regular:3", optimizer="adagrad"), 2),
+    (dict(sampler="sequential", truncation="randomized:0.5", optimizer="adam", lr_schedule="epoch",
+          lr_decay=0.8), 1),
+    (dict(sampler="random", truncation="regular:3", optimizer="adagrad", lr_schedule="constant"), 2),
 ])
 def test_resume_after_k_epochs_is_exact(tmp_path, text_file, settings, k):
-    """N epochs straight == k epochs + resume to N: parameters, optimizer, RNG state, metrics."""
+    """N epochs straight == k epochs + resume to N: parameters, optimizer, RNG state, metrics.
+    (A schedule that does not follow the budget: raising the budget on resume stretches the rest
+    of a cosine schedule, see test_an_interrupted_run_resumes_to_the_straight_run.)"""
     straight = training.train(config(text_file, **settings, epochs=3), tmp_path / "straight")
     assert straight.reason == "epochs" and straight.progress.epoch == 3
     first = training.train(config(text_file, **settings, epochs=k), tmp_path / "split")
@@ -63,17 +69,31 @@ def test_resume_after_k_epochs_is_exact(tmp_path, text_file, settings, k):
     assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
-def test_resume_mid_epoch_is_exact(tmp_path, text_file):
-    """Stopped by a token budget inside an epoch (carried state saved), resumed to the end."""
-    cfg = config(text_file, truncation="randomized:0.3", epochs=2)
-    training.train(cfg, tmp_path / "straight")
-    stopped = training.train(config(text_file, truncation="randomized:0.3", max_tokens=700),
-                             tmp_path / "split")
-    assert stopped.reason == "max_tokens" and 0 < stopped.progress.step_in_epoch
+class InterruptAt(training.Reporter):
+    """Sends the process a SIGINT after minibatch `step`, as Ctrl-C would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, stats):
+        if stats["step"] == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential"])
+def test_an_interrupted_run_resumes_to_the_straight_run(tmp_path, text_file, schedule):
+    """Interrupted inside an epoch (carried state saved) with the learning rate halfway down its
+    schedule, resumed to the end of the same budget: the same run as one never stopped."""
+    cfg = config(text_file, truncation="randomized:0.3", epochs=2, lr_schedule=schedule)
+    straight = training.train(cfg, tmp_path / "straight")
+    stopped = training.train(cfg, tmp_path / "split", reporter=InterruptAt(40))
+    assert stopped.reason == "SIGINT" and 0 < stopped.progress.step_in_epoch
     assert training.STATE_KEY in training.load_checkpoint(tmp_path / "split" / "checkpoint.npz").arrays
-    result = training.resume(tmp_path / "split", {"epochs": 2})
-    assert result.reason == "epochs"
+    result = training.resume(tmp_path / "split")
+    assert result.reason == "epochs" and result.val_ppl == straight.val_ppl
     assert_same_run(tmp_path / "straight", tmp_path / "split")
+    lrs = [r["lr"] for r in metrics(tmp_path / "split")]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2 * cfg.lr
 
 
 def test_resume_keeps_the_maths_and_needs_a_budget(tmp_path, text_file):
@@ -97,15 +117,16 @@ def test_resume_refuses_a_changed_corpus(tmp_path, text_file):
 
 
 def test_training_lowers_validation_perplexity_and_writes_its_files(tmp_path, text_file):
-    result = training.train(config(text_file, num_hiddens=32, epochs=6, lr=0.01, lr_decay=0.9),
-                            tmp_path / "run")
+    result = training.train(config(text_file, num_hiddens=32, epochs=6, lr=0.01, lr_schedule="epoch",
+                                   lr_decay=0.9), tmp_path / "run")
     records = metrics(tmp_path / "run")
     assert all(r["lr"] == 0.01 * 0.9 ** (r["epoch"] - 1) for r in records)
     assert records[-1]["val_ppl"] < 0.6 * records[0]["val_ppl"]
     assert result.val_ppl == records[-1]["val_ppl"]
     assert result.progress.best_val_ppl == min(r["val_ppl"] for r in records)
     assert [r["step"] for r in records] == sorted(r["step"] for r in records)
-    assert all(r["sample"].startswith("time traveller") for r in records)
+    first_words = " ".join(text_file.read_text().split()[:2])  # the default prefix of a user's text
+    assert all(r["sample"].startswith(first_words) for r in records)
     saved = json.loads((tmp_path / "run" / training.CONFIG).read_text())
     assert saved["num_hiddens"] == 32 and saved["corpus"] == str(text_file.resolve())
     best = training.load_checkpoint(tmp_path / "run")  # a directory means best.npz
@@ -222,8 +243,10 @@ def test_generation_warms_up_on_the_prefix_then_follows_the_model():
     vocab = Vocab(list("abcab c"))
     model = RNNLM(vocab_size=len(vocab), num_hiddens=8, seed=1)
     model.params["W_hq"] *= 100
-    greedy, unknown = sample_text(model, vocab, "Ab!c", 12, preprocess="d2l", greedy=True)
-    assert greedy.startswith("ab c") and len(greedy) == 16 and unknown == []
+    sample = continue_text(model, vocab, "Ab!c", 12, "char", "d2l", greedy=True)
+    greedy = sample.text
+    assert greedy.startswith("ab c") and len(greedy) == 16 and sample.unknown == []
+    assert sample.prefix == "ab c"
     state, expected = None, []
     for token in vocab[list("ab c")]:
         logits, state = model.step(np.array([token]), state)
@@ -231,12 +254,14 @@ def test_generation_warms_up_on_the_prefix_then_follows_the_model():
         expected.append(int(np.argmax(logits[0])))
         logits, state = model.step(np.array(expected[-1:]), state)
     assert greedy == "ab c" + vocab.decode(expected, "char")
-    top1, _ = sample_text(model, vocab, "ab c", 12, top_k=1, seed=5)
-    assert top1 == greedy
-    drawn = [sample_text(model, vocab, "ab c", 30, temperature=3.0, seed=s)[0] for s in (1, 1, 2)]
+    raw = training.TrainConfig(corpus="x", preprocess="raw")  # sample_text reads a prefix as its config says
+    trained = SimpleNamespace(model=model, vocab=vocab, config=raw)
+    assert sample_text(trained, "ab c", 12, top_k=1, seed=5).text == greedy
+    drawn = [sample_text(trained, "ab c", 30, temperature=3.0, seed=s).text for s in (1, 1, 2)]
     assert drawn[0] == drawn[1] != drawn[2]
-    _, unknown = sample_text(model, vocab, "abz", 3, preprocess="raw")
-    assert unknown == ["z"]
+    with pytest.warns(CharrnnWarning, match="3 occurrences of 2 distinct tokens"):
+        unknown = sample_text(trained, "abzzZ", 3)
+    assert (unknown.unknown, unknown.unknown_count, unknown.prefix) == (["Z", "z"], 3, "abzzZ")
     assert len(generate(model, np.array([1]), 0, np.random.default_rng(0))) == 0
     with pytest.raises(CharrnnError, match="no tokens"):
-        sample_text(model, vocab, "", 3)
+        sample_text(trained, "", 3)

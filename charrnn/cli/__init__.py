@@ -1,4 +1,4 @@
-"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare.
+"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -12,6 +12,7 @@ console script (charrnn.entry) first makes Ctrl-C quiet while this package is im
     render.py       what the commands print
     training.py     train, compare
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
+    plotting.py     plot
 """
 import os
 import warnings
@@ -22,8 +23,9 @@ import numpy as np
 from ..errors import CharrnnError
 from ..threads import THREAD_VARIABLES, blas_threads, default_threads
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
+from .plotting import plot
 from .options import Clip, FiniteRange, Truncation  # noqa: F401  (the option types, for tests and users)
-from .render import one_line
+from .render import charrnn_warnings, one_line, quiet_stdout
 from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
@@ -42,6 +44,9 @@ class CharrnnGroup(click.Group):
                 return super().invoke(ctx)
         except CharrnnError as err:
             raise click.ClickException(one_line(err)) from None
+        except BrokenPipeError:  # `charrnn ... | head`: the reader has all it wanted, a normal end
+            quiet_stdout()
+            ctx.exit(0)
         except OSError as err:
             where = f": {err.filename}" if err.filename else ""
             raise click.ClickException(one_line(f"{err.strerror or err}{where}")) from None
@@ -78,7 +83,10 @@ def raise_bug(err):
 def main(ctx, threads):
     """Character-level RNN language models trained by exact backpropagation through time."""
     ctx.with_resource(blas_threads(default_threads() if threads is None else threads))
+    ctx.with_resource(charrnn_warnings())
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare):
+
+
+for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot):
     main.add_command(command)

@@ -10,18 +10,18 @@ import click
 from .. import analysis
 from ..checkpoint import load_checkpoint
 from ..checks import is_text
-from ..data import load_corpus
+from ..data import default_preprocess, load_corpus
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
 from ..gradcheck import run_gradcheck
 from ..model import RNNLM
 from ..plot import check_plot_path, plot_analysis
-from ..sample import sample_text
+from ..sample import next_token_probs, sample_text
 from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, checkpoint_argument,
                       data_dir_option, dtype_choice, given_options, level_option, plot_option,
                       preprocess_option, randomized_option, regular_option)
-from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck, say,
-                     warn_unknown)
+from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
+                     print_next_tokens, say, warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activation", "dtype", "model_seed")
@@ -37,36 +37,53 @@ FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activati
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def corpus(corpus, level, preprocess, data_dir, top, as_json):
     """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path)."""
+    preprocess = preprocess or default_preprocess(corpus)
     ids, vocab = load_corpus(corpus, level=level, preprocess=preprocess, data_dir=data_dir)
     top_tokens = vocab.token_freqs[:top]
     if as_json:
         click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
                                "tokens": len(ids), "vocab_size": len(vocab),
-                               "top": [[token, count] for token, count in top_tokens]}))
+                               "top": [[token, count] for token, count in top_tokens]}, ensure_ascii=False))
         return
     print_corpus(corpus, level, preprocess, len(ids), vocab, top_tokens)
 
 
 @click.command()
 @checkpoint_argument
-@click.option("--prefix", default=DEFAULTS.sample_prefix, show_default=True, help="Text to warm the state up on.")
+@click.option("--prefix", default=None,
+              help="Text to warm the state up on [default: the run's sample prefix: 'time traveller' for the book].")
 @click.option("--length", type=click.IntRange(min=0), default=200, show_default=True, help="Tokens to generate.")
 @click.option("--temperature", type=FiniteRange(0, min_open=True), default=1.0, show_default=True,
               help="Below 1: more conservative; above 1: more random.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Draw only from the K most likely tokens.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (as the textbook's predict).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def sample(checkpoint, prefix, length, temperature, top_k, greedy, seed):
-    """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz)."""
-    if not is_text(prefix):
+@click.option("--show-probs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Instead of generating, list the N most likely next tokens after PREFIX with their probabilities.")
+@click.pass_context
+def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, show_probs):
+    """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz).
+
+    The prefix is read as the training text was (its preprocessing); a change is warned about.
+    """
+    drawing = given_options(ctx, ["top_k", "temperature"])
+    if greedy and drawing:
+        raise click.UsageError(f"--greedy takes the most likely token; it cannot be combined with "
+                               f"{' or '.join(drawing)}", ctx)
+    generating = given_options(ctx, ["length", "temperature", "top_k", "greedy", "seed"])
+    if show_probs is not None and generating:
+        raise click.UsageError(f"--show-probs lists the next token's probabilities and generates nothing; "
+                               f"drop {', '.join(generating)}", ctx)
+    if prefix is not None and not is_text(prefix):
         raise click.BadParameter(f"{prefix!r} is not UTF-8 text", param_hint="'--prefix'")
     ckpt = load_checkpoint(checkpoint)
-    text, unknown = sample_text(ckpt.model, ckpt.vocab, prefix, length, level=ckpt.config.level,
-                                preprocess=ckpt.config.preprocess, temperature=temperature,
-                                top_k=top_k, greedy=greedy, seed=seed)
-    warn_unknown(unknown, "the prefix")
-    to_terminal = sys.stdout.isatty()
-    click.echo(escape_controls(text) if to_terminal else text)  # a pipe or file gets the text as it is
+    if prefix is None:
+        prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
+    if show_probs is not None:
+        print_next_tokens(prefix, next_token_probs(ckpt, prefix, show_probs))
+        return
+    text = sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed).text
+    click.echo(escape_controls(text) if sys.stdout.isatty() else text)  # a pipe or file gets the text as it is
 
 
 @click.command()
@@ -85,11 +102,11 @@ def evaluate(checkpoint, corpus, data_dir, as_json):
     if not math.isfinite(result.loss):
         raise CharrnnError(f"{ckpt.path}: the model's outputs overflow on this text (its loss is {result.loss}); "
                            f"its weights are too large to evaluate")
-    warn_unknown(result.unknown, str(corpus))
+    warn_unknown(result.unknown, result.unknown_count, str(corpus))
     if as_json:  # strict JSON: a perplexity past a float (loss > ~709 nats) is null
         perplexity = result.perplexity if math.isfinite(result.perplexity) else None
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
-                               "loss": result.loss, "perplexity": perplexity}, allow_nan=False))
+                               "loss": result.loss, "perplexity": perplexity}, ensure_ascii=False, allow_nan=False))
         return
     print_evaluation(ckpt.path, result)
 
@@ -178,7 +195,8 @@ def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_
     X, Y = analysis.analysis_window(corpus, num_steps, batch_size, offset)
     truncations = (f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
     result = analysis.analyze(model, X, Y, truncations=truncations, num_draws=draws, seed=seed)
+    if plot is not None:  # the file first: a reader of the tables may close the pipe early
+        plot_analysis(result, plot)
     print_analysis(result, source)
     if plot is not None:
-        plot_analysis(result, plot)
         say(f"figure: {plot}")

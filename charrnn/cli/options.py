@@ -16,6 +16,7 @@ from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
 from ..model import ACTIVATIONS, DTYPES, parse_truncation
 from ..optim import OPTIMIZERS
 from ..recompute import BPTT_MEMORY_MODES
+from ..schedule import LR_SCHEDULES
 from .render import one_line
 
 DEFAULTS = TrainConfig()
@@ -92,8 +93,9 @@ def stack(*decorators):
 level_option = click.option("--level", type=click.Choice(LEVELS), default=DEFAULTS.level,
                             show_default=True, help="Tokens: characters or words.")
 preprocess_option = click.option(
-    "--preprocess", type=click.Choice(PREPROCESS_MODES), default=DEFAULTS.preprocess, show_default=True,
-    help="d2l: letters only, lowercased, other runs -> one space; raw: the text as it is.")
+    "--preprocess", type=click.Choice(PREPROCESS_MODES), default=None,
+    help="d2l: letters A-Z only, lowercased, other runs -> one space; raw: the text as it is "
+         "[default: d2l for the registered book, raw for a file].")
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where registered corpora are looked for first [default: $CHARRNN_DATA_DIR].")
@@ -113,12 +115,16 @@ plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=P
 
 # ---------------------------------------------------------------------------- the training settings
 
-def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every):
+def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, default_max_tokens=None):
     """The options of every TrainConfig field (and CORPUS, --data-dir), for `train` and `compare`.
 
     with_truncation: whether --truncation is one of them (compare sets it per run itself);
-    eval_every: the default of --eval-every.
+    eval_every: the default of --eval-every; default_max_tokens: the budget when none is given,
+    if not DEFAULT_EPOCHS epochs.
     """
+    when_none = " when no budget is given]"
+    epochs_default = "" if default_max_tokens else f" [default: {DEFAULT_EPOCHS}{when_none}"
+    tokens_default = f" [default: {default_max_tokens:,}{when_none}" if default_max_tokens else ""
     truncation = click.option(
         "--truncation", type=Truncation(), default=DEFAULTS.truncation, show_default=True,
         help="BPTT inside a window: full, regular:K (cut every K steps), randomized:P.")
@@ -145,21 +151,30 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every):
                      show_default=True),
         click.option("--lr", type=FiniteRange(0, min_open=True), default=DEFAULTS.lr, show_default=True,
                      help="Learning rate."),
+        click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=DEFAULTS.lr_schedule,
+                     show_default=True,
+                     help="The learning rate over the budget used (tokens, epochs or time): cosine or "
+                          "exponential from --lr down to --lr x --lr-floor, constant, or epoch "
+                          "(x --lr-decay after each epoch, the schedule of older runs)."),
+        click.option("--lr-floor", type=FiniteRange(0, 1, min_open=True), default=DEFAULTS.lr_floor,
+                     show_default=True, help="Where cosine and exponential end, as a fraction of --lr."),
         click.option("--lr-decay", type=FiniteRange(0, 1, min_open=True), default=DEFAULTS.lr_decay,
-                     show_default=True, help="Multiply the learning rate by this after each epoch."),
+                     show_default=True, help="--lr-schedule epoch: multiply the learning rate by this "
+                                             "after each epoch."),
         click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True),
         click.option("--epochs", type=click.IntRange(min=1), default=None,
-                     help=f"Budget in passes over the training split [default: {DEFAULT_EPOCHS} "
-                          f"when no budget is given]."),
-        click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Budget in training tokens."),
+                     help=f"Budget in passes over the training split{epochs_default}."),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+                     help=f"Budget in training tokens{tokens_default}."),
         click.option("--max-time", type=FiniteRange(0, min_open=True), default=None,
                      help="Budget in seconds of training (wall clock)."),
         click.option("--eval-every", type=click.IntRange(min=1), default=eval_every, show_default=True,
                      help="Tokens between validation evaluations (there is one at the end too)."),
         click.option("--on-nonfinite", type=click.Choice(ON_NONFINITE), default=DEFAULTS.on_nonfinite,
                      show_default=True, help="On a NaN/inf loss or gradient: stop, or skip the minibatch."),
-        click.option("--sample-prefix", default=DEFAULTS.sample_prefix, show_default=True,
-                     help="Prefix continued at each evaluation."),
+        click.option("--sample-prefix", default=None,
+                     help="Prefix continued at each evaluation [default: 'time traveller' for the book, "
+                          "the first words of the text otherwise]."),
         click.option("--sample-length", type=click.IntRange(min=0), default=DEFAULTS.sample_length,
                      show_default=True),
         click.option("--bptt-memory", type=click.Choice(BPTT_MEMORY_MODES), default=DEFAULTS.bptt_memory,

@@ -2,7 +2,12 @@
 
 User-provided text (corpus names, samples, paths) is printed as it is, never read as markup.
 """
+import math
+import os
 import re
+import sys
+import warnings
+from contextlib import contextmanager
 
 import click
 from rich.console import Console
@@ -10,10 +15,31 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
+from ..errors import CharrnnWarning
 from ..plot import sparkline
+from ..sample import unknown_summary
 from ..train import Reporter
 
-console = Console()
+
+def quiet_stdout():
+    """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. a test runner)
+        pass
+
+
+class PipeConsole(Console):
+    """A rich Console for which a closed pipe is an exception the command line handles (as for
+    click.echo), not rich's own exit with code 1."""
+
+    def on_broken_pipe(self):
+        quiet_stdout()
+        raise BrokenPipeError
+
+
+console = PipeConsole()
 
 
 def one_line(text):
@@ -24,10 +50,34 @@ def warn(message):
     click.echo(f"Warning: {one_line(message)}", err=True)
 
 
-def warn_unknown(unknown, what):
+def warn_unknown(unknown, count, what):
     if unknown:
-        shown = ", ".join(repr(token) for token in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
-        warn(f"{len(unknown)} token(s) of {what} are not in the vocabulary and were read as <unk>: {shown}")
+        warn(f"{unknown_summary(unknown, count)} of {what} are not in the vocabulary and were read as <unk>")
+
+
+@contextmanager
+def charrnn_warnings():
+    """While active, every CharrnnWarning is printed as `Warning: ...` on stderr (each time),
+    other warnings as Python prints them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CharrnnWarning)
+        show_others = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, CharrnnWarning):
+                warn(message)
+            else:
+                show_others(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
+def print_wide(renderable):
+    """Print a table at its full width, even past the terminal's (or the 80 columns of a pipe),
+    so that no column (a chart) is cut."""
+    needed = console.measure(renderable, options=console.options.update_width(10_000)).maximum
+    (PipeConsole(width=needed) if needed > console.width else console).print(renderable)
 
 
 CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Unicode's Cc but newline and tab
@@ -70,6 +120,8 @@ class ConsoleReporter(Reporter):
         verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
         say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
             f"vocabulary {info['vocab_size']}), {info['num_params']:,} parameters -> {info['out_dir']}")
+        if cfg.init_from:
+            say(f"Fine-tuning from {cfg.init_from}")
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
                         unit_scale=True, dynamic_ncols=True, disable=None)
 
@@ -84,7 +136,8 @@ class ConsoleReporter(Reporter):
         with tqdm.external_write_mode():
             best = " [green](best)[/green]" if record["best"] else ""
             console.print(f"[bold]epoch {record['epoch']}[/bold] {record['tokens']:,} tokens  "
-                          f"train ppl {fmt(record['train_ppl'], 2)}  val ppl {fmt(record['val_ppl'], 2)}{best}")
+                          f"train ppl {fmt(record['train_ppl'], 2)}  val ppl {fmt(record['val_ppl'], 2)}{best}  "
+                          f"[dim]lr {record['lr']:.2g}[/dim]")
             if record["sample"] is not None:
                 say(f"  {record['sample']!r}", style="dim")
 
@@ -124,7 +177,35 @@ def print_comparison(config, results):
         table.add_row(result.truncation, f"{result.tokens:,}", f"{result.tokens_per_s:,.0f}",
                       fmt(result.mean_grad_norm), fmt(result.final_val_ppl), fmt(min(ppl, default=None)),
                       sparkline(ppl, log=False))
+    print_wide(table)
+
+
+def print_next_tokens(prefix, probs):
+    """The table of charrnn.sample.next_token_probs: the most likely tokens after `prefix`."""
+    table = Table(title=escape(f"Next token after {prefix!r}"))
+    for column in ("rank", "token", "probability"):
+        table.add_column(column, justify="left" if column == "token" else "right")
+    for rank, (token, p) in enumerate(probs, 1):
+        table.add_row(str(rank), escape(repr(token)), f"{p:.4f}")
     console.print(table)
+
+
+def print_histories(histories):
+    """The table of `charrnn plot` without --out: per run (charrnn.curves.RunHistory), its last
+    and best perplexities and both curves as one-line charts on one (log) scale."""
+    table = Table(title="Perplexity against training tokens (charts: log scale, shared by all runs)")
+    for column in ("run", "tokens", "train ppl", "val ppl", "best val", "training", "validation"):
+        table.add_column(column, justify="left" if column in ("run", "training", "validation") else "right",
+                         no_wrap=True)
+    every = [[p for p in h.train_ppl + h.val_ppl if p is not None] for h in histories]
+    for history in histories:
+        last = {name: next((p for p in reversed(values) if p is not None), None)
+                for name, values in (("train", history.train_ppl), ("val", history.val_ppl))}
+        charts = [sparkline([math.nan if p is None else p for p in values], width=30, scale_with=every)
+                  for values in (history.train_ppl, history.val_ppl)]
+        table.add_row(escape(history.name), f"{history.tokens[-1]:,}", fmt(last["train"]), fmt(last["val"]),
+                      fmt(history.best_val_ppl), *charts)
+    print_wide(table)
 
 
 # ---------------------------------------------------------------------------- evaluate / gradcheck
@@ -142,15 +223,19 @@ def print_evaluation(path, result):
 def print_gradcheck(report):
     """One table per check of a charrnn.gradcheck.GradcheckReport, then the verdict."""
     checks = {}
-    for check, param, abs_err, rel_err, passed in report.rows:
-        checks.setdefault(check, []).append((param, abs_err, rel_err, passed))
+    for row in report.rows:
+        checks.setdefault(row.check, []).append(row)
     for check, rows in checks.items():
         table = Table(title=check)
-        for column in ("parameter", "max abs error", "max rel error", "result"):
+        tested_by_z = any((check, row.param) in report.z_scores for row in rows)  # the measure it bounds
+        columns = ("parameter", "max abs error", "max rel error", *(["max |mean-full|/s.e."] * tested_by_z),
+                   "result")
+        for column in columns:
             table.add_column(column, justify="left" if column == "parameter" else "right")
-        for param, abs_err, rel_err, passed in rows:
-            table.add_row(param, f"{abs_err:.2e}", f"{rel_err:.2e}",
-                          "[green]pass[/green]" if passed else "[red]FAIL[/red]")
+        for row in rows:
+            z = [f"{report.z_scores[check, row.param]:.2f}"] if tested_by_z else []
+            table.add_row(row.param, f"{row.max_abs_err:.2e}", f"{row.max_rel_err:.2e}", *z,
+                          "[green]pass[/green]" if row.passed else "[red]FAIL[/red]")
         console.print(table)
     console.print("[green]all checks passed[/green]" if report.passed else "[red]some checks failed[/red]")
 
@@ -180,7 +265,7 @@ def print_analysis(result, source):
                                      ("σ_max^t (bound)", result.singular_bound, jacobian_curves)):
         curves.add_row(name, f"{values[0]:.3e}", f"{values[middle]:.3e}", f"{values[-1]:.3e}",
                        sparkline(values, scale_with=scale_with))
-    console.print(curves)
+    print_wide(curves)
     errors = Table(title="Truncated vs full gradient, relative to ‖full gradient‖")
     for column in ("truncation", "draws", "‖mean - full‖", "standard error", "spread of one draw",
                    "RMS error of one draw"):

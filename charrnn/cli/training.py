@@ -8,6 +8,7 @@ import click
 from .. import compare as comparison
 from .. import train as training
 from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
+from ..finetune import finetune_config
 from ..outdir import default_out_dir, last_good_checkpoint
 from ..plot import check_plot_path, plot_comparison
 from .options import (bad_parameter, config_changes, plot_option, randomized_option, regular_option,
@@ -26,19 +27,31 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this directory (its settings; a budget may be raised). A CORPUS "
                    "given with it is where the run's text is now: accepted if it is the same text.")
+@click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Fine-tune: start a new run from the weights of this run (its best.npz) or checkpoint, "
+                   "with its network and preprocessing and a fresh optimizer; new tokens get new rows.")
 @click.pass_context
-def train(ctx, data_dir, out, resume, **options):
+def train(ctx, data_dir, out, resume, init_from, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
-    default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run.
+    default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run;
+    --init-from RUN fine-tunes a trained model on CORPUS.
     """
+    given = config_changes(ctx, options)
+    check_schedule_options(ctx, given, options["lr_schedule"], resume)
     reporter = ConsoleReporter()
     try:
         if resume is not None:
             if out is not None and out.resolve() != resume.resolve():
                 raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
-            result = training.resume(resume, config_changes(ctx, options), data_dir, reporter)
+            if init_from is not None:
+                raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
+            result = training.resume(resume, given, data_dir, reporter)
         else:
-            config = TrainConfig(**options)
+            if init_from is not None:
+                config = finetune_config(init_from, options["corpus"],
+                                         **{k: v for k, v in given.items() if k != "corpus"})
+            else:
+                config = TrainConfig(**options)
             result = training.train(config, out or default_out_dir(config), data_dir, reporter)
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
@@ -54,8 +67,18 @@ def train(ctx, data_dir, out, resume, **options):
         ctx.exit(EXIT_CODES[result.reason])
 
 
+def check_schedule_options(ctx, given, schedule, resume):
+    """--lr-decay belongs to the epoch schedule, --lr-floor to cosine and exponential."""
+    if resume is not None:
+        return
+    if "lr_decay" in given and schedule != "epoch":
+        raise click.UsageError("--lr-decay applies to --lr-schedule epoch only", ctx)
+    if "lr_floor" in given and schedule not in ("cosine", "exponential"):
+        raise click.UsageError("--lr-floor applies to --lr-schedule cosine or exponential only", ctx)
+
+
 @click.command()
-@training_options(with_truncation=False, eval_every=COMPARE_EVAL_EVERY)
+@training_options(with_truncation=False, eval_every=COMPARE_EVAL_EVERY, default_max_tokens=COMPARE_TOKENS)
 @regular_option
 @randomized_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -69,6 +92,7 @@ def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, **options):
     --max-time) each run trains on 500,000 tokens. Each run writes its checkpoints and
     metrics.jsonl to its own subdirectory of --out.
     """
+    check_schedule_options(ctx, config_changes(ctx, options), options["lr_schedule"], None)
     if plot is not None:
         check_plot_path(plot)
     if all(options[name] is None for name in BUDGET_FIELDS):
