@@ -311,6 +311,20 @@ def test_arguments_that_are_not_utf8_text_are_usage_errors(tmp_path, run_dir, te
     assert not out.exists()
 
 
+def test_plot_reads_a_hostile_metrics_file_without_a_traceback(tmp_path):
+    """Lines nested 100,000 deep, values of the wrong type, integers past int64, bytes that are
+    not UTF-8: skipped or read as no value; the good record is charted."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = ["[" * 100_000 + "]" * 100_000, '{"tokens": 5, "train_ppl": "x", "val_ppl": [1]}',
+             '{"tokens": ' + "9" * 400 + ', "train_ppl": 3}', '{"tokens": 6, "train_ppl": 1e308, "val_ppl": -1}',
+             '{"tokens": 7, "train_ppl": 3.0, "val_ppl": 2.0}']
+    (run / training.METRICS).write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+    result = invoke("plot", run)
+    assert_ok(result)
+    assert "2.000" in result.stdout
+
+
 def test_an_unexpected_exception_is_one_line_reporting_a_bug(run_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")

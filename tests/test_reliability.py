@@ -125,7 +125,8 @@ def test_torn_and_foreign_lines_in_metrics_are_dropped_on_resume(tmp_path, run_d
     step = training.load_checkpoint(out / training.CHECKPOINT).progress.step
     kept = (out / training.METRICS).read_bytes()
     with open(out / training.METRICS, "ab") as f:
-        f.write(b'[1, 2]\n{"step": "7"}\n"text"\n\xff\xfe\n{"step": 99999, "reason": "interval"}\n{"step": 1')
+        f.write(b'[1, 2]\n{"step": "7"}\n"text"\n\xff\xfe\n' + b"[" * 100_000 + b"]" * 100_000 +
+                b'\n{"step": 99999, "reason": "interval"}\n{"step": 1')
     assert_ok(invoke("train", "--resume", out, "--max-tokens", 1200))
     lines = (out / training.METRICS).read_bytes()
     assert lines.startswith(kept)
