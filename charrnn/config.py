@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .checks import is_finite, is_integer, is_text
-from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess
+from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
 from .errors import CharrnnError
 from .model import ACTIVATIONS, DTYPES, parse_truncation
 from .optim import OPTIMIZERS
@@ -152,10 +152,7 @@ class TrainConfig:
 
 def corpus_key(corpus):
     """A corpus as a run records it: the absolute path of an existing file, else the name."""
-    try:
-        path = Path(corpus).expanduser()
-    except RuntimeError:  # "~user" of no such user: a name, not a path
-        return str(corpus)
+    path = expand_user(corpus)
     return str(path.resolve()) if path.is_file() else str(corpus)
 
 

@@ -311,6 +311,15 @@ def test_arguments_that_are_not_utf8_text_are_usage_errors(tmp_path, run_dir, te
     assert not out.exists()
 
 
+def test_a_path_in_the_home_of_no_such_user_is_a_one_line_error(tmp_path):
+    """Path.expanduser raises RuntimeError for ~user of no such user: found by the last line of
+    defence (it reported a bug), now read as the path it is."""
+    book = "~no-such-user-charrnn/book.txt"
+    for args in (["corpus", book], ["train", book, *TINY, "--out", tmp_path / "run"]):
+        assert_error(invoke(*args), says=f"no such file or registered corpus: {book!r}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_plot_reads_a_hostile_metrics_file_without_a_traceback(tmp_path):
     """Lines nested 100,000 deep, values of the wrong type, integers past int64, bytes that are
     not UTF-8: skipped or read as no value; the good record is charted."""
