@@ -94,8 +94,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(name, f"{name} must be positive, got {value!r}")
-        if not is_finite(self.lr):
-            raise ConfigError("lr", f"lr must be a finite number, got {self.lr!r}")
+        for name in ("lr", "clip", "max_time"):  # saved as JSON numbers, which are finite
+            value = getattr(self, name)
+            if not is_finite(value) and (name == "lr" or value is not None):
+                raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
         if not (is_finite(self.lr_floor) and 0 < self.lr_floor <= 1):
             raise ConfigError("lr_floor", f"lr_floor must be in (0, 1], got {self.lr_floor!r}")
         if not 0 < self.lr_decay <= 1:

@@ -301,6 +301,16 @@ def test_sample_escapes_control_characters_on_a_terminal_only(tmp_path, run_dir)
     assert b"\x1b" not in shown and b"\\x1b" in shown
 
 
+def test_an_infinite_clip_is_a_usage_error(tmp_path, text_file):
+    """A checkpoint's JSON holds finite numbers only (found by the CLI fuzz: --clip inf reached the
+    last line of defence when the first checkpoint was saved)."""
+    out = tmp_path / "run"
+    assert_error(invoke("train", text_file, *TINY, "--clip", "inf", "--out", out), code=2, says="--clip")
+    assert not out.exists()
+    with pytest.raises(training.ConfigError, match="max_time must be a finite number"):
+        training.TrainConfig(max_time=float("inf"))
+
+
 def test_arguments_that_are_not_utf8_text_are_usage_errors(tmp_path, run_dir, text_file):
     """Bytes that are not UTF-8 in an argument reach Python as lone surrogates: such a prefix could
     be neither printed nor saved in a checkpoint that loads again."""
