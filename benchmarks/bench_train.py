@@ -49,6 +49,7 @@ import numpy as np
 
 from charrnn.data import load_corpus, read_text, seq_data_iter_sequential, split_corpus
 from charrnn.evaluate import contiguous_batches, mean_loss
+from charrnn.export import TORCH_MODULES
 from charrnn.model import RNNLM
 from charrnn.optim import clip_grad_norm, make_optimizer
 from charrnn.recompute import loss_and_grads_auto
@@ -90,6 +91,27 @@ def blas_threads() -> int:
     return os.cpu_count() or 1
 
 
+def machine_report(no_torch: bool, quiet: bool) -> tuple:
+    """-> (BLAS threads, whether PyTorch is measured, a report dict of the machine and versions),
+    printing a line about them unless quiet."""
+    try:
+        import torch
+        with_torch = not no_torch
+    except ImportError:
+        with_torch = False
+    threads = blas_threads()
+    report = {"threads": threads, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
+              "numpy": np.__version__,
+              "openblas_env": {name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}}
+    if with_torch:
+        report["torch"] = torch.__version__
+    if not quiet:
+        print(f"{threads} BLAS thread(s), {os.cpu_count()} CPUs, load average {report['load_average']:.2f}, "
+              f"numpy {np.__version__}" + (f", torch {report['torch']}" if with_torch else "")
+              + f", {report['openblas_env']}", flush=True)
+    return threads, with_torch, report
+
+
 def set_threads_and_restart(threads: int) -> None:
     """Re-run this script with every BLAS thread variable at `threads` (read when NumPy loads)."""
     wanted = {name: str(threads) for name in THREAD_VARIABLES}
@@ -103,14 +125,14 @@ def matmul_flops(a, b, out) -> float:
     return 2 * len(a) ** 3 / seconds
 
 
-def train_step_flops(num_hiddens: int, vocab_size: int) -> int:
+def train_step_flops(num_hiddens: int, vocab_size: int, gates: int = 1) -> int:
     """FLOPs of one training step, 2·m·n·k per matrix product, forward and backward.
 
     Per time step: h W_hh (forward), dA W_hhᵀ and the share of dW_hh (backward): 3 products
-    of (batch, H)x(H, H); h W_hq, dO W_hqᵀ and dW_hq: 3 of (batch, H)x(H, V). x W_xh is a row
-    lookup (x one-hot), no product.
+    of (batch, H)x(H, G·H), G = 1 (rnn), 3 (gru), 4 (lstm) fused gates; h W_hq, dO W_hqᵀ and
+    dW_hq: 3 of (batch, H)x(H, V). x W_xh is a row lookup (x one-hot), no product.
     """
-    return NUM_STEPS * 3 * 2 * BATCH_SIZE * num_hiddens * (num_hiddens + vocab_size)
+    return NUM_STEPS * 3 * 2 * BATCH_SIZE * num_hiddens * (gates * num_hiddens + vocab_size)
 
 
 def timed(fn) -> float:
@@ -127,9 +149,9 @@ def clocked(fn) -> tuple:
 
 # ----------------------------------------------------------------------------- the two engines
 
-def charrnn_engine(vocab_size: int, num_hiddens: int):
+def charrnn_engine(vocab_size: int, num_hiddens: int, cell: str = "rnn"):
     """-> (train_step(X, Y), evaluate(corpus)) for charrnn, as `charrnn train` runs them."""
-    model = RNNLM(vocab_size=vocab_size, num_hiddens=num_hiddens, seed=0)
+    model = RNNLM(vocab_size=vocab_size, num_hiddens=num_hiddens, seed=0, cell=cell)
     optimizer = make_optimizer("sgd", model.params, LR)
     state = None
 
@@ -143,14 +165,15 @@ def charrnn_engine(vocab_size: int, num_hiddens: int):
     return train_step, lambda corpus: mean_loss(model, corpus)
 
 
-def torch_engine(vocab_size: int, num_hiddens: int, threads: int):
-    """-> (train_step(X, Y), evaluate(corpus)) for the same network in PyTorch."""
+def torch_engine(vocab_size: int, num_hiddens: int, threads: int, cell: str = "rnn"):
+    """-> (train_step(X, Y), evaluate(corpus)) for the same network in PyTorch: nn.RNN, nn.GRU
+    or nn.LSTM as `cell` says."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    rnn = torch.nn.RNN(vocab_size, num_hiddens)
+    rnn = getattr(torch.nn, TORCH_MODULES[cell])(vocab_size, num_hiddens)
     head = torch.nn.Linear(num_hiddens, vocab_size)
     params = list(rnn.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=LR)
@@ -163,9 +186,14 @@ def torch_engine(vocab_size: int, num_hiddens: int, threads: int):
         targets = torch.from_numpy(np.ascontiguousarray(Y.T)).reshape(-1).long()
         return F.cross_entropy(logits, targets, reduction=reduction), h
 
+    def detached(state):  # nn.LSTM's state is a pair (h, c)
+        if state is None:
+            return None
+        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
     def train_step(X, Y):
         nonlocal state
-        loss, state = loss_and_state(X, Y, None if state is None else state.detach(), "mean")
+        loss, state = loss_and_state(X, Y, detached(state), "mean")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, CLIP)
@@ -200,16 +228,17 @@ def train_rates(train_step, batches) -> tuple:
 
 
 def bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torch,
-                 round_seconds=0.25, eval_rounds=5) -> dict:
+                 round_seconds=0.25, eval_rounds=5, cell="rnn", probes=None) -> dict:
     """Alternating rounds at one hidden size -> the per-round figures, each a list.
 
     A round: charrnn trains on `count` minibatches, PyTorch on the next `count`, then one
-    large matmul; the first `eval_rounds` rounds also evaluate the validation split with each.
-    A warm-up sizes `count` to about `round_seconds` of charrnn's training.
+    large matmul and each of `probes` ({name: fn() -> a number}, recorded under its name); the
+    first `eval_rounds` rounds also evaluate the validation split with each. A warm-up sizes
+    `count` to about `round_seconds` of charrnn's training.
     """
-    engines = {"charrnn": charrnn_engine(vocab_size, num_hiddens)}
+    engines = {"charrnn": charrnn_engine(vocab_size, num_hiddens, cell)}
     if with_torch:
-        engines["torch"] = torch_engine(vocab_size, num_hiddens, threads)
+        engines["torch"] = torch_engine(vocab_size, num_hiddens, threads, cell)
     stream = minibatches(train)
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE), dtype=np.float32) for _ in range(2))
@@ -226,6 +255,8 @@ def bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torc
             samples.setdefault(f"train_{name}", []).append(wall)
             samples.setdefault(f"cpu_train_{name}", []).append(cpu)
         samples["matmul"].append(matmul_flops(a, b, product))
+        for name, probe in (probes or {}).items():
+            samples.setdefault(name, []).append(probe())
         for name, (_, evaluate) in engines.items():
             if round_index < eval_rounds:
                 samples.setdefault(f"eval_{name}", []).append(len(val) / timed(lambda: evaluate(val)))
@@ -370,19 +401,7 @@ def main():
     if unknown:
         parser.error(f"unknown part {unknown[0]!r} in --only (use training, sampling, memory, tokenize)")
 
-    try:
-        import torch  # noqa: F401
-        with_torch = not args.no_torch
-    except ImportError:
-        with_torch = False
-    threads = blas_threads()
-    report = {"threads": threads, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
-              "numpy": np.__version__}
-    if with_torch:
-        report["torch"] = torch.__version__
-    if not args.json:
-        print(f"{threads} BLAS thread(s), {os.cpu_count()} CPUs, load average {report['load_average']:.2f}, "
-              f"numpy {np.__version__}" + (f", torch {report['torch']}" if with_torch else ""), flush=True)
+    threads, with_torch, report = machine_report(args.no_torch, args.json)
     measures = {"training": lambda: training_report(args, threads, with_torch), "sampling": lambda: sampling_report(args),
                 "memory": lambda: memory_report(args), "tokenize": lambda: tokenize_report(args)}
     for part in parts:

@@ -38,13 +38,12 @@ def phases(model, X, Y) -> dict:
     """Phase name -> callable running it once on the minibatch (X, Y), in the step's order."""
     B, T = X.shape
     X_tm, y = X.T, Y.T.reshape(-1)
-    ws = model._workspace(B, T)
-    model._set_initial_state(ws, None)
-    model._forward_states(X_tm, ws)
+    ws = model.workspace(B, T)
+    model.forward_segment(X_tm, None, ws)
     scales = path_scales("full", T, B, None, model.dtype)
-    W_hh, states, tmp = model.params["W_hh"], ws.hs, ws.tmp
-    rows_prev, rows_grad = ws.hs[:-1].reshape(B * T, -1), ws.dA.reshape(B * T, -1)
+    W_hh, states, tmp = model.params["W_hh"], ws.hs[0], ws.tmp
     grads = model.loss_and_grads(X, Y)[1]
+    rows_prev, rows_grad = states[:-1].reshape(B * T, -1), ws.dA.reshape(B * T, -1)
     optimizer = make_optimizer("sgd", model.params, 1.0)
 
     def recurrence_products():
@@ -56,25 +55,24 @@ def phases(model, X, Y) -> dict:
             np.tanh(states[t], out=states[t])
 
     def output_layer():
-        model._softmax_cross_entropy(y, ws)
-        model._output_grads(y, 1.0 / y.size, ws)
+        model.softmax_cross_entropy(y, ws)
+        model.output_grads(y, 1.0 / y.size, ws)
 
-    model._softmax_cross_entropy(y, ws)
-    model._output_grads(y, 1.0 / y.size, ws)
-    outputs_share = ws.dA.copy()  # dL/do_t W_hqᵀ, what the backward pass starts from
+    model.forward_segment(X_tm, None, ws)
+    output_layer()
+    outputs_share = ws.dH.copy()  # dL/do_t W_hqᵀ, what the backward pass starts from
 
-    def backward():
-        np.copyto(ws.dA, outputs_share)  # the pass works in place: give it the same input again
+    def backward():  # through time, and the weight gradients dW_hh, dW_xh, db_h
+        np.copyto(ws.dH, outputs_share)  # the pass works in place: give it the same input again
         ws.carry.fill(0)
-        model._backward_states(scales, ws.carry, ws)
+        model.backward_segment(X_tm, scales, ws.carry, ws)
 
     return {
-        "forward recurrence": lambda: model._forward_states(X_tm, ws),
+        "forward recurrence": lambda: model.forward_segment(X_tm, None, ws),
         "  h_{t-1} W_hh products": recurrence_products,
         "  tanh": tanh_per_step,
         "output layer, softmax, cross-entropy and their gradients": output_layer,
-        "backward through time": backward,
-        "weight gradients dW_hh, dW_xh, db_h": lambda: model._input_grads(X_tm, ws),
+        "backward through time, weight gradients dW_hh, dW_xh, db_h": backward,
         "  dW_hh product": lambda: rows_prev.T @ rows_grad,
         "clip_grad_norm": lambda: clip_grad_norm(grads, np.inf),
         "SGD update": lambda: optimizer.step(grads),

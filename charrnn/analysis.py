@@ -1,15 +1,26 @@
-"""Gradient analysis of BPTT on one window of text (d2l §9.7): why gradients vanish or explode,
-and what truncating them costs.
+"""Gradient analysis of BPTT on one window of text (d2l §9.7, §10.1-10.3): why gradients vanish
+or explode, what gating changes, and what truncating them costs.
 
-With the model's row vectors, h_t = φ(a_t), a_t = x_t W_xh + h_{t-1} W_hh + b_h, the Jacobian of
-one step is ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hhᵀ in the textbook's column convention (the model
-applies its transpose, W_hh diag(φ'(a_t)), to row vectors; both have the same singular values).
-The gradient of an early state is a product of these (eqs. 9.7.5-9.7.7), so its size goes like
-the powers of W_hh: for the linear network ∂h_t/∂h_0 = (W_hhᵀ)^t, which grows or vanishes like
-ρ(W_hh)^t (eq. 9.7.15); for tanh, |φ'| <= 1 bounds it by σ_max(W_hh)^t.
+With the model's row vectors, a one-layer rnn has h_t = φ(a_t), a_t = x_t W_xh + h_{t-1} W_hh +
+b_h, and the Jacobian of one step is ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hhᵀ in the textbook's
+column convention (the model applies its transpose, W_hh diag(φ'(a_t)), to row vectors; both
+have the same singular values). The gradient of an early state is a product of these
+(eqs. 9.7.5-9.7.7), so its size goes like the powers of W_hh: for the linear network
+∂h_t/∂h_0 = (W_hhᵀ)^t, which grows or vanishes like ρ(W_hh)^t (eq. 9.7.15); for tanh, |φ'| <= 1
+bounds it by σ_max(W_hh)^t.
 
-Everything here is computed in float64 from the model's own forward pass, and prints nothing.
+For every cell and depth the same quantities are taken on the full recurrent state s_t (every
+layer's h_t, and the LSTM's c_t too; jacobians.py): the Jacobian product is ∂s_t/∂s_0 =
+J_1 ⋯ J_t with J_t = ∂s_t/∂s_{t-1} the full-state Jacobian of one step, and ‖∂L/∂h_t‖ is taken
+over every layer's h_t. The LSTM's c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t gives J_t a diagonal block
+diag(f_t) on the c path, which keeps the product from vanishing while the forget gates stay
+near 1, where the rnn's product shrinks like the powers of W_hh.
+
+Everything here is computed in float64 from the model's parameters (evaluation: no dropout),
+and prints nothing.
 """
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
 
@@ -17,7 +28,8 @@ import numpy as np
 
 from .checks import check_int
 from .errors import CharrnnError
-from .model import PARAM_NAMES, Workspace, parse_truncation
+from .jacobians import Recurrence, state_grads
+from .model import parse_truncation
 
 DEFAULT_WINDOW = 100
 DEFAULT_REGULAR_STEPS = 10
@@ -48,44 +60,34 @@ def recurrence_spectrum(W_hh) -> tuple:
 
 
 def hidden_grad_norms(model, X, Y, state=None) -> np.ndarray:
-    """‖∂L/∂h_t‖ for t = 1..T -> (T,) float64, the norm taken over the (batch, H) state.
+    """‖∂L/∂h_t‖ for t = 1..T -> (T,) float64, the norm taken over the batch and every layer's h_t.
 
-    Full (untruncated) gradient by the recursion behind eq. 9.7.15:
-    ∂L/∂h_t = ∂L/∂o_t W_hqᵀ + (∂L/∂h_{t+1} ⊙ φ'(a_{t+1})) W_hhᵀ.
+    Full (untruncated) gradient by the recursion behind eq. 9.7.15 on the full state s_t:
+    ∂L/∂s_t = (∂L/∂o_t W_hqᵀ in the top layer's h) + J_{t+1} ∂L/∂s_{t+1}, J the one-step
+    Jacobian (for a one-layer rnn, ∂L/∂h_t = ∂L/∂o_t W_hqᵀ + (∂L/∂h_{t+1} ⊙ φ'(a_{t+1})) W_hhᵀ).
     """
-    ws, Y = _forward(model, X, Y, state)
-    y = Y.T.reshape(-1)
-    model.softmax_cross_entropy(y, ws)
-    model.output_grads(y, 1.0 / y.size, ws)  # ws.dA[t] = ∂L/∂o_{t+1} W_hqᵀ
-    direct = ws.dA.astype(np.float64)
-    derivative = _activation_derivative(model, ws.hs[1:])
-    W_hh_T = model.params["W_hh"].T.astype(np.float64)
-    norms = np.empty(len(direct))
-    grad = np.zeros_like(direct[0])  # ∂L/∂h_{t+1} through h_{t+2}, ..., zero after the window
-    for t in range(len(direct) - 1, -1, -1):
-        grad += direct[t]
-        norms[t] = np.linalg.norm(grad)
-        grad = (grad * derivative[t]) @ W_hh_T
-    return norms
+    recurrence, X, Y, s0 = _start(model, X, Y, state)
+    grads = state_grads(recurrence, X, Y, s0)[1:]
+    return np.sqrt(np.sum(grads[..., recurrence.hidden_mask()] ** 2, axis=(1, 2)))
 
 
 def jacobian_norms(model, X, state=None) -> np.ndarray:
-    """‖∂h_t/∂h_0‖₂ for t = 1..T -> (T,) float64: the largest singular value of the product
-    Π_{j=t..1} diag(φ'(a_j)) W_hhᵀ (eq. 9.7.7); with several rows, the largest over rows.
+    """‖∂s_t/∂s_0‖₂ for t = 1..T -> (T,) float64: the largest singular value of the product of
+    the one-step Jacobians of the full state (eq. 9.7.7; a one-layer rnn: Π diag(φ'(a_j)) W_hhᵀ,
+    s = h; the LSTM: s = (h, c) of every layer); with several rows, the largest over rows.
 
     The product is rescaled to norm 1 at every step and its scale kept as a logarithm, so it
     neither overflows nor underflows; a norm below ~1e-308 comes back as 0, above ~1e308 as inf.
     """
-    ws, _ = _forward(model, X, X, state)
-    derivative = _activation_derivative(model, ws.hs[1:])
-    W_hh = model.params["W_hh"].astype(np.float64)
-    T, B, H = derivative.shape
-    product = np.broadcast_to(np.eye(H), (B, H, H)).copy()  # row convention: dh_t = dh_0 product
+    recurrence, X, _, s = _start(model, X, X, state)
+    B, T = X.shape
+    N = recurrence.state_size
+    product = np.broadcast_to(np.eye(N), (B, N, N))  # row convention: ds_t = ds_0 product
     log_norm = np.zeros(B)
     log_norms = np.empty(T)
-    with np.errstate(divide="ignore", over="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         for t in range(T):
-            product = (product @ W_hh) * derivative[t][:, None, :]
+            s, product = recurrence.step(X[:, t], s, product)
             step_norm = _spectral_norms(product)
             log_norm += np.log(step_norm)
             product /= np.where(step_norm > 0, step_norm, 1.0)[:, None, None]
@@ -125,8 +127,8 @@ class TruncationError:
 
 
 def flat_grad(grads) -> np.ndarray:
-    """A grads dict -> one float64 vector, in PARAM_NAMES order."""
-    return np.concatenate([np.asarray(grads[name], np.float64).ravel() for name in PARAM_NAMES])
+    """A grads dict -> one float64 vector, in the dict's order (the model's parameter order)."""
+    return np.concatenate([np.asarray(grad, np.float64).ravel() for grad in grads.values()])
 
 
 def truncation_error(model, X, Y, truncation, state=None, num_draws=DEFAULT_DRAWS, seed=0,
@@ -166,20 +168,50 @@ class GradientAnalysis:
     batch_size: int
     num_steps: int
     loss: float
-    hidden_grad_norms: np.ndarray  # ‖∂L/∂h_t‖
-    jacobian_norms: np.ndarray  # ‖∂h_t/∂h_0‖₂
-    spectral_radius: float  # ρ(W_hh)
-    largest_singular_value: float  # σ_max(W_hh)
+    hidden_grad_norms: np.ndarray  # ‖∂L/∂h_t‖, every layer's h_t
+    jacobian_norms: np.ndarray  # ‖∂s_t/∂s_0‖₂, the full state (h; the LSTM's h and c)
+    spectral_radius: float | None  # ρ(W_hh), one-layer rnn only (else None)
+    largest_singular_value: float | None  # σ_max(W_hh), one-layer rnn only (else None)
     truncations: list  # TruncationError per truncation compared
+    cell: str = "rnn"
+    num_layers: int = 1
 
     @property
-    def predicted_norms(self) -> np.ndarray:
-        """ρ(W_hh)^t, the growth eq. 9.7.15 predicts for ‖∂h_t/∂h_0‖ of the linear network."""
+    def network(self) -> str:
+        """In words: "tanh rnn", "lstm, 2 layers", ..."""
+        name = f"{self.activation} rnn" if self.cell == "rnn" else self.cell
+        return name if self.num_layers == 1 else f"{name}, {self.num_layers} layers"
+
+    @property
+    def full_state(self) -> bool:
+        """Whether the Jacobian product is that of more than one h: a gated or stacked network."""
+        return self.cell == "lstm" or self.num_layers > 1
+
+    @property
+    def state_description(self) -> str:
+        if self.cell == "lstm":
+            return "h_t and c_t of every layer" if self.num_layers > 1 else "(h_t, c_t)"
+        return "h_t of every layer" if self.num_layers > 1 else "h_t"
+
+    def jacobian_name(self, final=False) -> str:
+        """‖∂h_t/∂h_0‖, or ‖∂s_t/∂s_0‖ for the full state of a gated or stacked network."""
+        step = "T" if final else "t"
+        symbol = "s" if self.full_state else "h"
+        return f"‖∂{symbol}_{step}/∂{symbol}_0‖"
+
+    @property
+    def predicted_norms(self) -> np.ndarray | None:
+        """ρ(W_hh)^t, the growth eq. 9.7.15 predicts for ‖∂h_t/∂h_0‖ of the linear network
+        (None where no single matrix's powers predict it: gated or stacked networks)."""
+        if self.spectral_radius is None:
+            return None
         return self.spectral_radius ** np.arange(1, self.num_steps + 1, dtype=np.float64)
 
     @property
-    def singular_bound(self) -> np.ndarray:
-        """σ_max(W_hh)^t, an upper bound on ‖∂h_t/∂h_0‖₂ for tanh and linear alike."""
+    def singular_bound(self) -> np.ndarray | None:
+        """σ_max(W_hh)^t, an upper bound on ‖∂h_t/∂h_0‖₂ of a one-layer rnn, tanh or linear."""
+        if self.largest_singular_value is None:
+            return None
         return self.largest_singular_value ** np.arange(1, self.num_steps + 1, dtype=np.float64)
 
     @property
@@ -190,27 +222,31 @@ class GradientAnalysis:
 
 def analyze(model, X, Y, state=None, truncations=DEFAULT_TRUNCATIONS, num_draws=DEFAULT_DRAWS,
             seed=0) -> GradientAnalysis:
-    """All of the above on window X, Y: (batch, T) int, from `state` (batch, H) or zeros."""
+    """All of the above on window X, Y: (batch, T) int, from `state` (the model's format) or zeros;
+    the network as evaluation runs it (no dropout)."""
+    model = model.with_dropout(0.0)
     loss, grads, _ = model.loss_and_grads(X, Y, state)
     full_grad = flat_grad(grads)
     errors = [truncation_error(model, X, Y, truncation, state, num_draws, seed, full_grad)
               for truncation in truncations]
-    rho, sigma = recurrence_spectrum(model.params["W_hh"])
+    rho = sigma = None
+    if model.cell == "rnn" and model.num_layers == 1:
+        rho, sigma = recurrence_spectrum(model.params["W_hh"])
     batch_size, num_steps = np.shape(X)
     return GradientAnalysis(model.activation, batch_size, num_steps, loss,
                             hidden_grad_norms(model, X, Y, state), jacobian_norms(model, X, state),
-                            rho, sigma, errors)
+                            rho, sigma, errors, model.cell, model.num_layers)
 
 
-def _forward(model, X, Y, state):
-    """The model's forward pass over X (B, T) -> (a fresh Workspace with ws.hs = h_0..h_T, Y
-    checked against the model)."""
-    X, Y, h0 = model.check_batch(X, Y, state)
-    B, T = X.shape
-    ws = Workspace(B, T, model.num_hiddens, model.vocab_size, model.dtype)
-    model.set_initial_state(ws, h0)
-    model.forward_states(X.T, ws)
-    return ws, Y
+def _start(model, X, Y, state) -> tuple:
+    """-> (Recurrence of the model, X, Y checked by the model, s_0 (B, N) float64 from the
+    state (L, S, B, H) in the model's format, or zeros)."""
+    X, Y, state = model.check_batch(X, Y, state)
+    recurrence = Recurrence(model)
+    if state is None:
+        return recurrence, X, Y, np.zeros((len(X), recurrence.state_size))
+    L, S, B, H = state.shape
+    return recurrence, X, Y, np.asarray(state, np.float64).transpose(2, 0, 1, 3).reshape(B, L * S * H)
 
 
 def _spectral_norms(matrices) -> np.ndarray:
@@ -218,10 +254,3 @@ def _spectral_norms(matrices) -> np.ndarray:
     symmetric eigenproblem, accurate to round-off and faster than an SVD."""
     gram = np.swapaxes(matrices, 1, 2) @ matrices
     return np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[:, -1], 0.0))
-
-
-def _activation_derivative(model, states) -> np.ndarray:
-    """φ'(a_t) from h_t = φ(a_t): 1 - h_t² for tanh, 1 for linear; (T, B, H) float64."""
-    if model.activation == "tanh":
-        return 1.0 - np.asarray(states, np.float64) ** 2
-    return np.ones(states.shape)

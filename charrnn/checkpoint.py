@@ -1,11 +1,13 @@
 """The files of a run: the model file format and the training checkpoint, one save/load pair each.
 
 A model file is an `.npz` (charrnn.io, no pickle) holding the parameters by name and JSON
-metadata that describes the model (MODEL_FORMAT, its version, sizes, activation, dtype). A
+metadata that describes the model (MODEL_FORMAT, its version, sizes, cell, layers, dropout,
+activation, dtype). Version 2 records cell, num_layers and dropout; a version-1 file (before
+gated cells) is read as the one-layer rnn it is. A
 training checkpoint is a model file with more: the optimizer's arrays ("optim.<slot>.<param>")
 and the state carried by the sequential sampler (STATE_KEY), and in the metadata the vocabulary,
-the TrainConfig, the Progress, the optimizer's counters, the truncation Generator's state and
-the SHA-1s of the training and validation tokens. `save_checkpoint` writes exactly the keys
+the TrainConfig, the Progress, the optimizer's counters, the states of the truncation and
+dropout Generators and the SHA-1s of the training and validation tokens. `save_checkpoint` writes exactly the keys
 `load_checkpoint` reads back, and it reads nothing else: a file is checked whole (charrnn.io's
 limits, charrnn.schema's types and ranges, each array's header against the shape the metadata
 gives, the memory it needs) before anything is built from it.
@@ -27,8 +29,8 @@ from .config import TrainConfig
 from .data import Vocab
 from .errors import CharrnnError
 from .io import NpzReader, save_npz
-from .memory import check_memory, param_bytes, param_shapes
-from .model import ACTIVATIONS, DTYPES, PARAM_NAMES, RNNLM
+from .memory import check_memory, param_bytes, param_shapes, state_shape
+from .model import ACTIVATIONS, CELLS, DTYPES, RNNLM
 from .optim import OPTIMIZERS, make_optimizer
 
 # the files of a run directory
@@ -39,7 +41,9 @@ VOCAB = "vocab.json"
 METRICS = "metrics.jsonl"
 
 MODEL_FORMAT = "charrnn-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: cell, num_layers, dropout recorded; 1: a one-layer rnn
+MODEL_FORMAT_VERSIONS = (1, 2)  # the versions load_model reads
+NETWORK_V1 = {"cell": "rnn", "num_layers": 1, "dropout": 0.0}  # what a version-1 file holds
 STATE_KEY = "carried_state"  # hidden state carried into the next minibatch (sequential)
 
 
@@ -49,10 +53,12 @@ def model_meta(model) -> dict:
     """The metadata that describes `model` in a file."""
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
             "vocab_size": model.vocab_size, "num_hiddens": model.num_hiddens,
+            "cell": model.cell, "num_layers": model.num_layers, "dropout": model.dropout,
             "activation": model.activation, "dtype": model.dtype.name}
 
 
-MODEL_KEYS = ("format", "format_version", "vocab_size", "num_hiddens", "activation", "dtype")  # model_meta's
+MODEL_KEYS = ("format", "format_version", "vocab_size", "num_hiddens", "cell", "num_layers", "dropout",
+              "activation", "dtype")  # model_meta's
 
 
 def model_spec(model) -> dict:
@@ -64,7 +70,7 @@ def save_model(model, path, extra_arrays=None, extra_meta=None) -> None:
     """Write the model's params and metadata (plus the caller's extras) atomically to a .npz file."""
     arrays, meta = dict(extra_arrays or {}), dict(extra_meta or {})
     described = model_meta(model)
-    clash = sorted(set(arrays) & set(PARAM_NAMES) | set(meta) & set(described))
+    clash = sorted(set(arrays) & set(model.params) | set(meta) & set(described))
     if clash:
         raise CharrnnError(f"extra arrays/metadata may not use the model's names {clash}")
     save_npz(path, {**arrays, **model.params}, {**meta, **described})
@@ -83,6 +89,10 @@ def load_model_with_extras(path) -> tuple:
         check_headers(reader, expected)
         extras = {name: reader.header(name)[:2] for name in reader.names if name not in expected}
         check_memory(read_bytes(path, {**expected, **extras}) + param_bytes(spec), f"reading {path}")
+        stray = sorted(name for name in extras if name.startswith(("W_", "b_")))
+        if stray:
+            raise CharrnnError(f"{path}: arrays {stray} belong to no {spec['num_layers']}-layer {spec['cell']} "
+                               f"network: its metadata and its arrays disagree")
         params = {name: reader.read(name, shape, dtype) for name, (shape, dtype) in expected.items()}
         arrays = {name: reader.read(name, shape, dtype) for name, (shape, dtype) in extras.items()}
         meta = reader.meta
@@ -102,15 +112,24 @@ def check_model_meta(path, meta) -> dict:
     if meta.get("format") != MODEL_FORMAT:
         raise CharrnnError(f"{path}: not a charrnn model file (format {schema.describe(meta.get('format'))})")
     version = meta.get("format_version")
-    if type(version) is not int or version != MODEL_FORMAT_VERSION:
+    if type(version) is not int or version not in MODEL_FORMAT_VERSIONS:
         raise CharrnnError(f"{path}: unsupported model format_version {schema.describe(version)}")
+    if version == 1 and set(NETWORK_V1) & set(meta):
+        raise CharrnnError(f"{path}: a version-1 model file cannot describe a cell, layers or dropout")
+    network = NETWORK_V1 if version == 1 else meta
     try:
-        return {"vocab_size": schema.size(meta.get("vocab_size"), "vocab_size"),
+        spec = {"vocab_size": schema.size(meta.get("vocab_size"), "vocab_size"),
                 "num_hiddens": schema.size(meta.get("num_hiddens"), "num_hiddens"),
                 "activation": schema.choice(meta.get("activation"), ACTIVATIONS, "activation"),
-                "dtype": schema.choice(meta.get("dtype"), DTYPES, "dtype")}
+                "dtype": schema.choice(meta.get("dtype"), DTYPES, "dtype"),
+                "cell": schema.choice(network.get("cell"), CELLS, "cell"),
+                "num_layers": schema.size(network.get("num_layers"), "num_layers"),
+                "dropout": schema.number(network.get("dropout"), "dropout")}
     except schema.SchemaError as err:
         raise CharrnnError(f"{path}: bad model metadata: {err}") from None
+    if not 0 <= spec["dropout"] < 1:
+        raise CharrnnError(f"{path}: bad model metadata: dropout must be in [0, 1), got {spec['dropout']!r}")
+    return spec
 
 
 def expected_params(spec) -> dict:
@@ -206,9 +225,10 @@ class Checkpoint:
     progress: Progress
     optimizer: object = field(repr=False)  # restored on model.params
     truncation_rng: np.random.Generator = field(repr=False)
-    state: np.ndarray | None = field(repr=False)  # carried (batch_size, num_hiddens), or None
+    state: np.ndarray | None = field(repr=False)  # carried (model.state_shape(batch_size)), or None
     arrays: dict = field(repr=False)  # extra arrays: optimizer state, carried state
     meta: dict = field(repr=False)
+    dropout_rng: np.random.Generator = field(repr=False, default=None)
 
 
 def all_finite(arrays) -> bool:
@@ -244,7 +264,8 @@ def check_vocab_fits(vocab) -> None:
                            f"or a smaller text")
 
 
-def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, hashes) -> None:
+def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, hashes,
+                    dropout_rng=None) -> None:
     """Write the whole state of a run to `path` atomically (what load_checkpoint reads back).
 
     hashes: data_hashes of the run's text. A state with a non-finite value -> CharrnnError,
@@ -257,6 +278,8 @@ def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_
         raise CharrnnError("non-finite parameters or optimizer state")
     meta = {"vocab": vocab.to_dict(), "config": asdict(config), "progress": asdict(progress),
             "optimizer": optimizer.state_meta(), "rng": truncation_rng.bit_generator.state, **hashes}
+    if dropout_rng is not None:
+        meta["dropout_rng"] = dropout_rng.bit_generator.state
     save_model(model, path, extra_arrays=arrays, extra_meta=meta)
 
 
@@ -289,7 +312,7 @@ def load_checkpoint(path, prefer=BEST):
         slots = {f"optim.{slot}.{name}": expected for slot in OPTIMIZERS[config.optimizer].slot_names
                  for name, expected in params.items()}
         check_headers(reader, slots, what="optimizer state ", missing="optimizer state has")
-        state = {STATE_KEY: ((config.batch_size, spec["num_hiddens"]), np.dtype(spec["dtype"]))}
+        state = {STATE_KEY: (state_shape(spec, config.batch_size), np.dtype(spec["dtype"]))}
         if STATE_KEY in reader.names:
             check_headers(reader, state)
         else:
@@ -302,8 +325,9 @@ def load_checkpoint(path, prefer=BEST):
         arrays = {name: reader.read(name, shape, dtype) for name, (shape, dtype) in expected.items()}
         meta = {key: value for key, value in reader.meta.items() if key not in MODEL_KEYS}
     model = build_model(path, spec, {name: arrays.pop(name) for name in params})
-    optimizer, truncation_rng, state = restore_training_state(path, model, config, arrays, meta)
-    return Checkpoint(path, model, vocab, config, progress, optimizer, truncation_rng, state, arrays, meta)
+    optimizer, truncation_rng, state, dropout_rng = restore_training_state(path, model, config, arrays, meta)
+    return Checkpoint(path, model, vocab, config, progress, optimizer, truncation_rng, state, arrays, meta,
+                      dropout_rng)
 
 
 TRAINING_KEYS = ("vocab", "config", "progress", "optimizer", "rng", "data_sha1")
@@ -322,12 +346,14 @@ def check_training_meta(path, meta, spec) -> tuple:
         progress = Progress.from_dict(schema.dataclass_fields(Progress, meta["progress"], "progress"))
         schema.optimizer_meta(meta["optimizer"], config.optimizer)
         schema.pcg64_state(meta["rng"])
+        if "dropout_rng" in meta:
+            schema.pcg64_state(meta["dropout_rng"], "dropout_rng")
         for key in ("data_sha1", "val_sha1"):
             if key in meta:
                 schema.sha1(meta[key], key)
     except (schema.SchemaError, CharrnnError) as err:
         raise CharrnnError(f"{path} has a corrupt training state: {err}") from None
-    for name in ("num_hiddens", "activation", "dtype"):
+    for name in ("num_hiddens", "cell", "num_layers", "dropout", "activation", "dtype"):
         if getattr(config, name) != spec[name]:
             raise CharrnnError(f"{path}: its config has {name} {getattr(config, name)!r}, its arrays {spec[name]!r}")
     if progress.tokens != progress.step * config.batch_size * config.num_steps:
@@ -337,16 +363,21 @@ def check_training_meta(path, meta, spec) -> tuple:
 
 
 def restore_training_state(path, model, config, arrays, meta):
-    """-> (optimizer on model.params, truncation Generator, carried state or None) as a checkpoint
-    saved them (checked by load_checkpoint); a non-finite piece -> CharrnnError."""
+    """-> (optimizer on model.params, truncation Generator, carried state or None, dropout
+    Generator or None) as a checkpoint saved them (checked by load_checkpoint); a non-finite
+    piece -> CharrnnError. A checkpoint from before dropout has no dropout Generator: None."""
     try:
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         optimizer.load_state(arrays, meta["optimizer"])
         truncation_rng = np.random.default_rng()
         truncation_rng.bit_generator.state = meta["rng"]
+        dropout_rng = None
+        if "dropout_rng" in meta:
+            dropout_rng = np.random.default_rng()
+            dropout_rng.bit_generator.state = meta["dropout_rng"]
     except (KeyError, TypeError, ValueError) as err:
         raise CharrnnError(f"{path} has a corrupt training state ({err})") from None
     state = arrays.get(STATE_KEY)
     if not all_finite([*optimizer.state_arrays().values(), *([] if state is None else [state])]):
         raise CharrnnError(f"{path} holds a non-finite optimizer or carried state")
-    return optimizer, truncation_rng, state
+    return optimizer, truncation_rng, state, dropout_rng

@@ -7,14 +7,13 @@ the way. Every choice is checked against the list of the module that owns it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 
 from .checks import is_finite, is_integer, is_text
 from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
 from .errors import CharrnnError
-from .model import ACTIVATIONS, DTYPES, parse_truncation
+from .model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
 from .optim import OPTIMIZERS
 from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
 from .schedule import LR_SCHEDULES
@@ -44,7 +43,10 @@ class TrainConfig:
     preprocess: str | None = None  # None: "d2l" for the registered book, "raw" for a file
     val_fraction: float = 0.1
     num_hiddens: int = 256
-    activation: str = "tanh"
+    cell: str = "rnn"  # "rnn" | "gru" | "lstm" (charrnn.cells)
+    num_layers: int = 1
+    dropout: float = 0.0  # between layers and before the output layer, while training
+    activation: str = "tanh"  # the rnn cell's; gated cells have their own nonlinearities
     dtype: str = "float32"
     batch_size: int = 64
     num_steps: int = 32
@@ -114,6 +116,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
                 raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        problem = network_problem(self.cell, self.num_layers, self.dropout, self.activation)
+        if problem:
+            raise ConfigError(*problem)
         try:
             kind, keep_prob = parse_truncation(self.truncation)
         except ValueError as err:
@@ -159,7 +164,7 @@ def corpus_key(corpus):
 
 
 # the fields chosen from a list, and the list of the module that owns each
-CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "activation": ACTIVATIONS, "dtype": DTYPES,
+CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
            "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))

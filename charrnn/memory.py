@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import CharrnnError
 from .evaluate import EVAL_ROWS
-from .model import EVAL_CHUNK_STEPS, RNNLM
+from .model import CELL_CLASSES, EVAL_CHUNK_STEPS, RNNLM
 from .optim import OPTIMIZERS
 from .recompute import bptt_memory_bytes, choose_bptt_memory, default_segment_steps
 
@@ -28,6 +28,12 @@ MEMORY_ADVICE = "try a smaller --num-hiddens, --batch-size or --num-steps"
 def param_shapes(spec) -> dict:
     """Name -> shape of the parameters of the model RNNLM(**spec) would build, without building it."""
     return RNNLM.param_shapes(SimpleNamespace(**spec))
+
+
+def state_shape(spec, batch_size) -> tuple:
+    """The shape of the state the model RNNLM(**spec) carries for `batch_size` rows, without building it."""
+    cell = CELL_CLASSES[spec["cell"]]
+    return RNNLM.state_shape(SimpleNamespace(**spec, num_states=cell.num_states), batch_size)
 
 
 def param_bytes(spec) -> int:

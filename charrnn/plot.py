@@ -71,18 +71,20 @@ def save_figure(figure, path) -> None:
 
 
 def plot_analysis(analysis, path) -> None:
-    """analysis (charrnn.analysis.GradientAnalysis) -> a figure: ‖∂L/∂h_t‖; ‖∂h_t/∂h_0‖ with
-    ρ^t and σ_max^t; the error of each truncation, relative to the full gradient."""
+    """analysis (charrnn.analysis.GradientAnalysis) -> a figure: ‖∂L/∂h_t‖; the Jacobian product
+    ‖∂h_t/∂h_0‖ (‖∂s_t/∂s_0‖ on the full state of a gated or stacked network), with ρ^t and
+    σ_max^t for a one-layer rnn; the error of each truncation, relative to the full gradient."""
     figure, (grads, jacobians, errors) = new_figure(3)
     steps = np.arange(1, analysis.num_steps + 1)
     grads.semilogy(steps, analysis.hidden_grad_norms, color="C0")
     grads.set(title="gradient of each hidden state", xlabel="step t", ylabel="‖∂L/∂h_t‖")
-    jacobians.semilogy(steps, analysis.jacobian_norms, color="C0", label="measured ‖∂h_t/∂h_0‖")
-    jacobians.semilogy(steps, analysis.predicted_norms, "--", color="C1",
-                       label=f"ρ(W_hh)^t, ρ = {analysis.spectral_radius:.3g}")
-    jacobians.semilogy(steps, analysis.singular_bound, ":", color="C2",
-                       label=f"σ_max(W_hh)^t, σ = {analysis.largest_singular_value:.3g}")
-    jacobians.set(title=f"Jacobian product ({analysis.activation})", xlabel="steps back t")
+    jacobians.semilogy(steps, analysis.jacobian_norms, color="C0", label=f"measured {analysis.jacobian_name()}")
+    if analysis.spectral_radius is not None:
+        jacobians.semilogy(steps, analysis.predicted_norms, "--", color="C1",
+                           label=f"ρ(W_hh)^t, ρ = {analysis.spectral_radius:.3g}")
+        jacobians.semilogy(steps, analysis.singular_bound, ":", color="C2",
+                           label=f"σ_max(W_hh)^t, σ = {analysis.largest_singular_value:.3g}")
+    jacobians.set(title=f"Jacobian product ({analysis.network})", xlabel="steps back t")
     jacobians.legend(fontsize="small")
     names = [error.truncation for error in analysis.truncations]
     x = np.arange(len(names))
@@ -91,6 +93,24 @@ def plot_analysis(analysis, path) -> None:
     errors.set_xticks(x, names)
     errors.set(title="truncated vs full gradient", ylabel="relative to ‖full gradient‖")
     errors.legend(fontsize="small")
+    save_figure(figure, path)
+
+
+def plot_analyses(analyses, sources, path) -> None:
+    """Several GradientAnalysis (e.g. an rnn, a gru and an lstm) -> one figure: ‖∂L/∂h_t‖ and the
+    Jacobian product of each (full state for gated or stacked networks), one curve per model."""
+    figure, (grads, jacobians) = new_figure(2, width=5.4)
+    networks = [analysis.network for analysis in analyses]
+    for index, (analysis, source) in enumerate(zip(analyses, sources)):
+        steps = np.arange(1, analysis.num_steps + 1)
+        label = analysis.network if networks.count(analysis.network) == 1 else f"{analysis.network} ({source})"
+        grads.semilogy(steps, analysis.hidden_grad_norms, color=f"C{index}", label=label)
+        jacobians.semilogy(steps, analysis.jacobian_norms, color=f"C{index}",
+                           label=f"{analysis.jacobian_name()}, {label}")
+    grads.set(title="gradient of each hidden state", xlabel="step t", ylabel="‖∂L/∂h_t‖")
+    jacobians.set(title="Jacobian product over the window (s: full state)", xlabel="steps back t")
+    for axes in (grads, jacobians):
+        axes.legend(fontsize="small")
     save_figure(figure, path)
 
 

@@ -34,23 +34,34 @@ def segment_bounds(num_steps, segment_steps) -> list:
 
 
 def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="float32",
-                      segment_steps=None) -> int:
+                      segment_steps=None, cell="rnn", num_layers=1, dropout=0.0) -> int:
     """Predicted bytes of the buffers one BPTT call holds (model.Workspace and checkpoints).
 
     segment_steps None: plain BPTT, a workspace for the whole window; else recomputation with
-    segments of that many steps: the checkpoints and a workspace for one segment. A workspace of
-    S steps holds (3S + 3)·B·H + S·B·V + V·H floats and S·B row indices.
+    segments of that many steps: the checkpoints and a workspace for one segment. With G gates
+    (1 rnn, 3 gru, 4 lstm), S states (2 lstm, else 1), L layers, a workspace of T steps holds
+    in floats: L(T+1)BH states h (and as many c for the lstm), TB(2H + V) + BGH + LSBH + VGH
+    (M, dH, logits, tmp, carry, the token table) and, for gated cells, LTB(GH + H) (gates,
+    extras), TBGH (dA) and BH (tmp_h), with
+    dropout 2LTBH (masks and dropped states); plus TB row indices (8 bytes each).
     """
     itemsize = np.dtype(dtype).itemsize
-    B, H, V = batch_size, num_hiddens, vocab_size
+    B, H, V, L = batch_size, num_hiddens, vocab_size, num_layers
+    G, S = {"rnn": (1, 1), "gru": (3, 1), "lstm": (4, 2)}[cell]
+    GH = G * H
 
-    def workspace(steps):
-        return itemsize * ((3 * steps + 3) * B * H + steps * B * V + V * H) + 8 * steps * B
+    def workspace(T):
+        floats = L * (T + 1) * B * H * S + T * B * (GH + H + V) + B * GH + L * S * B * H + V * GH
+        if cell != "rnn":
+            floats += L * T * B * (GH + H) + T * B * GH + B * H
+        if dropout > 0:
+            floats += 2 * L * T * B * H
+        return itemsize * floats + 8 * T * B
 
     if segment_steps is None:
         return workspace(num_steps)
     num_segments = math.ceil(num_steps / segment_steps)
-    return workspace(min(segment_steps, num_steps)) + itemsize * (num_segments + 1) * B * H
+    return workspace(min(segment_steps, num_steps)) + itemsize * (num_segments + 1) * L * S * B * H
 
 
 def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,
@@ -60,47 +71,54 @@ def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,
     check_choice(bptt_memory, BPTT_MEMORY_MODES, "bptt_memory mode")
     if bptt_memory != "auto":
         return bptt_memory
-    stored = bptt_memory_bytes(batch_size, num_steps, model.num_hiddens, model.vocab_size, model.dtype)
+    stored = bptt_memory_bytes(batch_size, num_steps, model.num_hiddens, model.vocab_size, model.dtype,
+                               cell=model.cell, num_layers=model.num_layers, dropout=model.dropout)
     return "store" if stored <= memory_budget_bytes else "recompute"
 
 
 def loss_and_grads_auto(model, X, Y, state=None, truncation="full", rng=None, bptt_memory="auto",
-                        memory_budget_bytes=DEFAULT_MEMORY_BUDGET) -> tuple:
+                        memory_budget_bytes=DEFAULT_MEMORY_BUDGET, dropout_rng=None) -> tuple:
     """RNNLM.loss_and_grads, storing every state or recomputing as `choose_bptt_memory` decides.
 
     X, Y: (batch, num_steps) int -> (loss, grads, state) as RNNLM.loss_and_grads.
     """
     shape = np.shape(X)  # the call chosen checks X, Y and state; a bad X goes to the plain one
     if len(shape) == 2 and choose_bptt_memory(bptt_memory, model, *shape, memory_budget_bytes) == "recompute":
-        return loss_and_grads_recompute(model, X, Y, state, truncation=truncation, rng=rng)
-    return model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng)
+        return loss_and_grads_recompute(model, X, Y, state, truncation=truncation, rng=rng,
+                                        dropout_rng=dropout_rng)
+    return model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng, dropout_rng=dropout_rng)
 
 
 def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=None,
-                             segment_steps=None) -> tuple:
+                             segment_steps=None, dropout_rng=None) -> tuple:
     """Mean cross-entropy (eq. 9.7.2) and its BPTT gradient, recomputing states per segment.
 
-    Same arguments and result as RNNLM.loss_and_grads (X, Y: (batch, num_steps) int; state:
-    (batch, H) or None; truncation and rng as there, the same ξ drawn from rng) -> (loss,
-    grads, state). segment_steps: steps between checkpoints, default round(√num_steps).
+    Same arguments and result as RNNLM.loss_and_grads (X, Y: (batch, num_steps) int; state as
+    there; truncation and rng as there, the same ξ drawn from rng; dropout_rng drawing the same
+    masks) -> (loss, grads, state). segment_steps: steps between checkpoints, default
+    round(√num_steps). The dropout masks are drawn segment by segment in time order (the same
+    numbers as one draw for the window); a recomputed segment redraws its masks from a copy of
+    dropout_rng's state saved at the segment's start.
     """
-    X, Y, h0 = model.check_batch(X, Y, state)
+    X, Y, state0 = model.check_batch(X, Y, state)
     B, T = X.shape
     segment_steps = default_segment_steps(T) if segment_steps is None else segment_steps
     check_int(segment_steps, "segment_steps", minimum=1)
     scales = path_scales(truncation, T, B, rng, model.dtype)
+    dropout_rng = model.check_dropout_rng(dropout_rng)
     X_tm, Y_tm = X.T, Y.T
     bounds = segment_bounds(T, int(segment_steps))
-    checkpoints = _checkpoint_states(model, X_tm, h0, bounds)
+    checkpoints, rng_states = _checkpoint_states(model, X_tm, state0, bounds, dropout_rng)
 
     grads = {name: np.zeros_like(value) for name, value in model.params.items()}
-    carry = np.zeros((B, model.num_hiddens), model.dtype)  # dL/dh at the end of the segment
+    carry = np.zeros_like(checkpoints[0])  # dL/dstate at the end of the segment
     loss_sum = 0.0
     for k in range(len(bounds) - 1, -1, -1):
         start, stop = bounds[k]
-        ws = _segment_states(model, X_tm[start:stop], checkpoints[k])
+        ws = model.workspace(B, stop - start)
+        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, _generator_at(rng_states[k], dropout_rng))
         if k == len(bounds) - 1:
-            final_state = ws.hs[-1].copy()
+            final_state = model.final_state(ws)
         segment_loss, segment_grads = model.segment_grads(
             X_tm[start:stop], Y_tm[start:stop], scales[start:stop], carry, X.size, ws)
         loss_sum += segment_loss
@@ -109,21 +127,31 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     return loss_sum / X.size, grads, final_state
 
 
-def _checkpoint_states(model, X_tm, h0, bounds) -> np.ndarray:
-    """The recurrence alone over all but the last segment -> (num_segments, B, H): the hidden
-    state at each segment's start (h0, or zeros when None)."""
+def _checkpoint_states(model, X_tm, state0, bounds, dropout_rng) -> tuple:
+    """The forward pass alone over all but the last segment -> (checkpoints (num_segments, L, S,
+    B, H): the state at each segment's start (state0, or zeros when None); the state of
+    dropout_rng's bit generator at each segment's start, None for the last, which is drawn
+    from dropout_rng itself, and when there is no dropout)."""
     B = X_tm.shape[1]
-    checkpoints = np.zeros((len(bounds), B, model.num_hiddens), model.dtype)
-    if h0 is not None:
-        checkpoints[0] = h0
+    L, S, H = model.num_layers, model.num_states, model.num_hiddens
+    checkpoints = np.zeros((len(bounds), L, S, B, H), model.dtype)
+    rng_states = [None] * len(bounds)
+    if state0 is not None:
+        checkpoints[0] = state0
     for k, (start, stop) in enumerate(bounds[:-1]):
-        checkpoints[k + 1] = _segment_states(model, X_tm[start:stop], checkpoints[k]).hs[-1]
-    return checkpoints
+        if dropout_rng is not None:
+            rng_states[k] = dropout_rng.bit_generator.state
+        ws = model.workspace(B, stop - start)
+        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, dropout_rng)
+        checkpoints[k + 1] = model.last_state(ws)
+    return checkpoints, rng_states
 
 
-def _segment_states(model, X_segment, h_start):
-    """Run the recurrence over one segment from h_start -> the model's workspace, states filled."""
-    ws = model.workspace(X_segment.shape[1], X_segment.shape[0])
-    ws.hs[0] = h_start
-    model.forward_states(X_segment, ws)
-    return ws
+def _generator_at(bit_state, dropout_rng):
+    """A Generator that draws what dropout_rng drew from the saved `bit_state`; dropout_rng
+    itself when there is no saved state."""
+    if bit_state is None:
+        return dropout_rng
+    generator = np.random.Generator(type(dropout_rng.bit_generator)())
+    generator.bit_generator.state = bit_state
+    return generator

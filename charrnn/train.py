@@ -9,8 +9,8 @@ restarts from zeros.
 
 The loop prints nothing: it reports to a `Reporter`. Resume is exact: the sampler of epoch `e`
 draws from default_rng([seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
-has done; the truncation Generator, the carried state, the optimizer state and the running sums
-are saved with the parameters (charrnn.checkpoint). The configuration is charrnn.config's
+has done; the truncation and dropout Generators, the carried state, the optimizer state and the
+running sums are saved with the parameters (charrnn.checkpoint). The configuration is charrnn.config's
 TrainConfig; the output directory's checks are in charrnn.outdir.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ from .schedule import budget_fraction, learning_rate
 from .signals import StopSignals
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
-SAMPLER_STREAM, TRUNCATION_STREAM = 0, 1  # second word of the seeds of the two Generators
+SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM = 0, 1, 2  # second word of the Generators' seeds
 
 
 def finite_or_none(number):
@@ -112,8 +112,9 @@ def train(config, out_dir, data_dir=None, reporter=None):
     if config.sample_prefix is None:  # the run records the prefix it uses
         config = replace(config, sample_prefix=DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
                          or text_prefix(vocab, train_data, config.level))
-    spec = {**(model_spec(parent.model) if parent else {"num_hiddens": config.num_hiddens,
-            "activation": config.activation, "dtype": config.dtype}), "vocab_size": len(vocab)}
+    network = {name: getattr(config, name) for name in ("num_hiddens", "activation", "dtype", "cell",
+                                                         "num_layers", "dropout")}
+    spec = {**(model_spec(parent.model) if parent else network), "vocab_size": len(vocab)}
     check_training_memory(spec, config, len(val_data))
     out_dir = prepare_out_dir(out_dir)
     check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
@@ -127,8 +128,9 @@ def train(config, out_dir, data_dir=None, reporter=None):
         if parent:
             save_json(out_dir / PARENT, parent_record(parent, vocab))
         truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
+        dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), Progress(), truncation_rng, None)
+                  reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng)
         run.save(CHECKPOINT)
         return run.start(resumed=False)
 
@@ -152,8 +154,11 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
             config = replace(config, corpus=moved)
         train_data, val_data, vocab = load_resumed_data(out_dir, config, data_dir, moved,
                                                         ckpt.vocab if config.init_from else None)
+        dropout_rng = ckpt.dropout_rng  # None in a checkpoint from before dropout, whose model has none
+        if dropout_rng is None:
+            dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state)
+                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng)
         if vocab.idx_to_token != ckpt.vocab.idx_to_token or not same_text(ckpt.meta, run.data_hashes):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
         reached = run.budget_reached()
@@ -209,13 +214,13 @@ class Run:
     """One training run in progress: model, optimizer, data, RNG streams and where it stands."""
 
     def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
-                 reporter, progress, truncation_rng, state):
+                 reporter, progress, truncation_rng, state, dropout_rng):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
         self.data_hashes = data_hashes(train_data, val_data)  # saved in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
-        self.truncation_rng = truncation_rng
-        self.state = state  # (batch_size, num_hiddens) carried by the sequential sampler, or None
+        self.truncation_rng, self.dropout_rng = truncation_rng, dropout_rng
+        self.state = state  # model.state_shape(batch_size) carried by the sequential sampler, or None
         self.tokens_per_batch = config.batch_size * config.num_steps
         self.tokens_per_epoch = (num_minibatches(len(train_data), config.batch_size, config.num_steps)
                                  * self.tokens_per_batch)
@@ -275,7 +280,8 @@ class Run:
         self.optimizer.lr = self.learning_rate()
         loss, grads, state = loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
                                                  rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
-                                                 memory_budget_bytes=cfg.bptt_memory_budget * 2**20)
+                                                 memory_budget_bytes=cfg.bptt_memory_budget * 2**20,
+                                                 dropout_rng=self.dropout_rng)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
@@ -400,7 +406,7 @@ class Run:
         self.progress.elapsed = self.elapsed()
         try:
             save_checkpoint(self.out_dir / name, self.model, self.optimizer, self.vocab, self.config,
-                            self.progress, self.truncation_rng, self.state, self.data_hashes)
+                            self.progress, self.truncation_rng, self.state, self.data_hashes, self.dropout_rng)
         except CharrnnError as err:
             raise self.failed(f"{err} at step {self.progress.step:,}, {name} not written") from None
         except OSError as err:

@@ -139,7 +139,8 @@ def test_the_memory_estimate_bounds_a_real_run(tmp_path, text_file):
     config = training.TrainConfig(corpus=str(text_file), num_hiddens=128, batch_size=16, num_steps=32,
                                   max_tokens=16 * 32 * 2, eval_every=512, sample_length=5)
     _, val_data, vocab = training.load_data(config, None)
-    spec = {"vocab_size": len(vocab), "num_hiddens": 128, "activation": "tanh", "dtype": "float32"}
+    network = ("num_hiddens", "activation", "dtype", "cell", "num_layers", "dropout")
+    spec = {**{name: getattr(config, name) for name in network}, "vocab_size": len(vocab)}
     tracemalloc.start()
     try:
         training.train(config, tmp_path / "run")

@@ -189,7 +189,7 @@ def test_step_by_step_matches_forward_pass():
 @pytest.mark.parametrize("activation", ["tanh", "linear"])
 def test_generation_stepper_gives_step_numbers_exactly(activation):
     m = scaled_model(activation, dtype="float32")
-    advance = m._stepper()
+    advance = m.stepper()
     state = advanced = np.zeros((1, H), np.float32)
     for token in [3, 0, 6, 6, 1, 3]:
         logits, state = m.step(np.array([token]), state)
@@ -321,28 +321,26 @@ def test_gradient_does_not_flow_into_the_given_state():
 
 
 def test_segment_pieces_compose_into_full_bptt():
-    """The private segment pieces, run backwards segment by segment from stored segment start
+    """The public segment pieces, run backwards segment by segment from stored segment start
     states with the gradient carried between them (as a recomputing backward pass would),
     give the gradient of one "full" pass."""
     m = scaled_model()
     X, Y = batch(num_steps=10)
     full = all_grads(m, X, Y, None, "full")
     bounds = [(0, 4), (4, 7), (7, 10)]
-    starts = [np.zeros((B, H))] + [m.forward_loss(X[:, :s], Y[:, :s])[2] for s, _ in bounds[1:]]
+    starts = [None] + [m.forward_loss(X[:, :s], Y[:, :s])[2].reshape(1, 1, B, H) for s, _ in bounds[1:]]
     scales = model_module.path_scales("full", 10, B, None, m.dtype)
     total = {name: 0.0 for name in PARAM_NAMES}
-    carry = np.zeros((B, H))
-    for (s, e), h_start in reversed(list(zip(bounds, starts))):
+    carry = np.zeros((1, 1, B, H))
+    for (s, e), state in reversed(list(zip(bounds, starts))):
         X_tm, y = X[:, s:e].T, Y[:, s:e].T.reshape(-1)
-        ws = m._workspace(B, e - s)
-        ws.hs[0] = h_start
-        m._forward_states(X_tm, ws)
-        m._softmax_cross_entropy(y, ws)
-        dW_hq, db_q = m._output_grads(y, 1.0 / X.size, ws)
-        m._backward_states(scales[s:e], carry, ws)
-        dW_xh, dW_hh, db_h = m._input_grads(X_tm, ws)
-        for name, g in zip(PARAM_NAMES, (dW_xh, dW_hh, db_h, dW_hq, db_q)):
-            total[name] = total[name] + g
+        ws = m.workspace(B, e - s)
+        m.forward_segment(X_tm, state, ws)
+        m.softmax_cross_entropy(y, ws)
+        grads = dict(zip(("W_hq", "b_q"), m.output_grads(y, 1.0 / X.size, ws)))
+        grads.update(m.backward_segment(X_tm, scales[s:e], carry, ws))
+        for name in PARAM_NAMES:
+            total[name] = total[name] + grads[name]
     for name in PARAM_NAMES:
         np.testing.assert_allclose(total[name], full[name], rtol=1e-12, atol=1e-15)
 
@@ -353,22 +351,24 @@ def test_segment_pieces_compose_into_full_bptt():
     (3, lambda rng, shape: np.full(shape, 2)),  # one token only
 ])
 def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
-    """dW_xh[v] = Σ_{x = v} dL/da over every (step, row), tokens absent from the window get
-    zero rows, and db_h sums every row: against np.add.at on the same dL/da."""
+    """dW_xh[v] = Σ_{x = v} δ over every (step, row), tokens absent from the window get zero
+    rows, and db_h sums every row: against np.add.at on the same δ. A linear model with every
+    path cut makes δ_t the given dL/dh_t."""
     rng = np.random.default_rng(0)
-    m = RNNLM(vocab_size, 40, dtype="float64")
+    m = RNNLM(vocab_size, 40, activation="linear", dtype="float64")
     X_tm = draw(rng, (6, 5)).astype(np.int32)
-    ws = m._workspace(5, 6)
+    ws = m.workspace(5, 6).for_backward()
     ws.hs[...] = rng.standard_normal(ws.hs.shape)
-    ws.dA[...] = rng.standard_normal(ws.dA.shape)
-    rows = ws.dA.reshape(30, 40).copy()
-    dW_xh, dW_hh, db_h = m._input_grads(X_tm, ws)
+    ws.dH[...] = rng.standard_normal(ws.dH.shape)
+    rows = ws.dH.reshape(30, 40).copy()
+    grads = m.backward_segment(X_tm, [model_module.CUT] * 6, np.zeros((1, 1, 5, 40)), ws)
+    dW_xh, dW_hh, db_h = grads["W_xh"], grads["W_hh"], grads["b_h"]
     expected = np.zeros((vocab_size, 40))
     np.add.at(expected, X_tm.reshape(-1), rows)
     np.testing.assert_allclose(dW_xh, expected, rtol=1e-13, atol=1e-13)
     assert not dW_xh[np.setdiff1d(np.arange(vocab_size), X_tm)].any()
     np.testing.assert_allclose(db_h, rows.sum(axis=0), rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(dW_hh, ws.hs[:-1].reshape(30, 40).T @ rows, rtol=1e-13)
+    np.testing.assert_allclose(dW_hh, ws.hs[0, :-1].reshape(30, 40).T @ rows, rtol=1e-13)
 
 
 # ------------------------------------------------------------------ bad input
@@ -421,7 +421,8 @@ def test_save_load_round_trip_with_extras(tmp_path):
     assert loaded.loss_and_grads(X, Y)[0] == m.loss_and_grads(X, Y)[0]
     assert load_model(path).activation == "linear"
     _, raw_meta = load_npz(path)
-    assert raw_meta["format"] == "charrnn-model" and raw_meta["format_version"] == 1
+    assert raw_meta["format"] == "charrnn-model" and raw_meta["format_version"] == 2
+    assert (raw_meta["cell"], raw_meta["num_layers"], raw_meta["dropout"]) == ("rnn", 1, 0.0)
     with zipfile.ZipFile(path) as z:  # pickle-free: every member is a plain .npy array
         assert all(name.endswith(".npy") for name in z.namelist())
 
@@ -455,7 +456,8 @@ def tampered(tmp_path, arrays_fn=None, meta_fn=None):
     (lambda a: a["b_h"].__setitem__(0, np.nan), None, "non-finite"),
     (None, lambda m: m.update(format="something-else"), "not a charrnn model"),
     (None, lambda m: m.pop("format"), "not a charrnn model"),
-    (None, lambda m: m.update(format_version=2), "format_version"),
+    (None, lambda m: m.update(format_version=3), "format_version"),
+    (None, lambda m: m.update(format_version=0), "format_version"),
     (None, lambda m: m.update(format_version=True), "format_version"),
     (None, lambda m: m.update(format_version=1.0), "format_version"),
     (None, lambda m: m.update(vocab_size="7"), "vocab_size"),

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from charrnn import recompute
 from charrnn import train as training
 from charrnn.errors import CharrnnError
-from charrnn.model import RNNLM, Workspace
+from charrnn.model import RNNLM
 from charrnn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
                                default_segment_steps, loss_and_grads_auto, loss_and_grads_recompute,
                                segment_bounds)
@@ -109,15 +109,30 @@ def test_bad_segment_steps_and_input(bad):
         loss_and_grads_recompute(model, X + V, Y)
 
 
-def test_predicted_memory_is_the_workspace_and_grows_like_sqrt_t():
+def held_bytes(ws):
+    """Bytes of the arrays a Workspace owns (views and aliases counted once, as their base)."""
+    owned = {id(a): a for a in vars(ws).values() if isinstance(a, np.ndarray) and a.base is None}
+    return sum(a.nbytes for a in owned.values())
+
+
+@pytest.mark.parametrize("cell, num_layers, dropout", [
+    ("rnn", 1, 0.0), ("rnn", 2, 0.5), ("gru", 1, 0.0), ("gru", 3, 0.2), ("lstm", 1, 0.0), ("lstm", 2, 0.5)])
+def test_predicted_memory_is_the_workspace(cell, num_layers, dropout):
     B, T = 3, 50
-    ws = Workspace(B, T, H, V, np.float32)
-    held = sum(array.nbytes for array in vars(ws).values())
-    assert bptt_memory_bytes(B, T, H, V, "float32") == held
-    recompute = [bptt_memory_bytes(1, t, 256, 28, "float32", default_segment_steps(t)) for t in (10**6, 10**8)]
-    plain = [bptt_memory_bytes(1, t, 256, 28, "float32") for t in (10**6, 10**8)]
-    assert plain[1] / plain[0] == pytest.approx(100, rel=0.01)
-    assert recompute[1] / recompute[0] == pytest.approx(10, rel=0.05)
+    model = RNNLM(V, H, cell=cell, num_layers=num_layers, dropout=dropout)
+    X, Y = window(B, T)
+    model.loss_and_grads(X, Y, dropout_rng=np.random.default_rng(0))
+    predicted = bptt_memory_bytes(B, T, H, V, "float32", cell=cell, num_layers=num_layers, dropout=dropout)
+    assert predicted == held_bytes(model.workspace(B, T))
+
+
+def test_predicted_memory_grows_like_sqrt_t():
+    for kwargs in ({}, dict(cell="lstm", num_layers=2, dropout=0.5)):
+        recompute = [bptt_memory_bytes(1, t, 256, 28, "float32", default_segment_steps(t), **kwargs)
+                     for t in (10**8, 10**10)]
+        plain = [bptt_memory_bytes(1, t, 256, 28, "float32", **kwargs) for t in (10**8, 10**10)]
+        assert plain[1] / plain[0] == pytest.approx(100, rel=0.01)
+        assert recompute[1] / recompute[0] == pytest.approx(10, rel=0.05)
 
 
 def peak_bytes(fn):

@@ -317,7 +317,7 @@ BAD_CHECKPOINTS = {
     "empty": (raw(lambda good: b""), "not an .npz file"),
     "bytes flipped": (raw(flipped), ""),
     "not a zip": (raw(lambda good: b"W_hh = [[0.1, 0.2], [0.3, 0.4]]\n" * 20), "not an .npz file"),
-    "format_version 2": (edited(set_in("format_version", value=2)), "format_version 2"),
+    "format_version 3": (edited(set_in("format_version", value=3)), "format_version 3"),
     "format_version as text": (edited(set_in("format_version", value="1")), "format_version '1'"),
     "W_hh of a wrong shape": (edited(replace_array("W_hh", lambda a: a[:3])), "W_hh"),
     "W_hq as float64": (edited(replace_array("W_hq", lambda a: a.astype(np.float64))), "W_hq is float64"),

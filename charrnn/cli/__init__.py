@@ -1,4 +1,4 @@
-"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot.
+"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -13,6 +13,7 @@ console script (charrnn.entry) first makes Ctrl-C quiet while this package is im
     training.py     train, compare
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
     plotting.py     plot
+    exporting.py    export
 """
 import os
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..errors import CharrnnError
 from ..threads import THREAD_VARIABLES, blas_threads, default_threads
+from .exporting import export
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
 from .plotting import plot
 from .options import Clip, FiniteRange, Truncation  # noqa: F401  (the option types, for tests and users)
@@ -88,5 +90,5 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot):
+for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export):
     main.add_command(command)

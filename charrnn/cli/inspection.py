@@ -14,17 +14,18 @@ from ..data import default_preprocess, load_corpus
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
 from ..gradcheck import run_gradcheck
-from ..model import RNNLM
-from ..plot import check_plot_path, plot_analysis
+from ..model import RNNLM, network_problem
+from ..plot import check_plot_path, plot_analyses, plot_analysis
 from ..sample import next_token_probs, sample_text
-from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, checkpoint_argument,
-                      data_dir_option, dtype_choice, given_options, level_option, plot_option,
+from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cell_choice, checkpoint_argument,
+                      data_dir_option, dropout_range, dtype_choice, given_options, level_option, plot_option,
                       preprocess_option, randomized_option, regular_option)
 from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
                      print_next_tokens, say, warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
-FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "num_hiddens", "activation", "dtype", "model_seed")
+FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "num_hiddens", "activation", "dtype",
+                       "model_seed")
 
 
 @click.command()
@@ -121,6 +122,10 @@ def gradcheck_option(name, **kwargs):
 @gradcheck_option("--num-hiddens", type=click.IntRange(min=1))
 @gradcheck_option("--batch-size", type=click.IntRange(min=1))
 @gradcheck_option("--num-steps", type=click.IntRange(min=1))
+@gradcheck_option("--cell", type=cell_choice)
+@gradcheck_option("--num-layers", type=click.IntRange(min=1))
+@gradcheck_option("--dropout", type=dropout_range, metavar="P",
+                  help="Dropout probability; the check holds the masks fixed.")
 @gradcheck_option("--activation", type=activation_choice)
 @gradcheck_option("--truncation", type=Truncation())
 @gradcheck_option("--seed", type=click.IntRange(min=0))
@@ -133,6 +138,12 @@ def gradcheck(ctx, **options):
     Checks every parameter against finite differences; with --activation linear also against
     the closed-form gradient; with truncation also the strategy's own checks.
     """
+    problem = network_problem(options["cell"], options["num_layers"], options["dropout"], options["activation"])
+    if problem:
+        raise click.BadParameter(problem[1], ctx, param_hint=f"'--{problem[0].replace('_', '-')}'")
+    masks = f", dropout {options['dropout']:g} (masks held fixed)" if options["dropout"] else ""
+    say(f"{options['cell']}, {options['num_layers']} layer{'s' * (options['num_layers'] > 1)}, "
+        f"hidden {options['num_hiddens']}{masks}; truncation {options['truncation']}")
     report = run_gradcheck(**options)
     print_gradcheck(report)
     if not report.passed:
@@ -140,7 +151,7 @@ def gradcheck(ctx, **options):
 
 
 @click.command()
-@click.argument("checkpoint", required=False, type=click.Path(exists=True, path_type=Path))
+@click.argument("checkpoints", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--window", "num_steps", type=click.IntRange(min=1), default=analysis.DEFAULT_WINDOW,
               show_default=True, help="Time steps of the analysed window.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -157,46 +168,68 @@ def gradcheck(ctx, **options):
 @click.option("--corpus", default=DEFAULTS.corpus, show_default=True, help="Fresh model: the text.")
 @level_option
 @preprocess_option
+@click.option("--cell", type=cell_choice, default=DEFAULTS.cell, show_default=True, help="Fresh model: the cell.")
+@click.option("--num-layers", type=click.IntRange(min=1), default=DEFAULTS.num_layers, show_default=True,
+              help="Fresh model: recurrent layers.")
 @click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True,
               help="Fresh model: hidden units.")
 @click.option("--activation", type=activation_choice, default=DEFAULTS.activation,
-              show_default=True, help="Fresh model: activation.")
+              show_default=True, help="Fresh model: the rnn cell's activation.")
 @click.option("--dtype", type=dtype_choice, default=DEFAULTS.dtype, show_default=True,
               help="Fresh model: floating-point type.")
 @click.option("--model-seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
               help="Fresh model: seed of its initialisation.")
 @click.pass_context
-def analyze(ctx, checkpoint, num_steps, batch_size, offset, regular_steps, keep_prob, draws, seed, plot,
+def analyze(ctx, checkpoints, num_steps, batch_size, offset, regular_steps, keep_prob, draws, seed, plot,
             data_dir, **fresh):
     """Vanishing and exploding gradients on a window of text: ‖∂L/∂h_t‖, the Jacobian product
     ‖∂h_t/∂h_0‖ against ρ(W_hh)^t (eq. 9.7.15), and the error of truncated gradients.
 
-    CHECKPOINT: a .npz file or a run directory (best.npz there), analysed on its own text;
-    without it, a freshly initialised model from the --corpus ... --model-seed options.
+    For gated or stacked networks the Jacobian product is that of the full state s_t (every
+    layer's h_t, and the LSTM's cell state c_t too): ‖∂s_t/∂s_0‖.
+
+    CHECKPOINTS: .npz files or run directories (best.npz there), each analysed on its own text
+    (several: one table each, and --plot draws their curves together); without any, a freshly
+    initialised model from the --corpus ... --model-seed options.
     """
     if plot is not None:
         check_plot_path(plot)
-    if checkpoint is None:
+    if not checkpoints:
+        problem = network_problem(fresh["cell"], fresh["num_layers"], 0.0, fresh["activation"])
+        if problem:
+            raise click.BadParameter(problem[1], ctx, param_hint=f"'--{problem[0].replace('_', '-')}'")
         corpus, vocab = load_corpus(fresh["corpus"], level=fresh["level"], preprocess=fresh["preprocess"],
                                     data_dir=data_dir)
         model = RNNLM(len(vocab), fresh["num_hiddens"], activation=fresh["activation"], dtype=fresh["dtype"],
-                      seed=fresh["model_seed"])
-        source = f"a fresh model on {fresh['corpus']}"
+                      seed=fresh["model_seed"], cell=fresh["cell"], num_layers=fresh["num_layers"])
+        subjects = [(model, corpus, f"a fresh model on {fresh['corpus']}")]
     else:
         given = given_options(ctx, FRESH_MODEL_OPTIONS)
         if given:
             raise click.UsageError(f"{', '.join(given)} describe a fresh model; a CHECKPOINT brings its own", ctx)
-        ckpt = load_checkpoint(checkpoint)
-        cfg = ckpt.config
-        corpus, vocab = load_corpus(cfg.corpus, level=cfg.level, preprocess=cfg.preprocess, data_dir=data_dir)
-        if vocab.idx_to_token != ckpt.vocab.idx_to_token:
-            raise CharrnnError(f"{cfg.corpus} no longer gives the vocabulary {ckpt.path} was trained with")
-        model, source = ckpt.model, str(ckpt.path)
-    X, Y = analysis.analysis_window(corpus, num_steps, batch_size, offset)
+        subjects = [checkpoint_subject(checkpoint, data_dir) for checkpoint in checkpoints]
     truncations = (f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
-    result = analysis.analyze(model, X, Y, truncations=truncations, num_draws=draws, seed=seed)
+    results = []
+    for model, corpus, source in subjects:
+        X, Y = analysis.analysis_window(corpus, num_steps, batch_size, offset)
+        results.append(analysis.analyze(model, X, Y, truncations=truncations, num_draws=draws, seed=seed))
+    sources = [source for _, _, source in subjects]
     if plot is not None:  # the file first: a reader of the tables may close the pipe early
-        plot_analysis(result, plot)
-    print_analysis(result, source)
+        if len(results) == 1:
+            plot_analysis(results[0], plot)
+        else:
+            plot_analyses(results, sources, plot)
+    for result, source in zip(results, sources):
+        print_analysis(result, source)
     if plot is not None:
         say(f"figure: {plot}")
+
+
+def checkpoint_subject(checkpoint, data_dir) -> tuple:
+    """A checkpoint to analyse -> (model, its text's token ids, its path as a string)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    corpus, vocab = load_corpus(cfg.corpus, level=cfg.level, preprocess=cfg.preprocess, data_dir=data_dir)
+    if vocab.idx_to_token != ckpt.vocab.idx_to_token:
+        raise CharrnnError(f"{cfg.corpus} no longer gives the vocabulary {ckpt.path} was trained with")
+    return ckpt.model, corpus, str(ckpt.path)

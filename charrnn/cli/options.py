@@ -13,7 +13,7 @@ from click.core import ParameterSource
 from .. import analysis
 from ..config import DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
 from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
-from ..model import ACTIVATIONS, DTYPES, parse_truncation
+from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
 from ..optim import OPTIMIZERS
 from ..recompute import BPTT_MEMORY_MODES
 from ..schedule import LR_SCHEDULES
@@ -101,6 +101,8 @@ data_dir_option = click.option(
     help="Where registered corpora are looked for first [default: $CHARRNN_DATA_DIR].")
 checkpoint_argument = click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 activation_choice = click.Choice(ACTIVATIONS)
+cell_choice = click.Choice(CELLS)
+dropout_range = FiniteRange(0, 1, max_open=True)
 dtype_choice = click.Choice(DTYPES)
 regular_option = click.option("--regular", "regular_steps", type=click.IntRange(min=1),
                               default=analysis.DEFAULT_REGULAR_STEPS, show_default=True, metavar="K",
@@ -137,7 +139,14 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                      default=DEFAULTS.val_fraction, show_default=True,
                      help="Tail of the corpus held out for validation."),
         click.option("--num-hiddens", type=click.IntRange(min=1), default=DEFAULTS.num_hiddens, show_default=True),
-        click.option("--activation", type=activation_choice, default=DEFAULTS.activation, show_default=True),
+        click.option("--cell", type=cell_choice, default=DEFAULTS.cell, show_default=True,
+                     help="rnn (tanh or linear), gru (PyTorch's) or lstm (no peepholes)."),
+        click.option("--num-layers", type=click.IntRange(min=1), default=DEFAULTS.num_layers, show_default=True,
+                     help="Recurrent layers stacked, each reading the one below."),
+        click.option("--dropout", type=dropout_range, default=DEFAULTS.dropout, show_default=True, metavar="P",
+                     help="Inverted dropout between layers and before the output layer while training."),
+        click.option("--activation", type=activation_choice, default=DEFAULTS.activation, show_default=True,
+                     help="The rnn cell's nonlinearity (gated cells have their own)."),
         click.option("--dtype", type=dtype_choice, default=DEFAULTS.dtype, show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
         click.option("--num-steps", type=click.IntRange(min=1), default=DEFAULTS.num_steps, show_default=True,

@@ -112,6 +112,15 @@ def print_corpus(corpus, level, preprocess, num_tokens, vocab, top_tokens):
 
 # ---------------------------------------------------------------------------- train
 
+def network_words(config) -> str:
+    """The network of a TrainConfig in words: "tanh rnn, hidden 256", "lstm x 2 layers, hidden
+    512, dropout 0.3"."""
+    cell = f"{config.activation} rnn" if config.cell == "rnn" else config.cell
+    layers = f" x {config.num_layers} layers" if config.num_layers > 1 else ""
+    dropout = f", dropout {config.dropout:g}" if config.dropout else ""
+    return f"{cell}{layers}, hidden {config.num_hiddens}{dropout}"
+
+
 class ConsoleReporter(Reporter):
     """A tqdm bar per step; a line and a sample per evaluation; a summary table at the end."""
 
@@ -119,7 +128,8 @@ class ConsoleReporter(Reporter):
         cfg = info["config"]
         verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
         say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
-            f"vocabulary {info['vocab_size']}), {info['num_params']:,} parameters -> {info['out_dir']}")
+            f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters "
+            f"-> {info['out_dir']}")
         if cfg.init_from:
             say(f"Fine-tuning from {cfg.init_from}")
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
@@ -167,7 +177,7 @@ def print_summary(result):
 
 def print_comparison(config, results):
     """The table of a charrnn.compare run: one row per truncation strategy."""
-    table = Table(title=f"Truncation compared: {config.corpus}, hidden {config.num_hiddens}, "
+    table = Table(title=f"Truncation compared: {config.corpus}, {network_words(config)}, "
                         f"batch {config.batch_size} x {config.num_steps} steps, seed {config.seed}")
     for column in ("truncation", "tokens", "tok/s", "mean ‖g‖", "val ppl", "best", "val ppl over time"):
         table.add_column(column, justify="left" if column in ("truncation", "val ppl over time") else "right",
@@ -245,24 +255,32 @@ def print_gradcheck(report):
 def print_analysis(result, source):
     """Rich tables of a charrnn.analysis.GradientAnalysis."""
     table = Table(title=f"Gradient analysis of {source}: {result.batch_size} x {result.num_steps} window, "
-                        f"{result.activation}", show_header=False)
+                        f"{result.network}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    for name, value in (("loss (nats/token)", f"{result.loss:.4f}"),
-                        ("spectral radius ρ(W_hh)", f"{result.spectral_radius:.4g}"),
-                        ("largest singular value σ_max(W_hh)", f"{result.largest_singular_value:.4g}"),
-                        ("measured growth per step ‖∂h_T/∂h_0‖^(1/T)", f"{result.growth_rate:.4g}")):
+    rows = [("loss (nats/token)", f"{result.loss:.4f}")]
+    if result.spectral_radius is not None:
+        rows += [("spectral radius ρ(W_hh)", f"{result.spectral_radius:.4g}"),
+                 ("largest singular value σ_max(W_hh)", f"{result.largest_singular_value:.4g}")]
+    else:
+        rows += [("state s_t of the Jacobian product", result.state_description)]
+    rows += [(f"measured growth per step {result.jacobian_name(final=True)}^(1/T)", f"{result.growth_rate:.4g}")]
+    for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    curves = Table(title="Over the window, t = 1 .. T (charts: log scale, the last three on one scale)")
+    bounds = result.spectral_radius is not None
+    curves = Table(title="Over the window, t = 1 .. T (charts: log scale"
+                         + (", the last three on one scale)" if bounds else ")"))
     for column in ("quantity", "t = 1", f"t = {result.num_steps // 2}", f"t = {result.num_steps}", "chart"):
         curves.add_column(column, justify="left" if column in ("quantity", "chart") else "right")
     middle = max(result.num_steps // 2 - 1, 0)
-    jacobian_curves = [result.jacobian_norms, result.predicted_norms, result.singular_bound]
-    for name, values, scale_with in (("‖∂L/∂h_t‖", result.hidden_grad_norms, None),
-                                     ("‖∂h_t/∂h_0‖ measured", result.jacobian_norms, jacobian_curves),
-                                     ("ρ^t (eq. 9.7.15, linear)", result.predicted_norms, jacobian_curves),
-                                     ("σ_max^t (bound)", result.singular_bound, jacobian_curves)):
+    jacobian_curves = [result.jacobian_norms, result.predicted_norms, result.singular_bound] if bounds else None
+    named = [("‖∂L/∂h_t‖", result.hidden_grad_norms, None),
+             (f"{result.jacobian_name()} measured", result.jacobian_norms, jacobian_curves)]
+    if bounds:
+        named += [("ρ^t (eq. 9.7.15, linear)", result.predicted_norms, jacobian_curves),
+                  ("σ_max^t (bound)", result.singular_bound, jacobian_curves)]
+    for name, values, scale_with in named:
         curves.add_row(name, f"{values[0]:.3e}", f"{values[middle]:.3e}", f"{values[-1]:.3e}",
                        sparkline(values, scale_with=scale_with))
     print_wide(curves)
