@@ -24,6 +24,7 @@ import numpy as np
 
 from . import io as charrnn_io
 from . import schema
+from .cells import network_problem
 from .checks import is_finite, is_integer
 from .config import TrainConfig
 from .data import Vocab
@@ -127,8 +128,9 @@ def check_model_meta(path, meta) -> dict:
                 "dropout": schema.number(network.get("dropout"), "dropout")}
     except schema.SchemaError as err:
         raise CharrnnError(f"{path}: bad model metadata: {err}") from None
-    if not 0 <= spec["dropout"] < 1:
-        raise CharrnnError(f"{path}: bad model metadata: dropout must be in [0, 1), got {spec['dropout']!r}")
+    problem = network_problem(spec["cell"], spec["num_layers"], spec["dropout"], spec["activation"])
+    if problem:  # before the shapes of, say, a million layers are listed
+        raise CharrnnError(f"{path}: bad model metadata: {problem[1]}")
     return spec
 
 

@@ -29,7 +29,7 @@ from .errors import CharrnnError
 META_KEY = "__meta__"
 MAX_META_BYTES = 2 << 20  # JSON metadata read or written, at most (a parse costs ~10-20x that)
 MAX_META_CONTAINERS = 1 << 17  # JSON arrays and objects in it, at most (~70 bytes of memory each)
-MAX_MEMBERS = 1024  # arrays in one .npz (a checkpoint has tens)
+MAX_MEMBERS = 4096  # arrays in one .npz (a checkpoint of cells.MAX_LAYERS gru layers and Adam: ~3,100)
 READ_CHUNK = 16 << 20  # bytes decompressed at a time
 NAME = re.compile(r"[A-Za-z0-9_.]{1,200}")  # an array's name, as charrnn writes them
 DEFLATE_MAX_RATIO = 1100  # deflate expands at most ~1032x

@@ -125,6 +125,15 @@ def test_a_vocabulary_too_large_for_a_checkpoint_is_refused_before_the_run_start
     assert_ok(invoke("train", text_file, *TINY, "--max-tokens", 64, "--out", out))
 
 
+def test_a_stack_of_more_layers_than_a_checkpoint_holds_is_a_usage_error(tmp_path, text_file):
+    """cells.MAX_LAYERS keeps a checkpoint within the members charrnn reads back; without it a
+    million layers took 27 s and 800 MB only to list their shapes."""
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    assert_error(invoke("train", text_file, *TINY, "--num-layers", 10**6, "--out", out), code=2, says="--num-layers")
+    assert time.perf_counter() - start < 5 and not out.exists()
+
+
 def test_resume_and_readers_check_memory_before_allocating(tmp_path, run_dir, monkeypatch):
     out = copied(run_dir, tmp_path)
     before = snapshot(out)

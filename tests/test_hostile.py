@@ -178,6 +178,22 @@ def test_metadata_claiming_a_huge_model_is_refused_before_any_allocation(tmp_pat
     refused_quickly(edited(good, tmp_path / "huge.npz", claim))
 
 
+def test_a_gated_stack_is_read_and_claims_about_its_network_are_refused(tmp_path, write_words):
+    """A 2-layer LSTM with dropout: its carried state is (layers, 2, batch, hidden) and its dropout
+    Generator is restored; metadata naming another cell, more layers or an impossible dropout is
+    refused before anything is built."""
+    text = write_words(tmp_path / "words.txt", 600, seed=3)
+    out = tmp_path / "run"
+    assert_ok(invoke("train", text, *TINY, "--cell", "lstm", "--num-layers", 2, "--dropout", 0.2,
+                     "--max-tokens", 256, "--out", out))
+    ckpt = training.load_checkpoint(out / training.CHECKPOINT)
+    assert ckpt.state.shape == (2, 2, 4, 12) and ckpt.dropout_rng is not None
+    good = (None, *load_npz(out / training.CHECKPOINT))
+    for where, value in [(("cell",), "gru"), (("cell",), "rnn"), (("num_layers",), 3), (("num_layers",), 10**6),
+                         (("dropout",), 1.5), (("dropout",), "0.2"), (("dropout_rng", "state", "inc"), -1)]:
+        refused_quickly(edited(good, tmp_path / "claim.npz", lambda a, m: set_at(m, where, value)))
+
+
 # ---------------------------------------------------------------------------- the zip around it
 
 def patch_headers(data, name, flag=None, method=None):
