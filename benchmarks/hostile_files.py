@@ -88,6 +88,7 @@ def craft(good, directory, bomb_gib):
     claim = edit(arrays, meta, "num_hiddens", value=20_000)
     put("num_hiddens 20,000", edit(*claim, "config", "num_hiddens", value=20_000))
     put("vocab_size 3x10^7", edit(arrays, meta, "vocab_size", value=30_000_000))
+    put("num_layers 10^6", edit(arrays, meta, "num_layers", value=10**6))
     put("unsupported compression", patched(data, "W_hh.npy", method=99))
     put("encrypted flag", patched(data, "W_hh.npy", flag=1))
     compressed = directory / "compressed.npz"
