@@ -7,7 +7,7 @@ gated cells) is read as the one-layer rnn it is. A
 training checkpoint is a model file with more: the optimizer's arrays ("optim.<slot>.<param>")
 and the state carried by the sequential sampler (STATE_KEY), and in the metadata the vocabulary,
 the TrainConfig, the Progress, the optimizer's counters, the states of the truncation and
-dropout Generators and the SHA-1s of the training and validation tokens. `save_checkpoint` writes exactly the keys
+dropout Generators and the SHA-1 that names the text (both splits: charrnn.store). `save_checkpoint` writes exactly the keys
 `load_checkpoint` reads back, and it reads nothing else: a file is checked whole (charrnn.io's
 limits, charrnn.schema's types and ranges, each array's header against the shape the metadata
 gives, the memory it needs) before anything is built from it.
@@ -237,20 +237,14 @@ def all_finite(arrays) -> bool:
     return all(np.isfinite(a).all() for a in arrays)
 
 
-def data_sha1(tokens) -> str:
-    """SHA-1 of a token array, to recognise the training text on resume."""
-    return hashlib.sha1(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()
-
-
-def data_hashes(train_data, val_data) -> dict:
-    """The SHA-1s of both splits, saved in every checkpoint and compared on resume."""
-    return {"data_sha1": data_sha1(train_data), "val_sha1": data_sha1(val_data)}
-
-
-def same_text(meta, hashes) -> bool:
-    """Whether a checkpoint's metadata names the text of `hashes` (a checkpoint older than
-    val_sha1 vouches for its training split only)."""
-    return all(meta.get(key, hashes[key] if key == "val_sha1" else None) == value for key, value in hashes.items())
+def data_sha1(tokens, chunk=1 << 22) -> str:
+    """SHA-1 of a token array as int32: what checkpoints recorded to recognise the training
+    text before token stores (charrnn.store.TokenStore.split_sha1 now), still accepted on
+    resume. Read `chunk` ids at a time: a memory map of narrower ids is never copied whole."""
+    sha1 = hashlib.sha1()
+    for start in range(0, len(tokens), chunk):
+        sha1.update(np.ascontiguousarray(tokens[start:start + chunk], dtype=np.int32).tobytes())
+    return sha1.hexdigest()
 
 
 META_MARGIN = 64 << 10  # bytes of checkpoint metadata besides the vocabulary, at most
@@ -266,12 +260,13 @@ def check_vocab_fits(vocab) -> None:
                            f"or a smaller text")
 
 
-def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, hashes,
+def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, sha1,
                     dropout_rng=None) -> None:
     """Write the whole state of a run to `path` atomically (what load_checkpoint reads back).
 
-    hashes: data_hashes of the run's text. A state with a non-finite value -> CharrnnError,
-    and nothing written; a failed write (OSError) leaves the file on disk as it was.
+    sha1: what names the run's text (charrnn.store's split_sha1, over the ids of both splits).
+    A state with a non-finite value -> CharrnnError, and nothing written; a failed write
+    (OSError) leaves the file on disk as it was.
     """
     arrays = dict(optimizer.state_arrays())  # named "optim.<slot>.<param>"
     if state is not None:
@@ -279,7 +274,8 @@ def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_
     if not all_finite([*model.params.values(), *arrays.values()]):
         raise CharrnnError("non-finite parameters or optimizer state")
     meta = {"vocab": vocab.to_dict(), "config": asdict(config), "progress": asdict(progress),
-            "optimizer": optimizer.state_meta(), "rng": truncation_rng.bit_generator.state, **hashes}
+            "optimizer": optimizer.state_meta(), "rng": truncation_rng.bit_generator.state,
+            "data_sha1": sha1}
     if dropout_rng is not None:
         meta["dropout_rng"] = dropout_rng.bit_generator.state
     save_model(model, path, extra_arrays=arrays, extra_meta=meta)
@@ -350,9 +346,7 @@ def check_training_meta(path, meta, spec) -> tuple:
         schema.pcg64_state(meta["rng"])
         if "dropout_rng" in meta:
             schema.pcg64_state(meta["dropout_rng"], "dropout_rng")
-        for key in ("data_sha1", "val_sha1"):
-            if key in meta:
-                schema.sha1(meta[key], key)
+        schema.sha1(meta["data_sha1"], "data_sha1")
     except (schema.SchemaError, CharrnnError) as err:
         raise CharrnnError(f"{path} has a corrupt training state: {err}") from None
     for name in ("num_hiddens", "cell", "num_layers", "dropout", "activation", "dtype"):

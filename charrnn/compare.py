@@ -60,7 +60,8 @@ def run_name(truncation) -> str:
     return kind if value is None else f"{kind}-{value:g}"
 
 
-def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, data_dir=None, reporter_for=None) -> list:
+def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, data_dir=None, reporter_for=None,
+            cache_dir=None) -> list:
     """Train `config` (a charrnn.train.TrainConfig) once per truncation -> [StrategyResult].
 
     Runs go to out_dir/run_name(truncation). reporter_for(truncation) -> a Reporter for that
@@ -73,7 +74,7 @@ def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, data_dir=None, rep
     results = []
     for truncation, name in zip(truncations, names):
         recorder = GradNormRecorder(reporter_for(truncation) if reporter_for else None)
-        run = train(replace(config, truncation=truncation), Path(out_dir) / name, data_dir, recorder)
+        run = train(replace(config, truncation=truncation), Path(out_dir) / name, data_dir, recorder, cache_dir)
         norms = [n for n in recorder.grad_norms if math.isfinite(n)]
         results.append(StrategyResult(
             truncation, run.out_dir, run.reason, run.progress.tokens, run.val_ppl, run.tokens_per_s,

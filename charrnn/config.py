@@ -41,6 +41,8 @@ class TrainConfig:
     corpus: str = "timemachine"
     level: str = "char"
     preprocess: str | None = None  # None: "d2l" for the registered book, "raw" for a file
+    min_freq: int = 0  # tokens seen fewer times map to <unk>
+    max_vocab: int | None = None  # keep the max_vocab most frequent tokens, the rest -> <unk>
     val_fraction: float = 0.1
     num_hiddens: int = 256
     cell: str = "rnn"  # "rnn" | "gru" | "lstm" (charrnn.cells)
@@ -84,13 +86,15 @@ class TrainConfig:
 
     def validate(self):
         """Raise ConfigError naming the first field that cannot work."""
-        integers = ("num_hiddens", "batch_size", "num_steps", "epochs", "max_tokens", "eval_every",
-                    "sample_length", "seed")
+        integers = ("min_freq", "max_vocab", "num_hiddens", "batch_size", "num_steps", "epochs", "max_tokens",
+                    "eval_every", "sample_length", "seed")
         for name in integers:
             value = getattr(self, name)
             if value is not None and not is_integer(value):
                 raise ConfigError(name, f"{name} must be an integer, got {value!r}")
-        positive = ("num_hiddens", "batch_size", "num_steps", "lr", "clip", "epochs",
+        if self.min_freq < 0:
+            raise ConfigError("min_freq", f"min_freq must be >= 0, got {self.min_freq!r}")
+        positive = ("max_vocab", "num_hiddens", "batch_size", "num_steps", "lr", "clip", "epochs",
                     "max_tokens", "max_time", "eval_every", "bptt_memory_budget")
         for name in positive:
             value = getattr(self, name)

@@ -28,11 +28,10 @@ import numpy as np
 
 # charrnn.train also offers the names of the run's files, config and checkpoints it was split into
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
-                         check_vocab_fits, checkpoint_path, data_hashes, data_sha1, load_checkpoint, model_spec,
-                         same_text, save_checkpoint)
+                         check_vocab_fits, checkpoint_path, data_sha1, load_checkpoint, model_spec, save_checkpoint)
 from .config import (BUDGET_FIELDS, DEFAULT_EPOCHS, DEFAULT_SAMPLE_PREFIXES, MATHS_FIELDS,  # noqa: F401
                      ConfigError, TrainConfig)
-from .data import SAMPLERS, Vocab, load_corpus, num_minibatches, preprocess_text, split_corpus
+from .data import SAMPLERS, Vocab, num_minibatches, preprocess_text, split_corpus
 from .errors import CharrnnError, CharrnnWarning
 from .evaluate import mean_loss, perplexity
 from .finetune import PARENT, extend_vocab, grown_model, load_parent, parent_record
@@ -47,6 +46,7 @@ from .recompute import loss_and_grads_auto
 from .sample import continue_text, text_prefix
 from .schedule import budget_fraction, learning_rate
 from .signals import StopSignals
+from .store import open_store
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
 SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM = 0, 1, 2  # second word of the Generators' seeds
@@ -97,8 +97,9 @@ class Reporter:
         """result: the TrainResult."""
 
 
-def train(config, out_dir, data_dir=None, reporter=None):
-    """Start a new run of `config` writing to `out_dir` -> TrainResult.
+def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None):
+    """Start a new run of `config` writing to `out_dir` -> TrainResult. cache_dir: where the
+    corpus' token store is (charrnn.store.default_cache_dir() if None).
 
     config.init_from (fine-tuning): the run starts from that checkpoint's weights, grown for
     the tokens its vocabulary lacks (charrnn.finetune), with a fresh optimizer. Everything is
@@ -107,7 +108,7 @@ def train(config, out_dir, data_dir=None, reporter=None):
     """
     refuse_existing_run(out_dir)
     parent = load_parent(config) if config.init_from else None
-    train_data, val_data, vocab = load_data(config, data_dir, parent and parent.vocab)
+    train_data, val_data, vocab, data_id = load_data(config, data_dir, parent and parent.vocab, cache_dir)
     check_vocab_fits(vocab)
     if config.sample_prefix is None:  # the run records the prefix it uses
         config = replace(config, sample_prefix=DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
@@ -130,12 +131,12 @@ def train(config, out_dir, data_dir=None, reporter=None):
         truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
         dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng)
+                  reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id)
         run.save(CHECKPOINT)
         return run.start(resumed=False)
 
 
-def resume(out_dir, changes=None, data_dir=None, reporter=None):
+def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
@@ -152,14 +153,15 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
         config = ckpt.config.resumed(changes)
         if moved is not None:
             config = replace(config, corpus=moved)
-        train_data, val_data, vocab = load_resumed_data(out_dir, config, data_dir, moved,
-                                                        ckpt.vocab if config.init_from else None)
+        train_data, val_data, vocab, data_id = load_resumed_data(out_dir, config, data_dir, moved,
+                                                                 ckpt.vocab if config.init_from else None, cache_dir)
         dropout_rng = ckpt.dropout_rng  # None in a checkpoint from before dropout, whose model has none
         if dropout_rng is None:
             dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng)
-        if vocab.idx_to_token != ckpt.vocab.idx_to_token or not same_text(ckpt.meta, run.data_hashes):
+                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id)
+        saved_id = ckpt.meta.get("data_sha1")  # a run from before token stores saved data_sha1's
+        if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and saved_id != data_sha1(train_data)):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
         reached = run.budget_reached()
         if reached:
@@ -175,10 +177,10 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None):
         return run.start(resumed=True)
 
 
-def load_resumed_data(out_dir, config, data_dir, moved, base_vocab):
+def load_resumed_data(out_dir, config, data_dir, moved, base_vocab, cache_dir):
     """load_data for a resumed run; a text no longer where the run found it -> how to give its new place."""
     try:
-        return load_data(config, data_dir, base_vocab)
+        return load_data(config, data_dir, base_vocab, cache_dir)
     except CharrnnError as err:
         gone = moved is None and Path(config.corpus).is_absolute() and not Path(config.corpus).exists()
         if gone and not isinstance(err, ConfigError):
@@ -187,14 +189,17 @@ def load_resumed_data(out_dir, config, data_dir, moved, base_vocab):
         raise
 
 
-def load_data(config, data_dir, base_vocab=None):
-    """-> train, val: (n,) int32 token ids, and the vocabulary; checks one minibatch fits.
+def load_data(config, data_dir, base_vocab=None, cache_dir=None):
+    """-> train, val: (n,) token ids, views of the read-only memory map of the corpus' token
+    store (charrnn.store); the vocabulary; and the SHA-1 that identifies the training data in
+    checkpoints (TokenStore.split_sha1: no pass over the ids). Checks one minibatch fits.
 
     base_vocab (fine-tuning): the vocabulary is base_vocab's tokens, in its order, then the
-    text's tokens it lacks.
+    text's tokens it lacks (the ids renumbered in memory, in the narrowest type that holds them).
     """
-    corpus, vocab = load_corpus(config.corpus, level=config.level, preprocess=config.preprocess,
-                                data_dir=data_dir)
+    store = open_store(config.corpus, config.level, config.preprocess, config.min_freq, config.max_vocab,
+                       data_dir=data_dir, cache_dir=cache_dir)
+    corpus, vocab = store.ids, store.vocab
     if base_vocab is not None:
         corpus, vocab = extend_vocab(base_vocab, corpus, vocab)
     train_data, val_data = split_corpus(corpus, config.val_fraction)
@@ -207,17 +212,17 @@ def load_data(config, data_dir, base_vocab=None):
     if len(val_data) < 2:
         raise ConfigError("val_fraction", f"val_fraction {config.val_fraction} leaves {len(val_data)} "
                           f"validation tokens; at least 2 are needed")
-    return train_data, val_data, vocab
+    return train_data, val_data, vocab, store.split_sha1(len(train_data))
 
 
 class Run:
     """One training run in progress: model, optimizer, data, RNG streams and where it stands."""
 
     def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
-                 reporter, progress, truncation_rng, state, dropout_rng):
+                 reporter, progress, truncation_rng, state, dropout_rng, data_id):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
-        self.data_hashes = data_hashes(train_data, val_data)  # saved in every checkpoint, checked on resume
+        self.data_sha1 = data_id  # names the training data in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
         self.truncation_rng, self.dropout_rng = truncation_rng, dropout_rng
         self.state = state  # model.state_shape(batch_size) carried by the sequential sampler, or None
@@ -406,7 +411,7 @@ class Run:
         self.progress.elapsed = self.elapsed()
         try:
             save_checkpoint(self.out_dir / name, self.model, self.optimizer, self.vocab, self.config,
-                            self.progress, self.truncation_rng, self.state, self.data_hashes, self.dropout_rng)
+                            self.progress, self.truncation_rng, self.state, self.data_sha1, self.dropout_rng)
         except CharrnnError as err:
             raise self.failed(f"{err} at step {self.progress.step:,}, {name} not written") from None
         except OSError as err:

@@ -17,6 +17,7 @@ from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
 from ..optim import OPTIMIZERS
 from ..recompute import BPTT_MEMORY_MODES
 from ..schedule import LR_SCHEDULES
+from ..store import CACHE_ENV
 from .render import one_line
 
 DEFAULTS = TrainConfig()
@@ -99,6 +100,16 @@ preprocess_option = click.option(
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where registered corpora are looked for first [default: $CHARRNN_DATA_DIR].")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help=f"Where token stores (texts tokenized once, memory-mapped after) are kept "
+         f"[default: ${CACHE_ENV}, else tokens/ beside the corpora].")
+vocab_limit_options = stack(
+    click.option("--min-freq", type=click.IntRange(min=0), default=DEFAULTS.min_freq, show_default=True,
+                 help="Tokens seen fewer times than this are read as <unk>."),
+    click.option("--max-vocab", type=click.IntRange(min=1), default=DEFAULTS.max_vocab, metavar="N",
+                 help="Keep the N most frequent tokens; the others are read as <unk> [default: all]."),
+)
 checkpoint_argument = click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 activation_choice = click.Choice(ACTIVATIONS)
 cell_choice = click.Choice(CELLS)
@@ -118,7 +129,8 @@ plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=P
 # ---------------------------------------------------------------------------- the training settings
 
 def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, default_max_tokens=None):
-    """The options of every TrainConfig field (and CORPUS, --data-dir), for `train` and `compare`.
+    """The options of every TrainConfig field (and CORPUS, --data-dir, --cache-dir), for `train`
+    and `compare`.
 
     with_truncation: whether --truncation is one of them (compare sets it per run itself);
     eval_every: the default of --eval-every; default_max_tokens: the budget when none is given,
@@ -134,7 +146,9 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.argument("corpus", default=DEFAULTS.corpus),
         level_option,
         preprocess_option,
+        vocab_limit_options,
         data_dir_option,
+        cache_dir_option,
         click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
                      default=DEFAULTS.val_fraction, show_default=True,
                      help="Tail of the corpus held out for validation."),

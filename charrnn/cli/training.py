@@ -31,7 +31,7 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
               help="Fine-tune: start a new run from the weights of this run (its best.npz) or checkpoint, "
                    "with its network and preprocessing and a fresh optimizer; new tokens get new rows.")
 @click.pass_context
-def train(ctx, data_dir, out, resume, init_from, **options):
+def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
     default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run;
     --init-from RUN fine-tunes a trained model on CORPUS.
@@ -45,14 +45,14 @@ def train(ctx, data_dir, out, resume, init_from, **options):
                 raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
             if init_from is not None:
                 raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
-            result = training.resume(resume, given, data_dir, reporter)
+            result = training.resume(resume, given, data_dir, reporter, cache_dir)
         else:
             if init_from is not None:
                 config = finetune_config(init_from, options["corpus"],
                                          **{k: v for k, v in given.items() if k != "corpus"})
             else:
                 config = TrainConfig(**options)
-            result = training.train(config, out or default_out_dir(config), data_dir, reporter)
+            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir)
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
     print_summary(result)
@@ -85,7 +85,7 @@ def check_schedule_options(ctx, given, schedule, resume):
               help="Directory for the runs, one subdirectory each [default: runs/compare-<date>-<time>].")
 @plot_option
 @click.pass_context
-def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, **options):
+def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, cache_dir, **options):
     """Train the same network from the same seed with full, regular:K and randomized:P truncation.
 
     Every training option applies to all runs alike. Without a budget (--epochs, --max-tokens,
@@ -101,7 +101,8 @@ def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, **options):
         config = TrainConfig(**options)
         out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         truncations = ("full", f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
-        results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter())
+        results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter(),
+                                     cache_dir=cache_dir)
     except ConfigError as err:  # as train: a setting the text cannot serve is a usage error
         raise bad_parameter(err, ctx) from None
     print_comparison(config, results)
