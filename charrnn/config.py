@@ -7,10 +7,11 @@ the way. Every choice is checked against the list of the module that owns it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
-from .checks import is_finite, is_integer
-from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess
+import numpy as np
+
+from .checks import is_finite, is_integer, is_text
+from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
 from .errors import CharrnnError
 from .model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
 from .optim import OPTIMIZERS
@@ -100,8 +101,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(name, f"{name} must be positive, got {value!r}")
-        if not is_finite(self.lr):
-            raise ConfigError("lr", f"lr must be a finite number, got {self.lr!r}")
+        for name in ("lr", "clip", "max_time"):  # saved as JSON numbers, which are finite
+            value = getattr(self, name)
+            if not is_finite(value) and (name == "lr" or value is not None):
+                raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
         if not (is_finite(self.lr_floor) and 0 < self.lr_floor <= 1):
             raise ConfigError("lr_floor", f"lr_floor must be in (0, 1], got {self.lr_floor!r}")
         if not 0 < self.lr_decay <= 1:
@@ -112,6 +115,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (is_integer(value) and value >= 0 or value is None and name == "data_seed"):
                 raise ConfigError(name, f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("corpus", "sample_prefix", "init_from"):  # saved in checkpoints, which hold UTF-8 text only
+            value = getattr(self, name)
+            if not is_text(value) and (name == "corpus" or value is not None):
+                raise ConfigError(name, f"{name} must be UTF-8 text, got {value!r}")
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
@@ -120,9 +127,12 @@ class TrainConfig:
         if problem:
             raise ConfigError(*problem)
         try:
-            parse_truncation(self.truncation)
+            kind, keep_prob = parse_truncation(self.truncation)
         except ValueError as err:
             raise ConfigError("truncation", str(err)) from None
+        if kind == "randomized" and not keep_prob * float(np.finfo(self.dtype).max) >= 1:  # ξ = 1/P must be a number
+            raise ConfigError("truncation", f"truncation {self.truncation!r}: 1/P overflows {self.dtype}; "
+                                            f"P must be at least {1 / float(np.finfo(self.dtype).max):.3g}")
 
     @property
     def order_seed(self):
@@ -162,7 +172,7 @@ class TrainConfig:
 
 def corpus_key(corpus):
     """A corpus as a run records it: the absolute path of an existing file, else the name."""
-    path = Path(corpus).expanduser()
+    path = expand_user(corpus)
     return str(path.resolve()) if path.is_file() else str(corpus)
 
 

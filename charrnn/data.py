@@ -76,6 +76,14 @@ def load_registry() -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def expand_user(path) -> Path:
+    """`path` with a leading ~ or ~user expanded; a ~user of no such user stays as it is."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def read_text(name_or_path, data_dir=None) -> str:
     """The UTF-8 text of a file, or of a registered corpus (found locally or downloaded).
 
@@ -96,7 +104,7 @@ def find_corpus(name_or_path, data_dir=None):
     A registered corpus that is nowhere on disk is downloaded; its checksum is the caller's to
     check (`check_registered`), as the caller reads the bytes anyway.
     """
-    path = Path(name_or_path).expanduser()
+    path = expand_user(name_or_path)
     if path.is_dir():
         raise CharrnnError(f"{path} is a directory, not a text file")
     if path.exists() and not path.is_file():  # reading a FIFO or a device could block forever
@@ -122,7 +130,7 @@ def check_registered(path, name, entry: dict, size: int, sha1: str) -> None:
 def _find_or_download(name: str, entry: dict, data_dir) -> Path:
     """The path of a registered corpus' file: the first place that has it, else a fresh download."""
     chosen = data_dir if data_dir is not None else os.environ.get("CHARRNN_DATA_DIR")
-    places = [Path(chosen).expanduser()] if chosen else []
+    places = [expand_user(chosen)] if chosen else []
     places.append(default_data_dir())
     for place in places:
         if (place / entry["filename"]).is_file():

@@ -73,6 +73,7 @@ def check(result):
     assert result.exit_code in (0, 1, 2), (result.exit_code, result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
+    assert "this is a bug in charrnn" not in result.stderr, result.stderr  # the last line of defence, reached
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     if result.exit_code == 1:
         assert len(errors) == 1 and result.stderr.rstrip("\n").split("\n")[-1] == errors[0], result.stderr

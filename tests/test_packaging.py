@@ -37,7 +37,7 @@ def test_a_built_wheel_holds_only_the_charrnn_package(tmp_path):
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"charrnn"}, top_level
     assert "charrnn/cli/__init__.py" in names and "charrnn/__main__.py" in names
     assert "charrnn/corpora/registry.json" in names
-    assert "charrnn = charrnn.cli:main" in entry_points
+    assert "charrnn = charrnn.entry:main" in entry_points
 
 
 def test_importing_charrnn_and_its_cli_sets_no_environment_and_no_threads():

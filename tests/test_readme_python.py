@@ -10,8 +10,7 @@ import charrnn
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Use from Python"
-# README.md once the section is merged; until then the draft that holds it
-SOURCES = (ROOT / "README.md", ROOT / "docs" / "drafts" / "users.md")
+SOURCES = (ROOT / "README.md",)
 
 
 def python_example():

@@ -27,6 +27,7 @@ from charrnn import outdir
 from charrnn import train as training
 from charrnn.errors import CharrnnError
 from charrnn.io import load_npz, save_npz
+from charrnn.lock import LOCK_FILE
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_train import assert_same_run
 
@@ -54,8 +55,9 @@ def run_dir(tmp_path_factory, text_file):
 
 
 def snapshot(directory):
-    """Every file under `directory` -> its bytes."""
-    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+    """Every file under `directory` -> its bytes, but the run's lock file (which names the PID of
+    its last holder)."""
+    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 def wait_for(path, process, timeout=60):
@@ -123,7 +125,8 @@ def test_torn_and_foreign_lines_in_metrics_are_dropped_on_resume(tmp_path, run_d
     step = training.load_checkpoint(out / training.CHECKPOINT).progress.step
     kept = (out / training.METRICS).read_bytes()
     with open(out / training.METRICS, "ab") as f:
-        f.write(b'[1, 2]\n{"step": "7"}\n"text"\n\xff\xfe\n{"step": 99999, "reason": "interval"}\n{"step": 1')
+        f.write(b'[1, 2]\n{"step": "7"}\n"text"\n\xff\xfe\n' + b"[" * 100_000 + b"]" * 100_000 +
+                b'\n{"step": 99999, "reason": "interval"}\n{"step": 1')
     assert_ok(invoke("train", "--resume", out, "--max-tokens", 1200))
     lines = (out / training.METRICS).read_bytes()
     assert lines.startswith(kept)

@@ -1,12 +1,15 @@
 """The commands that read: `corpus`, `sample`, `evaluate`, `gradcheck` and `analyze`."""
 import inspect
 import json
+import math
+import sys
 from pathlib import Path
 
 import click
 
 from .. import analysis
 from ..checkpoint import load_checkpoint
+from ..checks import is_text
 from ..data import default_preprocess
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
@@ -18,8 +21,8 @@ from ..store import open_store
 from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
                       checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
                       plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
-from .render import (print_analysis, print_corpus, print_evaluation, print_gradcheck, print_next_tokens, say,
-                     warn_unknown)
+from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
+                     print_next_tokens, say, warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "num_hiddens", "activation", "dtype",
@@ -81,14 +84,16 @@ def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, sh
     if show_probs is not None and generating:
         raise click.UsageError(f"--show-probs lists the next token's probabilities and generates nothing; "
                                f"drop {', '.join(generating)}", ctx)
+    if prefix is not None and not is_text(prefix):
+        raise click.BadParameter(f"{prefix!r} is not UTF-8 text", param_hint="'--prefix'")
     ckpt = load_checkpoint(checkpoint)
     if prefix is None:
         prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
     if show_probs is not None:
         print_next_tokens(prefix, next_token_probs(ckpt, prefix, show_probs))
         return
-    click.echo(sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy,
-                           seed=seed).text)
+    text = sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed).text
+    click.echo(escape_controls(text) if sys.stdout.isatty() else text)  # a pipe or file gets the text as it is
 
 
 @click.command()
@@ -105,10 +110,14 @@ def evaluate(checkpoint, corpus, data_dir, cache_dir, as_json):
     """
     ckpt = load_checkpoint(checkpoint)
     result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir, cache_dir)
+    if not math.isfinite(result.loss):
+        raise CharrnnError(f"{ckpt.path}: the model's outputs overflow on this text (its loss is {result.loss}); "
+                           f"its weights are too large to evaluate")
     warn_unknown(result.unknown, result.unknown_count, str(corpus))
-    if as_json:
+    if as_json:  # strict JSON: a perplexity past a float (loss > ~709 nats) is null
+        perplexity = result.perplexity if math.isfinite(result.perplexity) else None
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
-                               "loss": result.loss, "perplexity": result.perplexity}, ensure_ascii=False))
+                               "loss": result.loss, "perplexity": perplexity}, ensure_ascii=False, allow_nan=False))
         return
     print_evaluation(ckpt.path, result)
 

@@ -226,7 +226,9 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                      show_default=True,
                      help="store: keep every hidden state for BPTT; recompute: keep one every ~sqrt(num_steps) "
                           "steps and recompute the rest (O(sqrt T) memory, about one more forward pass); "
-                          "auto: recompute beyond --bptt-memory-budget."),
+                          "auto: recompute beyond --bptt-memory-budget. Both give the same gradients up to "
+                          "rounding (~1e-7 in float32): a run resumed with another mode stays close to, not "
+                          "bit-identical with, one never stopped."),
         click.option("--bptt-memory-budget", type=click.IntRange(min=1), default=DEFAULTS.bptt_memory_budget,
                      show_default=True, metavar="MIB", help="MiB of BPTT buffers above which auto recomputes."),
     )

@@ -4,6 +4,7 @@ User-provided text (corpus names, samples, paths) is printed as it is, never rea
 """
 import math
 import os
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -80,6 +81,15 @@ def print_wide(renderable):
     so that no column (a chart) is cut."""
     needed = console.measure(renderable, options=console.options.update_width(10_000)).maximum
     (PipeConsole(width=needed) if needed > console.width else console).print(renderable)
+
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Unicode's Cc but newline and tab
+
+
+def escape_controls(text):
+    """`text` with each control character other than newline and tab written as an escape
+    (ESC -> \\x1b), so that a model's output cannot drive the terminal that shows it."""
+    return CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def say(text, **style):

@@ -26,7 +26,8 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for checkpoints and metrics [default: runs/<corpus>-<date>-<time>].")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Continue the run in this directory (its settings; a budget may be raised).")
+              help="Continue the run in this directory (its settings; a budget may be raised). A CORPUS "
+                   "given with it is where the run's text is now: accepted if it is the same text.")
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Fine-tune: start a new run from the weights of this run (its best.npz) or checkpoint, "
                    "with its network and preprocessing and a fresh optimizer; new tokens get new rows.")
