@@ -98,7 +98,7 @@ def clause(diff, digits=2) -> str:
     if d.half_width == 0:
         return (f"{a} and {b} are identical in every seed" if d.mean == 0 else
                 f"{a} differs from {b} by exactly {d.mean:+.{digits}f} in every seed")
-    p = f", p = {format_p(diff.p_value)}" if diff.p_value is not None else ""
+    p = "" if diff.p_value is None else f", p {format_p(diff.p_value) if diff.p_value < 0.001 else '= ' + format_p(diff.p_value)}"
     if d.excludes_zero():
         better = "better" if d.mean < 0 else "worse"
         return f"{a} is {better} than {b} by {abs(d.mean):.{digits}f} ± {d.half_width:.{digits}f}{p}"
@@ -116,6 +116,7 @@ def verdict(differences, what="final validation perplexity", confidence=CONFIDEN
 
 
 def format_p(p) -> str:
+    """A p-value in two significant digits, or "< 0.001"."""
     return "-" if p is None else (f"{p:.2g}" if p >= 0.001 else "< 0.001")
 
 

@@ -84,3 +84,9 @@ def test_mean_curve_with_bands_at_the_points_every_seed_has():
     assert lows[0] == pytest.approx(11 - scipy_stats.t.ppf(0.975, 2) * 1 / math.sqrt(3))
     xs, means, lows, highs = mean_curve(curves[:1])
     assert means == [10.0, 8.0, 7.0] and all(math.isnan(v) for v in lows + highs)
+
+
+def test_a_tiny_p_value_reads_p_below_a_thousandth():
+    diff = paired_difference("randomized:0.1", "full", {s: 10 + 0.01 * s for s in range(6)},
+                             {s: 6 + 0.013 * s for s in range(6)})
+    assert diff.p_value < 0.001 and ", p < 0.001" in verdict([diff]) and "p = " not in verdict([diff])

@@ -230,8 +230,9 @@ def print_comparison(config, comparison):
         table.add_row(strategy.truncation, str(len(strategy.runs)), describe(strategy.final), describe(strategy.best),
                       "-" if diff is None else signed(diff.difference, 2),
                       "-" if diff is None else format_p(diff.p_value), fmt(strategy.mean_grad_norm))
-    console.print(table)
+    print_wide(table)
     say(comparison.verdict())
+
 
 
 def print_next_tokens(prefix, probs):
