@@ -126,11 +126,13 @@ def plot_comparison(comparison, path) -> None:
             differences.plot(xs, means, marker=".", color=f"C{color}", label=truncation)
             differences.fill_between(xs, lows, highs, color=f"C{color}", alpha=0.2, linewidth=0)
     seeds = comparison.num_seeds()
-    curves.set(xlabel="training tokens", ylabel="validation perplexity",
+    curves.set_yscale("log")  # a run that blows up early spans decades; a band below zero is clipped
+    curves.set(xlabel="training tokens", ylabel="validation perplexity (log scale)",
                title=f"mean of {seeds} seed{'s' if seeds != 1 else ''}, {comparison.confidence:.0%} band")
     curves.legend()
     differences.axhline(0, color="0.5", linewidth=0.8)
-    differences.set(xlabel="training tokens", ylabel=f"minus {comparison.baseline}, seed by seed",
+    differences.set_yscale("symlog", linthresh=1)  # linear within ±1, logarithmic beyond
+    differences.set(xlabel="training tokens", ylabel=f"minus {comparison.baseline}, seed by seed (symlog)",
                     title=f"difference from {comparison.baseline}, {comparison.confidence:.0%} band")
     save_figure(figure, path)
 
