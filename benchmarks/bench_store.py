@@ -80,7 +80,7 @@ def child(args) -> dict:
         assert store.built
         return {"seconds": seconds, "tokens": len(store), "vocab": len(store.vocab),
                 "dtype": str(store.ids.dtype), "store_bytes": store.nbytes, **rss()}
-    from charrnn import train as training
+    from charrnn import training
     first_step, started = [], []
 
     class Timer(training.Reporter):

@@ -1,6 +1,6 @@
 """The history of a run read back from its metrics.jsonl: perplexity against tokens.
 
-Each evaluation of a run appends one record (charrnn.train); a resumed run first drops the
+Each evaluation of a run appends one record (charrnn.run); a resumed run first drops the
 records after its checkpoint, so the file reads as one run. A torn last line (a run killed while
 writing) is skipped.
 """

@@ -1,7 +1,7 @@
 """One run of a sweep, as a directory: bring it to its budget (train, resume, or find it done)
 and read its result back.
 
-A run's directory is its result: charrnn.train's checkpoints and metrics.jsonl, and
+A run's directory is its result: charrnn.training's checkpoints and metrics.jsonl, and
 grad_norms.json (the running sum of the gradient norms as of the checkpoint's step, so that a
 resumed run keeps its mean). Whoever executes a run (charrnn.sweep, charrnn.cluster) only says
 how it went; the numbers are read from the directory.
@@ -19,7 +19,7 @@ from .checks import is_finite, is_integer
 from .errors import CharrnnError
 from .io import save_json
 from .schedule import BUDGET_SCHEDULES
-from .train import (BUDGET_FIELDS, CHECKPOINT, METRICS, MATHS_FIELDS, Reporter, TrainConfig, budget_reached,
+from .training import (BUDGET_FIELDS, CHECKPOINT, METRICS, MATHS_FIELDS, Reporter, TrainConfig, budget_reached,
                     load_checkpoint, resume, train)
 
 GRAD_NORMS = "grad_norms.json"  # running sum of the gradient norms, as of the checkpoint's step

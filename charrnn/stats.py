@@ -2,7 +2,7 @@
 and a verdict that claims no more than its intervals.
 
 Runs of two strategies from the same seed see the same data in the same order (the seed of the
-data order is shared, charrnn.train.TrainConfig.data_seed), so they are compared seed by seed:
+data order is shared, charrnn.config.TrainConfig.data_seed), so they are compared seed by seed:
 d_s = x_s - y_s, and the paired t-test asks whether the mean of the d_s differs from zero
 (Student 1908). Its interval is d̄ ± t_{n-1, (1+c)/2} · s_d / √n, with s_d the standard deviation
 of the d_s. The arithmetic is scipy.stats', imported when a statistic is first computed: importing

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from charrnn import train as training
+from charrnn import training
 from charrnn.cluster import DaskBackend, connect, run_on_worker
 from charrnn.compare import compare, plan
 from charrnn.errors import CharrnnError

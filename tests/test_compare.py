@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import train as training
+from charrnn import training
 from charrnn.compare import compare, default_out_dir, plan, run_name
 from charrnn.errors import CharrnnError
 from charrnn.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state

@@ -17,7 +17,8 @@ import pytest
 
 from charrnn import io as charrnn_io
 from charrnn import memory
-from charrnn import train as training
+from charrnn import training
+from charrnn import run as training_loop
 from charrnn.cli import inspection
 from charrnn.cli.render import escape_controls
 from charrnn.io import load_npz, save_npz, temporary_path
@@ -242,14 +243,14 @@ def test_a_text_that_moved_resumes_from_its_new_path_if_it_is_the_same_text(tmp_
 
 
 def test_a_failed_metrics_append_names_the_file_and_the_last_good_checkpoint(tmp_path, text_file, monkeypatch):
-    real, calls = training.append_jsonl, [0]
+    real, calls = training_loop.append_jsonl, [0]
 
     def append_until_full(path, record):
         calls[0] += 1
         if calls[0] == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path, record)
-    monkeypatch.setattr(training, "append_jsonl", append_until_full)
+    monkeypatch.setattr(training_loop, "append_jsonl", append_until_full)
     out = tmp_path / "run"
     result = invoke("train", text_file, *TINY, "--eval-every", 64, "--max-tokens", 640, "--out", out)
     step = training.load_checkpoint(out / training.CHECKPOINT).progress.step

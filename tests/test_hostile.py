@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charrnn import io as charrnn_io
-from charrnn import train as training
+from charrnn import training
 from charrnn.errors import CharrnnError, CharrnnWarning
 from charrnn.io import META_KEY, load_npz
 from charrnn.sample import sample_text

@@ -44,7 +44,7 @@ def test_importing_charrnn_and_its_cli_sets_no_environment_and_no_threads():
     script = ("import os, numpy\n"
               "from threadpoolctl import threadpool_info\n"
               "before = (dict(os.environ), threadpool_info())\n"
-              "import charrnn, charrnn.cli, charrnn.train, charrnn.threads\n"
+              "import charrnn, charrnn.cli, charrnn.training, charrnn.threads\n"
               "print(before == (dict(os.environ), threadpool_info()))\n")
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)

@@ -24,7 +24,8 @@ from charrnn import cli
 from charrnn import data
 from charrnn import io as charrnn_io
 from charrnn import outdir
-from charrnn import train as training
+from charrnn import training
+from charrnn import run as training_loop
 from charrnn.errors import CharrnnError
 from charrnn.io import load_npz, save_npz
 from charrnn.lock import LOCK_FILE
@@ -177,13 +178,13 @@ def test_a_real_blow_up_stops_with_the_last_good_checkpoint_and_best_kept(tmp_pa
 
 def fail_clip_at(monkeypatch, *calls):
     """Make the gradient norm NaN at these 1-based calls of clip_grad_norm (a bad minibatch)."""
-    real, count = training.clip_grad_norm, [0]
+    real, count = training_loop.clip_grad_norm, [0]
 
     def clip(grads, theta):
         count[0] += 1
         norm = real(grads, theta)
         return float("nan") if count[0] in calls else norm
-    monkeypatch.setattr(training, "clip_grad_norm", clip)
+    monkeypatch.setattr(training_loop, "clip_grad_norm", clip)
 
 
 def test_a_nonfinite_minibatch_stops_and_the_suggested_skip_command_goes_on(tmp_path, text_file, monkeypatch):

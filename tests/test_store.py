@@ -347,7 +347,7 @@ def invoke(*args):
 
 
 def test_training_reads_views_of_the_memory_map_not_int32_copies(tmp_path, write_words):
-    from charrnn import train as training
+    from charrnn import training
     path = write_words(tmp_path / "w.txt", 300, seed=1)
     config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4)
     train, val, vocab, data_id = training.load_data(config, None, cache_dir=tmp_path / "c")
@@ -370,7 +370,7 @@ def test_corpus_command_reports_where_the_store_is(tmp_path, write_words):
 
 
 def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, write_words):
-    from charrnn import train as training
+    from charrnn import training
     path = write_words(tmp_path / "w.txt", 400, seed=3)
     run = tmp_path / "run"
     invoke("train", path, "--level", "word", "--max-vocab", "5", "--min-freq", "2", *TINY_RUN,
@@ -387,7 +387,7 @@ def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, writ
 
 
 def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_words):
-    from charrnn import train as training
+    from charrnn import training
     from charrnn.checkpoint import data_sha1
     from charrnn.io import load_npz, save_npz
     path = write_words(tmp_path / "w.txt", 300, seed=4)

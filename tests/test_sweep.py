@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from charrnn import train as training
+from charrnn import training
 from charrnn.compare import compare, plan
 from charrnn.runs import run_state
 from charrnn.sweep import ProcessBackend, SerialBackend

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charrnn import train as training
+from charrnn import training
+from charrnn import run as training_loop
 from charrnn.data import Vocab
 from charrnn.checkpoint import save_model
 from charrnn.errors import CharrnnError, CharrnnWarning
@@ -143,13 +144,13 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_
 
 
 def test_a_nonfinite_validation_loss_never_becomes_best(tmp_path, text_file, monkeypatch):
-    real, calls = training.mean_loss, []
+    real, calls = training_loop.mean_loss, []
 
     def finite_once_then_nan(model, tokens):
         calls.append(1)
         return real(model, tokens) if len(calls) == 1 else math.nan
 
-    monkeypatch.setattr(training, "mean_loss", finite_once_then_nan)
+    monkeypatch.setattr(training_loop, "mean_loss", finite_once_then_nan)
     training.train(config(text_file, epochs=1), tmp_path / "run")
     records = metrics(tmp_path / "run")
     assert len(records) > 2 and records[0]["best"] and records[0]["val_ppl"] > 1

@@ -21,7 +21,7 @@ from ..plot import sparkline
 from ..sample import unknown_summary
 from ..stats import describe, format_p
 from ..sweep import SweepReporter
-from ..train import Reporter
+from ..run import Reporter
 
 
 def quiet_stdout():

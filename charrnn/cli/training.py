@@ -7,7 +7,7 @@ import click
 
 from .. import analysis
 from .. import compare as comparison
-from .. import train as training
+from .. import training
 from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
 from ..finetune import finetune_config
 from ..outdir import default_out_dir, last_good_checkpoint
