@@ -46,7 +46,7 @@ def window(seed, steps=T):
 
 
 def torch_model(path, dtype):
-    """The README's loading code (docs/drafts/export.md): the file -> (recurrent net, decoder)."""
+    """The README's loading code (README.md, charrnn export): the file -> (recurrent net, decoder)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
