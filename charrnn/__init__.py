@@ -14,8 +14,7 @@ filters, no files).
     machine     blas_threads
     errors      CharrnnError, CharrnnWarning
 
-`charrnn.train(config, out_dir)` starts a run (the module charrnn.train is callable as its
-`train` function).
+`charrnn.train(config, out_dir)` starts a run (charrnn.training.train).
 """
 
 __version__ = "0.1.0"
@@ -26,7 +25,8 @@ _EXPORTS = {
     "model": ("RNNLM",),
     "optim": ("SGD", "Adagrad", "Adam", "make_optimizer", "clip_grad_norm"),
     "config": ("TrainConfig",),
-    "train": ("resume", "TrainResult", "Reporter"),
+    "training": ("train", "resume"),
+    "run": ("TrainResult", "Reporter"),
     "notebook": ("NotebookReporter",),
     "finetune": ("finetune_config",),
     "checkpoint": ("load_checkpoint", "Checkpoint", "save_model", "load_model"),
@@ -36,15 +36,13 @@ _EXPORTS = {
     "errors": ("CharrnnError", "CharrnnWarning"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = ["__version__", "train", *_MODULE_OF]
+__all__ = ["__version__", *_MODULE_OF]
 
 
 def __getattr__(name):
     """Import an exported name from its module on first use (PEP 562)."""
     from importlib import import_module
 
-    if name == "train":  # the module, callable as charrnn.train.train
-        return import_module(".train", __name__)
     if name not in _MODULE_OF:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)

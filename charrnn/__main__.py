@@ -1,5 +1,5 @@
 """`python -m charrnn ...`: the charrnn command."""
-from charrnn.cli import main
+from charrnn.entry import main
 
 if __name__ == "__main__":
-    main(prog_name="charrnn")
+    main()

@@ -248,11 +248,14 @@ class LSTMCell:
 CELL_CLASSES = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
 
 
+MAX_LAYERS = 256  # a checkpoint's arrays (3-4 a layer, and the optimizer's) stay within charrnn.io's MAX_MEMBERS
+
+
 def network_problem(cell, num_layers, dropout, activation):
     """The one place of the rules a network's settings meet -> None, or (setting, message) for
     the first one broken: cell in CELLS, activation in ACTIVATIONS and "tanh" unless the cell is
-    rnn (gated cells have their own nonlinearities), num_layers an integer >= 1, dropout a
-    number in [0, 1)."""
+    rnn (gated cells have their own nonlinearities), num_layers an integer in [1, MAX_LAYERS],
+    dropout a number in [0, 1)."""
     if cell not in CELLS:
         return "cell", f"unknown cell {cell!r} (choose from {', '.join(CELLS)})"
     if activation not in ACTIVATIONS:
@@ -260,8 +263,8 @@ def network_problem(cell, num_layers, dropout, activation):
     if cell != "rnn" and activation != "tanh":
         return "activation", (f"activation {activation!r} is for the rnn cell only; the {cell} cell has "
                               f"its own nonlinearities (use cell rnn, or activation tanh)")
-    if not is_integer(num_layers) or num_layers < 1:
-        return "num_layers", f"num_layers must be an integer >= 1, got {num_layers!r}"
+    if not is_integer(num_layers) or not 1 <= num_layers <= MAX_LAYERS:
+        return "num_layers", f"num_layers must be an integer in [1, {MAX_LAYERS}], got {num_layers!r}"
     if not is_finite(dropout) or not 0 <= dropout < 1:
         return "dropout", f"dropout must be a number in [0, 1), got {dropout!r}"
     return None

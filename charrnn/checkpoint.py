@@ -7,24 +7,32 @@ gated cells) is read as the one-layer rnn it is. A
 training checkpoint is a model file with more: the optimizer's arrays ("optim.<slot>.<param>")
 and the state carried by the sequential sampler (STATE_KEY), and in the metadata the vocabulary,
 the TrainConfig, the Progress, the optimizer's counters, the states of the truncation and
-dropout Generators and the SHA-1 of the training tokens. `save_checkpoint` writes exactly the keys `load_checkpoint`
-reads back and checks whole.
+dropout Generators and the SHA-1 that names the text (both splits: charrnn.store). `save_checkpoint` writes exactly the keys
+`load_checkpoint` reads back, and it reads nothing else: a file is checked whole (charrnn.io's
+limits, charrnn.schema's types and ranges, each array's header against the shape the metadata
+gives, the memory it needs) before anything is built from it.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from . import io as charrnn_io
+from . import schema
+from .cells import network_problem
 from .checks import is_finite, is_integer
 from .config import TrainConfig
 from .data import Vocab
 from .errors import CharrnnError
-from .io import load_npz, save_npz
+from .io import NpzReader, save_npz
+from .memory import check_memory, param_bytes, param_shapes, state_shape
 from .model import ACTIVATIONS, CELLS, DTYPES, RNNLM
-from .optim import make_optimizer
+from .optim import OPTIMIZERS, make_optimizer
 
 # the files of a run directory
 CHECKPOINT = "checkpoint.npz"  # the latest state of a run, what --resume continues
@@ -50,6 +58,15 @@ def model_meta(model) -> dict:
             "activation": model.activation, "dtype": model.dtype.name}
 
 
+MODEL_KEYS = ("format", "format_version", "vocab_size", "num_hiddens", "cell", "num_layers", "dropout",
+              "activation", "dtype")  # model_meta's
+
+
+def model_spec(model) -> dict:
+    """The RNNLM keyword arguments that build a model like `model` (its metadata's sizes and kinds)."""
+    return {key: value for key, value in model_meta(model).items() if key not in ("format", "format_version")}
+
+
 def save_model(model, path, extra_arrays=None, extra_meta=None) -> None:
     """Write the model's params and metadata (plus the caller's extras) atomically to a .npz file."""
     arrays, meta = dict(extra_arrays or {}), dict(extra_meta or {})
@@ -64,25 +81,23 @@ def load_model_with_extras(path) -> tuple:
     """Read a file written by save_model() -> (model, extra_arrays, extra_meta).
 
     Refuses (CharrnnError) a file that is not a charrnn model, has missing arrays, shapes
-    or dtypes that disagree with its metadata, or non-finite parameters.
+    or dtypes that disagree with its metadata, or non-finite parameters; every array is checked
+    against its declared size, and all of them against the memory available, before it is read.
     """
-    arrays, meta = load_npz(path)
-    model = RNNLM(**check_model_meta(path, meta))
-    for name, shape in model.param_shapes().items():
-        array = arrays.pop(name, None)
-        if array is None:
-            raise CharrnnError(f"{path}: model file has no array {name!r}")
-        if array.shape != shape or array.dtype != model.dtype:
-            raise CharrnnError(
-                f"{path}: {name} is {array.dtype.name} {array.shape}, "
-                f"expected {model.dtype.name} {shape}")
-        if not np.all(np.isfinite(array)):
-            raise CharrnnError(f"{path}: {name} holds non-finite values")
-        model.params[name][...] = array
-    stray = sorted(name for name in arrays if name.startswith(("W_", "b_")))
-    if stray:
-        raise CharrnnError(f"{path}: arrays {stray} belong to no {model.num_layers}-layer {model.cell} "
-                           f"network: its metadata and its arrays disagree")
+    with NpzReader(path) as reader:
+        spec = check_model_meta(path, reader.meta)
+        expected = expected_params(spec)
+        check_headers(reader, expected)
+        extras = {name: reader.header(name)[:2] for name in reader.names if name not in expected}
+        check_memory(read_bytes(path, {**expected, **extras}) + param_bytes(spec), f"reading {path}")
+        stray = sorted(name for name in extras if name.startswith(("W_", "b_")))
+        if stray:
+            raise CharrnnError(f"{path}: arrays {stray} belong to no {spec['num_layers']}-layer {spec['cell']} "
+                               f"network: its metadata and its arrays disagree")
+        params = {name: reader.read(name, shape, dtype) for name, (shape, dtype) in expected.items()}
+        arrays = {name: reader.read(name, shape, dtype) for name, (shape, dtype) in extras.items()}
+        meta = reader.meta
+    model = build_model(path, spec, params)
     described = model_meta(model)
     extra_meta = {key: value for key, value in meta.items() if key not in described}
     return model, arrays, extra_meta
@@ -94,27 +109,62 @@ def load_model(path) -> RNNLM:
 
 
 def check_model_meta(path, meta) -> dict:
-    """Check a model file's metadata -> RNNLM keyword arguments."""
+    """Check a model file's metadata -> RNNLM keyword arguments (its spec)."""
     if meta.get("format") != MODEL_FORMAT:
-        raise CharrnnError(f"{path}: not a charrnn model file (format {meta.get('format')!r})")
+        raise CharrnnError(f"{path}: not a charrnn model file (format {schema.describe(meta.get('format'))})")
     version = meta.get("format_version")
     if type(version) is not int or version not in MODEL_FORMAT_VERSIONS:
-        raise CharrnnError(f"{path}: unsupported model format_version {version!r}")
-    keys = ("vocab_size", "num_hiddens", "activation", "dtype")
-    if version >= 2:
-        keys += tuple(NETWORK_V1)
-    elif set(NETWORK_V1) & set(meta):
+        raise CharrnnError(f"{path}: unsupported model format_version {schema.describe(version)}")
+    if version == 1 and set(NETWORK_V1) & set(meta):
         raise CharrnnError(f"{path}: a version-1 model file cannot describe a cell, layers or dropout")
-    spec = {**NETWORK_V1, **{key: meta.get(key) for key in keys}}
-    for key in ("vocab_size", "num_hiddens", "num_layers"):
-        if type(spec[key]) is not int or spec[key] < 1:
-            raise CharrnnError(f"{path}: bad {key} {spec[key]!r} in model metadata")
-    if spec["activation"] not in ACTIVATIONS or spec["dtype"] not in DTYPES:
-        raise CharrnnError(
-            f"{path}: bad activation/dtype {spec['activation']!r}/{spec['dtype']!r} in metadata")
-    if spec["cell"] not in CELLS or not (is_finite(spec["dropout"]) and 0 <= spec["dropout"] < 1):
-        raise CharrnnError(f"{path}: bad cell/dropout {spec['cell']!r}/{spec['dropout']!r} in metadata")
+    network = NETWORK_V1 if version == 1 else meta
+    try:
+        spec = {"vocab_size": schema.size(meta.get("vocab_size"), "vocab_size"),
+                "num_hiddens": schema.size(meta.get("num_hiddens"), "num_hiddens"),
+                "activation": schema.choice(meta.get("activation"), ACTIVATIONS, "activation"),
+                "dtype": schema.choice(meta.get("dtype"), DTYPES, "dtype"),
+                "cell": schema.choice(network.get("cell"), CELLS, "cell"),
+                "num_layers": schema.size(network.get("num_layers"), "num_layers"),
+                "dropout": schema.number(network.get("dropout"), "dropout")}
+    except schema.SchemaError as err:
+        raise CharrnnError(f"{path}: bad model metadata: {err}") from None
+    problem = network_problem(spec["cell"], spec["num_layers"], spec["dropout"], spec["activation"])
+    if problem:  # before the shapes of, say, a million layers are listed
+        raise CharrnnError(f"{path}: bad model metadata: {problem[1]}")
     return spec
+
+
+def expected_params(spec) -> dict:
+    """name -> (shape, dtype) of the parameters of the model `spec` describes."""
+    return {name: (shape, np.dtype(spec["dtype"])) for name, shape in param_shapes(spec).items()}
+
+
+def check_headers(reader, expected, what="", missing="model file has") -> None:
+    """Every array of `expected` (name -> (shape, dtype)) is in `reader` with that shape and dtype
+    in its .npy header; nothing is decompressed beyond the headers."""
+    for name, (shape, dtype) in expected.items():
+        if name not in reader.names:
+            raise CharrnnError(f"{reader.path}: {missing} no array {name!r}")
+        found_shape, found_dtype, _ = reader.header(name)
+        if found_shape != tuple(shape) or found_dtype != dtype:
+            raise CharrnnError(f"{reader.path}: {what}{name} is {found_dtype} {found_shape}, "
+                               f"expected {dtype} {tuple(shape)}")
+
+
+def read_bytes(path, arrays) -> int:
+    """Bytes the arrays name -> (shape, dtype) take once read."""
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in arrays.values())
+
+
+def build_model(path, spec, params) -> RNNLM:
+    """The model `spec` describes holding `params` (checked arrays), refused if not finite."""
+    for name, array in params.items():
+        if not np.all(np.isfinite(array)):
+            raise CharrnnError(f"{path}: {name} holds non-finite values")
+    model = RNNLM(**spec)
+    for name, array in params.items():
+        model.params[name][...] = array
+    return model
 
 
 # ----------------------------------------------------------------------------- training checkpoints
@@ -187,15 +237,34 @@ def all_finite(arrays) -> bool:
     return all(np.isfinite(a).all() for a in arrays)
 
 
-def data_sha1(tokens) -> str:
-    """SHA-1 of a token array, to recognise the training text on resume."""
-    return hashlib.sha1(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()
+def data_sha1(tokens, chunk=1 << 22) -> str:
+    """SHA-1 of a token array as int32: what checkpoints recorded to recognise the training
+    text before token stores (charrnn.store.TokenStore.split_sha1 now), still accepted on
+    resume. Read `chunk` ids at a time: a memory map of narrower ids is never copied whole."""
+    sha1 = hashlib.sha1()
+    for start in range(0, len(tokens), chunk):
+        sha1.update(np.ascontiguousarray(tokens[start:start + chunk], dtype=np.int32).tobytes())
+    return sha1.hexdigest()
+
+
+META_MARGIN = 64 << 10  # bytes of checkpoint metadata besides the vocabulary, at most
+
+
+def check_vocab_fits(vocab) -> None:
+    """Refuse, before a run starts, a vocabulary too large for a checkpoint's metadata (which
+    charrnn.io limits to MAX_META_BYTES), rather than fail at the first checkpoint."""
+    size = len(json.dumps(vocab.to_dict()).encode("utf-8"))
+    if size > charrnn_io.MAX_META_BYTES - META_MARGIN:
+        raise CharrnnError(f"a vocabulary of {len(vocab):,} tokens takes {size:,} bytes of metadata, over the "
+                           f"{charrnn_io.MAX_META_BYTES - META_MARGIN:,} a checkpoint holds; use --level char "
+                           f"or a smaller text")
 
 
 def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, sha1,
                     dropout_rng=None) -> None:
     """Write the whole state of a run to `path` atomically (what load_checkpoint reads back).
 
+    sha1: what names the run's text (charrnn.store's split_sha1, over the ids of both splits).
     A state with a non-finite value -> CharrnnError, and nothing written; a failed write
     (OSError) leaves the file on disk as it was.
     """
@@ -226,35 +295,73 @@ def checkpoint_path(path, prefer=BEST):
 
 def load_checkpoint(path, prefer=BEST):
     """Read a checkpoint written by `save_checkpoint` (file or run directory) and check it whole;
-    anything else, or metadata that disagrees with the arrays, -> CharrnnError."""
+    anything else, or metadata that disagrees with the arrays, -> CharrnnError.
+
+    In order, before anything is built: the metadata against the schema; the .npy headers of
+    exactly the arrays such a checkpoint holds (no other member is read) against the shapes the
+    metadata gives; their size against the memory available. Then the arrays are read.
+    """
     path = checkpoint_path(path, prefer)
-    model, arrays, meta = load_model_with_extras(path)
-    try:
-        vocab = Vocab.from_dict(meta["vocab"])
-        config = TrainConfig.from_dict(meta["config"])
-        progress = Progress.from_dict(meta["progress"])
-    except KeyError as err:
-        raise CharrnnError(f"{path} is not a charrnn training checkpoint (no {err} in its metadata)") from None
-    except (TypeError, ValueError, AttributeError) as err:
-        raise CharrnnError(f"{path} has corrupt training metadata ({err})") from None
-    if len(vocab) != model.vocab_size:
-        raise CharrnnError(f"{path}: vocabulary of {len(vocab)} tokens for a model of {model.vocab_size}")
-    described = model_meta(model)
-    for name in ("num_hiddens", "cell", "num_layers", "dropout", "activation", "dtype"):
-        if getattr(config, name) != described[name]:
-            raise CharrnnError(f"{path}: its config has {name} {getattr(config, name)!r}, its arrays {described[name]!r}")
-    if progress.tokens != progress.step * config.batch_size * config.num_steps:
-        raise CharrnnError(f"{path}: {progress.tokens} tokens cannot be {progress.step} minibatches "
-                           f"of {config.batch_size} x {config.num_steps}")
+    with NpzReader(path) as reader:
+        spec = check_model_meta(path, reader.meta)
+        params = expected_params(spec)
+        check_headers(reader, params)
+        vocab, config, progress = check_training_meta(path, reader.meta, spec)
+        slots = {f"optim.{slot}.{name}": expected for slot in OPTIMIZERS[config.optimizer].slot_names
+                 for name, expected in params.items()}
+        check_headers(reader, slots, what="optimizer state ", missing="optimizer state has")
+        state = {STATE_KEY: (state_shape(spec, config.batch_size), np.dtype(spec["dtype"]))}
+        if STATE_KEY in reader.names:
+            check_headers(reader, state)
+        else:
+            state = {}
+        unknown = sorted(set(reader.names) - set(params) - set(slots) - set(state))
+        if unknown:
+            raise CharrnnError(f"{path} holds an array {unknown[0]!r} no checkpoint of this run holds")
+        expected = {**params, **slots, **state}
+        check_memory(read_bytes(path, expected) + param_bytes(spec), f"reading {path}")
+        arrays = {name: reader.read(name, shape, dtype) for name, (shape, dtype) in expected.items()}
+        meta = {key: value for key, value in reader.meta.items() if key not in MODEL_KEYS}
+    model = build_model(path, spec, {name: arrays.pop(name) for name in params})
     optimizer, truncation_rng, state, dropout_rng = restore_training_state(path, model, config, arrays, meta)
     return Checkpoint(path, model, vocab, config, progress, optimizer, truncation_rng, state, arrays, meta,
                       dropout_rng)
 
 
+TRAINING_KEYS = ("vocab", "config", "progress", "optimizer", "rng", "data_sha1")
+
+
+def check_training_meta(path, meta, spec) -> tuple:
+    """The training part of a checkpoint's metadata, checked whole against the schema and
+    against the model `spec` -> (Vocab, TrainConfig, Progress)."""
+    for key in TRAINING_KEYS:
+        if key not in meta:
+            raise CharrnnError(f"{path} is not a charrnn training checkpoint (no {key!r} in its metadata)")
+    try:
+        schema.vocab_dict(meta["vocab"], spec["vocab_size"])
+        vocab = Vocab.from_dict(meta["vocab"])
+        config = TrainConfig.from_dict(schema.dataclass_fields(TrainConfig, meta["config"], "config", required=False))
+        progress = Progress.from_dict(schema.dataclass_fields(Progress, meta["progress"], "progress"))
+        schema.optimizer_meta(meta["optimizer"], config.optimizer)
+        schema.pcg64_state(meta["rng"])
+        if "dropout_rng" in meta:
+            schema.pcg64_state(meta["dropout_rng"], "dropout_rng")
+        schema.sha1(meta["data_sha1"], "data_sha1")
+    except (schema.SchemaError, CharrnnError) as err:
+        raise CharrnnError(f"{path} has a corrupt training state: {err}") from None
+    for name in ("num_hiddens", "cell", "num_layers", "dropout", "activation", "dtype"):
+        if getattr(config, name) != spec[name]:
+            raise CharrnnError(f"{path}: its config has {name} {getattr(config, name)!r}, its arrays {spec[name]!r}")
+    if progress.tokens != progress.step * config.batch_size * config.num_steps:
+        raise CharrnnError(f"{path}: {progress.tokens} tokens cannot be {progress.step} minibatches "
+                           f"of {config.batch_size} x {config.num_steps}")
+    return vocab, config, progress
+
+
 def restore_training_state(path, model, config, arrays, meta):
     """-> (optimizer on model.params, truncation Generator, carried state or None, dropout
-    Generator or None) as a checkpoint saved them; a missing, misshapen or non-finite piece ->
-    CharrnnError. A checkpoint without a dropout Generator (before dropout existed) gives None."""
+    Generator or None) as a checkpoint saved them (checked by load_checkpoint); a non-finite
+    piece -> CharrnnError. A checkpoint from before dropout has no dropout Generator: None."""
     try:
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         optimizer.load_state(arrays, meta["optimizer"])
@@ -264,12 +371,9 @@ def restore_training_state(path, model, config, arrays, meta):
         if "dropout_rng" in meta:
             dropout_rng = np.random.default_rng()
             dropout_rng.bit_generator.state = meta["dropout_rng"]
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise CharrnnError(f"{path} has a corrupt training state ({err})") from None
-    state, shape = arrays.get(STATE_KEY), model.state_shape(config.batch_size)
-    if state is not None and (state.shape != shape or state.dtype != model.dtype):
-        raise CharrnnError(f"{path}: {STATE_KEY} is {state.dtype.name} {state.shape}, "
-                           f"expected {model.dtype.name} {shape}")
+    state = arrays.get(STATE_KEY)
     if not all_finite([*optimizer.state_arrays().values(), *([] if state is None else [state])]):
         raise CharrnnError(f"{path} holds a non-finite optimizer or carried state")
     return optimizer, truncation_rng, state, dropout_rng

@@ -20,8 +20,23 @@ def is_real(value) -> bool:
 
 
 def is_finite(value) -> bool:
-    """A finite real number, not a bool."""
-    return is_real(value) and math.isfinite(value)
+    """A finite real number, not a bool (an integer too large for a float is not)."""
+    try:
+        return is_real(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def is_text(value) -> bool:
+    """A string that is Unicode text: no lone surrogates (what Python makes of bytes that are not
+    UTF-8 in a file name or argument), which can be neither printed nor saved as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_int(value, name, minimum=None) -> int:

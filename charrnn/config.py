@@ -7,10 +7,11 @@ the way. Every choice is checked against the list of the module that owns it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
-from .checks import is_finite, is_integer
-from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess
+import numpy as np
+
+from .checks import is_finite, is_integer, is_text
+from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
 from .errors import CharrnnError
 from .model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
 from .optim import OPTIMIZERS
@@ -48,6 +49,8 @@ class TrainConfig:
     corpus: str = "timemachine"
     level: str = "char"
     preprocess: str | None = None  # None: "d2l" for the registered book, "raw" for a file
+    min_freq: int = 0  # tokens seen fewer times map to <unk>
+    max_vocab: int | None = None  # keep the max_vocab most frequent tokens, the rest -> <unk>
     val_fraction: float = 0.1
     num_hiddens: int | None = None  # None: CELL_DEFAULTS of the cell (also num_layers, dropout, lr)
     cell: str = "rnn"  # "rnn" | "gru" | "lstm" (charrnn.cells)
@@ -65,7 +68,8 @@ class TrainConfig:
     lr_floor: float = 0.1  # where cosine/exponential end: lr * lr_floor
     lr_decay: float = 0.9  # the "epoch" schedule: after e epochs completed, lr * lr_decay**e
     clip: float | None = 1.0  # None: no clipping
-    seed: int = 0
+    seed: int = 0  # initialisation and truncation draws (and data order unless data_seed is given)
+    data_seed: int | None = None  # order of the minibatches; None: seed. compare pairs runs by it
     init_from: str | None = None  # fine-tuning: the checkpoint whose weights the run starts from
     # budget: the run stops at the first one reached (none given: DEFAULT_EPOCHS epochs)
     epochs: int | None = None
@@ -94,28 +98,38 @@ class TrainConfig:
 
     def validate(self):
         """Raise ConfigError naming the first field that cannot work."""
-        integers = ("num_hiddens", "batch_size", "num_steps", "epochs", "max_tokens", "eval_every",
-                    "sample_length", "seed")
+        integers = ("min_freq", "max_vocab", "num_hiddens", "batch_size", "num_steps", "epochs", "max_tokens",
+                    "eval_every", "sample_length", "seed")
         for name in integers:
             value = getattr(self, name)
             if value is not None and not is_integer(value):
                 raise ConfigError(name, f"{name} must be an integer, got {value!r}")
-        positive = ("num_hiddens", "batch_size", "num_steps", "lr", "clip", "epochs",
+        if self.min_freq < 0:
+            raise ConfigError("min_freq", f"min_freq must be >= 0, got {self.min_freq!r}")
+        positive = ("max_vocab", "num_hiddens", "batch_size", "num_steps", "lr", "clip", "epochs",
                     "max_tokens", "max_time", "eval_every", "bptt_memory_budget")
         for name in positive:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(name, f"{name} must be positive, got {value!r}")
-        if not is_finite(self.lr):
-            raise ConfigError("lr", f"lr must be a finite number, got {self.lr!r}")
+        for name in ("lr", "clip", "max_time"):  # saved as JSON numbers, which are finite
+            value = getattr(self, name)
+            if not is_finite(value) and (name == "lr" or value is not None):
+                raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
         if not (is_finite(self.lr_floor) and 0 < self.lr_floor <= 1):
             raise ConfigError("lr_floor", f"lr_floor must be in (0, 1], got {self.lr_floor!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr_decay", f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction", f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if not (isinstance(self.seed, int) and self.seed >= 0):
-            raise ConfigError("seed", f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            if not (is_integer(value) and value >= 0 or value is None and name == "data_seed"):
+                raise ConfigError(name, f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("corpus", "sample_prefix", "init_from"):  # saved in checkpoints, which hold UTF-8 text only
+            value = getattr(self, name)
+            if not is_text(value) and (name == "corpus" or value is not None):
+                raise ConfigError(name, f"{name} must be UTF-8 text, got {value!r}")
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
@@ -124,13 +138,22 @@ class TrainConfig:
         if problem:
             raise ConfigError(*problem)
         try:
-            parse_truncation(self.truncation)
+            kind, keep_prob = parse_truncation(self.truncation)
         except ValueError as err:
             raise ConfigError("truncation", str(err)) from None
+        if kind == "randomized" and not keep_prob * float(np.finfo(self.dtype).max) >= 1:  # ξ = 1/P must be a number
+            raise ConfigError("truncation", f"truncation {self.truncation!r}: 1/P overflows {self.dtype}; "
+                                            f"P must be at least {1 / float(np.finfo(self.dtype).max):.3g}")
+
+    @property
+    def order_seed(self):
+        """The seed of the data order: data_seed, or seed when none is given."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @classmethod
     def from_dict(cls, d):
-        """The inverse of `asdict`, for untrusted metadata: unknown or bad fields -> CharrnnError."""
+        """The inverse of `asdict`, for untrusted metadata: unknown or bad fields -> CharrnnError.
+        A field missing (a checkpoint older than the field) takes its default."""
         names = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or not set(d) <= names:
             raise CharrnnError(f"not a training configuration: {d!r:.200}")
@@ -165,7 +188,7 @@ def cell_defaults(cell) -> dict:
 
 def corpus_key(corpus):
     """A corpus as a run records it: the absolute path of an existing file, else the name."""
-    path = Path(corpus).expanduser()
+    path = expand_user(corpus)
     return str(path.resolve()) if path.is_file() else str(corpus)
 
 

@@ -1,6 +1,6 @@
 """The history of a run read back from its metrics.jsonl: perplexity against tokens.
 
-Each evaluation of a run appends one record (charrnn.train); a resumed run first drops the
+Each evaluation of a run appends one record (charrnn.run); a resumed run first drops the
 records after its checkpoint, so the file reads as one run. A torn last line (a run killed while
 writing) is skipped.
 """
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import METRICS
-from .checks import is_integer
+from .checks import is_finite, is_integer
 from .errors import CharrnnError
 
 
@@ -38,12 +38,18 @@ def read_history(run_dir) -> RunHistory:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # torn, foreign or hostile lines
             continue
-        if isinstance(record, dict) and is_integer(record.get("tokens")):
+        if isinstance(record, dict) and is_integer(record.get("tokens")) and 0 <= record["tokens"] < 2**63:
             records.append(record)
     if not records:
         raise CharrnnError(f"{path} holds no evaluation yet")
     records.sort(key=lambda record: record["tokens"])
-    return RunHistory(str(run_dir), [r["tokens"] for r in records], [r.get("train_ppl") for r in records],
-                      [r.get("val_ppl") for r in records])
+    return RunHistory(str(run_dir), [r["tokens"] for r in records],
+                      [perplexity_or_none(r.get("train_ppl")) for r in records],
+                      [perplexity_or_none(r.get("val_ppl")) for r in records])
+
+
+def perplexity_or_none(value):
+    """A perplexity as a run records it (a finite number >= 1, else null) -> it, or None."""
+    return float(value) if is_finite(value) and value >= 1 else None

@@ -1,8 +1,11 @@
-"""The data layer: corpus files, preprocessing, tokens, the vocabulary and minibatch samplers.
+"""The data layer: corpus files, tokens and the vocabulary (the rules of text, preprocessing
+included, are charrnn.text's).
 
 text file -> read_text -> preprocess_text -> tokenize -> Vocab -> corpus: (num_tokens,) int32 ids
-corpus -> seq_data_iter_random / seq_data_iter_sequential -> X, Y: (batch_size, num_steps) int32,
-with Y[:, t] the token that follows X[:, t] (d2l §9.2 and §9.3.4).
+(load_corpus: the whole text in memory, for small texts and as the reference the streamed
+token store is tested against). Training, evaluation and analysis read a text through
+charrnn.store instead (streamed once by charrnn.stream, memory-mapped after), and draw
+minibatches with charrnn.samplers.
 
 Whole-text work is vectorised NumPy, done piece by piece so that memory stays bounded.
 """
@@ -17,7 +20,6 @@ import os
 import re
 import sys
 import urllib.request
-import warnings
 from collections import Counter
 from collections.abc import Mapping
 from functools import cached_property
@@ -27,19 +29,23 @@ import numpy as np
 from tqdm import tqdm
 
 from .checks import check_choice, check_int
-from .errors import CharrnnError, CharrnnWarning
+from .errors import CharrnnError
 from .io import save_json, write_atomic
+# the text rules live in charrnn.text, the samplers in charrnn.samplers; charrnn.data offers
+# them too, as it always has
+from .text import (BOM, PREPROCESS_MODES, blank_text_error, check_no_nul, check_text_head,  # noqa: F401
+                   dropped_letters, letters_among, not_utf8_error, preprocess_d2l_bytes, preprocess_text,
+                   universal_newlines, warn_dropped_letters, warn_if_letters_dropped)
+from .samplers import (SAMPLERS, KeyedPermutation, num_minibatches, seq_data_iter_random,  # noqa: F401
+                       seq_data_iter_sequential, split_corpus)
 
 SOURCE_CORPORA = Path(__file__).resolve().parents[1] / "corpora"  # in a source checkout
 REGISTRY_FILENAME = "registry.json"
 LEVELS = ("char", "word")
-PREPROCESS_MODES = ("d2l", "raw")
 UNK = "<unk>"
 
 _PIECE_CHARS = 1 << 22
 _WHITESPACE = re.compile(r"\s")  # the characters str.split() splits on
-_CONTROL_BYTES = bytes(b for b in [*range(32), 127] if b not in b"\t\n\v\f\r")
-_MAX_CONTROL_FRACTION = 0.1
 _DOWNLOAD_CHUNK_BYTES = 1 << 16
 
 
@@ -70,6 +76,14 @@ def load_registry() -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def expand_user(path) -> Path:
+    """`path` with a leading ~ or ~user expanded; a ~user of no such user stays as it is."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def read_text(name_or_path, data_dir=None) -> str:
     """The UTF-8 text of a file, or of a registered corpus (found locally or downloaded).
 
@@ -77,32 +91,46 @@ def read_text(name_or_path, data_dir=None) -> str:
     (default: $CHARRNN_DATA_DIR), then in `default_data_dir()`, then downloaded there. A
     registered corpus must match the registry's size and SHA-1.
     """
-    path = Path(name_or_path).expanduser()
+    path, entry = find_corpus(name_or_path, data_dir)
+    data = _read_bytes(path)
+    if entry is not None:
+        check_registered(path, name_or_path, entry, len(data), hashlib.sha1(data).hexdigest())
+    return _decode(data, path)
+
+
+def find_corpus(name_or_path, data_dir=None):
+    """-> (path of the text file, its registry entry or None when a path was given).
+
+    A registered corpus that is nowhere on disk is downloaded; its checksum is the caller's to
+    check (`check_registered`), as the caller reads the bytes anyway.
+    """
+    path = expand_user(name_or_path)
     if path.is_dir():
         raise CharrnnError(f"{path} is a directory, not a text file")
     if path.exists() and not path.is_file():  # reading a FIFO or a device could block forever
         raise CharrnnError(f"{path} is not a regular file (a pipe, socket or device), not a text file")
     if path.is_file():
-        return _decode(_read_bytes(path), path)
+        return path, None
     registry = load_registry()
     name = str(name_or_path)
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
         raise CharrnnError(f"no such file or registered corpus: {name!r} (registered corpora: {known})")
-    entry = registry[name]
-    path = _find_or_download(name, entry, data_dir)
-    data = _read_bytes(path)
-    mismatch = _checksum_mismatch(len(data), hashlib.sha1(data).hexdigest(), entry)
+    return _find_or_download(name, registry[name], data_dir), registry[name]
+
+
+def check_registered(path, name, entry: dict, size: int, sha1: str) -> None:
+    """CharrnnError unless `size` and `sha1` (of the file at `path`) are the registry entry's."""
+    mismatch = _checksum_mismatch(size, sha1, entry)
     if mismatch:
-        raise CharrnnError(f"{path} is not the registered corpus {name!r} ({mismatch}); "
+        raise CharrnnError(f"{path} is not the registered corpus {str(name)!r} ({mismatch}); "
                            "delete or replace it")
-    return _decode(data, path)
 
 
 def _find_or_download(name: str, entry: dict, data_dir) -> Path:
     """The path of a registered corpus' file: the first place that has it, else a fresh download."""
     chosen = data_dir if data_dir is not None else os.environ.get("CHARRNN_DATA_DIR")
-    places = [Path(chosen).expanduser()] if chosen else []
+    places = [expand_user(chosen)] if chosen else []
     places.append(default_data_dir())
     for place in places:
         if (place / entry["filename"]).is_file():
@@ -158,66 +186,20 @@ def _read_bytes(path: Path) -> bytes:
 def _decode(data: bytes, path: Path) -> str:
     """The text of a file's bytes, which must be non-empty UTF-8 and not look binary.
     A leading byte order mark is dropped; line ends are universal newlines (\r\n and \r -> \n)."""
-    if not data:
-        raise CharrnnError(f"{path} is empty")
-    if b"\0" in data:
-        raise CharrnnError(f"{path} looks binary (it contains NUL bytes), not like UTF-8 text")
-    control_fraction = 1 - len(data.translate(None, _CONTROL_BYTES)) / len(data)
-    if control_fraction > _MAX_CONTROL_FRACTION:
-        raise CharrnnError(f"{path} looks binary ({control_fraction:.0%} of its bytes are "
-                           "control characters), not like UTF-8 text")
-    data = data.removeprefix(b"\xef\xbb\xbf")
+    check_text_head(data, path)
+    data = data.removeprefix(BOM)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise CharrnnError(f"{path} is not UTF-8 text "
-                           f"(byte 0x{data[err.start]:02x} at offset {err.start})") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+        raise not_utf8_error(path, err) from None
+    return universal_newlines(text)
 
 
 # ----------------------------------------------------------------------------- text and tokens
 
-def preprocess_text(text: str, mode: str) -> str:
-    """'raw': the text as it is. 'd2l': every run of characters other than the ASCII letters
-    A-Z, a-z becomes one space and letters are lowercased, over the whole text at once
-    (d2l §9.2; The Time Machine -> 173,428 characters)."""
-    check_choice(mode, PREPROCESS_MODES, "preprocess mode")
-    if mode == "raw":
-        return text
-    # UTF-8 keeps ASCII letters as single bytes and writes everything else with other bytes.
-    codes = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
-    lower = codes | 0x20
-    is_letter = (lower >= ord("a")) & (lower <= ord("z"))
-    keep = is_letter.copy()  # a letter, or the first character of a run of non-letters
-    keep[1:] |= is_letter[:-1]
-    keep[:1] = True
-    return np.where(is_letter, lower, ord(" "))[keep].tobytes().decode("ascii")
-
-
 def default_preprocess(name_or_path) -> str:
     """'d2l' for a registered corpus (the book: the textbook's numbers), 'raw' for a file."""
     return "d2l" if str(name_or_path) in load_registry() and not Path(name_or_path).is_file() else "raw"
-
-
-def dropped_letters(text: str, num_examples: int = 8):
-    """The letters 'd2l' preprocessing drops (any alphabet but A-Z, a-z) -> (how many,
-    up to num_examples of the most frequent, as a string)."""
-    if text.isascii():
-        return 0, ""
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-    counts = np.bincount(codes[codes > 127]) if (codes > 127).any() else np.zeros(0, np.int64)
-    present = np.flatnonzero(counts)
-    letters = [(int(counts[c]), chr(c)) for c in present.tolist() if chr(c).isalpha()]
-    letters.sort(key=lambda count_letter: -count_letter[0])
-    return sum(n for n, _ in letters), "".join(letter for _, letter in letters[:num_examples])
-
-
-def warn_dropped_letters(text: str, what) -> None:
-    """A CharrnnWarning when 'd2l' preprocessing of `text` drops letters outside A-Z."""
-    count, examples = dropped_letters(text)
-    if count:
-        warnings.warn(f"'d2l' preprocessing of {what} dropped {count:,} letters outside A-Z "
-                      f"(e.g. {examples}); raw preprocessing keeps them", CharrnnWarning, stacklevel=3)
 
 
 def tokenize(text: str, level: str):
@@ -270,16 +252,20 @@ class Vocab:
     """Tokens <-> indices: <unk> is 0, then the reserved tokens, then the other tokens by
     descending frequency, ties in token order (Python string order)."""
 
-    def __init__(self, tokens=(), min_freq=0, reserved_tokens=None):
+    def __init__(self, tokens=(), min_freq=0, reserved_tokens=None, max_size=None):
         """tokens: a sequence of tokens (e.g. from `tokenize`) or a mapping token -> count.
-        Tokens seen fewer than `min_freq` times are left out and map to <unk>."""
+        Tokens seen fewer than `min_freq` times, and all but the `max_size` most frequent
+        (None: no limit; <unk> and the reserved tokens not counted), are left out and map
+        to <unk>."""
         check_int(min_freq, "min_freq", minimum=0)
+        if max_size is not None:
+            check_int(max_size, "max_size", minimum=0)
         counts = tokens if isinstance(tokens, Mapping) else _add_counts(Counter(), tokens)
         token_freqs = sorted(counts.items(), key=lambda token_count: (-token_count[1], token_count[0]))
         specials = list(dict.fromkeys([UNK, *(reserved_tokens or ())]))
         seen = set(specials)
         frequent = [token for token, count in token_freqs if count >= min_freq and token not in seen]
-        self._set(specials + frequent, token_freqs)
+        self._set(specials + frequent[:max_size], token_freqs)
 
     def _set(self, idx_to_token: list, token_freqs: list) -> None:
         self.idx_to_token = idx_to_token
@@ -408,80 +394,8 @@ def load_corpus(name_or_path, level="char", preprocess=None, data_dir=None):
         warn_dropped_letters(text, name_or_path)
     text = preprocess_text(text, preprocess)
     if not text.strip():
-        hint = " (which keeps only the letters A-Z, a-z; try 'raw')" if preprocess == "d2l" else ""
-        raise CharrnnError(f"{name_or_path} holds nothing but whitespace after "
-                           f"{preprocess!r} preprocessing{hint}")
+        raise blank_text_error(name_or_path, preprocess)
     vocab = Vocab(count_tokens(text, level))
     corpus, _ = vocab.encode(text, level)
     return corpus, vocab
 
-
-# ----------------------------------------------------------------------------- minibatches
-
-def split_corpus(corpus, val_fraction=0.1):
-    """(train, val): the last int(val_fraction * len(corpus)) tokens are held out (views)."""
-    if not 0 <= val_fraction < 1:
-        raise CharrnnError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    num_train = len(corpus) - int(len(corpus) * val_fraction)
-    return corpus[:num_train], corpus[num_train:]
-
-
-def num_minibatches(corpus_len: int, batch_size: int, num_steps: int) -> int:
-    """Minibatches per epoch of either sampler when its offset is 0. This is an upper bound:
-    a random offset gives this many or one fewer (and at least 1 where one minibatch fits)."""
-    check_int(corpus_len, "corpus_len", minimum=0)
-    check_int(batch_size, "batch_size", minimum=1)
-    check_int(num_steps, "num_steps", minimum=1)
-    return max(corpus_len - 1, 0) // (batch_size * num_steps)
-
-
-def seq_data_iter_random(corpus, batch_size, num_steps, rng):
-    """Minibatches of non-overlapping subsequences in random order, cut from a random offset
-    (d2l §9.3.4) -> iterator of (X, Y), each (batch_size, num_steps) int32.
-    rng: np.random.Generator. Arguments are checked at the call, not at the first minibatch."""
-    corpus, offset = _checked_corpus_and_offset(corpus, batch_size, num_steps, rng)
-    num_subseqs = (len(corpus) - offset - 1) // num_steps
-    num_batches = num_subseqs // batch_size
-    starts = offset + num_steps * rng.permutation(num_subseqs)[:num_batches * batch_size]
-    return _minibatches(corpus, starts.reshape(num_batches, batch_size), num_steps)
-
-
-def seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
-    """Minibatches in which row i continues exactly where row i of the previous minibatch ended,
-    from a random offset (d2l §9.3.4) -> iterator of (X, Y), each (batch_size, num_steps) int32.
-    rng: np.random.Generator. Arguments are checked at the call, not at the first minibatch."""
-    corpus, offset = _checked_corpus_and_offset(corpus, batch_size, num_steps, rng)
-    row_len = (len(corpus) - offset - 1) // batch_size
-    num_batches = row_len // num_steps
-    starts = offset + row_len * np.arange(batch_size) + num_steps * np.arange(num_batches)[:, None]
-    return _minibatches(corpus, starts, num_steps)
-
-
-def _checked_corpus_and_offset(corpus, batch_size, num_steps, rng):
-    """The corpus as a 1-D integer array and a random offset in [0, num_steps), narrowed for a
-    short corpus so that at least one minibatch always fits."""
-    check_int(batch_size, "batch_size", minimum=1)
-    check_int(num_steps, "num_steps", minimum=1)
-    corpus = np.asarray(corpus)
-    if corpus.ndim != 1 or not np.issubdtype(corpus.dtype, np.integer):
-        raise CharrnnError(f"a corpus must be a 1-D integer array, got {corpus.ndim}-D {corpus.dtype}")
-    needed = batch_size * num_steps + 1
-    if len(corpus) < needed:
-        raise CharrnnError(f"a corpus of {len(corpus)} tokens is too short for one minibatch of "
-                           f"batch_size={batch_size} x num_steps={num_steps} "
-                           f"(needs at least {needed} tokens)")
-    return corpus, int(rng.integers(min(num_steps, len(corpus) - needed + 1)))
-
-
-def _minibatches(corpus: np.ndarray, starts: np.ndarray, num_steps: int):
-    """starts: (num_batches, batch_size) -> for each row, X[b, t] = corpus[starts[b] + t] and
-    Y[b, t] = corpus[starts[b] + t + 1], both (batch_size, num_steps) int32, C-contiguous."""
-    steps = np.arange(num_steps)
-    for batch_starts in starts:
-        positions = batch_starts[:, None] + steps
-        yield (corpus[positions].astype(np.int32, copy=False),
-               corpus[positions + 1].astype(np.int32, copy=False))
-
-
-# the minibatch samplers by name (TrainConfig.sampler, the CLI's --sampler)
-SAMPLERS = {"sequential": seq_data_iter_sequential, "random": seq_data_iter_random}

@@ -65,7 +65,8 @@ def extend_vocab(base_vocab, corpus, vocab):
     added = [token for token in vocab.idx_to_token if token not in known]
     extended = Vocab.from_dict({"idx_to_token": [*base_vocab.idx_to_token, *added],
                                 "token_freqs": [[t, c] for t, c in vocab.token_freqs]})
-    remap = np.array([extended.token_to_idx[token] for token in vocab.idx_to_token], dtype=np.int32)
+    remap = np.array([extended.token_to_idx[token] for token in vocab.idx_to_token],  # the narrowest ids:
+                     dtype=np.min_scalar_type(len(extended) - 1))  # 1 byte a token for most texts
     return remap[corpus], extended
 
 

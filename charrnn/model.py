@@ -14,7 +14,7 @@ network bit for bit.
 Dropout (Zaremba et al. 2014, as char-rnn): m_t^(l) is inverted dropout, entries 0 with
 probability P, else 1/(1-P), on each layer's output h_t^(l) where it feeds the next layer or the
 output layer, never on the recurrent path (state_{t-1} -> state_t). Only loss_and_grads with a
-`dropout_rng` drops (training); forward_loss, step and the stepper use m = 1. The masks of a window
+`dropout_rng` drops (training); forward_loss, step and sample.stepper use m = 1. The masks of a window
 are drawn time-major, dropout_rng.random((T, L, B, H)) >= P, so a window's masks are the
 concatenation of its segments' (recompute.py relies on it).
 
@@ -45,8 +45,8 @@ that a recomputing (checkpointed) backward pass can reuse them.
 
 Public API beyond loss_and_grads/forward_loss/step (used by recompute.py, analysis.py, sample.py):
 check_batch, workspace, forward_segment, softmax_cross_entropy, output_grads, backward_segment,
-segment_grads, final_state, last_state, stepper, hidden_states, output_state_grads,
-check_dropout_rng, with_dropout, state_shape, param_shapes.
+segment_grads, final_state, last_state, prepare, input_part, check_dropout_rng, with_dropout,
+state_shape, param_shapes. sample.stepper is step() for one row at generation speed.
 """
 import copy
 
@@ -162,46 +162,6 @@ class RNNLM:
         self.forward_segment(ids[None, :], state, ws)
         return self.logits(ws.top[0]), self.final_state(ws)
 
-    def stepper(self):
-        """-> advance(token: int, state) -> (logits (1, V), next state): step() for one row,
-        unchecked, with the per-call tables formed once, so the same numbers at a fraction of
-        the cost, for generation. Valid while the parameters stay as they are; the logits
-        buffer is overwritten by the next call."""
-        ws = Workspace(self, 1, 1)
-        self._prepare(ws)
-        tokens = np.zeros((1, 1), np.intp)
-        logits = np.empty((1, self.vocab_size), self.dtype)
-        if self.cell == "rnn" and self.num_layers == 1:  # the common case, at today's speed:
-            recur, rows, W_hh, tmp = self.cells[0].recur, ws.xb, self.params["W_hh"], ws.tmp
-
-            def advance_rnn(token, h):  # a new row of the table becomes the next state in place
-                a = rows[token:token + 1].copy()
-                recur(a, np.zeros_like(a) if h is None else h, W_hh, tmp)
-                return self.logits(a, out=logits), a
-
-            return advance_rnn
-        shape, public = (self.num_layers, self.num_states, 1, self.num_hiddens), self.state_shape(1)
-        first, last = [ws.hs[:, 0]], [ws.hs[:, 1]]  # h (and c) of every layer, before and after
-        if ws.cs is not None:
-            first.append(ws.cs[:, 0])
-            last.append(ws.cs[:, 1])
-        top = ws.top[0]
-        steps = [(l, cell.forward_step, layer) for l, (cell, layer) in enumerate(zip(self.cells, ws.layers))]
-
-        def advance(token, state):
-            for k, start in enumerate(first):
-                start[...] = 0 if state is None else state.reshape(shape)[:, k]
-            tokens[0, 0] = token
-            for l, forward_step, layer in steps:  # _run_forward's work for one step, its loops unrolled
-                self._input_part(tokens, ws, l)
-                forward_step(layer, 0)
-            new_state = np.empty(shape, self.dtype)
-            for k, end in enumerate(last):
-                new_state[:, k] = end
-            return self.logits(top, out=logits), new_state.reshape(public)
-
-        return advance
-
     # ---------------------------------------------------------------- segment pieces (public)
 
     def workspace(self, batch_size, num_steps) -> Workspace:
@@ -215,12 +175,33 @@ class RNNLM:
             self._workspaces[key] = ws
         return ws
 
+    def prepare(self, ws) -> None:
+        """This call's tables from the parameters: layer 0's lookup (W_xh + b_h) ⊙ s, gated
+        cells' working W_hh ⊙ s, W_xh ⊙ s, b_h ⊙ s (s halves the σ blocks, exactly), the
+        cells' views of the parameters."""
+        p = self.params
+        for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
+            suffix, scale = layer_suffix(l), cell.gate_scale
+            layer.b_hn = p.get(f"b_hn{suffix}")
+            if l == 0:
+                np.add(p["W_xh"], p["b_h"], out=ws.xb)
+                if scale is not None:
+                    ws.xb *= scale
+            if scale is None:
+                layer.W_hh = p[f"W_hh{suffix}"]
+                continue
+            work = self._working
+            layer.W_hh = np.multiply(p[f"W_hh{suffix}"], scale, out=work.W_hh[l])
+            if l > 0:
+                np.multiply(p[f"W_xh{suffix}"], scale, out=work.W_xh[l - 1])
+                np.multiply(p[f"b_h{suffix}"], scale, out=work.b_x[l - 1])
+
     def forward_segment(self, X_tm, state, ws, dropout_rng=None) -> None:
         """Run the network over X_tm: (T, B) int from `state` ((L, S, B, H) or None for zeros):
         fills ws (states h_0..h_T of every layer, gates, the output layer's input ws.top).
         With dropout > 0 and a dropout_rng, draws this segment's masks from it (training);
         else no dropout."""
-        self._prepare(ws)
+        self.prepare(ws)
         ws.set_state(state)
         training = self.dropout > 0 and dropout_rng is not None
         ws.use_dropout(training)
@@ -235,14 +216,14 @@ class RNNLM:
         then the cell's steps (the recurrence)."""
         T = len(X_tm)
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
-            self._input_part(X_tm, ws, l)
+            self.input_part(X_tm, ws, l)
             forward_step = cell.forward_step
             for t in range(T):
                 forward_step(layer, t)
             if ws.training:
                 np.multiply(layer.hs[1:], ws.masks[:, l], out=ws.dropped[l])
 
-    def _input_part(self, X_tm, ws, l) -> None:
+    def input_part(self, X_tm, ws, l) -> None:
         """Layer l's x_t W_xh + b_h for every step into its A: a row of the table for layer 0,
         one product with the (dropped) states of layer l-1 for the others."""
         layer = ws.layers[l]
@@ -362,24 +343,6 @@ class RNNLM:
         out += self.params["b_q"]
         return out
 
-    def hidden_states(self, X, state=None) -> np.ndarray:
-        """h_0..h_T of every layer over X (batch, T), no dropout -> (L, T+1, B, H), a fresh array."""
-        X, _, state = self.check_batch(X, X, state)
-        ws = Workspace(self, *X.shape)
-        self.forward_segment(X.T, state, ws)
-        return ws.hs.copy()
-
-    def output_state_grads(self, X, Y, state=None) -> np.ndarray:
-        """dL/do_t W_hqᵀ, the output layer's share of dL/dh_t of the top layer, L the mean loss
-        over the window X, Y (batch, T), no dropout -> (T, B, H), a fresh array."""
-        X, Y, state = self.check_batch(X, Y, state)
-        ws = Workspace(self, *X.shape)
-        self.forward_segment(X.T, state, ws)
-        y = Y.T.reshape(-1)
-        self.softmax_cross_entropy(y, ws)
-        self.output_grads(y, 1.0 / y.size, ws)
-        return ws.dH.copy()
-
     def check_dropout_rng(self, dropout_rng):
         """The Generator a training call draws dropout masks from -> it, or None without dropout;
         a model with dropout and no Generator -> CharrnnError."""
@@ -399,27 +362,6 @@ class RNNLM:
         return X, Y, self._check_state(state, X.shape[0])
 
     # ---------------------------------------------------------------- helpers
-
-    def _prepare(self, ws) -> None:
-        """This call's tables from the parameters: layer 0's lookup (W_xh + b_h) ⊙ s, gated
-        cells' working W_hh ⊙ s, W_xh ⊙ s, b_h ⊙ s (s halves the σ blocks, exactly), the
-        cells' views of the parameters."""
-        p = self.params
-        for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
-            suffix, scale = layer_suffix(l), cell.gate_scale
-            layer.b_hn = p.get(f"b_hn{suffix}")
-            if l == 0:
-                np.add(p["W_xh"], p["b_h"], out=ws.xb)
-                if scale is not None:
-                    ws.xb *= scale
-            if scale is None:
-                layer.W_hh = p[f"W_hh{suffix}"]
-                continue
-            work = self._working
-            layer.W_hh = np.multiply(p[f"W_hh{suffix}"], scale, out=work.W_hh[l])
-            if l > 0:
-                np.multiply(p[f"W_xh{suffix}"], scale, out=work.W_xh[l - 1])
-                np.multiply(p[f"b_h{suffix}"], scale, out=work.b_x[l - 1])
 
     def _forward_workspace(self, batch_size, num_steps) -> Workspace:
         """forward_loss's Workspace, apart from the cache of the training shapes: one, replaced

@@ -7,7 +7,7 @@ evaluation prints one line. The metrics records are kept in `records` for plotti
 """
 from tqdm.auto import tqdm
 
-from .train import Reporter
+from .run import Reporter
 
 
 class NotebookReporter(Reporter):

@@ -114,18 +114,26 @@ def plot_analyses(analyses, sources, path) -> None:
     save_figure(figure, path)
 
 
-def plot_comparison(results, path) -> None:
-    """results ([charrnn.compare.StrategyResult]) -> validation perplexity against tokens and
-    against seconds, one curve per strategy."""
-    figure, (by_tokens, by_time) = new_figure(2)
-    for result in results:
-        points = [p for p in result.curve if p["val_ppl"] is not None]
-        for axes, key in ((by_tokens, "tokens"), (by_time, "elapsed")):
-            axes.plot([p[key] for p in points], [p["val_ppl"] for p in points], marker=".",
-                      label=result.truncation)
-    by_tokens.set(xlabel="training tokens", ylabel="validation perplexity")
-    by_time.set(xlabel="seconds of training", ylabel="validation perplexity")
-    by_tokens.legend()
+def plot_comparison(comparison, path) -> None:
+    """comparison (charrnn.compare.Comparison) -> the mean validation perplexity of each strategy
+    against tokens, and its paired difference from the baseline, each with its confidence band."""
+    figure, (curves, differences) = new_figure(2)
+    for color, (truncation, (xs, means, lows, highs)) in enumerate(comparison.mean_curves().items()):
+        curves.plot(xs, means, marker=".", color=f"C{color}", label=truncation)
+        curves.fill_between(xs, lows, highs, color=f"C{color}", alpha=0.2, linewidth=0)
+        if truncation in comparison.difference_curves():
+            xs, means, lows, highs = comparison.difference_curves()[truncation]
+            differences.plot(xs, means, marker=".", color=f"C{color}", label=truncation)
+            differences.fill_between(xs, lows, highs, color=f"C{color}", alpha=0.2, linewidth=0)
+    seeds = comparison.num_seeds()
+    curves.set_yscale("log")  # a run that blows up early spans decades; a band below zero is clipped
+    curves.set(xlabel="training tokens", ylabel="validation perplexity (log scale)",
+               title=f"mean of {seeds} seed{'s' if seeds != 1 else ''}, {comparison.confidence:.0%} band")
+    curves.legend()
+    differences.axhline(0, color="0.5", linewidth=0.8)
+    differences.set_yscale("symlog", linthresh=1)  # linear within ±1, logarithmic beyond
+    differences.set(xlabel="training tokens", ylabel=f"minus {comparison.baseline}, seed by seed (symlog)",
+                    title=f"difference from {comparison.baseline}, {comparison.confidence:.0%} band")
     save_figure(figure, path)
 
 

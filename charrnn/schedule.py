@@ -21,6 +21,7 @@ import math
 from .checks import check_choice
 
 LR_SCHEDULES = ("cosine", "exponential", "constant", "epoch")
+BUDGET_SCHEDULES = ("cosine", "exponential")  # laid over the budget: another budget, another run
 
 
 def budget_fraction(progress, config, tokens_per_epoch, elapsed=None) -> float:

@@ -15,6 +15,19 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def token_cache_dir(tmp_path_factory):
+    """Token stores (charrnn.store) made by the tests go to a temporary directory (through
+    CHARRNN_CACHE_DIR, which subprocesses inherit), never into the checkout."""
+    previous = os.environ.get("CHARRNN_CACHE_DIR")
+    os.environ["CHARRNN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tokens"))
+    yield Path(os.environ["CHARRNN_CACHE_DIR"])
+    if previous is None:
+        del os.environ["CHARRNN_CACHE_DIR"]
+    else:
+        os.environ["CHARRNN_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The directory holding timemachine.txt, from CHARRNN_DATA_DIR."""

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import train as training
+from charrnn import training
 from charrnn.analysis import (analysis_window, analyze, flat_grad, hidden_grad_norms, jacobian_norms,
                               recurrence_spectrum, truncation_error)
 from charrnn.data import load_corpus

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from charrnn import train as training
+from charrnn import training
 from charrnn.config import TrainConfig
 from charrnn.data import default_preprocess, dropped_letters, load_corpus, read_text
 from charrnn.errors import CharrnnWarning

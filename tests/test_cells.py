@@ -10,6 +10,7 @@ from charrnn.io import load_npz, save_npz
 from charrnn.gradcheck import FD_TOLERANCE, run_gradcheck
 from charrnn.model import RNNLM
 from charrnn.recompute import loss_and_grads_recompute
+from charrnn.sample import stepper
 
 V, H, B, T = 7, 5, 3, 8
 NETWORKS = [(cell, layers) for cell in CELLS for layers in (1, 2)]
@@ -283,7 +284,7 @@ def test_steps_and_stepper_follow_the_forward_pass(cell, num_layers):
     m = scaled_model(cell, num_layers, dtype="float32", dropout=0.5)
     X, Y = batch()
     state, logits = None, []
-    advance, advanced = m.stepper(), None
+    advance, advanced = stepper(m), None
     for t in range(T):
         step_logits, state = m.step(X[:1, t], state)
         advanced_logits, advanced = advance(int(X[0, t]), advanced)

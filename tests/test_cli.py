@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import train as training
+from charrnn import training
 from charrnn.gradcheck import run_gradcheck
 
 REPO = Path(__file__).resolve().parents[1]

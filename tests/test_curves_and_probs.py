@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from charrnn import train as training
+from charrnn import training
 from charrnn.config import TrainConfig
 from charrnn.curves import read_history
 from charrnn.sample import next_token_probs

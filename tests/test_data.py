@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from charrnn import data
+from charrnn import data, samplers
 from charrnn.data import (
     Vocab, count_tokens, load_corpus, num_minibatches, preprocess_text, read_text,
     seq_data_iter_random, seq_data_iter_sequential, split_corpus, tokenize,
@@ -435,3 +435,59 @@ def test_split_corpus_holds_out_the_tail():
         with pytest.raises(CharrnnError) as excinfo:
             split_corpus(corpus, bad)
         assert_one_line_error(excinfo, "val_fraction", repr(bad))
+
+
+# ----------------------------------------------------------------------------- samplers on a memory map
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_samplers_read_a_memory_map_of_narrow_ids_as_int32(tmp_path, sampler):
+    ids = np.random.default_rng(0).integers(0, 200, size=5000).astype(np.uint8)
+    ids.tofile(tmp_path / "ids")
+    mapped = np.memmap(tmp_path / "ids", dtype=np.uint8, mode="r")
+    for (X, Y), (X32, Y32) in zip(sampler(mapped, 4, 7, np.random.default_rng(1)),
+                                  sampler(ids.astype(np.int32), 4, 7, np.random.default_rng(1)), strict=True):
+        assert X.dtype == Y.dtype == np.int32 and type(X) is np.ndarray
+        np.testing.assert_array_equal(X, X32)
+        np.testing.assert_array_equal(Y, Y32)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 1000, 4099])
+def test_keyed_permutation_is_a_permutation(n):
+    order = data.KeyedPermutation(n, np.random.default_rng(n))
+    values = np.concatenate([order.take(slice(start, start + 5)) for start in range(0, n, 5)])
+    assert sorted(values.tolist()) == list(range(n))
+    if n >= 16:
+        other = data.KeyedPermutation(n, np.random.default_rng(n + 1)).take(slice(0, n))
+        assert not np.array_equal(values, other) and not np.array_equal(values, np.arange(n))
+
+
+@settings(max_examples=30, deadline=None)
+@given(args=sampler_args())
+def test_random_sampler_beyond_the_in_memory_shuffle_keeps_its_properties(args):
+    corpus_len, batch_size, num_steps, seed = args
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(samplers, "_SHUFFLE_IN_MEMORY", 0)  # every order by KeyedPermutation
+        batches = epoch(seq_data_iter_random, *args)
+    most = num_minibatches(corpus_len, batch_size, num_steps)
+    assert max(most - 1, 1) <= len(batches) <= most
+    for X, Y in batches:
+        np.testing.assert_array_equal(X, X[:, :1] + np.arange(num_steps))
+        np.testing.assert_array_equal(Y, X + 1)
+    positions = np.concatenate([X.ravel() for X, _ in batches])
+    assert len(np.unique(positions)) == len(positions)
+    assert len(set((positions[::num_steps] % num_steps).tolist())) == 1
+
+
+def test_contiguous_batches_of_a_memory_map_through_an_id_map(tmp_path):
+    from charrnn.evaluate import contiguous_batches
+    ids = np.random.default_rng(2).integers(0, 5, size=999).astype(np.uint8)
+    ids.tofile(tmp_path / "ids")
+    mapped = np.memmap(tmp_path / "ids", dtype=np.uint8, mode="r")
+    id_map = np.array([0, 4, 3, 2, 1])
+    chunks = list(contiguous_batches(mapped, num_rows=4, num_steps=10, id_map=id_map))
+    expected = list(contiguous_batches(id_map[ids], num_rows=4, num_steps=10))
+    assert len(chunks) == len(expected) == 25
+    for (X, Y), (X_expected, Y_expected) in zip(chunks, expected):
+        assert X.dtype == np.int32
+        np.testing.assert_array_equal(X, X_expected)
+        np.testing.assert_array_equal(Y, Y_expected)

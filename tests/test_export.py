@@ -46,7 +46,7 @@ def window(seed, steps=T):
 
 
 def torch_model(path, dtype):
-    """The README's loading code (docs/drafts/export.md): the file -> (recurrent net, decoder)."""
+    """The README's loading code (README.md, charrnn export): the file -> (recurrent net, decoder)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -199,7 +199,7 @@ def _with_params(model, values):
 def run_dir(tmp_path_factory, write_words):
     """A finished tiny training run of a 2-layer GRU on a text of random words, raw preprocessing."""
     from charrnn.config import TrainConfig
-    from charrnn.train import train
+    from charrnn.training import train
 
     folder = tmp_path_factory.mktemp("export")
     text = write_words(folder / "words.txt", 300, seed=3)

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from charrnn import train as training
+from charrnn import training
+from charrnn.evaluate import mean_loss, perplexity
 from charrnn.config import TrainConfig
 from charrnn.finetune import PARENT, finetune_config, grown_model
 from charrnn.model import RNNLM
@@ -64,7 +65,7 @@ def test_fine_tuning_starts_from_the_parent_weights(parent_run, tmp_path):
     config = finetune_config(parent_run, parent.config.corpus, max_tokens=32, eval_every=10**6, sample_length=0,
                              lr=1e-12, batch_size=4, num_steps=8)
     result = training.train(config, tmp_path / "child")
-    assert result.val_ppl == pytest.approx(training.perplexity(training.mean_loss(parent.model, validation_split(parent))),
+    assert result.val_ppl == pytest.approx(perplexity(mean_loss(parent.model, validation_split(parent))),
                                            rel=1e-5)
 
 

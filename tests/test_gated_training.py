@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import train as training
+from charrnn import training
 from charrnn.checkpoint import load_model
 
 TINY = dict(num_hiddens=10, batch_size=4, num_steps=8, eval_every=300, sample_length=10)

@@ -129,7 +129,7 @@ def test_analyze_command_on_a_fresh_lstm_and_two_checkpoints_side_by_side(tmp_pa
 
     from charrnn import cli
     from charrnn.config import TrainConfig
-    from charrnn.train import train
+    from charrnn.training import train
 
     text = write_words(tmp_path / "words.txt", 300, seed=4)
     small = ["--window", "20", "--draws", "2", "--regular", "5"]

@@ -10,6 +10,7 @@ from charrnn.checkpoint import load_model, load_model_with_extras, save_model
 from charrnn.errors import CharrnnError
 from charrnn.io import load_npz, save_npz
 from charrnn.model import PARAM_NAMES, RNNLM, parse_truncation
+from charrnn.sample import stepper
 
 V, H, B, T = 7, 5, 3, 9
 
@@ -189,7 +190,7 @@ def test_step_by_step_matches_forward_pass():
 @pytest.mark.parametrize("activation", ["tanh", "linear"])
 def test_generation_stepper_gives_step_numbers_exactly(activation):
     m = scaled_model(activation, dtype="float32")
-    advance = m.stepper()
+    advance = stepper(m)
     state = advanced = np.zeros((1, H), np.float32)
     for token in [3, 0, 6, 6, 1, 3]:
         logits, state = m.step(np.array([token]), state)

@@ -37,14 +37,14 @@ def test_a_built_wheel_holds_only_the_charrnn_package(tmp_path):
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"charrnn"}, top_level
     assert "charrnn/cli/__init__.py" in names and "charrnn/__main__.py" in names
     assert "charrnn/corpora/registry.json" in names
-    assert "charrnn = charrnn.cli:main" in entry_points
+    assert "charrnn = charrnn.entry:main" in entry_points
 
 
 def test_importing_charrnn_and_its_cli_sets_no_environment_and_no_threads():
     script = ("import os, numpy\n"
               "from threadpoolctl import threadpool_info\n"
               "before = (dict(os.environ), threadpool_info())\n"
-              "import charrnn, charrnn.cli, charrnn.train, charrnn.threads\n"
+              "import charrnn, charrnn.cli, charrnn.training, charrnn.threads\n"
               "print(before == (dict(os.environ), threadpool_info()))\n")
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)

@@ -10,8 +10,7 @@ import charrnn
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Use from Python"
-# README.md once the section is merged; until then the draft that holds it
-SOURCES = (ROOT / "README.md", ROOT / "docs" / "drafts" / "users.md")
+SOURCES = (ROOT / "README.md",)
 
 
 def python_example():
@@ -42,6 +41,6 @@ def test_importing_charrnn_loads_nothing_else_and_every_export_resolves():
     assert loaded.strip() == "[]"
     for name in charrnn.__all__:
         assert getattr(charrnn, name) is not None, name
-    assert callable(charrnn.train) and charrnn.train.TrainConfig is charrnn.TrainConfig
+    assert charrnn.train is charrnn.training.train and charrnn.resume is charrnn.training.resume
     with pytest.raises(AttributeError):
         charrnn.no_such_name

@@ -24,9 +24,11 @@ from charrnn import cli
 from charrnn import data
 from charrnn import io as charrnn_io
 from charrnn import outdir
-from charrnn import train as training
+from charrnn import training
+from charrnn import run as training_loop
 from charrnn.errors import CharrnnError
 from charrnn.io import load_npz, save_npz
+from charrnn.lock import LOCK_FILE
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_train import assert_same_run
 
@@ -54,8 +56,9 @@ def run_dir(tmp_path_factory, text_file):
 
 
 def snapshot(directory):
-    """Every file under `directory` -> its bytes."""
-    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+    """Every file under `directory` -> its bytes, but the run's lock file (which names the PID of
+    its last holder)."""
+    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 def wait_for(path, process, timeout=60):
@@ -123,7 +126,8 @@ def test_torn_and_foreign_lines_in_metrics_are_dropped_on_resume(tmp_path, run_d
     step = training.load_checkpoint(out / training.CHECKPOINT).progress.step
     kept = (out / training.METRICS).read_bytes()
     with open(out / training.METRICS, "ab") as f:
-        f.write(b'[1, 2]\n{"step": "7"}\n"text"\n\xff\xfe\n{"step": 99999, "reason": "interval"}\n{"step": 1')
+        f.write(b'[1, 2]\n{"step": "7"}\n"text"\n\xff\xfe\n' + b"[" * 100_000 + b"]" * 100_000 +
+                b'\n{"step": 99999, "reason": "interval"}\n{"step": 1')
     assert_ok(invoke("train", "--resume", out, "--max-tokens", 1200))
     lines = (out / training.METRICS).read_bytes()
     assert lines.startswith(kept)
@@ -174,13 +178,13 @@ def test_a_real_blow_up_stops_with_the_last_good_checkpoint_and_best_kept(tmp_pa
 
 def fail_clip_at(monkeypatch, *calls):
     """Make the gradient norm NaN at these 1-based calls of clip_grad_norm (a bad minibatch)."""
-    real, count = training.clip_grad_norm, [0]
+    real, count = training_loop.clip_grad_norm, [0]
 
     def clip(grads, theta):
         count[0] += 1
         norm = real(grads, theta)
         return float("nan") if count[0] in calls else norm
-    monkeypatch.setattr(training, "clip_grad_norm", clip)
+    monkeypatch.setattr(training_loop, "clip_grad_norm", clip)
 
 
 def test_a_nonfinite_minibatch_stops_and_the_suggested_skip_command_goes_on(tmp_path, text_file, monkeypatch):

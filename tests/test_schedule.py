@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from charrnn import train as training
+from charrnn import training
 from charrnn.checkpoint import Progress
 from charrnn.config import TrainConfig
 from charrnn.io import load_npz, save_npz

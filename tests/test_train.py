@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charrnn import train as training
+from charrnn import training
+from charrnn import run as training_loop
 from charrnn.data import Vocab
 from charrnn.checkpoint import save_model
 from charrnn.errors import CharrnnError, CharrnnWarning
@@ -143,13 +144,13 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_
 
 
 def test_a_nonfinite_validation_loss_never_becomes_best(tmp_path, text_file, monkeypatch):
-    real, calls = training.mean_loss, []
+    real, calls = training_loop.mean_loss, []
 
     def finite_once_then_nan(model, tokens):
         calls.append(1)
         return real(model, tokens) if len(calls) == 1 else math.nan
 
-    monkeypatch.setattr(training, "mean_loss", finite_once_then_nan)
+    monkeypatch.setattr(training_loop, "mean_loss", finite_once_then_nan)
     training.train(config(text_file, epochs=1), tmp_path / "run")
     records = metrics(tmp_path / "run")
     assert len(records) > 2 and records[0]["best"] and records[0]["val_ppl"] > 1
@@ -265,3 +266,46 @@ def test_generation_warms_up_on_the_prefix_then_follows_the_model():
     assert len(generate(model, np.array([1]), 0, np.random.default_rng(0))) == 0
     with pytest.raises(CharrnnError, match="no tokens"):
         sample_text(trained, "", 3)
+
+
+def test_data_seed_fixes_the_order_of_minibatches_and_seed_the_rest(tmp_path, text_file, monkeypatch):
+    """seed 1 with data_seed 0 sees the minibatches of seed 0, from another initialisation;
+    data_seed None is the seed itself, bit for bit."""
+    batches = []
+    sampler = training.SAMPLERS["random"]
+
+    def recording(*args):
+        for X, Y in sampler(*args):
+            batches[-1].append(X.copy())
+            yield X, Y
+
+    monkeypatch.setitem(training.SAMPLERS, "random", recording)
+    runs = {}
+    for name, seeds in {"seed0": {}, "seed1-data0": dict(seed=1, data_seed=0), "seed1": dict(seed=1),
+                        "seed1-data1": dict(seed=1, data_seed=1)}.items():
+        batches.append([])
+        runs[name] = training.train(config(text_file, sampler="random", epochs=2, **seeds), tmp_path / name)
+        runs[name] = (batches[-1], training.load_checkpoint(tmp_path / name / training.CHECKPOINT))
+    order = {name: np.stack(seen) for name, (seen, _) in runs.items()}
+    np.testing.assert_array_equal(order["seed0"], order["seed1-data0"])
+    assert not np.array_equal(order["seed0"], order["seed1"])
+    params = {name: ckpt.model.params["W_hh"] for name, (_, ckpt) in runs.items()}
+    assert not np.array_equal(params["seed0"], params["seed1-data0"])
+    np.testing.assert_array_equal(params["seed1"], params["seed1-data1"])
+    assert_same_run(tmp_path / "seed1", tmp_path / "seed1-data1")
+
+
+def test_a_checkpoint_from_before_data_seed_loads_and_resumes(tmp_path, text_file):
+    constant = dict(lr_schedule="constant")  # a schedule that does not follow the budget raised on resume
+    training.train(config(text_file, max_tokens=320, **constant), tmp_path / "old")
+    ckpt = training.load_checkpoint(tmp_path / "old" / training.CHECKPOINT)
+    meta = dict(ckpt.meta, config={k: v for k, v in ckpt.meta["config"].items() if k != "data_seed"})
+    save_model(ckpt.model, tmp_path / "old" / training.CHECKPOINT, extra_arrays=ckpt.arrays, extra_meta=meta)
+    assert training.load_checkpoint(tmp_path / "old" / training.CHECKPOINT).config.data_seed is None
+    training.resume(tmp_path / "old", {"max_tokens": 960})
+    training.train(config(text_file, max_tokens=960, **constant), tmp_path / "new")
+    assert_same_run(tmp_path / "new", tmp_path / "old")
+    with pytest.raises(training.ConfigError, match="keeps its data_seed"):
+        training.resume(tmp_path / "old", {"data_seed": 3, "max_tokens": 1280})
+    with pytest.raises(training.ConfigError, match="data_seed must be a non-negative integer"):
+        config(text_file, data_seed=-1)

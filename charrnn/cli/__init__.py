@@ -2,8 +2,11 @@
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
-code 1; bad option values -> click usage errors, exit code 2; never a traceback. Importing this
-package sets nothing: the BLAS thread count (--threads) is set when a command runs.
+code 1; bad option values -> click usage errors, exit code 2; never a traceback. Any other
+exception is a bug: one line saying so and how to see its traceback (CHARRNN_DEBUG=1), exit 1.
+No NumPy warning reaches the user: each command checks the numbers it reports. Importing this
+package sets nothing: the BLAS thread count (--threads) is set when a command runs; the
+console script (charrnn.entry) first makes Ctrl-C quiet while this package is imported.
 
     options.py      option types, the shared options, the training options of train and compare
     render.py       what the commands print
@@ -12,7 +15,11 @@ package sets nothing: the BLAS thread count (--threads) is set when a command ru
     plotting.py     plot
     exporting.py    export
 """
+import os
+import warnings
+
 import click
+import numpy as np
 
 from ..errors import CharrnnError
 from ..threads import THREAD_VARIABLES, blas_threads, default_threads
@@ -25,14 +32,18 @@ from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
+DEBUG_VARIABLE = "CHARRNN_DEBUG"  # set to 1: unexpected exceptions show their traceback
 
 
 class CharrnnGroup(click.Group):
-    """Turns user-facing errors into one line on stderr and exit code 1 (Ctrl-C: 130)."""
+    """Turns user-facing errors into one line on stderr and exit code 1 (Ctrl-C: 130), and any
+    other exception into one line that reports a bug (unless CHARRNN_DEBUG=1)."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # numbers are checked, not warned about
+                return super().invoke(ctx)
         except CharrnnError as err:
             raise click.ClickException(one_line(err)) from None
         except BrokenPipeError:  # `charrnn ... | head`: the reader has all it wanted, a normal end
@@ -43,13 +54,26 @@ class CharrnnGroup(click.Group):
             raise click.ClickException(one_line(f"{err.strerror or err}{where}")) from None
         except MemoryError:
             raise click.ClickException("out of memory; try smaller sizes") from None
-        except ValueError as err:
-            if not str(err).startswith(NUMPY_TOO_BIG):
-                raise
-            raise click.ClickException(f"arrays of these sizes cannot exist ({err}); try smaller sizes") from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted.", err=True)
             ctx.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except ValueError as err:
+            if not str(err).startswith(NUMPY_TOO_BIG):
+                raise_bug(err)
+            raise click.ClickException(f"arrays of these sizes cannot exist ({err}); try smaller sizes") from None
+        except Exception as err:  # the last line of defence
+            raise_bug(err)
+
+
+def raise_bug(err):
+    """An exception charrnn did not expect: one line saying so, or its traceback with CHARRNN_DEBUG=1."""
+    if os.environ.get(DEBUG_VARIABLE) == "1":
+        raise err
+    raise click.ClickException(one_line(
+        f"unexpected {type(err).__name__}: {str(err)[:300]} -- this is a bug in charrnn; run the command "
+        f"again with {DEBUG_VARIABLE}=1 to see the traceback, and please report it")) from None
 
 
 @click.group(name="charrnn", cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"]})

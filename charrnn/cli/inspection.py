@@ -1,24 +1,28 @@
 """The commands that read: `corpus`, `sample`, `evaluate`, `gradcheck` and `analyze`."""
 import inspect
 import json
+import math
+import sys
 from pathlib import Path
 
 import click
 
 from .. import analysis
 from ..checkpoint import load_checkpoint
-from ..data import default_preprocess, load_corpus
+from ..checks import is_text
+from ..data import default_preprocess
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
 from ..gradcheck import run_gradcheck
 from ..model import RNNLM, network_problem
 from ..plot import check_plot_path, plot_analyses, plot_analysis
 from ..sample import next_token_probs, sample_text
-from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cell_choice, checkpoint_argument,
-                      data_dir_option, dropout_range, dtype_choice, given_options, level_option, plot_option,
-                      preprocess_option, randomized_option, regular_option)
-from .render import (print_analysis, print_corpus, print_evaluation, print_gradcheck, print_next_tokens, say,
-                     warn_unknown)
+from ..store import open_store
+from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
+                      checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
+                      plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
+from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
+                     print_next_tokens, say, warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "num_hiddens", "activation", "dtype",
@@ -29,21 +33,29 @@ FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "n
 @click.argument("corpus", default=DEFAULTS.corpus)
 @level_option
 @preprocess_option
+@vocab_limit_options
 @data_dir_option
+@cache_dir_option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many of the most frequent tokens to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def corpus(corpus, level, preprocess, data_dir, top, as_json):
-    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path)."""
+def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, as_json):
+    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path), and
+    where its token store is (made now if need be, and every id read back to check it)."""
     preprocess = preprocess or default_preprocess(corpus)
-    ids, vocab = load_corpus(corpus, level=level, preprocess=preprocess, data_dir=data_dir)
-    top_tokens = vocab.token_freqs[:top]
+    store = open_store(corpus, level, preprocess, min_freq, max_vocab, data_dir=data_dir, cache_dir=cache_dir)
+    store.verify()
+    vocab, top_tokens = store.vocab, store.vocab.token_freqs[:top]
     if as_json:
         click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
-                               "tokens": len(ids), "vocab_size": len(vocab),
-                               "top": [[token, count] for token, count in top_tokens]}, ensure_ascii=False))
+                               "tokens": len(store), "vocab_size": len(vocab),
+                               "top": [[token, count] for token, count in top_tokens],
+                               "store": str(store.path), "store_bytes": store.nbytes,
+                               "dtype": store.ids.dtype.name}, ensure_ascii=False))
         return
-    print_corpus(corpus, level, preprocess, len(ids), vocab, top_tokens)
+    print_corpus(corpus, level, preprocess, len(store), vocab, top_tokens)
+    say(f"token store: {store.path} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
+        f"{', made now' if store.built else ''})")
 
 
 @click.command()
@@ -72,33 +84,40 @@ def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, sh
     if show_probs is not None and generating:
         raise click.UsageError(f"--show-probs lists the next token's probabilities and generates nothing; "
                                f"drop {', '.join(generating)}", ctx)
+    if prefix is not None and not is_text(prefix):
+        raise click.BadParameter(f"{prefix!r} is not UTF-8 text", param_hint="'--prefix'")
     ckpt = load_checkpoint(checkpoint)
     if prefix is None:
         prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
     if show_probs is not None:
         print_next_tokens(prefix, next_token_probs(ckpt, prefix, show_probs))
         return
-    click.echo(sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy,
-                           seed=seed).text)
+    text = sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed).text
+    click.echo(escape_controls(text) if sys.stdout.isatty() else text)  # a pipe or file gets the text as it is
 
 
 @click.command()
 @checkpoint_argument
 @click.argument("corpus", required=False)
 @data_dir_option
+@cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate(checkpoint, corpus, data_dir, as_json):
+def evaluate(checkpoint, corpus, data_dir, cache_dir, as_json):
     """Perplexity of a model on its validation split, or on CORPUS (a name or a path).
 
     CHECKPOINT: a .npz file or a run directory (best.npz there). Tokens outside the
     checkpoint's vocabulary are read as <unk>.
     """
     ckpt = load_checkpoint(checkpoint)
-    result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir)
+    result = evaluate_text(ckpt.model, ckpt.vocab, ckpt.config, corpus, data_dir, cache_dir)
+    if not math.isfinite(result.loss):
+        raise CharrnnError(f"{ckpt.path}: the model's outputs overflow on this text (its loss is {result.loss}); "
+                           f"its weights are too large to evaluate")
     warn_unknown(result.unknown, result.unknown_count, str(corpus))
-    if as_json:
+    if as_json:  # strict JSON: a perplexity past a float (loss > ~709 nats) is null
+        perplexity = result.perplexity if math.isfinite(result.perplexity) else None
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
-                               "loss": result.loss, "perplexity": result.perplexity}, ensure_ascii=False))
+                               "loss": result.loss, "perplexity": perplexity}, ensure_ascii=False, allow_nan=False))
         return
     print_evaluation(ckpt.path, result)
 
@@ -156,6 +175,7 @@ def gradcheck(ctx, **options):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draws.")
 @plot_option
 @data_dir_option
+@cache_dir_option
 @click.option("--corpus", default=DEFAULTS.corpus, show_default=True, help="Fresh model: the text.")
 @level_option
 @preprocess_option
@@ -172,7 +192,7 @@ def gradcheck(ctx, **options):
               help="Fresh model: seed of its initialisation.")
 @click.pass_context
 def analyze(ctx, checkpoints, num_steps, batch_size, offset, regular_steps, keep_prob, draws, seed, plot,
-            data_dir, **fresh):
+            data_dir, cache_dir, **fresh):
     """Vanishing and exploding gradients on a window of text: ‖∂L/∂h_t‖, the Jacobian product
     ‖∂h_t/∂h_0‖ against ρ(W_hh)^t (eq. 9.7.15), and the error of truncated gradients.
 
@@ -189,8 +209,9 @@ def analyze(ctx, checkpoints, num_steps, batch_size, offset, regular_steps, keep
         problem = network_problem(fresh["cell"], fresh["num_layers"], 0.0, fresh["activation"])
         if problem:
             raise click.BadParameter(problem[1], ctx, param_hint=f"'--{problem[0].replace('_', '-')}'")
-        corpus, vocab = load_corpus(fresh["corpus"], level=fresh["level"], preprocess=fresh["preprocess"],
-                                    data_dir=data_dir)
+        store = open_store(fresh["corpus"], fresh["level"], fresh["preprocess"], data_dir=data_dir,
+                           cache_dir=cache_dir)
+        corpus, vocab = store.ids, store.vocab
         model = RNNLM(len(vocab), fresh["num_hiddens"], activation=fresh["activation"], dtype=fresh["dtype"],
                       seed=fresh["model_seed"], cell=fresh["cell"], num_layers=fresh["num_layers"])
         subjects = [(model, corpus, f"a fresh model on {fresh['corpus']}")]
@@ -198,7 +219,7 @@ def analyze(ctx, checkpoints, num_steps, batch_size, offset, regular_steps, keep
         given = given_options(ctx, FRESH_MODEL_OPTIONS)
         if given:
             raise click.UsageError(f"{', '.join(given)} describe a fresh model; a CHECKPOINT brings its own", ctx)
-        subjects = [checkpoint_subject(checkpoint, data_dir) for checkpoint in checkpoints]
+        subjects = [checkpoint_subject(checkpoint, data_dir, cache_dir) for checkpoint in checkpoints]
     truncations = (f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
     results = []
     for model, corpus, source in subjects:
@@ -216,11 +237,12 @@ def analyze(ctx, checkpoints, num_steps, batch_size, offset, regular_steps, keep
         say(f"figure: {plot}")
 
 
-def checkpoint_subject(checkpoint, data_dir) -> tuple:
-    """A checkpoint to analyse -> (model, its text's token ids, its path as a string)."""
+def checkpoint_subject(checkpoint, data_dir, cache_dir) -> tuple:
+    """A checkpoint to analyse -> (model, its text's token ids (memory-mapped), its path as a string)."""
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
-    corpus, vocab = load_corpus(cfg.corpus, level=cfg.level, preprocess=cfg.preprocess, data_dir=data_dir)
-    if vocab.idx_to_token != ckpt.vocab.idx_to_token:
+    store = open_store(cfg.corpus, cfg.level, cfg.preprocess, cfg.min_freq, cfg.max_vocab,
+                       data_dir=data_dir, cache_dir=cache_dir)
+    if store.vocab.idx_to_token != ckpt.vocab.idx_to_token:
         raise CharrnnError(f"{cfg.corpus} no longer gives the vocabulary {ckpt.path} was trained with")
-    return ckpt.model, corpus, str(ckpt.path)
+    return ckpt.model, store.ids, str(ckpt.path)

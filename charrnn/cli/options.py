@@ -17,6 +17,7 @@ from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
 from ..optim import OPTIMIZERS
 from ..recompute import BPTT_MEMORY_MODES
 from ..schedule import LR_SCHEDULES
+from ..store import CACHE_ENV
 from .render import one_line
 
 DEFAULTS = TrainConfig()
@@ -60,6 +61,25 @@ class FiniteRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+class NumberList(click.ParamType):
+    """A comma-separated list of numbers, each checked by `item` (a click type): "5,10,20"."""
+
+    def __init__(self, item):
+        self.item = item
+        self.name = f"{item.name},..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        if not all(parts):
+            self.fail(f"{value!r} is not a comma-separated list of numbers (an empty item)", param, ctx)
+        numbers = tuple(self.item.convert(part, param, ctx) for part in parts)
+        if len(set(numbers)) != len(numbers):
+            self.fail(f"{value!r} repeats a value", param, ctx)
+        return numbers
 
 
 def bad_parameter(err, ctx):
@@ -109,6 +129,16 @@ preprocess_option = click.option(
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where registered corpora are looked for first [default: $CHARRNN_DATA_DIR].")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help=f"Where token stores (texts tokenized once, memory-mapped after) are kept "
+         f"[default: ${CACHE_ENV}, else tokens/ beside the corpora].")
+vocab_limit_options = stack(
+    click.option("--min-freq", type=click.IntRange(min=0), default=DEFAULTS.min_freq, show_default=True,
+                 help="Tokens seen fewer times than this are read as <unk>."),
+    click.option("--max-vocab", type=click.IntRange(min=1), default=DEFAULTS.max_vocab, metavar="N",
+                 help="Keep the N most frequent tokens; the others are read as <unk> [default: all]."),
+)
 checkpoint_argument = click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 activation_choice = click.Choice(ACTIVATIONS)
 cell_choice = click.Choice(CELLS)
@@ -128,7 +158,8 @@ plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=P
 # ---------------------------------------------------------------------------- the training settings
 
 def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, default_max_tokens=None):
-    """The options of every TrainConfig field (and CORPUS, --data-dir), for `train` and `compare`.
+    """The options of every TrainConfig field (and CORPUS, --data-dir, --cache-dir), for `train`
+    and `compare`.
 
     with_truncation: whether --truncation is one of them (compare sets it per run itself);
     eval_every: the default of --eval-every; default_max_tokens: the budget when none is given,
@@ -144,7 +175,9 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.argument("corpus", default=DEFAULTS.corpus),
         level_option,
         preprocess_option,
+        vocab_limit_options,
         data_dir_option,
+        cache_dir_option,
         click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
                      default=DEFAULTS.val_fraction, show_default=True,
                      help="Tail of the corpus held out for validation."),
@@ -183,7 +216,10 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.option("--lr-decay", type=FiniteRange(0, 1, min_open=True), default=DEFAULTS.lr_decay,
                      show_default=True, help="--lr-schedule epoch: multiply the learning rate by this "
                                              "after each epoch."),
-        click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
+                     help="Seed of the initialisation and the truncation draws (and of the data order)."),
+        click.option("--data-seed", type=click.IntRange(min=0), default=DEFAULTS.data_seed,
+                     help="Seed of the order of the minibatches alone [default: --seed]."),
         click.option("--epochs", type=click.IntRange(min=1), default=None,
                      help=f"Budget in passes over the training split{epochs_default}."),
         click.option("--max-tokens", type=click.IntRange(min=1), default=None,
@@ -203,7 +239,9 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                      show_default=True,
                      help="store: keep every hidden state for BPTT; recompute: keep one every ~sqrt(num_steps) "
                           "steps and recompute the rest (O(sqrt T) memory, about one more forward pass); "
-                          "auto: recompute beyond --bptt-memory-budget."),
+                          "auto: recompute beyond --bptt-memory-budget. Both give the same gradients up to "
+                          "rounding (~1e-7 in float32): a run resumed with another mode stays close to, not "
+                          "bit-identical with, one never stopped."),
         click.option("--bptt-memory-budget", type=click.IntRange(min=1), default=DEFAULTS.bptt_memory_budget,
                      show_default=True, metavar="MIB", help="MiB of BPTT buffers above which auto recomputes."),
     )

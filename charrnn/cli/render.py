@@ -4,11 +4,13 @@ User-provided text (corpus names, samples, paths) is printed as it is, never rea
 """
 import math
 import os
+import re
 import sys
 import warnings
 from contextlib import contextmanager
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -17,7 +19,9 @@ from tqdm import tqdm
 from ..errors import CharrnnWarning
 from ..plot import sparkline
 from ..sample import unknown_summary
-from ..train import Reporter
+from ..stats import describe, format_p
+from ..sweep import SweepReporter
+from ..run import Reporter
 
 
 def quiet_stdout():
@@ -77,6 +81,15 @@ def print_wide(renderable):
     so that no column (a chart) is cut."""
     needed = console.measure(renderable, options=console.options.update_width(10_000)).maximum
     (PipeConsole(width=needed) if needed > console.width else console).print(renderable)
+
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Unicode's Cc but newline and tab
+
+
+def escape_controls(text):
+    """`text` with each control character other than newline and tab written as an escape
+    (ESC -> \\x1b), so that a model's output cannot drive the terminal that shows it."""
+    return CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def say(text, **style):
@@ -165,19 +178,61 @@ def print_summary(result):
     say(f"checkpoint: {result.checkpoint}\nbest checkpoint: {result.best or '-'}")
 
 
-def print_comparison(config, results):
-    """The table of a charrnn.compare run: one row per truncation strategy."""
-    table = Table(title=f"Truncation compared: {config.corpus}, {network_words(config)}, "
-                        f"batch {config.batch_size} x {config.num_steps} steps, seed {config.seed}")
-    for column in ("truncation", "tokens", "tok/s", "mean ‖g‖", "val ppl", "best", "val ppl over time"):
-        table.add_column(column, justify="left" if column in ("truncation", "val ppl over time") else "right",
-                         no_wrap=column == "truncation")
-    for result in results:
-        ppl = [p["val_ppl"] for p in result.curve if p["val_ppl"] is not None]
-        table.add_row(result.truncation, f"{result.tokens:,}", f"{result.tokens_per_s:,.0f}",
-                      fmt(result.mean_grad_norm), fmt(result.final_val_ppl), fmt(min(ppl, default=None)),
-                      sparkline(ppl, log=False))
+class SweepProgress(SweepReporter):
+    """One bar over the runs of a sweep (done / total, ETA) and a line per run that ends."""
+
+    def on_sweep_start(self, total, done):
+        self.bar = tqdm(total=total, initial=done, unit="run", dynamic_ncols=True, disable=None)
+        if done:
+            self.write(f"{done} of {total} runs finished before: reused")
+
+    def on_retry(self, spec, message):
+        self.write(f"{spec.name}: {message}; starting it again from its checkpoint")
+
+    def on_run_end(self, outcome):
+        if outcome.reused:
+            return
+        spec, summary = outcome.spec, outcome.summary
+        if outcome.status == "done":
+            seconds = summary.curve[-1]["elapsed"] if summary.curve else None
+            self.write(f"done {spec.truncation} seed {spec.seed}: final val ppl {fmt(summary.final_val_ppl)}, "
+                       f"best {fmt(summary.best_val_ppl)}" + (f" ({seconds:.1f} s of training)" if seconds else ""))
+            self.bar.update(1)
+        else:
+            self.write(f"{outcome.status} {spec.truncation} seed {spec.seed}: {outcome.message}")
+            self.bar.update(outcome.status == "failed")
+
+    def write(self, text):
+        with tqdm.external_write_mode():
+            say(text)
+
+    def close(self):
+        if hasattr(self, "bar"):
+            self.bar.close()
+
+
+def print_comparison(config, comparison):
+    """The table of a charrnn.compare.Comparison: per strategy over its seeds, the mean and
+    interval of the final and best validation perplexity and the paired difference from the
+    baseline; then the verdict."""
+    seeds = comparison.num_seeds()
+    tokens = max(s.tokens for s in comparison.strategies())
+    table = Table(title=f"Truncation compared: {config.corpus}, {network_words(config)}, batch "
+                        f"{config.batch_size} x {config.num_steps}, {tokens:,} tokens, {seeds} seed"
+                        f"{'s' if seeds != 1 else ''} from {config.seed}: mean ± half the "
+                        f"{comparison.confidence:.0%} interval; Δ final: minus {comparison.baseline}, seed by "
+                        f"seed; ‖g‖: mean gradient norm", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for column in ("truncation", "runs", "final val ppl", "best val ppl", "Δ final", "p", "‖g‖"):
+        table.add_column(column, justify="left" if column == "truncation" else "right", no_wrap=True)
+    differences = {d.strategy: d for d in comparison.differences()}
+    for strategy in comparison.strategies():
+        diff = differences.get(strategy.truncation)
+        table.add_row(strategy.truncation, str(len(strategy.runs)), describe(strategy.final), describe(strategy.best),
+                      "-" if diff is None else signed(diff.difference, 2),
+                      "-" if diff is None else format_p(diff.p_value), fmt(strategy.mean_grad_norm))
     print_wide(table)
+    say(comparison.verdict())
+
 
 
 def print_next_tokens(prefix, probs):
@@ -188,6 +243,12 @@ def print_next_tokens(prefix, probs):
     for rank, (token, p) in enumerate(probs, 1):
         table.add_row(str(rank), escape(repr(token)), f"{p:.4f}")
     console.print(table)
+
+
+def signed(estimate, digits):
+    """'+0.123 ± 0.045', or '+0.123' for a single pair."""
+    text = f"{estimate.mean:+.{digits}f}"
+    return text if estimate.half_width is None else f"{text} ± {estimate.half_width:.{digits}f}"
 
 
 def print_histories(histories):

@@ -1,19 +1,20 @@
-"""The commands that train: `train` (a run, or --resume of one) and `compare` (truncations side by side)."""
+"""The commands that train: `train` (a run, or --resume of one) and `compare` (truncations side by side, over seeds)."""
 import shlex
-import time
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import click
 
+from .. import analysis
 from .. import compare as comparison
-from .. import train as training
+from .. import training
 from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
 from ..finetune import finetune_config
 from ..outdir import default_out_dir, last_good_checkpoint
 from ..plot import check_plot_path, plot_comparison
-from .options import (bad_parameter, config_changes, plot_option, randomized_option, regular_option,
-                      training_options)
-from .render import ConsoleReporter, print_comparison, print_summary, say
+from ..sweep import ProcessBackend, SerialBackend
+from .options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
+from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
@@ -25,12 +26,13 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for checkpoints and metrics [default: runs/<corpus>-<date>-<time>].")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Continue the run in this directory (its settings; a budget may be raised).")
+              help="Continue the run in this directory (its settings; a budget may be raised). A CORPUS "
+                   "given with it is where the run's text is now: accepted if it is the same text.")
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Fine-tune: start a new run from the weights of this run (its best.npz) or checkpoint, "
                    "with its network and preprocessing and a fresh optimizer; new tokens get new rows.")
 @click.pass_context
-def train(ctx, data_dir, out, resume, init_from, **options):
+def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
     default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run;
     --init-from RUN fine-tunes a trained model on CORPUS.
@@ -44,14 +46,14 @@ def train(ctx, data_dir, out, resume, init_from, **options):
                 raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
             if init_from is not None:
                 raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
-            result = training.resume(resume, given, data_dir, reporter)
+            result = training.resume(resume, given, data_dir, reporter, cache_dir)
         else:
             if init_from is not None:
                 config = finetune_config(init_from, options["corpus"],
                                          **{k: v for k, v in given.items() if k != "corpus"})
             else:
                 config = TrainConfig(**options)
-            result = training.train(config, out or default_out_dir(config), data_dir, reporter)
+            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir)
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
     print_summary(result)
@@ -78,38 +80,80 @@ def check_schedule_options(ctx, given, schedule, resume):
 
 @click.command()
 @training_options(with_truncation=False, eval_every=COMPARE_EVAL_EVERY, default_max_tokens=COMPARE_TOKENS)
-@regular_option
-@randomized_option
+@click.option("--regular", "regular_steps", type=NumberList(click.IntRange(min=1)),
+              default=str(analysis.DEFAULT_REGULAR_STEPS), show_default=True, metavar="K[,K...]",
+              help="Compare regular:K truncation (a cut every K steps), for each K of the list.")
+@click.option("--randomized", "keep_probs", type=NumberList(FiniteRange(0, 1, min_open=True)),
+              default=f"{analysis.DEFAULT_KEEP_PROB:g}", show_default=True, metavar="P[,P...]",
+              help="Compare randomized:P truncation (each step kept with probability P, weighted 1/P; "
+                   "a cut every 1/(1-P) steps on average), for each P of the list.")
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Runs per strategy, from seeds --seed, --seed + 1, ...: the seed changes the "
+                   "initialisation and the truncation draws; the data order stays that of --seed, "
+                   "so the strategies pair seed by seed.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="J",
+              help="Runs at once, each in a local worker process with one BLAS thread (the runs of "
+                   "compare always use one).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Run on the Dask cluster of this scheduler (e.g. tcp://host:8786); --out must be a "
+                   "directory every worker reaches at the same path. Needs: pip install 'charrnn[cluster]'.")
+@click.option("--baseline", type=Truncation(), default="full", show_default=True,
+              help="The strategy the others are set against, seed by seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for the runs, one subdirectory each [default: runs/compare-<date>-<time>].")
+              help="Directory for the runs, one subdirectory per strategy and seed; running the same "
+                   "command again reuses finished runs and resumes interrupted ones "
+                   "[default: runs/compare-<corpus>-<hash of the settings>].")
 @plot_option
 @click.pass_context
-def compare(ctx, regular_steps, keep_prob, out, plot, data_dir, **options):
-    """Train the same network from the same seed with full, regular:K and randomized:P truncation.
+def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline, out, plot, data_dir,
+            cache_dir, **options):
+    """Train the same network with full, regular:K and randomized:P truncation, from --seeds
+    seeds each, and say what the runs support: per strategy the mean and 95% interval of the
+    final and best validation perplexity, the paired difference from --baseline with its
+    interval and p-value (paired t-test), and a verdict.
 
     Every training option applies to all runs alike. Without a budget (--epochs, --max-tokens,
     --max-time) each run trains on 500,000 tokens. Each run writes its checkpoints and
-    metrics.jsonl to its own subdirectory of --out.
+    metrics.jsonl to its own subdirectory of --out; Ctrl-C stops every run with a checkpoint.
     """
     check_schedule_options(ctx, config_changes(ctx, options), options["lr_schedule"], None)
     if plot is not None:
         check_plot_path(plot)
+    if scheduler is not None and jobs > 1:
+        raise click.UsageError("--jobs sets local worker processes; with --scheduler the cluster's workers "
+                               "run the runs", ctx)
     if all(options[name] is None for name in BUDGET_FIELDS):
         options["max_tokens"] = COMPARE_TOKENS
+    truncations = ("full", *(f"regular:{k}" for k in regular_steps), *(f"randomized:{p:g}" for p in keep_probs))
+    chosen = [t for t in truncations if comparison.run_name(t) == comparison.run_name(baseline)]
+    if not chosen:
+        raise click.BadParameter(f"{baseline} is not among the strategies compared ({', '.join(truncations)})",
+                                 ctx, param_hint="'--baseline'")
     try:
         config = TrainConfig(**options)
-        out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-        truncations = ("full", f"regular:{regular_steps}", f"randomized:{keep_prob:g}")
-        results = comparison.compare(config, out, truncations, data_dir, reporter_for=lambda _: ConsoleReporter())
+        training.load_data(config, data_dir, cache_dir=cache_dir)  # a text too short for the settings fails before any run
     except ConfigError as err:  # as train: a setting the text cannot serve is a usage error
         raise bad_parameter(err, ctx) from None
-    print_comparison(config, results)
+    out = out or comparison.default_out_dir(config)
+    with ExitStack() as stack:
+        if scheduler is not None:
+            from ..cluster import DaskBackend, connect  # Dask only when asked for
+            backend = DaskBackend(stack.enter_context(connect(scheduler)))
+        else:
+            backend = ProcessBackend(jobs) if jobs > 1 else SerialBackend()
+        progress = stack.enter_context(closing(SweepProgress()))
+        result, interrupted = comparison.compare(config, out, truncations, num_seeds, data_dir, backend,
+                                                 progress, chosen[0], cache_dir)
+    if interrupted:
+        click.echo(f"Interrupted: {len(result.summaries)} finished runs kept in {out}, the runs in progress "
+                   f"checkpointed; the same command goes on from there.", err=True)
+        ctx.exit(EXIT_CODES["SIGINT"])
+    if result.summaries:
+        print_comparison(config, result)
     say(f"runs: {out}")
-    stopped_by = results[-1].reason
-    if stopped_by in EXIT_CODES:
-        click.echo(f"Interrupted by {stopped_by}: the {results[-1].truncation} run was checkpointed to "
-                   f"{results[-1].out_dir}, the strategies after it were not run.", err=True)
-        ctx.exit(EXIT_CODES[stopped_by])
-    if plot is not None:
-        plot_comparison(results, plot)
+    if plot is not None and result.summaries:
+        plot_comparison(result, plot)
         say(f"figure: {plot}")
+    if result.failed:
+        failures = "; ".join(f"{name}: {message}" for name, message in result.failed.items())
+        raise click.ClickException(f"{len(result.failed)} run(s) failed ({failures})")

@@ -1,4 +1,4 @@
-"""Training: the loop over minibatches, evaluation along the way, metrics.jsonl and exact resume.
+"""The training loop of one run: minibatches, evaluation along the way, metrics.jsonl, checkpoints.
 
 One step (d2l §9.7): forward over `num_steps` tokens, the loss L = (1/T) sum_t l(o_t, y_t)
 (eq. 9.7.2), its gradients by backpropagation through time (eqs. 9.7.3-9.7.8, in
@@ -8,40 +8,33 @@ hidden state is carried into the next minibatch (its gradient cut); with the ran
 restarts from zeros.
 
 The loop prints nothing: it reports to a `Reporter`. Resume is exact: the sampler of epoch `e`
-draws from default_rng([seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
+draws from default_rng([data seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
 has done; the truncation and dropout Generators, the carried state, the optimizer state and the
-running sums are saved with the parameters (charrnn.checkpoint). The configuration is charrnn.config's
-TrainConfig; the output directory's checks are in charrnn.outdir.
+running sums are saved with the parameters (charrnn.checkpoint). Starting and resuming a run
+(its checks, data and directory) is charrnn.training's.
 """
 from __future__ import annotations
 
 import math
-import sys
 import time
-import types
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-# charrnn.train also offers the names of the run's files, config and checkpoints it was split into
-from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
-                         checkpoint_path, data_sha1, load_checkpoint, save_checkpoint)
-from .config import (BUDGET_FIELDS, DEFAULT_EPOCHS, DEFAULT_SAMPLE_PREFIXES, MATHS_FIELDS,  # noqa: F401
-                     ConfigError, TrainConfig)
-from .data import SAMPLERS, Vocab, load_corpus, num_minibatches, preprocess_text, split_corpus
+from .checkpoint import BEST, CHECKPOINT, METRICS, Progress, save_checkpoint
+from .config import BUDGET_FIELDS, TrainConfig
+from .data import SAMPLERS, Vocab, num_minibatches, preprocess_text
 from .errors import CharrnnError, CharrnnWarning
 from .evaluate import mean_loss, perplexity
-from .finetune import PARENT, extend_vocab, grown_model, load_parent, parent_record
-from .io import append_jsonl, save_json
+from .io import append_jsonl
 from .model import RNNLM
-from .optim import clip_grad_norm, make_optimizer
-from .outdir import (check_free_space, check_writable, default_out_dir, keep_metrics_until,  # noqa: F401
-                     last_good_checkpoint, prepare_out_dir, refuse_existing_run)
+from .optim import clip_grad_norm
+from .outdir import last_good_checkpoint
 from .recompute import loss_and_grads_auto
-from .sample import continue_text, text_prefix
+from .sample import continue_text
 from .schedule import budget_fraction, learning_rate
 from .signals import StopSignals
 
@@ -94,98 +87,30 @@ class Reporter:
         """result: the TrainResult."""
 
 
-def train(config, out_dir, data_dir=None, reporter=None):
-    """Start a new run of `config` writing to `out_dir` -> TrainResult.
+def budget_reached(config, progress, elapsed=None, within_epoch=False):
+    """The name of the first budget of `config` that `progress` has used up, or None.
 
-    config.init_from (fine-tuning): the run starts from that checkpoint's weights, grown for
-    the tokens its vocabulary lacks (charrnn.finetune), with a fresh optimizer.
+    elapsed: seconds of training (default: those saved in `progress`). Epochs count only at an
+    epoch's end.
     """
-    refuse_existing_run(out_dir)
-    parent = load_parent(config) if config.init_from else None
-    train_data, val_data, vocab = load_data(config, data_dir, parent and parent.vocab)
-    if config.sample_prefix is None:  # the run records the prefix it uses
-        config = replace(config, sample_prefix=DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
-                         or text_prefix(vocab, train_data, config.level))
-    out_dir = prepare_out_dir(out_dir)
-    if parent:
-        model = grown_model(parent.model, len(vocab), config.seed)
-    else:
-        model = RNNLM(vocab_size=len(vocab), num_hiddens=config.num_hiddens,
-                      activation=config.activation, dtype=config.dtype, seed=config.seed,
-                      cell=config.cell, num_layers=config.num_layers, dropout=config.dropout)
-    optimizer = make_optimizer(config.optimizer, model.params, config.lr)
-    check_free_space(out_dir, model, optimizer)
-    vocab.save(out_dir / VOCAB)
-    save_json(out_dir / CONFIG, asdict(config))
-    if parent:
-        save_json(out_dir / PARENT, parent_record(parent, vocab))
-    truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
-    dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
-    run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-              reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng)
-    run.save(CHECKPOINT)
-    return run.start(resumed=False)
-
-
-def resume(out_dir, changes=None, data_dir=None, reporter=None):
-    """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
-
-    changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
-    a field that fixes the maths may only be given with its saved value.
-    """
-    out_dir = Path(out_dir)
-    ckpt = load_checkpoint(out_dir / CHECKPOINT)
-    config = ckpt.config.resumed(changes or {})
-    train_data, val_data, vocab = load_data(config, data_dir, ckpt.vocab if config.init_from else None)
-    dropout_rng = ckpt.dropout_rng  # None in a checkpoint from before dropout, whose model has none
-    if dropout_rng is None:
-        dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
-    run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
-              reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng)
-    if vocab.idx_to_token != ckpt.vocab.idx_to_token or ckpt.meta.get("data_sha1") != run.data_sha1:
-        raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
-    reached = run.budget_reached()
-    if reached:
-        raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
-                           f"give a larger --epochs, --max-tokens or --max-time to go on")
-    check_writable(out_dir)
-    check_free_space(out_dir, ckpt.model, ckpt.optimizer)
-    save_json(out_dir / CONFIG, asdict(config))
-    keep_metrics_until(out_dir / METRICS, ckpt.progress.step)
-    return run.start(resumed=True)
-
-
-def load_data(config, data_dir, base_vocab=None):
-    """-> train, val: (n,) int32 token ids, and the vocabulary; checks one minibatch fits.
-
-    base_vocab (fine-tuning): the vocabulary is base_vocab's tokens, in its order, then the
-    text's tokens it lacks.
-    """
-    corpus, vocab = load_corpus(config.corpus, level=config.level, preprocess=config.preprocess,
-                                data_dir=data_dir)
-    if base_vocab is not None:
-        corpus, vocab = extend_vocab(base_vocab, corpus, vocab)
-    train_data, val_data = split_corpus(corpus, config.val_fraction)
-    try:
-        next(SAMPLERS[config.sampler](train_data, config.batch_size, config.num_steps,
-                                      np.random.default_rng(0)))
-    except (CharrnnError, StopIteration):
-        raise ConfigError("num_steps", f"the training split ({len(train_data)} tokens) is too short for one "
-                          f"minibatch of batch_size {config.batch_size} x num_steps {config.num_steps}") from None
-    if len(val_data) < 2:
-        raise ConfigError("val_fraction", f"val_fraction {config.val_fraction} leaves {len(val_data)} "
-                          f"validation tokens; at least 2 are needed")
-    return train_data, val_data, vocab
+    elapsed = progress.elapsed if elapsed is None else elapsed
+    if config.epochs is not None and not within_epoch and progress.epoch >= config.epochs:
+        return "epochs"
+    if config.max_tokens is not None and progress.tokens >= config.max_tokens:
+        return "max_tokens"
+    if config.max_time is not None and elapsed >= config.max_time:
+        return "max_time"
+    return None
 
 
 class Run:
     """One training run in progress: model, optimizer, data, RNG streams and where it stands."""
 
     def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
-                 reporter, progress, truncation_rng, state, dropout_rng):
+                 reporter, progress, truncation_rng, state, dropout_rng, data_id):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
-        self.data_sha1 = data_sha1(train_data)  # saved in every checkpoint, checked on resume
+        self.data_sha1 = data_id  # names the training data in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
         self.truncation_rng, self.dropout_rng = truncation_rng, dropout_rng
         self.state = state  # model.state_shape(batch_size) carried by the sequential sampler, or None
@@ -237,7 +162,7 @@ class Run:
 
     def epoch_batches(self):
         """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int."""
-        rng = np.random.default_rng([self.config.seed, SAMPLER_STREAM, self.progress.epoch])
+        rng = np.random.default_rng([self.config.order_seed, SAMPLER_STREAM, self.progress.epoch])
         batches = SAMPLERS[self.config.sampler](self.train_data, self.config.batch_size,
                                                 self.config.num_steps, rng)
         return islice(batches, self.progress.step_in_epoch, None)
@@ -305,14 +230,7 @@ class Run:
 
     def budget_reached(self, within_epoch=False):
         """The name of the first budget used up, or None. Epochs count only at an epoch's end."""
-        cfg, p = self.config, self.progress
-        if cfg.epochs is not None and not within_epoch and p.epoch >= cfg.epochs:
-            return "epochs"
-        if cfg.max_tokens is not None and p.tokens >= cfg.max_tokens:
-            return "max_tokens"
-        if cfg.max_time is not None and self.elapsed() >= cfg.max_time:
-            return "max_time"
-        return None
+        return budget_reached(self.config, self.progress, self.elapsed(), within_epoch)
 
     # ---- evaluation and files ----
 
@@ -342,7 +260,10 @@ class Run:
         self.last_record = record
         if improved:
             p.best_val_ppl, p.best_step = val_ppl, p.step
-        append_jsonl(self.out_dir / METRICS, record)
+        try:
+            append_jsonl(self.out_dir / METRICS, record)
+        except OSError as err:
+            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
         if improved:
             self.save(BEST)
         self.save(CHECKPOINT)
@@ -373,13 +294,15 @@ class Run:
             save_checkpoint(self.out_dir / name, self.model, self.optimizer, self.vocab, self.config,
                             self.progress, self.truncation_rng, self.state, self.data_sha1, self.dropout_rng)
         except CharrnnError as err:
-            raise CharrnnError(f"{err} at step {self.progress.step:,}, {name} not written; "
-                               f"{last_good_checkpoint(self.out_dir, self.checkpoint_step)}") from None
+            raise self.failed(f"{err} at step {self.progress.step:,}, {name} not written") from None
         except OSError as err:
-            raise CharrnnError(f"cannot write {self.out_dir / name} ({err.strerror or err}); "
-                               f"{last_good_checkpoint(self.out_dir, self.checkpoint_step)}") from None
+            raise self.failed(f"cannot write {self.out_dir / name} ({err.strerror or err})") from None
         if name == CHECKPOINT:
             self.checkpoint_step = self.progress.step
+
+    def failed(self, what):
+        """A CharrnnError: `what` went wrong, and where the run can be resumed from."""
+        return CharrnnError(f"{what}; {last_good_checkpoint(self.out_dir, self.checkpoint_step)}")
 
     # ---- bookkeeping ----
 
@@ -416,13 +339,3 @@ class Run:
             checkpoint=checkpoint if checkpoint.is_file() else None,
             checkpoint_step=self.checkpoint_step, message=message, model=self.model, vocab=self.vocab,
             config=cfg)
-
-
-class CallableModule(types.ModuleType):
-    """This module, callable as its `train` function: `charrnn.train(config, out_dir)`."""
-
-    def __call__(self, config, out_dir, data_dir=None, reporter=None):
-        return train(config, out_dir, data_dir, reporter)
-
-
-sys.modules[__name__].__class__ = CallableModule
