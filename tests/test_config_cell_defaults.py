@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from charrnn import cli
 from charrnn import config as config_module
-from charrnn import train as training
+from charrnn import training
 from charrnn.cli.options import per_cell_default
 from charrnn.config import CELL_DEFAULTS, TrainConfig
 from charrnn.io import load_npz, save_npz
