@@ -1,5 +1,6 @@
 """`charrnn plot`, `sample --show-probs` and the smaller things a newcomer tripped on (issue 13)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -40,7 +41,8 @@ def test_plot_draws_terminal_charts_or_a_figure(runs, tmp_path):
     for run in runs:
         assert str(run) in charts.stdout and f"{read_history(run).best_val_ppl:.3f}" in charts.stdout
     assert max(map(len, charts.stdout.splitlines())) > 80  # the charts are not cut to 80 columns
-    pytest.importorskip("matplotlib")
+    if not os.environ.get("CI"):  # CI installs the plot extra: there a missing matplotlib fails
+        pytest.importorskip("matplotlib")
     figure = invoke("plot", *runs, "--out", tmp_path / "curves.png")
     assert_ok(figure)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
