@@ -11,6 +11,7 @@ from charrnn.gradcheck import FD_TOLERANCE, run_gradcheck
 from charrnn.model import RNNLM
 from charrnn.recompute import loss_and_grads_recompute
 from charrnn.sample import stepper
+from test_recompute import peak_bytes
 
 V, H, B, T = 7, 5, 3, 8
 NETWORKS = [(cell, layers) for cell in CELLS for layers in (1, 2)]
@@ -429,23 +430,13 @@ def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monk
 def test_recomputation_holds_a_fraction_of_stored_bptt_for_a_gated_stack():
     """O(√T) memory for the LSTM too: the peak allocation of a recomputing pass over 2,048 steps
     is a small fraction of the stored pass's, which holds what bptt_memory_bytes predicts."""
-    import tracemalloc
-
     from charrnn.recompute import bptt_memory_bytes
-
-    def peak(fn):
-        tracemalloc.start()
-        try:
-            fn()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
 
     rng = np.random.default_rng(0)
     X, Y = rng.integers(0, 20, (2, 2, 2048))
     network = dict(cell="lstm", num_layers=2, dropout=0.2)
-    stored = peak(lambda: RNNLM(20, 16, **network).loss_and_grads(X, Y, dropout_rng=np.random.default_rng(0)))
-    recomputed = peak(lambda: loss_and_grads_recompute(RNNLM(20, 16, **network), X, Y,
-                                                       dropout_rng=np.random.default_rng(0)))
+    stored = peak_bytes(lambda: RNNLM(20, 16, **network).loss_and_grads(X, Y, dropout_rng=np.random.default_rng(0)))
+    recomputed = peak_bytes(lambda: loss_and_grads_recompute(RNNLM(20, 16, **network), X, Y,
+                                                             dropout_rng=np.random.default_rng(0)))
     assert stored >= bptt_memory_bytes(2, 2048, 16, 20, "float32", **network)
     assert recomputed < stored / 8

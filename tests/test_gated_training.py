@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from charrnn import cli
 from charrnn import training
 from charrnn.checkpoint import load_model
+from test_train import assert_same_checkpoints
 
 TINY = dict(num_hiddens=10, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 TINY_ARGS = ["--num-hiddens", "10", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10"]
@@ -28,17 +29,6 @@ def config(corpus, **changes):
     return training.TrainConfig(corpus=str(corpus), **{**TINY, **changes})
 
 
-def same_checkpoints(dir_a, dir_b):
-    a, b = (training.load_checkpoint(d / training.CHECKPOINT) for d in (dir_a, dir_b))
-    for name, value in a.model.params.items():
-        np.testing.assert_array_equal(value, b.model.params[name], err_msg=name)
-    assert a.arrays.keys() == b.arrays.keys()
-    for name, value in a.arrays.items():
-        np.testing.assert_array_equal(value, b.arrays[name], err_msg=name)
-    assert a.meta["rng"] == b.meta["rng"] and a.meta["dropout_rng"] == b.meta["dropout_rng"]
-    assert a.progress.step == b.progress.step
-
-
 @pytest.mark.parametrize("network", [dict(cell="lstm", num_layers=2, dropout=0.3),
                                      dict(cell="gru", num_layers=2, dropout=0.5, bptt_memory="recompute")])
 def test_resume_with_dropout_is_bit_exact(tmp_path, text_file, network):
@@ -52,7 +42,7 @@ def test_resume_with_dropout_is_bit_exact(tmp_path, text_file, network):
     ckpt = training.load_checkpoint(tmp_path / "split" / training.CHECKPOINT)
     assert ckpt.state.shape == ckpt.model.state_shape(4)
     training.resume(tmp_path / "split", {"epochs": 2})
-    same_checkpoints(tmp_path / "straight", tmp_path / "split")
+    assert_same_checkpoints(tmp_path / "straight", tmp_path / "split")
 
 
 def test_dropout_changes_training_and_its_generator_moves(tmp_path, text_file):

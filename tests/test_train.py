@@ -37,9 +37,9 @@ def metrics(out_dir, scheduled_only=False):
             if not (scheduled_only and r["reason"] == "stop")]
 
 
-def assert_same_run(dir_a, dir_b):
-    """Bit-identical parameters, optimizer state, carried state, progress and the "interval"
-    metrics records (a run stopped and resumed also logs an evaluation where it stopped)."""
+def assert_same_checkpoints(dir_a, dir_b):
+    """Bit-identical parameters, optimizer state, carried state, truncation and dropout
+    Generators and progress in the two runs' latest checkpoints."""
     a, b = (training.load_checkpoint(d / training.CHECKPOINT) for d in (dir_a, dir_b))
     for name, value in a.model.params.items():
         np.testing.assert_array_equal(value, b.model.params[name], err_msg=name)
@@ -47,8 +47,15 @@ def assert_same_run(dir_a, dir_b):
     for name, value in a.arrays.items():
         np.testing.assert_array_equal(value, b.arrays[name], err_msg=name)
     assert a.meta["optimizer"] == b.meta["optimizer"] and a.meta["rng"] == b.meta["rng"]
+    assert a.meta.get("dropout_rng") == b.meta.get("dropout_rng")
     progress = [{k: v for k, v in vars(c.progress).items() if k != "elapsed"} for c in (a, b)]
     assert progress[0] == progress[1]
+
+
+def assert_same_run(dir_a, dir_b):
+    """assert_same_checkpoints, and the same "interval" metrics records (a run stopped and
+    resumed also logs an evaluation where it stopped)."""
+    assert_same_checkpoints(dir_a, dir_b)
     scheduled = metrics(dir_a, scheduled_only=True)
     assert len(scheduled) >= 3 and scheduled == metrics(dir_b, scheduled_only=True)
 
