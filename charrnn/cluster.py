@@ -72,7 +72,7 @@ def run_on_worker(spec, marker, stop_name):
         return "failed", (f"worker {socket.gethostname()} does not see {spec.out_dir.parent}: --out must be "
                           f"a directory every worker reaches at the same path")
     set_blas_threads(1)  # for the worker process: its runs use one BLAS thread each
-    return attempt(spec, StopPoller(stop_name), stop_by_raising)
+    return attempt(spec, StopPoller(stop_name), stop_by_raising, threads=None)
 
 
 class DaskBackend:

@@ -37,6 +37,7 @@ from .recompute import loss_and_grads_auto
 from .sample import continue_text
 from .schedule import budget_fraction, learning_rate
 from .signals import StopSignals
+from .threads import Threads
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
 SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM = 0, 1, 2  # second word of the Generators' seeds
@@ -126,15 +127,18 @@ class Run:
 
     # ---- the loop ----
 
-    def start(self, resumed):
-        """Train until a budget, a signal or a non-finite value stops the run -> TrainResult."""
-        self.reporter.on_start(self.start_info(resumed))
-        with StopSignals() as signals, np.errstate(over="ignore", invalid="ignore"):
-            reason, message = self.loop(signals)  # non-finite values are checked, not warned about
-            if reason in BUDGET_FIELDS and self.progress.last_eval_step != self.progress.step:
-                self.log_validation("stop")
-            elif reason in ("SIGINT", "SIGTERM"):
-                self.save(CHECKPOINT)
+    def start(self, resumed, threads=None):
+        """Train until a budget, a signal or a non-finite value stops the run -> TrainResult.
+        threads: the BLAS threads (charrnn.threads.Threads, not entered yet); None leaves them."""
+        self.threads = Threads(None) if threads is None else threads
+        with self.threads, self.threads.one_row(self.config.batch_size == 1):
+            self.reporter.on_start(self.start_info(resumed))
+            with StopSignals() as signals, np.errstate(over="ignore", invalid="ignore"):
+                reason, message = self.loop(signals)  # non-finite values are checked, not warned about
+                if reason in BUDGET_FIELDS and self.progress.last_eval_step != self.progress.step:
+                    self.log_validation("stop")
+                elif reason in ("SIGINT", "SIGTERM"):
+                    self.save(CHECKPOINT)
         result = self.result(reason, message)
         self.reporter.on_end(result)
         return result
@@ -146,6 +150,7 @@ class Run:
             if reached:
                 return reached, ""
             for X, Y in self.epoch_batches():
+                self.threads.adapt()
                 message = self.train_step(X, Y)
                 if message:
                     return "nonfinite", message
@@ -251,7 +256,7 @@ class Run:
             "train_loss": train_loss, "train_ppl": None if train_loss is None else finite_or_none(perplexity(train_loss)),
             "val_ppl": finite_or_none(val_ppl), "best": improved,  # strict JSON: no NaN or Infinity
             "lr": self.optimizer.lr, "skipped": p.skipped, "elapsed": round(self.elapsed(), 3),
-            "tokens_per_s": round(self.tokens_per_s(), 1),
+            "tokens_per_s": round(self.tokens_per_s(), 1), "threads": self.threads.count,
             "sample": self.sample(),
         }
         if reason == "interval":
@@ -281,8 +286,9 @@ class Run:
         when there is none to show (a prefix without tokens, a model without finite outputs)."""
         cfg = self.config
         try:
-            return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
-                                 level=cfg.level, preprocess=cfg.preprocess, greedy=True).text
+            with self.threads.one_row():
+                return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
+                                     level=cfg.level, preprocess=cfg.preprocess, greedy=True).text
         except CharrnnError:
             return None
 
@@ -323,7 +329,8 @@ class Run:
                 "total_tokens": min(totals) if totals else None,
                 "train_tokens": len(self.train_data), "val_tokens": len(self.val_data),
                 "vocab_size": len(self.vocab),
-                "num_params": sum(v.size for v in self.model.params.values())}
+                "num_params": sum(v.size for v in self.model.params.values()),
+                "threads": self.threads.describe()}
 
     def result(self, reason, message):
         p, cfg = self.progress, self.config

@@ -19,6 +19,7 @@ from .checks import is_finite, is_integer
 from .errors import CharrnnError
 from .io import save_json
 from .schedule import BUDGET_SCHEDULES
+from .threads import DEFAULT_THREADS
 from .training import (BUDGET_FIELDS, CHECKPOINT, METRICS, MATHS_FIELDS, Reporter, TrainConfig, budget_reached,
                     load_checkpoint, resume, train)
 
@@ -97,8 +98,9 @@ def overshoots(config, progress) -> bool:
     return past_epochs or past_tokens
 
 
-def execute_run(spec, should_stop=None, stop=None) -> RunSummary:
+def execute_run(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> RunSummary:
     """Bring the run of `spec` to its budget: train it, resume it, or find it done -> RunSummary.
+    threads: NumPy's BLAS threads, as charrnn.training.train takes them.
 
     should_stop(): polled every minibatch; once true, stop() is called (which must end the run:
     a SIGINT to this process, or an exception) and RunInterrupted raised. A run stopped by a
@@ -112,12 +114,12 @@ def execute_run(spec, should_stop=None, stop=None) -> RunSummary:
         if state == "new":
             for stale in (METRICS, GRAD_NORMS):  # of a run that died before its first checkpoint
                 (spec.out_dir / stale).unlink(missing_ok=True)
-            result = train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir)
+            result = train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir, threads)
         else:
             recorder.restore(load_checkpoint(spec.out_dir / CHECKPOINT).progress.step)
             changes = {f.name: getattr(spec.config, f.name) for f in fields(spec.config)  # None: as saved
                        if f.name not in MATHS_FIELDS and (f.name in BUDGET_FIELDS or getattr(spec.config, f.name) is not None)}
-            result = resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir)
+            result = resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir, threads)
         if result.reason in ("SIGINT", "SIGTERM"):
             raise RunInterrupted(f"{spec.name} stopped by {result.reason} at {result.progress.tokens:,} tokens")
         if result.reason == "nonfinite":

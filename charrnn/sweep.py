@@ -1,10 +1,12 @@
 """Where the runs of a sweep execute: one after the other in this process (SerialBackend), or J
 at a time in local worker processes (ProcessBackend); charrnn.cluster adds a Dask cluster.
 
-Every backend runs charrnn.runs.execute_run with one BLAS thread (charrnn.threads), so a run's
-numbers do not depend on the backend, nor on how many runs share the machine. A backend gets
-the runs and the names of those already done, reports to a SweepReporter, and returns
-([Outcome] in the order of the runs, interrupted: bool).
+Every backend runs charrnn.runs.execute_run; a run's numbers do not depend on the backend, nor
+on its BLAS threads (charrnn.threads). The runs of this process take the sweep's thread setting;
+J local workers split the cores (`threads.share`: auto capped at cores // J each, or N // J);
+the cluster's workers run one thread each. A backend gets the runs and the names of those
+already done, reports to a SweepReporter, and returns ([Outcome] in the order of the runs,
+interrupted: bool).
 
 Local worker processes: `jobs` fresh interpreters (spawned), each given one run at a time over
 its own pipe, so the sweep always knows which run a worker has. A worker that dies (killed, out
@@ -28,7 +30,7 @@ from multiprocessing.connection import wait
 
 from .errors import CharrnnError
 from .runs import RunInterrupted, execute_run, read_run, stop_by_sigint
-from .threads import blas_threads, set_blas_threads
+from .threads import DEFAULT_THREADS, Threads, share
 
 START_METHOD = "spawn"  # fresh interpreters: no inherited threads, locks or state
 
@@ -88,24 +90,28 @@ def in_order(specs, outcomes, interrupted) -> tuple:
 
 
 class SerialBackend:
-    """The runs one after the other in this process (Ctrl-C reaches the run directly)."""
+    """The runs one after the other in this process (Ctrl-C reaches the run directly), with
+    `threads` BLAS threads (charrnn.threads: "auto", N or None)."""
+
+    def __init__(self, threads=DEFAULT_THREADS):
+        self.threads = threads
 
     def run(self, specs, done, reporter):
         outcomes = start_sweep(specs, done, reporter)
-        with blas_threads(1):
-            for spec in (spec for spec in specs if spec.name not in done):
-                reporter.on_run_start(spec, 1)
-                outcomes[spec.name] = finished(spec, *attempt(spec), 1)
-                reporter.on_run_end(outcomes[spec.name])
-                if outcomes[spec.name].status == "interrupted":
-                    return in_order(specs, outcomes, True)
+        for spec in (spec for spec in specs if spec.name not in done):
+            reporter.on_run_start(spec, 1)
+            outcomes[spec.name] = finished(spec, *attempt(spec, threads=self.threads), 1)
+            reporter.on_run_end(outcomes[spec.name])
+            if outcomes[spec.name].status == "interrupted":
+                return in_order(specs, outcomes, True)
         return in_order(specs, outcomes, False)
 
 
-def attempt(spec, should_stop=None, stop=None) -> tuple:
-    """Run `spec` -> (status, message), status done | interrupted | failed."""
+def attempt(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> tuple:
+    """Run `spec` with `threads` (as charrnn.training.train takes them) -> (status, message),
+    status done | interrupted | failed."""
     try:
-        execute_run(spec, should_stop, stop)
+        execute_run(spec, should_stop, stop, threads)
     except RunInterrupted as err:
         return "interrupted", one_line(err)
     except (CharrnnError, OSError, MemoryError) as err:
@@ -113,15 +119,15 @@ def attempt(spec, should_stop=None, stop=None) -> tuple:
     return "done", ""
 
 
-def worker_loop(conn, stop_event):
-    """A worker process: one BLAS thread; takes runs from `conn` until None, answers each with
-    (status, message). SIGINT is left to the run in progress (which checkpoints and stops)."""
+def worker_loop(conn, stop_event, threads=1, limit=None):
+    """A worker process: takes runs from `conn` until None, runs each with `threads` BLAS threads
+    (auto: at most `limit`), answers each with (status, message). SIGINT is left to the run in
+    progress (which checkpoints and stops)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # between runs; a run installs its own handler
-    set_blas_threads(1)
     try:
         for spec in iter(conn.recv, None):
             try:
-                result = attempt(spec, stop_event.is_set, stop_by_sigint)
+                result = attempt(spec, stop_event.is_set, stop_by_sigint, Threads(threads, limit))
             except Exception as err:  # a bug, reported as the run's failure rather than a dead worker
                 result = "failed", f"{type(err).__name__}: {one_line(err)}"
             conn.send(result)
@@ -132,9 +138,9 @@ def worker_loop(conn, stop_event):
 class Worker:
     """A worker process and the run it has (None when idle)."""
 
-    def __init__(self, context, stop_event):
+    def __init__(self, context, stop_event, threads):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_loop, args=(child, stop_event), daemon=True)
+        self.process = context.Process(target=worker_loop, args=(child, stop_event, *threads), daemon=True)
         self.process.start()
         child.close()  # the worker holds the only other end: its death reads as EOF here
         self.spec, self.attempt = None, 0
@@ -179,12 +185,13 @@ def sigterm_as_ctrl_c():
 
 
 class ProcessBackend:
-    """At most `jobs` runs at once, in `jobs` worker processes that live for the sweep."""
+    """At most `jobs` runs at once, in `jobs` worker processes that live for the sweep and split
+    the cores: `threads` ("auto", N or None) is shared out among them (charrnn.threads.share)."""
 
-    def __init__(self, jobs, retries=1):
+    def __init__(self, jobs, retries=1, threads=DEFAULT_THREADS):
         if not (isinstance(jobs, int) and jobs >= 1):
             raise CharrnnError(f"jobs must be at least 1, got {jobs!r}")
-        self.jobs, self.retries = jobs, retries
+        self.jobs, self.retries, self.threads = jobs, retries, share(threads, jobs)
         self.context = multiprocessing.get_context(START_METHOD)
 
     def run(self, specs, done, reporter):
@@ -194,7 +201,7 @@ class ProcessBackend:
         self.workers = workers = []  # the live workers, each with the run it has (spec)
         try:
             with sigterm_as_ctrl_c():
-                workers += [Worker(self.context, self.stop_event) for _ in range(min(self.jobs, len(queue)))]
+                workers += [Worker(self.context, self.stop_event, self.threads) for _ in range(min(self.jobs, len(queue)))]
                 self.loop(workers, queue, outcomes, reporter)
         except KeyboardInterrupt:
             self.stop_all(workers, outcomes, reporter)
@@ -218,7 +225,7 @@ class ProcessBackend:
                 if not self.collect(worker, worker.answer(), queue, outcomes, reporter):
                     workers.remove(worker)  # it died: a new one takes its place if runs are left
                     if queue:
-                        workers.append(Worker(self.context, self.stop_event))
+                        workers.append(Worker(self.context, self.stop_event, self.threads))
 
     def collect(self, worker, answer, queue, outcomes, reporter, stopping=False) -> bool:
         """Record the answer of `worker` about its run -> whether the worker is still alive.

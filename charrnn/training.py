@@ -31,17 +31,22 @@ from .run import (DROPOUT_STREAM, MAX_SKIPPED_IN_A_ROW, SAMPLER_STREAM, TRUNCATI
                   Reporter, Run, TrainResult, budget_reached)
 from .sample import text_prefix
 from .store import open_store
+from .threads import DEFAULT_THREADS, Threads
 
 
-def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None):
+def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
     """Start a new run of `config` writing to `out_dir` -> TrainResult. cache_dir: where the
-    corpus' token store is (charrnn.store.default_cache_dir() if None).
+    corpus' token store is (charrnn.store.default_cache_dir() if None). threads: NumPy's BLAS
+    threads while it trains, "auto" (the cores that are free, looked at again as it goes), N,
+    None (as they are) or a charrnn.threads.Threads; no thread count changes a number of a
+    minibatch of two or more rows (charrnn.threads).
 
     config.init_from (fine-tuning): the run starts from that checkpoint's weights, grown for
     the tokens its vocabulary lacks (charrnn.finetune), with a fresh optimizer. Everything is
     checked before a file is written (memory before the directory is created); the run holds
     the directory's lock (charrnn.lock) from then to its end.
     """
+    threads = as_threads(threads)
     refuse_existing_run(out_dir)
     parent = load_parent(config) if config.init_from else None
     train_data, val_data, vocab, data_id = load_data(config, data_dir, parent and parent.vocab, cache_dir)
@@ -69,18 +74,19 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None):
         run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
                   reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id)
         run.save(CHECKPOINT)
-        return run.start(resumed=False)
+        return run.start(resumed=False, threads=threads)
 
 
-def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None):
+def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
     a field that fixes the maths may only be given with its saved value, except `corpus`: the
     text's new path when it moved, accepted if its tokens hash as the run's did.
-    Everything is checked before anything is written, under the directory's lock.
+    Everything is checked before anything is written, under the directory's lock. threads: as
+    for train (a run may resume with another thread count and continue to the same numbers).
     """
-    out_dir, changes = Path(out_dir), dict(changes or {})
+    out_dir, changes, threads = Path(out_dir), dict(changes or {}), as_threads(threads)
     moved = changes.pop("corpus", None)
     if not (out_dir / CHECKPOINT).is_file():  # before the lock file is made
         raise CharrnnError(f"no checkpoint file at {out_dir / CHECKPOINT}")
@@ -110,7 +116,12 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None):
         remove_stale_temporaries(out_dir)
         save_json(out_dir / CONFIG, asdict(config))
         keep_metrics_until(out_dir / METRICS, ckpt.progress.step)
-        return run.start(resumed=True)
+        return run.start(resumed=True, threads=threads)
+
+
+def as_threads(threads):
+    """A charrnn.threads.Threads for the `threads` argument of train and resume."""
+    return threads if isinstance(threads, Threads) else Threads(threads)
 
 
 def load_resumed_data(out_dir, config, data_dir, moved, base_vocab, cache_dir):

@@ -22,11 +22,11 @@ import click
 import numpy as np
 
 from ..errors import CharrnnError
-from ..threads import THREAD_VARIABLES, blas_threads, default_threads
+from ..threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
 from .exporting import export
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
 from .plotting import plot
-from .options import Clip, FiniteRange, Truncation  # noqa: F401  (the option types, for tests and users)
+from .options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
 from .render import charrnn_warnings, one_line, quiet_stdout
 from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
 
@@ -78,13 +78,16 @@ def raise_bug(err):
 
 @click.group(name="charrnn", cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="charrnn")
-@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
-              help=f"BLAS threads for NumPy [default: 1, unless one of {', '.join(THREAD_VARIABLES)} is set]. "
-                   f"One is fastest for the thin products of each time step.")
+@click.option("--threads", type=ThreadCount(), default=None,
+              help=f"NumPy's BLAS threads: auto uses the cores that no other process keeps busy, and looks "
+                   f"again as training goes; N uses N [default: {DEFAULT_THREADS}, unless one of "
+                   f"{', '.join(THREAD_VARIABLES)} is set].")
 @click.pass_context
 def main(ctx, threads):
     """Character-level RNN language models trained by exact backpropagation through time."""
-    ctx.with_resource(blas_threads(default_threads() if threads is None else threads))
+    threads = default_threads() if threads is None else threads
+    # train and compare take the setting to their runs; sample holds auto at one thread (one row)
+    ctx.obj = {"threads": threads, "applied": ctx.with_resource(Threads(threads))}
     ctx.with_resource(charrnn_warnings())
 
 

@@ -89,10 +89,11 @@ def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, sh
     ckpt = load_checkpoint(checkpoint)
     if prefix is None:
         prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
-    if show_probs is not None:
-        print_next_tokens(prefix, next_token_probs(ckpt, prefix, show_probs))
-        return
-    text = sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed).text
+    with ctx.obj["applied"].one_row():  # one row at a time: auto's rounding stays exact on one thread
+        if show_probs is not None:
+            print_next_tokens(prefix, next_token_probs(ckpt, prefix, show_probs))
+            return
+        text = sample_text(ckpt, prefix, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed).text
     click.echo(escape_controls(text) if sys.stdout.isatty() else text)  # a pipe or file gets the text as it is
 
 

@@ -13,11 +13,13 @@ from click.core import ParameterSource
 from .. import analysis
 from ..config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
 from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
+from ..errors import CharrnnError
 from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
 from ..optim import OPTIMIZERS
 from ..recompute import BPTT_MEMORY_MODES
 from ..schedule import LR_SCHEDULES
 from ..store import CACHE_ENV
+from ..threads import check_threads
 from .render import one_line
 
 DEFAULTS = TrainConfig()
@@ -34,6 +36,18 @@ class Truncation(click.ParamType):
         except ValueError as err:
             self.fail(str(err), param, ctx)
         return value
+
+
+class ThreadCount(click.ParamType):
+    """auto | N, checked by charrnn.threads."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_threads(value)
+        except CharrnnError as err:
+            self.fail(str(err), param, ctx)
 
 
 class Clip(click.ParamType):

@@ -46,14 +46,15 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
                 raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
             if init_from is not None:
                 raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
-            result = training.resume(resume, given, data_dir, reporter, cache_dir)
+            result = training.resume(resume, given, data_dir, reporter, cache_dir, ctx.obj["threads"])
         else:
             if init_from is not None:
                 config = finetune_config(init_from, options["corpus"],
                                          **{k: v for k, v in given.items() if k != "corpus"})
             else:
                 config = TrainConfig(**options)
-            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir)
+            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
+                                         ctx.obj["threads"])
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
     print_summary(result)
@@ -140,7 +141,8 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
             from ..cluster import DaskBackend, connect  # Dask only when asked for
             backend = DaskBackend(stack.enter_context(connect(scheduler)))
         else:
-            backend = ProcessBackend(jobs) if jobs > 1 else SerialBackend()
+            threads = ctx.obj["threads"]
+            backend = ProcessBackend(jobs, threads=threads) if jobs > 1 else SerialBackend(threads)
         progress = stack.enter_context(closing(SweepProgress()))
         result, interrupted = comparison.compare(config, out, truncations, num_seeds, data_dir, backend,
                                                  progress, chosen[0], cache_dir)
