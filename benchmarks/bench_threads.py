@@ -160,6 +160,14 @@ def check_running(process: subprocess.Popen, situation: str, stderr) -> None:
                          f"{last_line(stderr.read())}")
 
 
+def cpu_quota():
+    """This cgroup's CPU quota as cgroup v2 writes it ("max 100000": none), or None where not found."""
+    try:
+        return Path("/sys/fs/cgroup/cpu.max").read_text().strip()
+    except OSError:
+        return None
+
+
 # ----------------------------------------------------------------------------- measurements
 
 def rotated(modes: list, round_index: int) -> list:
@@ -286,21 +294,25 @@ def parse_args():
     return args
 
 
+def machine_report(args) -> dict:
+    """The machine as the run starts (load, CPUs, affinity, quota) and the settings measured."""
+    return {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+            "cpu_quota": cpu_quota(), "data_dir": os.environ.get("CHARRNN_DATA_DIR"), "corpus": args.corpus,
+            "modes": args.modes, "rounds": args.rounds, "seconds": args.seconds, "val_fraction": args.val_fraction,
+            "second_threads": args.second_threads}
+
+
 def main():
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally blocks stop the loads
-    stream = sys.stderr if args.json else sys.stdout
-    log = functools.partial(print, file=stream, flush=True)
-    report = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-              "corpus": args.corpus, "data_dir": os.environ.get("CHARRNN_DATA_DIR"), "seconds": args.seconds,
-              "val_fraction": args.val_fraction,
-              "rounds": args.rounds, "modes": args.modes, "second_threads": args.second_threads}
-    log("load average {:.2f} {:.2f} {:.2f}, ".format(*report["load_average"])
-        + f"{report['cpus']} CPUs, affinity {report['affinity']}, CHARRNN_DATA_DIR={report['data_dir']}")
+    log = functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True)
+    report = machine_report(args)
+    load = report["load_average"]
+    log(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {report['cpus']} CPUs, affinity "
+        f"{report['affinity']}, cgroup cpu.max {report['cpu_quota']}, CHARRNN_DATA_DIR={report['data_dir']}")
+    if load[0] >= BUSY_LOAD:
+        log(f"note: load average {load[0]:.2f} before the start: other processes run, `idle` is not an idle machine")
     check_thread_values(args.modes + ([args.second_threads] if "second-train" in args.situations else []))
-    if report["load_average"][0] >= BUSY_LOAD:
-        log(f"note: load average {report['load_average'][0]:.2f} before starting: other processes are running, "
-            "so `idle` is not an idle machine")
     kernels = kernels_to_measure(args.kernels, log)
     runs = len(kernels) * len(args.configs) * len(args.situations) * len(args.modes) * args.rounds
     log(f"{runs} runs of ~{args.seconds + OVERHEAD_S:.0f} s: about {runs * (args.seconds + OVERHEAD_S) / 60:.1f} min")
@@ -310,7 +322,6 @@ def main():
         print("interrupted: background loads stopped, nothing reported", file=sys.stderr)
         sys.exit(130)
     report["load_average_end"] = os.getloadavg()
-    log("load average at the end {:.2f} {:.2f} {:.2f}".format(*report["load_average_end"]))
     report["goals"] = goals(report["kernels"], args.target_mode)
     if args.json:
         print(json.dumps(report, indent=2))
