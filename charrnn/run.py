@@ -123,6 +123,7 @@ class Run:
         self.last_record = {}  # the latest metrics record of this session
         self.session_start = time.perf_counter()
         self.session_tokens = progress.tokens
+        self.step_seconds = 0.0  # of this session's minibatches alone (step_tokens_per_s)
         self.elapsed_before = progress.elapsed
 
     # ---- the loop ----
@@ -151,7 +152,9 @@ class Run:
                 return reached, ""
             for X, Y in self.epoch_batches():
                 self.threads.adapt()
+                started = time.perf_counter()
                 message = self.train_step(X, Y)
+                self.step_seconds += time.perf_counter() - started
                 if message:
                     return "nonfinite", message
                 if self.eval_due():
@@ -257,6 +260,7 @@ class Run:
             "val_ppl": finite_or_none(val_ppl), "best": improved,  # strict JSON: no NaN or Infinity
             "lr": self.optimizer.lr, "skipped": p.skipped, "elapsed": round(self.elapsed(), 3),
             "tokens_per_s": round(self.tokens_per_s(), 1), "threads": self.threads.count,
+            "step_tokens_per_s": round(self.step_tokens_per_s(), 1),
             "sample": self.sample(),
         }
         if reason == "interval":
@@ -316,8 +320,14 @@ class Run:
         return self.elapsed_before + time.perf_counter() - self.session_start
 
     def tokens_per_s(self):
+        """Tokens trained in this session per second of it (evaluations and checkpoints included)."""
         seconds = time.perf_counter() - self.session_start
         return (self.progress.tokens - self.session_tokens) / seconds if seconds > 0 else 0.0
+
+    def step_tokens_per_s(self):
+        """Tokens trained in this session per second of its minibatches alone."""
+        tokens = self.progress.tokens - self.session_tokens
+        return tokens / self.step_seconds if self.step_seconds > 0 else 0.0
 
     def start_info(self, resumed):
         cfg = self.config

@@ -18,7 +18,7 @@ from charrnn.model import RNNLM
 from charrnn.sample import continue_text, generate, sample_text
 
 TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
-TIME_FIELDS = ("elapsed", "tokens_per_s", "threads")  # of the machine, not the maths
+TIME_FIELDS = ("elapsed", "tokens_per_s", "step_tokens_per_s", "threads")  # of the machine, not the maths
 
 
 @pytest.fixture
