@@ -3,11 +3,12 @@ state, recomputation, the state format and the parameter layout."""
 import numpy as np
 import pytest
 
-from charrnn.cells import CELLS
+from charrnn.cells import CELLS, TINY_DELTA, flush_tiny
 from charrnn.checkpoint import load_model, save_model
 from charrnn.errors import CharrnnError
 from charrnn.io import load_npz, save_npz
 from charrnn.gradcheck import FD_TOLERANCE, run_gradcheck
+from charrnn import model as model_module
 from charrnn.model import RNNLM
 from charrnn.recompute import loss_and_grads_recompute
 from charrnn.sample import stepper
@@ -171,6 +172,50 @@ def test_float32_model_agrees_with_float64(cell):
     for name in grads64:
         assert grads32[name].dtype == np.float32
         np.testing.assert_allclose(grads32[name], grads64[name], rtol=1e-3, atol=1e-5)
+
+
+def test_flush_tiny_zeroes_float32_deltas_below_two_to_the_minus_63_and_keeps_the_rest_exactly():
+    smallest = TINY_DELTA["float32"]
+    values = np.array([[0.5, -1e-30, 2.0 ** -63, -(2.0 ** -63) * 0.99, 1e-45, -3e-19, 0.0, -7.0]], np.float32)
+    delta = values.copy()
+    flush_tiny(delta, np.empty_like(delta))
+    kept = np.abs(values) >= smallest
+    assert np.array_equal(delta[kept], values[kept]) and not delta[~kept].any()
+    assert kept.tolist() == [[True, False, True, False, False, True, False, True]]
+    exact = values.astype(np.float64)
+    flush_tiny(exact, np.empty_like(exact))
+    assert np.array_equal(exact, values.astype(np.float64))  # float64: untouched
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_saturated_gates_flush_only_what_no_float32_gradient_can_show(cell, monkeypatch):
+    """Gates driven into saturation make δ of 1e-20 and less; float32 drops those below 2^-63
+    and still agrees with float64 (which flushes nothing) to float32's precision of the gradient
+    as a whole; an entry it zeroes sums fewer than T·B such terms."""
+    tiny_seen = []
+
+    def counting(delta, scratch):
+        tiny_seen.append(np.count_nonzero((np.abs(delta) < TINY_DELTA["float32"]) & (delta != 0)))
+        flush_tiny(delta, scratch)
+
+    monkeypatch.setattr(model_module, "flush_tiny", counting)
+    m64 = scaled_model(cell, 2)
+    for name, p in m64.params.items():
+        if name.startswith("b_h"):
+            p += 5.0  # gates near saturation, σ' small
+    m64.params["W_hq"] *= 1e-9  # and a small gradient from the output: δ of 1e-20 and less
+    m32 = RNNLM(V, H, dtype="float32", cell=cell, num_layers=2)
+    for name, p in m32.params.items():
+        p[...] = m64.params[name]
+    X, Y = batch()
+    loss32, grads32, _ = m32.loss_and_grads(X, Y)
+    loss64, grads64, _ = m64.loss_and_grads(X, Y)
+    assert sum(tiny_seen) > 0  # δ this small was there, and went
+    assert loss32 == pytest.approx(loss64, rel=1e-6)
+    size = max(np.abs(g).max() for g in grads64.values())  # what clipping and the optimizer see
+    for name in grads64:
+        np.testing.assert_allclose(grads32[name], grads64[name], rtol=1e-4, atol=1e-6 * size)
+        assert np.abs(grads64[name][grads32[name] == 0]).max(initial=0) < T * B * TINY_DELTA["float32"]
 
 
 # ------------------------------------------------------------------ gradients
