@@ -259,14 +259,14 @@ def flush_tiny(delta, scratch):
     scratch: an array of δ's shape, overwritten. float64 is left as it is.
 
     A saturated gate's σ' = s(1 − s) is as small as 2^-25, and a product of a few of them
-    makes δ of 1e-20 and less (half of a trained LSTM's top-layer δ was, in one measured run). A
-    product of two such numbers falls below float32's smallest normal number (2^-126), and a
-    CPU computes each of those ~100x slower (a microcode assist per operation): the weight
-    gradients Σ_t h_{t-1}ᵀ δ_t took 1.4 s instead of 33 ms in that run. 2^-63 is the square
-    root of 2^-126: the entries kept make no such product with numbers of size 2^-63 or more.
-    A term dropped is below 2^-63 · |h| <= 2^-63 in size, far below float32's resolution of any
-    gradient that matters to an optimizer step (README, Threads). The gradient checks run in
-    float64, where nothing is flushed.
+    makes δ of 1e-20 and less (54% of an LSTM's top-layer δ after 13 minibatches on the book,
+    benchmarks/bench_tiny_deltas.py). A product of two such numbers falls below float32's
+    smallest normal number (2^-126), which a CPU computes ~100x slower (a microcode assist per
+    operation), mostly in the weight gradients Σ_t h_{t-1}ᵀ δ_t: that minibatch's backward pass
+    took 2.1x as long. 2^-63 is the square root of 2^-126: the entries kept make no such product
+    with numbers of size 2^-63 or more. A term dropped is below 2^-63 · |h| <= 2^-63 in size, far
+    below float32's resolution of any gradient an optimizer step can see (README, "Tiny δ in
+    float32"). The gradient checks run in float64, where nothing is flushed.
     """
     smallest = TINY_DELTA.get(delta.dtype.name)
     if smallest is None:

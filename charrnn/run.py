@@ -76,7 +76,8 @@ class Reporter:
     """Receives the events of a run; the CLI renders them. This one ignores them."""
 
     def on_start(self, info):
-        """info: dict with out_dir, resumed, tokens, total_tokens (estimate or None), sizes."""
+        """info: dict with out_dir, resumed, tokens, total_tokens (estimate or None), sizes, threads
+        (the BLAS thread setting, e.g. "auto (2 now)")."""
 
     def on_step(self, stats):
         """stats: dict with epoch, step, tokens, loss, perplexity, grad_norm, skipped."""

@@ -1,12 +1,12 @@
 """How many threads NumPy's BLAS runs: `auto` (the default) or a fixed count, set at run time
 with threadpoolctl (nothing happens on import).
 
-The mechanism, chosen by measurement (README, "Threads"; benchmarks/bench_threads.py): OpenBLAS's
-own threads, each matrix product split among them. Row shards of the minibatch in Python
-threads, each with one BLAS thread, gained nothing on two cores: their products are thinner and
-every NumPy call hands the GIL over. OpenBLAS's threads wait for each other by spinning, though,
-and a thread that waits for a core another process holds slows every product 10-100x. So `auto`
-gives BLAS only the cores that are free:
+The mechanism, chosen by measurement (README, "Threads"; benchmarks/bench_mechanisms.py):
+OpenBLAS's own threads, each matrix product split among them. Row shards of the minibatch in
+Python threads, each with one BLAS thread, gained less on two cores: each half's products cost
+more than half a product, and the halves' NumPy calls take turns holding the GIL. OpenBLAS's
+threads wait for each other by spinning, though, and a thread that waits for a core another
+process holds slows every product 10-100x. So `auto` gives BLAS only the cores that are free:
 
     threads = clamp(floor(free + SLACK), 1, available_cores())
     free    = (CPUs this process may run on) - (CPUs' worth of time other processes used)
@@ -39,7 +39,7 @@ AUTO = "auto"
 DEFAULT_THREADS = AUTO  # the CLI's and the Python API's default, unless THREAD_VARIABLES say otherwise
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CHECK_EVERY = 1.0  # seconds between auto's looks at the machine during training
-SLACK = 0.25  # a core counts as free when other processes used less than 1 - SLACK of it
+SLACK = 0.25  # a core counts as free while other processes use at most this share of it
 PROC = Path("/proc")
 CGROUP = Path("/sys/fs/cgroup")
 

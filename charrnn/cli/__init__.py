@@ -78,7 +78,7 @@ def raise_bug(err):
 
 @click.group(name="charrnn", cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="charrnn")
-@click.option("--threads", type=ThreadCount(), default=None,
+@click.option("--threads", type=ThreadCount(), default=None, metavar="auto|N",
               help=f"NumPy's BLAS threads: auto uses the cores that no other process keeps busy, and looks "
                    f"again as training goes; N uses N [default: {DEFAULT_THREADS}, unless one of "
                    f"{', '.join(THREAD_VARIABLES)} is set].")

@@ -131,8 +131,8 @@ class ConsoleReporter(Reporter):
         cfg = info["config"]
         verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
         say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
-            f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters, "
-            f"BLAS threads {info['threads']} -> {info['out_dir']}")
+            f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters "
+            f"-> {info['out_dir']}")
         if cfg.init_from:
             say(f"Fine-tuning from {cfg.init_from}")
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
