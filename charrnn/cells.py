@@ -263,7 +263,7 @@ def flush_tiny(delta, scratch):
     benchmarks/bench_tiny_deltas.py). A product of two such numbers falls below float32's
     smallest normal number (2^-126), which a CPU computes ~100x slower (a microcode assist per
     operation), mostly in the weight gradients Σ_t h_{t-1}ᵀ δ_t: that minibatch's backward pass
-    took 2.1x as long. 2^-63 is the square root of 2^-126: the entries kept make no such product
+    took 1.6-2.1x as long. 2^-63 is the square root of 2^-126: the entries kept make no such product
     with numbers of size 2^-63 or more. A term dropped is below 2^-63 · |h| <= 2^-63 in size, far
     below float32's resolution of any gradient an optimizer step can see (README, "Tiny δ in
     float32"). The gradient checks run in float64, where nothing is flushed.

@@ -54,7 +54,7 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
             else:
                 config = TrainConfig(**options)
             result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
-                                         ctx.obj["threads"])
+                                    ctx.obj["threads"])
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
     print_summary(result)
