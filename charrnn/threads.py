@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy  # noqa: F401  (loads the BLAS library that threadpoolctl finds and limits)
 from threadpoolctl import ThreadpoolController, threadpool_info
 
-from .checks import is_integer
+from .checks import check_int, is_integer
 from .errors import CharrnnError
 
 AUTO = "auto"
@@ -194,10 +194,10 @@ class Threads:
         self.next_look = 0.0
 
     def __enter__(self):
-        self.controller = ThreadpoolController()
         if self.setting is None:
             self.chosen = max(blas_thread_counts() or [1])
             return self
+        self.controller = ThreadpoolController()
         if self.auto:
             self.chosen = 1 if self.most == 1 else self.threads_for(self.watch.first_look())
         else:
@@ -268,8 +268,8 @@ def share(threads, jobs):
 def set_blas_threads(num_threads):
     """Limit NumPy's BLAS to `num_threads` threads from now on -> the threadpoolctl limiter
     (its `restore_original_limits()` undoes it). None changes nothing."""
-    if num_threads is not None and not (is_integer(num_threads) and num_threads >= 1):
-        raise CharrnnError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+    if num_threads is not None:
+        check_int(num_threads, "num_threads", minimum=1)
     return ThreadpoolController().limit(limits=num_threads, user_api="blas")
 
 
