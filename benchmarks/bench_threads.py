@@ -47,12 +47,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from charrnn.threads import THREAD_VARIABLES
+
 CONFIGS = {"rnn256": [], "rnn1024": ["--num-hiddens", "1024"],
            "lstm512": ["--cell", "lstm", "--num-hiddens", "512"]}
 SITUATIONS = ("idle", "busy-loop", "second-train")
 KERNELS = ("machine", "native")
 KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 NO_EVAL = 10**12  # --eval-every: no evaluation before the one at the stop
 SETTLE_S = 2.0  # a background load runs this long before the first measured run
 OVERHEAD_S = 2.0  # start-up and final evaluation of one run, for the time estimate

@@ -54,10 +54,10 @@ from charrnn.model import RNNLM
 from charrnn.optim import clip_grad_norm, make_optimizer
 from charrnn.recompute import loss_and_grads_auto
 from charrnn.sample import sample_text
+from charrnn.threads import THREAD_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE, NUM_STEPS, LR, CLIP = 32, 35, 1.0, 1.0
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 MATMUL_SIZE = 2048
 SAMPLE_HIDDENS, SAMPLE_CHARS = 256, 20_000
 MEMORY_HIDDENS, MEMORY_TOKENS = 256, 50_000
