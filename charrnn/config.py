@@ -13,6 +13,7 @@ import numpy as np
 from .checks import is_finite, is_integer, is_text
 from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
 from .errors import CharrnnError
+from .cells import OUTPUT_BIASES
 from .model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
 from .optim import OPTIMIZERS
 from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
@@ -21,7 +22,7 @@ from .schedule import LR_SCHEDULES
 DEFAULT_EPOCHS = 30  # the budget when none of epochs / max_tokens / max_time is given
 ON_NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient does to the run
 # what a configuration saved before a field existed meant by it (older checkpoints still load)
-LEGACY_DEFAULTS = {"lr_schedule": "epoch"}
+LEGACY_DEFAULTS = {"lr_schedule": "epoch", "output_bias": "zero"}
 # the network and learning rate a run gets when it names only its cell; a field given explicitly
 # wins. rnn: the README's default run; gru/lstm: measured on the book, reasoned for texts of a few
 # MB (README, "Defaults per cell"). A run records them resolved in config.json and checkpoints.
@@ -58,6 +59,9 @@ class TrainConfig:
     dropout: float | None = None  # between layers and before the output layer, while training
     activation: str = "tanh"  # the rnn cell's; gated cells have their own nonlinearities
     dtype: str = "float32"
+    # the output layer's bias at the start: the training split's unigram log-probabilities, or
+    # zeros (the textbook's); see charrnn.cells.init_output_bias
+    output_bias: str = "unigram"
     batch_size: int = 64
     num_steps: int = 32
     sampler: str = "sequential"
@@ -80,6 +84,7 @@ class TrainConfig:
     eval_every: int = 500_000  # tokens between evaluations (and one at the end)
     sample_prefix: str | None = None  # None: DEFAULT_SAMPLE_PREFIXES, else the text's first words
     sample_length: int = 60
+    sample_temperature: float = 0.8  # of the sample at each evaluation; 0 = greedy
     # BPTT storage: every state ("store"), or checkpoints and recomputation in O(√T) memory
     # ("recompute", charrnn.recompute); "auto" recomputes when storing would pass the budget
     bptt_memory: str = "auto"
@@ -116,6 +121,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not is_finite(value) and (name == "lr" or value is not None):
                 raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
+        if not (is_finite(self.sample_temperature) and self.sample_temperature >= 0):
+            raise ConfigError("sample_temperature",
+                              f"sample_temperature must be a finite number >= 0, got {self.sample_temperature!r}")
         if not (is_finite(self.lr_floor) and 0 < self.lr_floor <= 1):
             raise ConfigError("lr_floor", f"lr_floor must be in (0, 1], got {self.lr_floor!r}")
         if not 0 < self.lr_decay <= 1:
@@ -194,6 +202,7 @@ def corpus_key(corpus):
 
 # the fields chosen from a list, and the list of the module that owns each
 CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
+           "output_bias": OUTPUT_BIASES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
            "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .baselines import Baselines
 from .checkpoint import BEST, CHECKPOINT, METRICS, Progress, save_checkpoint
 from .config import BUDGET_FIELDS, TrainConfig
 from .data import SAMPLERS, Vocab, num_minibatches, preprocess_text
@@ -40,7 +41,9 @@ from .signals import StopSignals
 from .threads import Threads
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
-SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM = 0, 1, 2  # second word of the Generators' seeds
+# second word of the Generators' seeds; the sample of each evaluation draws from its own
+# default_rng([seed, SAMPLE_STREAM, step]), so showing samples changes no number of training
+SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM, SAMPLE_STREAM = 0, 1, 2, 3
 
 
 def finite_or_none(number):
@@ -65,6 +68,7 @@ class TrainResult:
     model: RNNLM | None = None  # the model as it ended (best.npz holds the best one)
     vocab: Vocab | None = None
     config: TrainConfig | None = None
+    baselines: Baselines | None = None  # the unigram and bigram perplexities of the validation split
 
     @property
     def best(self):
@@ -109,11 +113,13 @@ class Run:
     """One training run in progress: model, optimizer, data, RNG streams and where it stands."""
 
     def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
-                 reporter, progress, truncation_rng, state, dropout_rng, data_id):
+                 reporter, progress, truncation_rng, state, dropout_rng, data_id, baselines=None):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
         self.data_sha1 = data_id  # names the training data in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
+        self.baselines = baselines  # charrnn.baselines.Baselines of the data, or None
+        self.warned_not_learning = False
         self.truncation_rng, self.dropout_rng = truncation_rng, dropout_rng
         self.state = state  # model.state_shape(batch_size) carried by the sequential sampler, or None
         self.tokens_per_batch = config.batch_size * config.num_steps
@@ -278,6 +284,30 @@ class Run:
             self.save(BEST)
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
+        self.check_learning(val_ppl, at_end=reason == "stop" or self.budget_reached(within_epoch=True) is not None)
+
+    def check_learning(self, val_ppl, at_end):
+        """Once a run: a CharrnnWarning when the validation perplexity is still above the
+        bigram's (the unigram's where no bigram was counted) after a whole epoch or at the end
+        of the budget, naming what to try."""
+        b = self.baselines
+        if b is None or self.warned_not_learning or not (self.progress.epoch >= 1 or at_end):
+            return
+        level, name = (b.bigram, "bigram") if b.bigram is not None else (b.unigram, "unigram")
+        if not math.isfinite(val_ppl) or val_ppl <= level:  # a non-finite run is told so elsewhere
+            return
+        self.warned_not_learning = True
+        cfg = self.config
+        tries = [f"--lr {cfg.lr / 4:g}"]
+        if cfg.dropout:
+            tries.append("--dropout 0")
+        if cfg.num_layers > 1 or cfg.num_hiddens > 128:
+            tries.append("a smaller network (--num-layers 1 --num-hiddens 128)")
+        tries.append("a larger budget")
+        epochs = self.progress.epoch
+        when = "at the end of its budget" if epochs < 1 else f"after {epochs} epoch{'s' if epochs > 1 else ''}"
+        warnings.warn(f"not learning: validation perplexity {val_ppl:.4g} is still above the {name} model's "
+                      f"{level:.4g} {when}; try {', '.join(tries)}", CharrnnWarning, stacklevel=2)
 
     def warn_about_the_sample_prefix(self):
         """A CharrnnWarning if preprocessing changes the prefix continued at each evaluation."""
@@ -287,13 +317,17 @@ class Run:
                           f"{preprocess_text(prefix, preprocess)!r}", CharrnnWarning, stacklevel=2)
 
     def sample(self):
-        """The greedy continuation of the sample prefix (as the textbook's predict), or None
-        when there is none to show (a prefix without tokens, a model without finite outputs)."""
+        """The continuation of the sample prefix drawn at sample_temperature (0: greedy, as the
+        textbook's predict) from default_rng([seed, SAMPLE_STREAM, step]), or None when there is
+        none to show (a prefix without tokens, a model without finite outputs)."""
         cfg = self.config
+        temperature = cfg.sample_temperature
         try:
             with self.threads.one_row():
                 return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
-                                     level=cfg.level, preprocess=cfg.preprocess, greedy=True).text
+                                     level=cfg.level, preprocess=cfg.preprocess, temperature=temperature or 1.0,
+                                     greedy=temperature == 0,
+                                     seed=[cfg.seed, SAMPLE_STREAM, self.progress.step]).text
         except CharrnnError:
             return None
 
@@ -341,6 +375,7 @@ class Run:
                 "train_tokens": len(self.train_data), "val_tokens": len(self.val_data),
                 "vocab_size": len(self.vocab),
                 "num_params": sum(v.size for v in self.model.params.values()),
+                "baselines": self.baselines,
                 "threads": self.threads.describe()}
 
     def result(self, reason, message):
@@ -356,4 +391,4 @@ class Run:
             wall_time=time.perf_counter() - self.session_start,
             checkpoint=checkpoint if checkpoint.is_file() else None,
             checkpoint_step=self.checkpoint_step, message=message, model=self.model, vocab=self.vocab,
-            config=cfg)
+            config=cfg, baselines=self.baselines)

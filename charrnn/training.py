@@ -15,6 +15,8 @@ import numpy as np
 # charrnn.training also offers the names of the run's files, config and checkpoints it uses
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
                          check_vocab_fits, checkpoint_path, data_sha1, load_checkpoint, model_spec, save_checkpoint)
+from .baselines import ngram_baselines
+from .cells import init_output_bias
 from .config import (BUDGET_FIELDS, DEFAULT_EPOCHS, DEFAULT_SAMPLE_PREFIXES, MATHS_FIELDS,  # noqa: F401
                      ConfigError, TrainConfig)
 from .data import SAMPLERS, split_corpus
@@ -63,7 +65,10 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     with RunLock(out_dir):
         refuse_existing_run(out_dir)  # again: another process may have started one meanwhile
         remove_stale_temporaries(out_dir)
+        baselines = ngram_baselines(train_data, val_data, len(vocab))
         model = grown_model(parent.model, len(vocab), config.seed) if parent else RNNLM(**spec, seed=config.seed)
+        if not parent and config.output_bias == "unigram":
+            init_output_bias(model.params, baselines.log_unigram)
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         vocab.save(out_dir / VOCAB)
         save_json(out_dir / CONFIG, asdict(config))
@@ -72,7 +77,8 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
         truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
         dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id)
+                  reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id,
+                  baselines=baselines)
         run.save(CHECKPOINT)
         return run.start(resumed=False, threads=threads)
 
@@ -101,7 +107,8 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
         if dropout_rng is None:
             dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id)
+                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id,
+                  baselines=ngram_baselines(train_data, val_data, len(vocab)))
         saved_id = ckpt.meta.get("data_sha1")  # a run from before token stores saved data_sha1's
         if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and saved_id != data_sha1(train_data)):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
