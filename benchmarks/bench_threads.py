@@ -47,7 +47,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from charrnn.threads import THREAD_VARIABLES
+from charrnn.runtime.threads import THREAD_VARIABLES
 
 CONFIGS = {"rnn256": [], "rnn1024": ["--num-hiddens", "1024"],
            "lstm512": ["--cell", "lstm", "--num-hiddens", "512"]}

@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from charrnn import model as model_module
-from charrnn import training
-from charrnn.cells import TINY_DELTA, flush_tiny
-from charrnn.data import seq_data_iter_sequential
-from charrnn.threads import blas_threads
+from charrnn.nn import model as model_module
+from charrnn.training import start as training
+from charrnn.nn.cells import TINY_DELTA, flush_tiny
+from charrnn.data.corpus import seq_data_iter_sequential
+from charrnn.runtime.threads import blas_threads
 
 
 def main():

@@ -47,14 +47,14 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.data import load_corpus, read_text, seq_data_iter_sequential, split_corpus
-from charrnn.evaluate import contiguous_batches, mean_loss
-from charrnn.export import TORCH_MODULES
-from charrnn.model import RNNLM
-from charrnn.optim import clip_grad_norm, make_optimizer
-from charrnn.recompute import loss_and_grads_auto
-from charrnn.sample import sample_text
-from charrnn.threads import THREAD_VARIABLES
+from charrnn.data.corpus import load_corpus, read_text, seq_data_iter_sequential, split_corpus
+from charrnn.infer.evaluate import contiguous_batches, mean_loss
+from charrnn.infer.export import TORCH_MODULES
+from charrnn.nn.model import RNNLM
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
+from charrnn.nn.recompute import loss_and_grads_auto
+from charrnn.infer.sample import sample_text
+from charrnn.runtime.threads import THREAD_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE, NUM_STEPS, LR, CLIP = 32, 35, 1.0, 1.0

@@ -10,7 +10,7 @@ members). For each it reports:
 - cli s, cli MB: wall time and peak resident set size (wait4's ru_maxrss) of `charrnn sample
   FILE`, a real process; the baseline rows are `charrnn --version` (start-up alone) and a
   sample of the untouched checkpoint;
-- load ms, load MB: charrnn.checkpoint.load_checkpoint in this process, and the peak of what
+- load ms, load MB: charrnn.training.checkpoint.load_checkpoint in this process, and the peak of what
   Python and NumPy allocated during it (tracemalloc);
 - the first words of the refusal.
 
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.checkpoint import CHECKPOINT, load_checkpoint
-from charrnn.errors import CharrnnError
-from charrnn.io import META_KEY, load_npz
+from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import META_KEY, load_npz
 
 
 def write_npz(path, arrays, meta):

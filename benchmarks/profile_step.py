@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from charrnn.data import load_corpus, seq_data_iter_sequential
-from charrnn.model import RNNLM, path_scales
-from charrnn.optim import clip_grad_norm, make_optimizer
+from charrnn.data.corpus import load_corpus, seq_data_iter_sequential
+from charrnn.nn.model import RNNLM, path_scales
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
 
 BATCH_SIZE, NUM_STEPS = 32, 35
 

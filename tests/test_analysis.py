@@ -7,13 +7,13 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import training
-from charrnn.analysis import (analysis_window, analyze, flat_grad, hidden_grad_norms, jacobian_norms,
+from charrnn.training import start as training
+from charrnn.analysis.gradients import (analysis_window, analyze, flat_grad, hidden_grad_norms, jacobian_norms,
                               recurrence_spectrum, truncation_error)
-from charrnn.data import load_corpus
-from charrnn.errors import CharrnnError
-from charrnn.model import RNNLM
-from charrnn.plot import check_plot_path, sparkline
+from charrnn.data.corpus import load_corpus
+from charrnn.base.errors import CharrnnError
+from charrnn.nn.model import RNNLM
+from charrnn.analysis.plot import check_plot_path, sparkline
 
 V, H, B, T = 5, 4, 2, 7
 

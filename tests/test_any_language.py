@@ -6,11 +6,11 @@ import warnings
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn.config import TrainConfig
-from charrnn.data import default_preprocess, dropped_letters, load_corpus, read_text
-from charrnn.errors import CharrnnWarning
-from charrnn.sample import next_token_probs, sample_text
+from charrnn.training import start as training
+from charrnn.training.config import TrainConfig
+from charrnn.data.corpus import default_preprocess, dropped_letters, load_corpus, read_text
+from charrnn.base.errors import CharrnnWarning
+from charrnn.infer.sample import next_token_probs, sample_text
 from test_cli import assert_ok, invoke
 
 RUSSIAN = "Мальчик читает книгу, а девочка пишет письмо. Ёжик спит в лесу; time идёт.\n" * 40

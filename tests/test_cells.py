@@ -3,15 +3,15 @@ state, recomputation, the state format and the parameter layout."""
 import numpy as np
 import pytest
 
-from charrnn.cells import CELLS, TINY_DELTA, flush_tiny
-from charrnn.checkpoint import load_model, save_model
-from charrnn.errors import CharrnnError
-from charrnn.io import load_npz, save_npz
-from charrnn.gradcheck import FD_TOLERANCE, run_gradcheck
-from charrnn import model as model_module
-from charrnn.model import RNNLM
-from charrnn.recompute import loss_and_grads_recompute
-from charrnn.sample import stepper
+from charrnn.nn.cells import CELLS, TINY_DELTA, flush_tiny
+from charrnn.training.checkpoint import load_model, save_model
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import load_npz, save_npz
+from charrnn.analysis.gradcheck import FD_TOLERANCE, run_gradcheck
+from charrnn.nn import model as model_module
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import loss_and_grads_recompute
+from charrnn.infer.sample import stepper
 from test_recompute import peak_bytes
 
 V, H, B, T = 7, 5, 3, 8
@@ -452,7 +452,7 @@ def test_a_file_of_one_network_never_loads_as_another(tmp_path, saved, claimed):
 def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monkeypatch):
     """forward_loss makes no backward buffers, and runs a window in chunks small enough for
     FORWARD_MEMORY_BUDGET: the same loss and state as in one piece."""
-    from charrnn import model as model_module
+    from charrnn.nn import model as model_module
     made = []
 
     def recorded(model, batch_size, num_steps):
@@ -475,7 +475,7 @@ def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monk
 def test_recomputation_holds_a_fraction_of_stored_bptt_for_a_gated_stack():
     """O(√T) memory for the LSTM too: the peak allocation of a recomputing pass over 2,048 steps
     is a small fraction of the stored pass's, which holds what bptt_memory_bytes predicts."""
-    from charrnn.recompute import bptt_memory_bytes
+    from charrnn.nn.recompute import bptt_memory_bytes
 
     rng = np.random.default_rng(0)
     X, Y = rng.integers(0, 20, (2, 2, 2048))

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import training
-from charrnn.gradcheck import run_gradcheck
+from charrnn.training import start as training
+from charrnn.analysis.gradcheck import run_gradcheck
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10"]

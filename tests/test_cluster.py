@@ -1,4 +1,4 @@
-"""Sweeps on a real Dask distributed cluster (charrnn.cluster, the extra `cluster`): a LocalCluster of
+"""Sweeps on a real Dask distributed cluster (charrnn.experiments.cluster, the extra `cluster`): a LocalCluster of
 two worker processes on the loopback address, a shared directory."""
 import os
 import signal
@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from charrnn import training
-from charrnn.cluster import DaskBackend, connect, run_on_worker
-from charrnn.compare import compare, plan
-from charrnn.errors import CharrnnError
-from charrnn.runs import run_state
+from charrnn.training import start as training
+from charrnn.experiments.cluster import DaskBackend, connect, run_on_worker
+from charrnn.experiments.compare import compare, plan
+from charrnn.base.errors import CharrnnError
+from charrnn.experiments.runs import run_state
 from test_cli import assert_error
 from test_compare import Log, TINY_CLI, assert_same_arrays, interrupt, invoke, tiny_config
 

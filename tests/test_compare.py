@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn.compare import compare, default_out_dir, plan, run_name
-from charrnn.errors import CharrnnError
-from charrnn.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state
-from charrnn.stats import paired_difference
-from charrnn.sweep import SweepReporter
+from charrnn.training import start as training
+from charrnn.experiments.compare import compare, default_out_dir, plan, run_name
+from charrnn.base.errors import CharrnnError
+from charrnn.experiments.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state
+from charrnn.experiments.stats import paired_difference
+from charrnn.experiments.sweep import SweepReporter
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import config as config_module
-from charrnn import training
+from charrnn.training import config as config_module
+from charrnn.training import start as training
 from charrnn.cli.options import per_cell_default
-from charrnn.config import CELL_DEFAULTS, TrainConfig
-from charrnn.io import load_npz, save_npz
+from charrnn.training.config import CELL_DEFAULTS, TrainConfig
+from charrnn.base.io import load_npz, save_npz
 
 PER_CELL = ("num_hiddens", "num_layers", "dropout", "lr")
 TINY = dict(batch_size=4, num_steps=8, eval_every=10**9, sample_length=0)

@@ -1,4 +1,4 @@
-"""Tests of charrnn.data: corpus files, preprocessing, tokens, Vocab and the samplers."""
+"""Tests of charrnn.data.corpus: corpus files, preprocessing, tokens, Vocab and the samplers."""
 import hashlib
 import json
 import re
@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from charrnn import data, samplers
-from charrnn.data import (
+from charrnn.data import corpus as data
+from charrnn.data import samplers
+from charrnn.data.corpus import (
     Vocab, count_tokens, load_corpus, num_minibatches, preprocess_text, read_text,
     seq_data_iter_random, seq_data_iter_sequential, split_corpus, tokenize,
 )
-from charrnn.errors import CharrnnError, CharrnnWarning
+from charrnn.base.errors import CharrnnError, CharrnnWarning
 
 SAMPLERS = [seq_data_iter_random, seq_data_iter_sequential]
 
@@ -479,7 +480,7 @@ def test_random_sampler_beyond_the_in_memory_shuffle_keeps_its_properties(args):
 
 
 def test_contiguous_batches_of_a_memory_map_through_an_id_map(tmp_path):
-    from charrnn.evaluate import contiguous_batches
+    from charrnn.infer.evaluate import contiguous_batches
     ids = np.random.default_rng(2).integers(0, 5, size=999).astype(np.uint8)
     ids.tofile(tmp_path / "ids")
     mapped = np.memmap(tmp_path / "ids", dtype=np.uint8, mode="r")

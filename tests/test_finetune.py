@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn.evaluate import mean_loss, perplexity
-from charrnn.config import TrainConfig
-from charrnn.finetune import PARENT, finetune_config, grown_model
-from charrnn.model import RNNLM
+from charrnn.training import start as training
+from charrnn.infer.evaluate import mean_loss, perplexity
+from charrnn.training.config import TrainConfig
+from charrnn.training.finetune import PARENT, finetune_config, grown_model
+from charrnn.nn.model import RNNLM
 from test_cli import assert_error, assert_ok, invoke
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)

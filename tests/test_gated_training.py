@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import training
-from charrnn.checkpoint import load_model
+from charrnn.training import start as training
+from charrnn.training.checkpoint import load_model
 from test_train import assert_same_checkpoints
 
 TINY = dict(num_hiddens=10, batch_size=4, num_steps=8, eval_every=300, sample_length=10)

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from charrnn import model as model_module
-from charrnn.errors import CharrnnError
-from charrnn.gradcheck import (FD_TOLERANCE, REL_ERR_FLOOR, GradcheckReport, errors,
+from charrnn.nn import model as model_module
+from charrnn.base.errors import CharrnnError
+from charrnn.analysis.gradcheck import (FD_TOLERANCE, REL_ERR_FLOOR, GradcheckReport, errors,
                                finite_difference_grads, make_problem, pick_entries,
                                run_gradcheck)
-from charrnn.model import CUT, KEEP, PARAM_NAMES, RNNLM, parse_truncation
+from charrnn.nn.model import CUT, KEEP, PARAM_NAMES, RNNLM, parse_truncation
 
 
 def checks(report):

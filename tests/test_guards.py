@@ -15,14 +15,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from charrnn import io as charrnn_io
-from charrnn import memory
-from charrnn import training
-from charrnn import run as training_loop
+from charrnn.base import io as charrnn_io
+from charrnn.training import memory
+from charrnn.training import start as training
+from charrnn.training import loop as training_loop
 from charrnn.cli import inspection
 from charrnn.cli.render import escape_controls
-from charrnn.io import load_npz, save_npz, temporary_path
-from charrnn.lock import LOCK_FILE, RunLock
+from charrnn.base.io import load_npz, save_npz, temporary_path
+from charrnn.runtime.lock import LOCK_FILE, RunLock
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_reliability import TINY, snapshot, train_process, wait_for
 
@@ -68,7 +68,7 @@ def test_the_lock_refuses_a_new_run_before_any_file_is_written(tmp_path, text_fi
     refused naming it, and writes nothing; the lock dies with its holder."""
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from charrnn.lock import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from charrnn.runtime.lock import RunLock\n"
                                f"with RunLock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -216,7 +216,7 @@ def test_randomized_truncation_whose_inverse_overflows_is_a_usage_error(tmp_path
 
 
 def test_an_edited_validation_text_is_not_resumed(tmp_path, text_file):
-    """A checkpoint names its text by the SHA-1 of all its token ids (charrnn.store), both splits."""
+    """A checkpoint names its text by the SHA-1 of all its token ids (charrnn.data.store), both splits."""
     text = tmp_path / "text.txt"
     shutil.copy(text_file, text)
     out = tmp_path / "run"

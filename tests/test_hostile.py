@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import io as charrnn_io
-from charrnn import training
-from charrnn.errors import CharrnnError, CharrnnWarning
-from charrnn.io import META_KEY, load_npz
-from charrnn.sample import sample_text
+from charrnn.base import io as charrnn_io
+from charrnn.training import start as training
+from charrnn.base.errors import CharrnnError, CharrnnWarning
+from charrnn.base.io import META_KEY, load_npz
+from charrnn.infer.sample import sample_text
 from test_cli import assert_error, assert_ok, invoke
 
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10",

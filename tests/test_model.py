@@ -5,12 +5,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from charrnn import model as model_module
-from charrnn.checkpoint import load_model, load_model_with_extras, save_model
-from charrnn.errors import CharrnnError
-from charrnn.io import load_npz, save_npz
-from charrnn.model import PARAM_NAMES, RNNLM, parse_truncation
-from charrnn.sample import stepper
+from charrnn.nn import model as model_module
+from charrnn.training.checkpoint import load_model, load_model_with_extras, save_model
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import load_npz, save_npz
+from charrnn.nn.model import PARAM_NAMES, RNNLM, parse_truncation
+from charrnn.infer.sample import stepper
 
 V, H, B, T = 7, 5, 3, 9
 

@@ -41,6 +41,6 @@ def test_importing_charrnn_loads_nothing_else_and_every_export_resolves():
     assert loaded.strip() == "[]"
     for name in charrnn.__all__:
         assert getattr(charrnn, name) is not None, name
-    assert charrnn.train is charrnn.training.train and charrnn.resume is charrnn.training.resume
+    assert charrnn.train is charrnn.training.start.train and charrnn.resume is charrnn.training.start.resume
     with pytest.raises(AttributeError):
         charrnn.no_such_name

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn import recompute
-from charrnn import training
-from charrnn.errors import CharrnnError
-from charrnn.model import RNNLM
-from charrnn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
+from charrnn.nn import recompute
+from charrnn.training import start as training
+from charrnn.base.errors import CharrnnError
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
                                default_segment_steps, loss_and_grads_auto, loss_and_grads_recompute,
                                segment_bounds)
 
@@ -170,7 +170,7 @@ def test_auto_stores_within_the_budget_and_recomputes_beyond():
 
 
 def test_training_with_recomputation_follows_the_stored_run(tmp_path, monkeypatch):
-    """charrnn.training.train with bptt_memory "recompute" takes the same steps as "store", to round-off."""
+    """charrnn.training.start.train with bptt_memory "recompute" takes the same steps as "store", to round-off."""
     calls = []
 
     def counted(*args, **kwargs):

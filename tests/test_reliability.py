@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 
 from charrnn import cli
-from charrnn import data
-from charrnn import io as charrnn_io
-from charrnn import outdir
-from charrnn import training
-from charrnn import run as training_loop
-from charrnn.errors import CharrnnError
-from charrnn.io import load_npz, save_npz
-from charrnn.lock import LOCK_FILE
+from charrnn.data import corpus as data
+from charrnn.base import io as charrnn_io
+from charrnn.training import outdir
+from charrnn.training import start as training
+from charrnn.training import loop as training_loop
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import load_npz, save_npz
+from charrnn.runtime.lock import LOCK_FILE
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_train import assert_same_run
 

@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from charrnn import training
-from charrnn.checkpoint import Progress
-from charrnn.config import TrainConfig
-from charrnn.io import load_npz, save_npz
-from charrnn.schedule import budget_fraction, learning_rate
+from charrnn.training import start as training
+from charrnn.training.checkpoint import Progress
+from charrnn.training.config import TrainConfig
+from charrnn.base.io import load_npz, save_npz
+from charrnn.training.schedule import budget_fraction, learning_rate
 
 
 def cfg(**changes):

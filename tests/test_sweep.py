@@ -1,4 +1,4 @@
-"""Runs in local worker processes (charrnn.sweep.ProcessBackend): bit-identical to runs alone,
+"""Runs in local worker processes (charrnn.experiments.sweep.ProcessBackend): bit-identical to runs alone,
 workers killed under a run, Ctrl-C. Tiny models; the runs that must be caught in flight are long."""
 import os
 import signal
@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from charrnn import training
-from charrnn.compare import compare, plan
-from charrnn.runs import run_state
-from charrnn.sweep import ProcessBackend, SerialBackend
+from charrnn.training import start as training
+from charrnn.experiments.compare import compare, plan
+from charrnn.experiments.runs import run_state
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend
 from test_compare import Log, assert_same_arrays, tiny_config
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")

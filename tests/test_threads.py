@@ -8,9 +8,11 @@ import pytest
 from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
-from charrnn import cli, threads, training
-from charrnn.errors import CharrnnError
-from charrnn.threads import (AUTO, THREAD_VARIABLES, MachineWatch, Threads, available_cores, blas_thread_counts,
+from charrnn import cli
+from charrnn.runtime import threads
+from charrnn.training import start as training
+from charrnn.base.errors import CharrnnError
+from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, MachineWatch, Threads, available_cores, blas_thread_counts,
                              blas_threads, cgroup_quota, check_threads, default_threads, share)
 from test_train import InterruptAt, assert_same_checkpoints, config, text_file  # noqa: F401  (a fixture)
 

@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn import run as training_loop
-from charrnn.data import Vocab
-from charrnn.checkpoint import save_model
-from charrnn.errors import CharrnnError, CharrnnWarning
-from charrnn.evaluate import contiguous_batches, mean_loss
-from charrnn.model import RNNLM
-from charrnn.sample import continue_text, generate, sample_text
+from charrnn.training import start as training
+from charrnn.training import loop as training_loop
+from charrnn.data.corpus import Vocab
+from charrnn.training.checkpoint import save_model
+from charrnn.base.errors import CharrnnError, CharrnnWarning
+from charrnn.infer.evaluate import contiguous_batches, mean_loss
+from charrnn.nn.model import RNNLM
+from charrnn.infer.sample import continue_text, generate, sample_text
 
 TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 TIME_FIELDS = ("elapsed", "tokens_per_s", "step_tokens_per_s", "threads")  # of the machine, not the maths

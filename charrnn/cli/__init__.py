@@ -21,14 +21,14 @@ import warnings
 import click
 import numpy as np
 
-from ..errors import CharrnnError
-from ..threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
-from .exporting import export
-from .inspection import analyze, corpus, evaluate, gradcheck, sample
-from .plotting import plot
-from .options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
-from .render import charrnn_warnings, one_line, quiet_stdout
-from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
+from charrnn.base.errors import CharrnnError
+from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
+from charrnn.cli.exporting import export
+from charrnn.cli.inspection import analyze, corpus, evaluate, gradcheck, sample
+from charrnn.cli.plotting import plot
+from charrnn.cli.options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
+from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
+from charrnn.cli.training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
