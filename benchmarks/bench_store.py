@@ -81,9 +81,11 @@ def child(args) -> dict:
         return {"seconds": seconds, "tokens": len(store), "vocab": len(store.vocab),
                 "dtype": str(store.ids.dtype), "store_bytes": store.nbytes, **rss()}
     from charrnn.training import start as training
+    from charrnn.training.config import TrainConfig
+    from charrnn.training.loop import Reporter
     first_step, started = [], []
 
-    class Timer(training.Reporter):
+    class Timer(Reporter):
         def on_start(self, info):
             started.append(time.time() - launched)
 
@@ -93,7 +95,7 @@ def child(args) -> dict:
                 first_step.append((time.time() - launched, now, stats["tokens"]))
             self.last = (now, stats["tokens"])
     timer = Timer()
-    config = training.TrainConfig(corpus=args.text, level="char", preprocess=args.preprocess,
+    config = TrainConfig(corpus=args.text, level="char", preprocess=args.preprocess,
                                   num_hiddens=args.hidden, max_tokens=args.train_tokens,
                                   val_fraction=args.val_fraction, eval_every=10**12, sample_length=0)
     from charrnn.runtime.threads import blas_threads

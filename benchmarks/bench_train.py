@@ -47,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.data.corpus import load_corpus, read_text, seq_data_iter_sequential, split_corpus
+from charrnn.data.corpus import load_corpus, read_text
+from charrnn.data.samplers import seq_data_iter_sequential, split_corpus
 from charrnn.infer.evaluate import contiguous_batches, mean_loss
 from charrnn.infer.export import TORCH_MODULES
 from charrnn.nn.model import RNNLM

@@ -22,8 +22,10 @@ import textwrap
 
 import numpy as np
 
-from charrnn.data.corpus import load_corpus, seq_data_iter_sequential
-from charrnn.nn.model import RNNLM, path_scales
+from charrnn.data.corpus import load_corpus
+from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.nn.model import RNNLM
+from charrnn.nn.truncation import path_scales
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
 from profile_step import fastest_ms
 

@@ -20,8 +20,9 @@ filters, no files).
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "data.corpus": ("read_text", "preprocess_text", "load_corpus", "split_corpus", "Vocab",
-                    "seq_data_iter_random", "seq_data_iter_sequential", "SAMPLERS"),
+    "data.corpus": ("read_text", "load_corpus", "Vocab"),
+    "data.text": ("preprocess_text",),
+    "data.samplers": ("split_corpus", "seq_data_iter_random", "seq_data_iter_sequential", "SAMPLERS"),
     "nn.model": ("RNNLM",),
     "nn.optim": ("SGD", "Adagrad", "Adam", "make_optimizer", "clip_grad_norm"),
     "training.config": ("TrainConfig",),

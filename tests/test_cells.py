@@ -12,6 +12,7 @@ from charrnn.nn import model as model_module
 from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import loss_and_grads_recompute
 from charrnn.infer.sample import stepper
+from charrnn.nn.workspace import Workspace
 from test_recompute import peak_bytes
 
 V, H, B, T = 7, 5, 3, 8
@@ -456,13 +457,13 @@ def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monk
     made = []
 
     def recorded(model, batch_size, num_steps):
-        made.append(model_module.Workspace(model, batch_size, num_steps))
+        made.append(Workspace(model, batch_size, num_steps))
         return made[-1]
 
     m = scaled_model("lstm", 2)
     X, Y = batch(num_steps=40)
     whole = m.forward_loss(X, Y)
-    per_step = model_module.Workspace.forward_bytes_per_step(m, B)
+    per_step = Workspace.forward_bytes_per_step(m, B)
     monkeypatch.setattr(model_module, "FORWARD_MEMORY_BUDGET", 7 * per_step)
     monkeypatch.setattr(model_module.RNNLM, "_forward_workspace", recorded)
     chunked = m.forward_loss(X, Y)

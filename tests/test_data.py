@@ -12,11 +12,12 @@ from hypothesis import given, settings, strategies as st
 
 from charrnn.data import corpus as data
 from charrnn.data import samplers
-from charrnn.data.corpus import (
-    Vocab, count_tokens, load_corpus, num_minibatches, preprocess_text, read_text,
-    seq_data_iter_random, seq_data_iter_sequential, split_corpus, tokenize,
-)
+from charrnn.data.corpus import Vocab, count_tokens, load_corpus, read_text, tokenize
+from charrnn.data.samplers import (num_minibatches, seq_data_iter_random, seq_data_iter_sequential,
+                                   split_corpus)
+from charrnn.data.text import preprocess_text
 from charrnn.base.errors import CharrnnError, CharrnnWarning
+from charrnn.data.samplers import KeyedPermutation
 
 SAMPLERS = [seq_data_iter_random, seq_data_iter_sequential]
 
@@ -454,11 +455,11 @@ def test_samplers_read_a_memory_map_of_narrow_ids_as_int32(tmp_path, sampler):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 1000, 4099])
 def test_keyed_permutation_is_a_permutation(n):
-    order = data.KeyedPermutation(n, np.random.default_rng(n))
+    order = KeyedPermutation(n, np.random.default_rng(n))
     values = np.concatenate([order.take(slice(start, start + 5)) for start in range(0, n, 5)])
     assert sorted(values.tolist()) == list(range(n))
     if n >= 16:
-        other = data.KeyedPermutation(n, np.random.default_rng(n + 1)).take(slice(0, n))
+        other = KeyedPermutation(n, np.random.default_rng(n + 1)).take(slice(0, n))
         assert not np.array_equal(values, other) and not np.array_equal(values, np.arange(n))
 
 

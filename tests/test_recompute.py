@@ -13,6 +13,8 @@ from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
                                default_segment_steps, loss_and_grads_auto, loss_and_grads_recompute,
                                segment_bounds)
+from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.config import ConfigError, TrainConfig
 
 V, H = 6, 5
 
@@ -182,17 +184,17 @@ def test_training_with_recomputation_follows_the_stored_run(tmp_path, monkeypatc
     text.write_text(" ".join(np.random.default_rng(1).choice(["time", "machine", "past", "go"], 300)))
     runs = {}
     for mode in ("store", "recompute"):
-        config = training.TrainConfig(corpus=str(text), num_hiddens=8, batch_size=2, num_steps=40,
+        config = TrainConfig(corpus=str(text), num_hiddens=8, batch_size=2, num_steps=40,
                                       dtype="float64", truncation="randomized:0.5", max_tokens=800,
                                       eval_every=10_000, sample_length=0, bptt_memory=mode)
         runs[mode] = training.train(config, tmp_path / mode)
     assert calls == ["randomized:0.5"] * 10  # every step of the second run, none of the first
-    stored, recomputed = (training.load_checkpoint(runs[m].out_dir / training.CHECKPOINT) for m in runs)
+    stored, recomputed = (load_checkpoint(runs[m].out_dir / CHECKPOINT) for m in runs)
     assert recomputed.config.bptt_memory == "recompute"
     for name, value in stored.model.params.items():
         np.testing.assert_allclose(recomputed.model.params[name], value, rtol=1e-9, atol=1e-12)
     assert runs["recompute"].val_ppl == pytest.approx(runs["store"].val_ppl, rel=1e-9)
-    with pytest.raises(training.ConfigError, match="bptt_memory"):
-        training.TrainConfig(bptt_memory="never")
-    with pytest.raises(training.ConfigError, match="bptt_memory_budget"):
-        training.TrainConfig(bptt_memory_budget=0)
+    with pytest.raises(ConfigError, match="bptt_memory"):
+        TrainConfig(bptt_memory="never")
+    with pytest.raises(ConfigError, match="bptt_memory_budget"):
+        TrainConfig(bptt_memory_budget=0)

@@ -22,6 +22,8 @@ from charrnn.data.corpus import load_corpus
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.data.store import open_store, read_store
 from charrnn.data.stream import IdFile
+from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.config import TrainConfig
 
 LEVELS_AND_MODES = [("char", "d2l"), ("char", "raw"), ("word", "d2l"), ("word", "raw")]
 
@@ -351,7 +353,7 @@ def invoke(*args):
 def test_training_reads_views_of_the_memory_map_not_int32_copies(tmp_path, write_words):
     from charrnn.training import start as training
     path = write_words(tmp_path / "w.txt", 300, seed=1)
-    config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4)
+    config = TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4)
     train, val, vocab, data_id = training.load_data(config, None, cache_dir=tmp_path / "c")
     store = open_store(path, cache_dir=tmp_path / "c")
     for split in (train, val):
@@ -372,12 +374,11 @@ def test_corpus_command_reports_where_the_store_is(tmp_path, write_words):
 
 
 def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, write_words):
-    from charrnn.training import start as training
     path = write_words(tmp_path / "w.txt", 400, seed=3)
     run = tmp_path / "run"
     invoke("train", path, "--level", "word", "--max-vocab", "5", "--min-freq", "2", *TINY_RUN,
            "--max-tokens", "64", "--out", run, "--cache-dir", tmp_path / "c")
-    ckpt = training.load_checkpoint(run / training.CHECKPOINT)
+    ckpt = load_checkpoint(run / CHECKPOINT)
     assert len(ckpt.vocab) == 6 and ckpt.config.max_vocab == 5 and ckpt.config.min_freq == 2
     assert ckpt.model.params["W_hq"].shape == (8, 6)
     invoke("train", "--resume", run, "--max-tokens", "128", "--cache-dir", tmp_path / "c")
@@ -393,10 +394,10 @@ def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_word
     from charrnn.training.checkpoint import data_sha1
     from charrnn.base.io import load_npz, save_npz
     path = write_words(tmp_path / "w.txt", 300, seed=4)
-    config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4,
+    config = TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4,
                                   max_tokens=32, sample_length=5)
     training.train(config, tmp_path / "run", cache_dir=tmp_path / "c")
-    checkpoint = tmp_path / "run" / training.CHECKPOINT
+    checkpoint = tmp_path / "run" / CHECKPOINT
     arrays, meta = load_npz(checkpoint)
     train_ids = training.load_data(config, None, cache_dir=tmp_path / "c")[0]
     for saved, resumes in [(data_sha1(train_ids), True), ("0" * 40, False)]:

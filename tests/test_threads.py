@@ -14,6 +14,7 @@ from charrnn.training import start as training
 from charrnn.base.errors import CharrnnError
 from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, MachineWatch, Threads, available_cores, blas_thread_counts,
                              blas_threads, cgroup_quota, check_threads, default_threads, share)
+from charrnn.training.loop import Reporter
 from test_train import InterruptAt, assert_same_checkpoints, config, text_file  # noqa: F401  (a fixture)
 
 NO_THREAD_VARIABLES = dict.fromkeys(THREAD_VARIABLES)  # CliRunner's env: None unsets
@@ -203,7 +204,7 @@ def test_compare_workers_split_the_cores_between_them(monkeypatch, setting, jobs
 
 # ---------------------------------------------------------------- no count changes a number
 
-class ThreadLog(training.Reporter):
+class ThreadLog(Reporter):
     def __init__(self):
         self.counts = []
 

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from charrnn.base.checks import check_int
-from charrnn.nn.model import RNNLM, parse_truncation
+from charrnn.nn.model import RNNLM
+from charrnn.nn.truncation import parse_truncation
 
 FD_STEP = 1e-3
 FD_TOLERANCE = 1e-6  # max relative error against finite differences

@@ -29,7 +29,7 @@ import numpy as np
 from charrnn.base.checks import check_int
 from charrnn.base.errors import CharrnnError
 from charrnn.analysis.jacobians import Recurrence, state_grads
-from charrnn.nn.model import parse_truncation
+from charrnn.nn.truncation import parse_truncation
 
 DEFAULT_WINDOW = 100
 DEFAULT_REGULAR_STEPS = 10

@@ -26,9 +26,9 @@ from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, 
 from charrnn.cli.exporting import export
 from charrnn.cli.inspection import analyze, corpus, evaluate, gradcheck, sample
 from charrnn.cli.plotting import plot
-from charrnn.cli.options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
+from charrnn.cli.options import ThreadCount
 from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
-from charrnn.cli.training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
+from charrnn.cli.training import compare, train
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")

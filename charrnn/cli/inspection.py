@@ -14,7 +14,8 @@ from charrnn.data.corpus import default_preprocess
 from charrnn.base.errors import CharrnnError
 from charrnn.infer.evaluate import evaluate_text
 from charrnn.analysis.gradcheck import run_gradcheck
-from charrnn.nn.model import RNNLM, network_problem
+from charrnn.nn.model import RNNLM
+from charrnn.nn.cells import network_problem
 from charrnn.analysis.plot import check_plot_path, plot_analyses, plot_analysis
 from charrnn.infer.sample import next_token_probs, sample_text
 from charrnn.data.store import open_store

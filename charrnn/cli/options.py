@@ -12,9 +12,13 @@ from click.core import ParameterSource
 
 from charrnn.analysis import gradients as analysis
 from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
-from charrnn.data.corpus import LEVELS, PREPROCESS_MODES, SAMPLERS
+from charrnn.data.corpus import LEVELS
+from charrnn.data.text import PREPROCESS_MODES
+from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
-from charrnn.nn.model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
+from charrnn.nn.cells import ACTIVATIONS, CELLS
+from charrnn.nn.model import DTYPES
+from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import BPTT_MEMORY_MODES
 from charrnn.training.schedule import LR_SCHEDULES

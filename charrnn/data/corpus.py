@@ -33,11 +33,8 @@ from charrnn.base.errors import CharrnnError
 from charrnn.base.io import save_json, write_atomic
 # the text rules live in charrnn.data.text, the samplers in charrnn.data.samplers; charrnn.data.corpus offers
 # them too, as it always has
-from charrnn.data.text import (BOM, PREPROCESS_MODES, blank_text_error, check_no_nul, check_text_head,  # noqa: F401
-                   dropped_letters, letters_among, not_utf8_error, preprocess_d2l_bytes, preprocess_text,
-                   universal_newlines, warn_dropped_letters, warn_if_letters_dropped)
-from charrnn.data.samplers import (SAMPLERS, KeyedPermutation, num_minibatches, seq_data_iter_random,  # noqa: F401
-                       seq_data_iter_sequential, split_corpus)
+from charrnn.data.text import (BOM, PREPROCESS_MODES, blank_text_error, check_text_head, not_utf8_error,
+                               preprocess_text, universal_newlines, warn_dropped_letters)
 
 SOURCE_CORPORA = Path(__file__).resolve().parents[2] / "corpora"  # in a source checkout
 REGISTRY_FILENAME = "registry.json"

@@ -20,8 +20,10 @@ from charrnn.base.errors import CharrnnError
 from charrnn.base.io import save_json
 from charrnn.training.schedule import BUDGET_SCHEDULES
 from charrnn.runtime.threads import DEFAULT_THREADS
-from charrnn.training.start import (BUDGET_FIELDS, CHECKPOINT, METRICS, MATHS_FIELDS, Reporter, TrainConfig, budget_reached,
-                    load_checkpoint, resume, train)
+from charrnn.training.config import BUDGET_FIELDS, MATHS_FIELDS, TrainConfig
+from charrnn.training.checkpoint import CHECKPOINT, METRICS, load_checkpoint
+from charrnn.training.loop import Reporter, budget_reached
+from charrnn.training.start import resume, train
 
 GRAD_NORMS = "grad_norms.json"  # running sum of the gradient norms, as of the checkpoint's step
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data.corpus import split_corpus
+from charrnn.data.samplers import split_corpus
 from charrnn.data.samplers import batches_per_release, memory_map_of, release_pages
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.model import EVAL_CHUNK_STEPS

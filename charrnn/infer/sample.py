@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data.corpus import preprocess_text
+from charrnn.data.text import preprocess_text
 from charrnn.nn.workspace import Workspace
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 

@@ -52,11 +52,11 @@ import copy
 
 import numpy as np
 
-from charrnn.nn.cells import (ACTIVATIONS, CELL_CLASSES, CELLS, flush_tiny, init_params, layer_suffix,  # noqa: F401
-                    network_problem, param_shapes, token_grads)
+from charrnn.nn.cells import (CELL_CLASSES, flush_tiny, init_params, layer_suffix, network_problem,
+                              param_shapes, token_grads)
 from charrnn.base.checks import check_int
 from charrnn.base.errors import CharrnnError
-from charrnn.nn.truncation import CUT, KEEP, parse_truncation, path_scales  # noqa: F401
+from charrnn.nn.truncation import CUT, KEEP, path_scales
 from charrnn.nn.workspace import Workspace, WorkingWeights
 
 DTYPES = ("float32", "float64")

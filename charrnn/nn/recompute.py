@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from charrnn.base.checks import check_choice, check_int
-from charrnn.nn.model import path_scales
+from charrnn.nn.truncation import path_scales
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of BPTT buffers above which "auto" recomputes

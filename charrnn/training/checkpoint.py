@@ -31,7 +31,8 @@ from charrnn.data.corpus import Vocab
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import NpzReader, save_npz
 from charrnn.training.memory import check_memory, param_bytes, param_shapes, state_shape
-from charrnn.nn.model import ACTIVATIONS, CELLS, DTYPES, RNNLM
+from charrnn.nn.cells import ACTIVATIONS, CELLS
+from charrnn.nn.model import DTYPES, RNNLM
 from charrnn.nn.optim import OPTIMIZERS, make_optimizer
 
 # the files of a run directory

@@ -11,9 +11,13 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from charrnn.base.checks import is_finite, is_integer, is_text
-from charrnn.data.corpus import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
+from charrnn.data.corpus import LEVELS, default_preprocess, expand_user
+from charrnn.data.text import PREPROCESS_MODES
+from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
-from charrnn.nn.model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
+from charrnn.nn.cells import ACTIVATIONS, CELLS, network_problem
+from charrnn.nn.model import DTYPES
+from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
 from charrnn.training.schedule import LR_SCHEDULES

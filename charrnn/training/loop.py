@@ -26,7 +26,9 @@ import numpy as np
 
 from charrnn.training.checkpoint import BEST, CHECKPOINT, METRICS, Progress, save_checkpoint
 from charrnn.training.config import BUDGET_FIELDS, TrainConfig
-from charrnn.data.corpus import SAMPLERS, Vocab, num_minibatches, preprocess_text
+from charrnn.data.samplers import SAMPLERS, num_minibatches
+from charrnn.data.corpus import Vocab
+from charrnn.data.text import preprocess_text
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.infer.evaluate import mean_loss, perplexity
 from charrnn.base.io import append_jsonl

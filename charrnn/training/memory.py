@@ -17,7 +17,8 @@ import numpy as np
 
 from charrnn.base.errors import CharrnnError
 from charrnn.infer.evaluate import EVAL_ROWS
-from charrnn.nn.model import CELL_CLASSES, EVAL_CHUNK_STEPS, RNNLM
+from charrnn.nn.cells import CELL_CLASSES
+from charrnn.nn.model import EVAL_CHUNK_STEPS, RNNLM
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import bptt_memory_bytes, choose_bptt_memory, default_segment_steps
 

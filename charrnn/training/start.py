@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-# charrnn.training.start also offers the names of the run's files, config and checkpoints it uses
-from charrnn.training.checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
-                         check_vocab_fits, checkpoint_path, data_sha1, load_checkpoint, model_spec, save_checkpoint)
-from charrnn.training.config import (BUDGET_FIELDS, DEFAULT_EPOCHS, DEFAULT_SAMPLE_PREFIXES, MATHS_FIELDS,  # noqa: F401
-                     ConfigError, TrainConfig)
-from charrnn.data.corpus import SAMPLERS, split_corpus
+from charrnn.training.checkpoint import (CHECKPOINT, CONFIG, METRICS, VOCAB, Progress, check_vocab_fits,
+                                         data_sha1, load_checkpoint, model_spec)
+from charrnn.training.config import DEFAULT_SAMPLE_PREFIXES, ConfigError
+from charrnn.data.samplers import SAMPLERS, split_corpus
 from charrnn.base.errors import CharrnnError
 from charrnn.training.finetune import PARENT, extend_vocab, grown_model, load_parent, parent_record
 from charrnn.base.io import remove_stale_temporaries, save_json
@@ -25,10 +23,9 @@ from charrnn.runtime.lock import RunLock
 from charrnn.training.memory import check_training_memory, checkpoint_bytes
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import make_optimizer
-from charrnn.training.outdir import (check_free_space, check_writable, default_out_dir, keep_metrics_until,  # noqa: F401
-                     last_good_checkpoint, prepare_out_dir, refuse_existing_run)
-from charrnn.training.loop import (DROPOUT_STREAM, MAX_SKIPPED_IN_A_ROW, SAMPLER_STREAM, TRUNCATION_STREAM,  # noqa: F401
-                  Reporter, Run, TrainResult, budget_reached)
+from charrnn.training.outdir import (check_free_space, check_writable, keep_metrics_until, prepare_out_dir,
+                                     refuse_existing_run)
+from charrnn.training.loop import DROPOUT_STREAM, TRUNCATION_STREAM, Reporter, Run
 from charrnn.infer.sample import text_prefix
 from charrnn.data.store import open_store
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads
