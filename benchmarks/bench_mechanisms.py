@@ -1,4 +1,4 @@
-"""Which way of using two cores trains fastest: the measurement behind `--threads auto` (issue 16).
+"""Which way of using two cores trains fastest: the measurement behind `--threads auto`.
 
 One minibatch of the default run's shape (batch 64, num_steps 32, float32, vocabulary 28):
 loss and gradients by BPTT (RNNLM.loss_and_grads), then clipping and an SGD step, in three ways:

@@ -1,6 +1,6 @@
 """Time and peak memory of full BPTT, storing every state (plain) vs recomputing from √T checkpoints.
 
-Workload (issue 6): windows of T = 1,000, 10,000 and 100,000 steps of the book, one row each
+Workload: windows of T = 1,000, 10,000 and 100,000 steps of the book, one row each
 (batch 1), hidden 256, float32, truncation "full". Each (mode, T) runs in a fresh subprocess,
 which reports:
 

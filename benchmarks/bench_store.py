@@ -1,4 +1,4 @@
-"""The token store at scale (issue 15): a generated UTF-8 text of --size bytes (default 2 GB).
+"""The token store at scale: a generated UTF-8 text of --size bytes (default 2 GB).
 
 Steps, each in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own:
 

@@ -1,4 +1,4 @@
-"""Speed of charrnn on this CPU, measured side by side with PyTorch's nn.RNN (issue 5).
+"""Speed of charrnn on this CPU, measured side by side with PyTorch's nn.RNN.
 
 Workload: the book at char level (vocab 28), batch 32, num_steps 35, float32, SGD (lr 1) with
 gradient clipping at 1, sequential sampling with the hidden state carried (detached in PyTorch).
@@ -350,7 +350,7 @@ def training_line(row) -> str:
 
 
 def goals(report) -> dict:
-    """Each goal of issue 5 that was measured -> met (bool)."""
+    """Each goal that was measured -> met (bool)."""
     met = {}
     for row in report.get("training", {}).get("rows", []):
         H = row["num_hiddens"]

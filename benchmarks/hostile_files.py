@@ -1,4 +1,4 @@
-"""Time and memory charrnn takes to refuse hostile checkpoints (issue 12: under 1 s, under 100 MB).
+"""Time and memory charrnn takes to refuse hostile checkpoints (under 1 s, under 100 MB).
 
 A tiny run is trained on the book (CHARRNN_DATA_DIR) into a temporary directory; from its
 checkpoint the script crafts the files of the issue (deeply nested JSON, numbers past a float,
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import META_KEY, load_npz
 

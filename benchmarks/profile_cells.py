@@ -1,4 +1,4 @@
-"""Where the time of one training step goes for each cell, phase by phase (issue 11's workload).
+"""Where the time of one training step goes for each cell, phase by phase.
 
 profile_step.py for every cell: times each piece of RNNLM.loss_and_grads (one layer, batch 32 x
 35 steps of the book, float32), clip_grad_norm and the SGD update, each the fastest of repeated

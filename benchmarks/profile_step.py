@@ -1,4 +1,4 @@
-"""Where the time of one charrnn training step goes, phase by phase (issue 5's workload).
+"""Where the time of one charrnn training step goes, phase by phase.
 
 Times each piece of RNNLM.loss_and_grads, clip_grad_norm and the SGD update on one minibatch
 of the book (batch 32, num_steps 35, float32), each the fastest of many runs (wall clock), so

@@ -1,4 +1,4 @@
-"""A user's own text in any language (issue 13): raw by default for a file, d2l's losses reported,
+"""A user's own text in any language: raw by default for a file, d2l's losses reported,
 prefixes changed by preprocessing warned about, universal newlines, UTF-8 JSON."""
 import json
 import warnings

@@ -15,7 +15,9 @@ from charrnn.experiments.cluster import DaskBackend, connect, run_on_worker
 from charrnn.experiments.compare import compare, plan
 from charrnn.base.errors import CharrnnError
 from charrnn.experiments.runs import run_state
-from charrnn.training.checkpoint import CHECKPOINT, METRICS, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
 from test_cli import assert_error
 from test_compare import Log, TINY_CLI, assert_same_arrays, interrupt, invoke, tiny_config

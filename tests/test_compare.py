@@ -14,7 +14,9 @@ from charrnn.base.errors import CharrnnError
 from charrnn.experiments.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state
 from charrnn.experiments.stats import paired_difference
 from charrnn.experiments.sweep import SweepReporter
-from charrnn.training.checkpoint import CHECKPOINT, CONFIG, METRICS, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import CONFIG, METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")

@@ -13,7 +13,8 @@ from charrnn.training import start as training
 from charrnn.cli.options import per_cell_default
 from charrnn.training.config import CELL_DEFAULTS, TrainConfig
 from charrnn.base.io import load_npz, save_npz
-from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
 
 PER_CELL = ("num_hiddens", "num_layers", "dropout", "lr")
 TINY = dict(batch_size=4, num_steps=8, eval_every=10**9, sample_length=0)

@@ -1,4 +1,4 @@
-"""`charrnn plot`, `sample --show-probs` and the smaller things a newcomer tripped on (issue 13)."""
+"""`charrnn plot`, `sample --show-probs` and the smaller things a newcomer tripped on."""
 import json
 import os
 import subprocess
@@ -10,7 +10,8 @@ from charrnn.training import start as training
 from charrnn.training.config import TrainConfig
 from charrnn.analysis.curves import read_history
 from charrnn.infer.sample import next_token_probs
-from charrnn.training.checkpoint import METRICS, load_checkpoint
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)

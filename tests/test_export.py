@@ -1,4 +1,4 @@
-"""Export to PyTorch (issue 11): the safetensors file loads into nn.RNN/GRU/LSTM + nn.Linear and
+"""Export to PyTorch: the safetensors file loads into nn.RNN/GRU/LSTM + nn.Linear and
 gives charrnn's logits, and charrnn's BPTT gradients equal PyTorch autograd's.
 
 PyTorch is a test dependency installed by CI (.ci/run: torch==2.13.0); where CI is set a missing

@@ -1,4 +1,4 @@
-"""Fine-tuning (issue 13): `train TEXT --init-from RUN` starts from a trained model's weights."""
+"""Fine-tuning: `train TEXT --init-from RUN` starts from a trained model's weights."""
 import json
 
 import numpy as np
@@ -9,7 +9,8 @@ from charrnn.infer.evaluate import mean_loss, perplexity
 from charrnn.training.config import TrainConfig
 from charrnn.training.finetune import PARENT, finetune_config, grown_model
 from charrnn.nn.model import RNNLM
-from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError
 from test_cli import assert_error, assert_ok, invoke
 

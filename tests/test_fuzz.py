@@ -1,4 +1,4 @@
-"""Fuzzing the CLI (issue 7): random corpora and random options for corpus, train, sample and
+"""Fuzzing the CLI: random corpora and random options for corpus, train, sample and
 evaluate. Whatever comes in: exit code 0, 1 or 2, no traceback, an error on one line, and no
 file written outside --out."""
 import os

@@ -10,9 +10,11 @@ from click.testing import CliRunner
 from charrnn import cli
 from charrnn.training import start as training
 from charrnn.training.checkpoint import load_model
-from charrnn.training.checkpoint import CHECKPOINT, CONFIG, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import CONFIG
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
-from charrnn.training.loop import DROPOUT_STREAM
+from charrnn.training.state import DROPOUT_STREAM
 from test_train import assert_same_checkpoints
 
 TINY = dict(num_hiddens=10, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
@@ -43,7 +45,7 @@ def test_resume_with_dropout_is_bit_exact(tmp_path, text_file, network):
     stopped = training.train(config(text_file, max_tokens=320, **settings), tmp_path / "split")
     assert stopped.reason == "max_tokens" and 0 < stopped.progress.step_in_epoch
     ckpt = load_checkpoint(tmp_path / "split" / CHECKPOINT)
-    assert ckpt.state.shape == ckpt.model.state_shape(4)
+    assert ckpt.training.carried.shape == ckpt.model.state_shape(4)
     training.resume(tmp_path / "split", {"epochs": 2})
     assert_same_checkpoints(tmp_path / "straight", tmp_path / "split")
 

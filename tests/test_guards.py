@@ -1,4 +1,4 @@
-"""Guards around a run (issue 12): one process per run directory, sizes that cannot fit, Ctrl-C
+"""Guards around a run: one process per run directory, sizes that cannot fit, Ctrl-C
 while starting, stale temporaries, both splits hashed, a text that moved, failed appends,
 overflowing weights, terminal escapes, and the CLI's last line of defence."""
 import errno
@@ -24,7 +24,9 @@ from charrnn.cli.render import escape_controls
 from charrnn.base.io import load_npz, save_npz, temporary_path
 from charrnn.runtime.lock import LOCK_FILE, RunLock
 from charrnn.base.io import append_jsonl
-from charrnn.training.checkpoint import BEST, CHECKPOINT, CONFIG, METRICS, load_checkpoint
+from charrnn.training.outdir import BEST, CHECKPOINT
+from charrnn.training.outdir import CONFIG, METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_reliability import TINY, snapshot, train_process, wait_for

@@ -1,4 +1,4 @@
-"""Hostile checkpoints (issue 12): crafted metadata, zip tricks and size bombs. Each class of
+"""Hostile checkpoints: crafted metadata, zip tricks and size bombs. Each class of
 attack is refused with one line, in under a second and under 100 MB, before anything is built;
 then a hypothesis fuzz of a real checkpoint's bytes finds no traceback, hang or memory blow-up."""
 import copy
@@ -20,7 +20,8 @@ from charrnn.base import io as charrnn_io
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.base.io import META_KEY, load_npz
 from charrnn.infer.sample import sample_text
-from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
 from test_cli import assert_error, assert_ok, invoke
 
@@ -188,7 +189,7 @@ def test_a_gated_stack_is_read_and_claims_about_its_network_are_refused(tmp_path
     assert_ok(invoke("train", text, *TINY, "--cell", "lstm", "--num-layers", 2, "--dropout", 0.2,
                      "--max-tokens", 256, "--out", out))
     ckpt = load_checkpoint(out / CHECKPOINT)
-    assert ckpt.state.shape == (2, 2, 4, 12) and ckpt.dropout_rng is not None
+    assert ckpt.training.carried.shape == (2, 2, 4, 12) and ckpt.training.dropout_rng is not None
     good = (None, *load_npz(out / CHECKPOINT))
     for where, value in [(("cell",), "gru"), (("cell",), "rnn"), (("num_layers",), 3), (("num_layers",), 10**6),
                          (("dropout",), 1.5), (("dropout",), "0.2"), (("dropout_rng", "state", "inc"), -1)]:

@@ -1,4 +1,4 @@
-"""Full-state Jacobians and ‖∂L/∂h_t‖ of every cell and depth (issue 11's analyze), checked against
+"""Full-state Jacobians and ‖∂L/∂h_t‖ of every cell and depth, checked against
 finite differences of the model's own forward recurrence (its public step/evaluate/logits)."""
 import numpy as np
 import pytest

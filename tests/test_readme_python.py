@@ -1,4 +1,4 @@
-"""The README's "Use from Python" example runs as printed (issue 13), and `import charrnn` stays cheap."""
+"""The README's "Use from Python" example runs as printed, and `import charrnn` stays cheap."""
 import re
 import subprocess
 import sys

@@ -13,7 +13,8 @@ from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
                                default_segment_steps, loss_and_grads_auto, loss_and_grads_recompute,
                                segment_bounds)
-from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
 
 V, H = 6, 5

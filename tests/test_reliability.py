@@ -1,4 +1,4 @@
-"""Reliability (issue 7): interrupted runs, exact resume, blow-ups, untrusted files, bad text,
+"""Reliability: interrupted runs, exact resume, blow-ups, untrusted files, bad text,
 bad options, a full or read-only disk. Through the CLI, with tiny models."""
 import copy
 import errno
@@ -31,7 +31,9 @@ from charrnn.base.io import load_npz, save_npz
 from charrnn.runtime.lock import LOCK_FILE
 from charrnn.cli.options import Clip, Truncation
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
-from charrnn.training.checkpoint import BEST, CHECKPOINT, METRICS, STATE_KEY, load_checkpoint
+from charrnn.training.outdir import BEST, CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_train import assert_same_run
 

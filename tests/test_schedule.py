@@ -1,15 +1,16 @@
-"""The learning-rate schedule (issue 13): by the fraction of the budget used, with a floor."""
+"""The learning-rate schedule: by the fraction of the budget used, with a floor."""
 import json
 import math
 
 import pytest
 
 from charrnn.training import start as training
-from charrnn.training.checkpoint import Progress
+from charrnn.training.state import Progress
 from charrnn.training.config import TrainConfig
 from charrnn.base.io import load_npz, save_npz
 from charrnn.training.schedule import budget_fraction, learning_rate
-from charrnn.training.checkpoint import CHECKPOINT, METRICS
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import METRICS
 from charrnn.training.config import ConfigError
 
 

@@ -22,7 +22,8 @@ from charrnn.data.corpus import load_corpus
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.data.store import open_store, read_store
 from charrnn.data.stream import IdFile
-from charrnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
 
 LEVELS_AND_MODES = [("char", "d2l"), ("char", "raw"), ("word", "d2l"), ("word", "raw")]
@@ -391,7 +392,7 @@ def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, writ
 
 def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_words):
     from charrnn.training import start as training
-    from charrnn.training.checkpoint import data_sha1
+    from charrnn.training.checkpoint import legacy_tokens_sha1
     from charrnn.base.io import load_npz, save_npz
     path = write_words(tmp_path / "w.txt", 300, seed=4)
     config = TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4,
@@ -400,7 +401,7 @@ def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_word
     checkpoint = tmp_path / "run" / CHECKPOINT
     arrays, meta = load_npz(checkpoint)
     train_ids = training.load_data(config, None, cache_dir=tmp_path / "c")[0]
-    for saved, resumes in [(data_sha1(train_ids), True), ("0" * 40, False)]:
+    for saved, resumes in [(legacy_tokens_sha1(train_ids), True), ("0" * 40, False)]:
         save_npz(checkpoint, arrays, {**meta, "data_sha1": saved})
         if resumes:
             training.resume(tmp_path / "run", {"max_tokens": 64}, cache_dir=tmp_path / "c")

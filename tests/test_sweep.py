@@ -12,7 +12,9 @@ from charrnn.training import start as training
 from charrnn.experiments.compare import compare, plan
 from charrnn.experiments.runs import run_state
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend
-from charrnn.training.checkpoint import CHECKPOINT, METRICS, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from test_compare import Log, assert_same_arrays, tiny_config
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")

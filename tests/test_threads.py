@@ -1,4 +1,4 @@
-"""BLAS threads (issue 16): `auto` gives OpenBLAS the cores no other process keeps busy and looks
+"""BLAS threads: `auto` gives OpenBLAS the cores no other process keeps busy and looks
 again as training goes; no thread count, nor auto's changes, changes a number of training;
 compare's workers split the cores; the CLI and the Python API take the same setting."""
 import os

@@ -17,7 +17,9 @@ from charrnn.infer.evaluate import contiguous_batches, mean_loss
 from charrnn.nn.model import RNNLM
 from charrnn.infer.sample import continue_text, generate, sample_text
 from charrnn.data.samplers import SAMPLERS
-from charrnn.training.checkpoint import BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, load_checkpoint
+from charrnn.training.outdir import BEST, CHECKPOINT
+from charrnn.training.outdir import CONFIG, METRICS, VOCAB
+from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
 from charrnn.training.loop import MAX_SKIPPED_IN_A_ROW, Reporter
 

@@ -21,7 +21,9 @@ from charrnn.base.io import save_json
 from charrnn.training.schedule import BUDGET_SCHEDULES
 from charrnn.runtime.threads import DEFAULT_THREADS
 from charrnn.training.config import BUDGET_FIELDS, MATHS_FIELDS, TrainConfig
-from charrnn.training.checkpoint import CHECKPOINT, METRICS, load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.loop import Reporter, budget_reached
 from charrnn.training.start import resume, train
 

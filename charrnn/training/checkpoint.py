@@ -1,23 +1,25 @@
-"""The files of a run: the model file format and the training checkpoint, one save/load pair each.
+"""A model file and a training checkpoint: one save/load pair each.
 
 A model file is an `.npz` (charrnn.base.io, no pickle) holding the parameters by name and JSON
 metadata that describes the model (MODEL_FORMAT, its version, sizes, cell, layers, dropout,
 activation, dtype). Version 2 records cell, num_layers and dropout; a version-1 file (before
-gated cells) is read as the one-layer rnn it is. A
-training checkpoint is a model file with more: the optimizer's arrays ("optim.<slot>.<param>")
+gated cells) is read as the one-layer rnn it is.
+
+A training checkpoint is a model file with more: the optimizer's arrays ("optim.<slot>.<param>")
 and the state carried by the sequential sampler (STATE_KEY), and in the metadata the vocabulary,
 the TrainConfig, the Progress, the optimizer's counters, the states of the truncation and
-dropout Generators and the SHA-1 that names the text (both splits: charrnn.data.store). `save_checkpoint` writes exactly the keys
-`load_checkpoint` reads back, and it reads nothing else: a file is checked whole (charrnn.base.io's
-limits, charrnn.training.schema's types and ranges, each array's header against the shape the metadata
-gives, the memory it needs) before anything is built from it.
+dropout Generators and the SHA-1 that names the text (both splits: charrnn.data.store): a
+TrainingState (charrnn.training.state) and what it was trained on. `save_checkpoint` writes
+exactly the keys `load_checkpoint` reads back, and it reads nothing else: a file is checked whole
+(charrnn.base.io's limits, charrnn.training.schema's types and ranges, each array's header
+against the shape the metadata gives, the memory it needs) before anything is built from it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,6 @@ import numpy as np
 from charrnn.base import io as charrnn_io
 from charrnn.training import schema
 from charrnn.nn.cells import network_problem
-from charrnn.base.checks import is_finite, is_integer
 from charrnn.training.config import TrainConfig
 from charrnn.data.corpus import Vocab
 from charrnn.base.errors import CharrnnError
@@ -34,13 +35,8 @@ from charrnn.training.memory import check_memory, param_bytes, param_shapes, sta
 from charrnn.nn.cells import ACTIVATIONS, CELLS
 from charrnn.nn.model import DTYPES, RNNLM
 from charrnn.nn.optim import OPTIMIZERS, make_optimizer
-
-# the files of a run directory
-CHECKPOINT = "checkpoint.npz"  # the latest state of a run, what --resume continues
-BEST = "best.npz"  # the state with the lowest validation perplexity so far
-CONFIG = "config.json"
-VOCAB = "vocab.json"
-METRICS = "metrics.jsonl"
+from charrnn.training.outdir import BEST, CHECKPOINT
+from charrnn.training.state import DROPOUT_STREAM, Progress, TrainingState
 
 MODEL_FORMAT = "charrnn-model"
 MODEL_FORMAT_VERSION = 2  # 2: cell, num_layers, dropout recorded; 1: a one-layer rnn
@@ -171,74 +167,31 @@ def build_model(path, spec, params) -> RNNLM:
 # ----------------------------------------------------------------------------- training checkpoints
 
 @dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint (JSON).
-
-    Epochs are counted as users read them, from 1: `epoch` is the number of epochs completed,
-    so the run is in epoch `epoch + 1` (see `current_epoch`).
-    """
-
-    epoch: int = 0  # epochs completed
-    step_in_epoch: int = 0  # minibatches of the current epoch done
-    step: int = 0  # minibatches done in all
-    tokens: int = 0  # tokens trained on (batch_size * num_steps per minibatch)
-    elapsed: float = 0.0  # seconds of training, all sessions together
-    skipped: int = 0  # minibatches skipped for a non-finite loss or gradient
-    skipped_in_a_row: int = 0  # the latest of them that came one after another
-    interval_loss: float = 0.0  # sum of minibatch losses since the last scheduled evaluation
-    interval_steps: int = 0
-    last_eval_step: int = -1
-    best_val_ppl: float | None = None
-    best_step: int | None = None
-
-    def current_epoch(self) -> int:
-        """The epoch (from 1) of the latest minibatch: the one in progress, or the one just
-        completed at an epoch's end; 0 before the first minibatch."""
-        return self.epoch + (self.step_in_epoch > 0)
-
-    @classmethod
-    def from_dict(cls, d):
-        """The inverse of `asdict`, for untrusted metadata: missing, unknown or impossible values
-        -> CharrnnError."""
-        if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
-            raise CharrnnError(f"not a training progress record: {d!r:.200}")
-        p = cls(**d)
-        counts = (p.epoch, p.step_in_epoch, p.step, p.tokens, p.skipped, p.skipped_in_a_row,
-                  p.interval_steps, p.best_step or 0)
-        possible = (all(is_integer(n) and n >= 0 for n in counts)
-                    and is_integer(p.last_eval_step) and p.last_eval_step >= -1
-                    and is_finite(p.elapsed) and is_finite(p.interval_loss)
-                    and (p.best_val_ppl is None or is_finite(p.best_val_ppl))
-                    and p.skipped_in_a_row <= p.skipped
-                    and max(p.step_in_epoch, p.skipped, p.interval_steps, p.last_eval_step, p.best_step or 0) <= p.step)
-        if not possible:
-            raise CharrnnError(f"impossible training progress {d!r:.300}")
-        return p
-
-
-@dataclass
 class Checkpoint:
-    """A training checkpoint read back and checked whole: the model, its vocabulary, config,
-    progress and the state training goes on from."""
+    """A training checkpoint read back and checked whole: its vocabulary and config, and the
+    TrainingState training goes on from (`model` and `progress` are the state's)."""
 
     path: Path
-    model: RNNLM
     vocab: Vocab
     config: TrainConfig
-    progress: Progress
-    optimizer: object = field(repr=False)  # restored on model.params
-    truncation_rng: np.random.Generator = field(repr=False)
-    state: np.ndarray | None = field(repr=False)  # carried (model.state_shape(batch_size)), or None
-    arrays: dict = field(repr=False)  # extra arrays: optimizer state, carried state
-    meta: dict = field(repr=False)
-    dropout_rng: np.random.Generator = field(repr=False, default=None)
+    training: TrainingState = field(repr=False)
+    arrays: dict = field(repr=False)  # the arrays besides the parameters: optimizer slots, carried state
+    meta: dict = field(repr=False)  # the metadata besides the model's
+
+    @property
+    def model(self) -> RNNLM:
+        return self.training.model
+
+    @property
+    def progress(self) -> Progress:
+        return self.training.progress
 
 
 def all_finite(arrays) -> bool:
     return all(np.isfinite(a).all() for a in arrays)
 
 
-def data_sha1(tokens, chunk=1 << 22) -> str:
+def legacy_tokens_sha1(tokens, chunk=1 << 22) -> str:
     """SHA-1 of a token array as int32: what checkpoints recorded to recognise the training
     text before token stores (charrnn.data.store.TokenStore.split_sha1 now), still accepted on
     resume. Read `chunk` ids at a time: a memory map of narrower ids is never copied whole."""
@@ -261,25 +214,22 @@ def check_vocab_fits(vocab) -> None:
                            f"or a smaller text")
 
 
-def save_checkpoint(path, model, optimizer, vocab, config, progress, truncation_rng, state, sha1,
-                    dropout_rng=None) -> None:
-    """Write the whole state of a run to `path` atomically (what load_checkpoint reads back).
+def save_checkpoint(path, training, *, vocab, config) -> None:
+    """Write the TrainingState `training` of a run of `config` on `vocab` to `path` atomically
+    (what load_checkpoint reads back).
 
-    sha1: what names the run's text (charrnn.data.store's split_sha1, over the ids of both splits).
     A state with a non-finite value -> CharrnnError, and nothing written; a failed write
     (OSError) leaves the file on disk as it was.
     """
-    arrays = dict(optimizer.state_arrays())  # named "optim.<slot>.<param>"
-    if state is not None:
-        arrays[STATE_KEY] = state
-    if not all_finite([*model.params.values(), *arrays.values()]):
+    arrays = dict(training.optimizer.state_arrays())  # named "optim.<slot>.<param>"
+    if training.carried is not None:
+        arrays[STATE_KEY] = training.carried
+    if not all_finite([*training.model.params.values(), *arrays.values()]):
         raise CharrnnError("non-finite parameters or optimizer state")
-    meta = {"vocab": vocab.to_dict(), "config": asdict(config), "progress": asdict(progress),
-            "optimizer": optimizer.state_meta(), "rng": truncation_rng.bit_generator.state,
-            "data_sha1": sha1}
-    if dropout_rng is not None:
-        meta["dropout_rng"] = dropout_rng.bit_generator.state
-    save_model(model, path, extra_arrays=arrays, extra_meta=meta)
+    meta = {"vocab": vocab.to_dict(), "config": asdict(config), "progress": asdict(training.progress),
+            "optimizer": training.optimizer.state_meta(), "rng": training.truncation_rng.bit_generator.state,
+            "dropout_rng": training.dropout_rng.bit_generator.state, "data_sha1": training.data_id}
+    save_model(training.model, path, extra_arrays=arrays, extra_meta=meta)
 
 
 def checkpoint_path(path, prefer=BEST):
@@ -324,9 +274,8 @@ def load_checkpoint(path, prefer=BEST):
         arrays = {name: reader.read(name, shape, dtype) for name, (shape, dtype) in expected.items()}
         meta = {key: value for key, value in reader.meta.items() if key not in MODEL_KEYS}
     model = build_model(path, spec, {name: arrays.pop(name) for name in params})
-    optimizer, truncation_rng, state, dropout_rng = restore_training_state(path, model, config, arrays, meta)
-    return Checkpoint(path, model, vocab, config, progress, optimizer, truncation_rng, state, arrays, meta,
-                      dropout_rng)
+    training = restore_training_state(path, model=model, config=config, progress=progress, arrays=arrays, meta=meta)
+    return Checkpoint(path=path, vocab=vocab, config=config, training=training, arrays=arrays, meta=meta)
 
 
 TRAINING_KEYS = ("vocab", "config", "progress", "optimizer", "rng", "data_sha1")
@@ -359,22 +308,22 @@ def check_training_meta(path, meta, spec) -> tuple:
     return vocab, config, progress
 
 
-def restore_training_state(path, model, config, arrays, meta):
-    """-> (optimizer on model.params, truncation Generator, carried state or None, dropout
-    Generator or None) as a checkpoint saved them (checked by load_checkpoint); a non-finite
-    piece -> CharrnnError. A checkpoint from before dropout has no dropout Generator: None."""
+def restore_training_state(path, *, model, config, progress, arrays, meta) -> TrainingState:
+    """The TrainingState a checkpoint saved (checked by load_checkpoint); a non-finite piece ->
+    CharrnnError. A checkpoint from before dropout has no dropout Generator: its run goes on
+    with the one a new run of its seed starts with (its model has no dropout to draw for)."""
     try:
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         optimizer.load_state(arrays, meta["optimizer"])
         truncation_rng = np.random.default_rng()
         truncation_rng.bit_generator.state = meta["rng"]
-        dropout_rng = None
+        dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         if "dropout_rng" in meta:
-            dropout_rng = np.random.default_rng()
             dropout_rng.bit_generator.state = meta["dropout_rng"]
     except (KeyError, TypeError, ValueError) as err:
         raise CharrnnError(f"{path} has a corrupt training state ({err})") from None
-    state = arrays.get(STATE_KEY)
-    if not all_finite([*optimizer.state_arrays().values(), *([] if state is None else [state])]):
+    carried = arrays.get(STATE_KEY)
+    if not all_finite([*optimizer.state_arrays().values(), *([] if carried is None else [carried])]):
         raise CharrnnError(f"{path} holds a non-finite optimizer or carried state")
-    return optimizer, truncation_rng, state, dropout_rng
+    return TrainingState(model=model, optimizer=optimizer, progress=progress, truncation_rng=truncation_rng,
+                         dropout_rng=dropout_rng, carried=carried, data_id=meta["data_sha1"])

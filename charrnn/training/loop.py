@@ -1,17 +1,18 @@
 """The training loop of one run: minibatches, evaluation along the way, metrics.jsonl, checkpoints.
 
-One step (d2l §9.7): forward over `num_steps` tokens, the loss L = (1/T) sum_t l(o_t, y_t)
-(eq. 9.7.2), its gradients by backpropagation through time (eqs. 9.7.3-9.7.8, in
-charrnn.nn.model), global-norm clipping, an optimizer step at the learning rate the schedule gives
-for the share of the budget used so far (charrnn.training.schedule). With the sequential sampler the
-hidden state is carried into the next minibatch (its gradient cut); with the random one it
-restarts from zeros.
+One step (d2l §9.7), `Run.train_step`: forward over `num_steps` tokens, the loss
+L = (1/T) sum_t l(o_t, y_t) (eq. 9.7.2) and its gradients by backpropagation through time
+(eqs. 9.7.3-9.7.8: RNNLM.loss_and_grads in charrnn.nn.model, whose steps are the cells of
+charrnn.nn.cells), global-norm clipping, an optimizer step at the learning rate the schedule
+gives for the share of the budget used so far (charrnn.training.schedule). With the sequential
+sampler the hidden state is carried into the next minibatch (its gradient cut); with the random
+one it restarts from zeros.
 
 The loop prints nothing: it reports to a `Reporter`. Resume is exact: the sampler of epoch `e`
-draws from default_rng([data seed, 0, e]), so a run rebuilds its epoch and skips the minibatches it
-has done; the truncation and dropout Generators, the carried state, the optimizer state and the
-running sums are saved with the parameters (charrnn.training.checkpoint). Starting and resuming a run
-(its checks, data and directory) is charrnn.training.start's.
+draws from default_rng([data seed, SAMPLER_STREAM, e]), so a run rebuilds its epoch and skips
+the minibatches it has done; everything else a minibatch depends on is the TrainingState
+(charrnn.training.state), saved whole in every checkpoint (charrnn.training.checkpoint).
+Starting and resuming a run (its checks, data and directory) is charrnn.training.start's.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.training.checkpoint import BEST, CHECKPOINT, METRICS, Progress, save_checkpoint
+from charrnn.training.checkpoint import save_checkpoint
+from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpoint
+from charrnn.training.state import SAMPLER_STREAM, Progress
 from charrnn.training.config import BUDGET_FIELDS, TrainConfig
 from charrnn.data.samplers import SAMPLERS, num_minibatches
 from charrnn.data.corpus import Vocab
@@ -34,7 +37,6 @@ from charrnn.infer.evaluate import mean_loss, perplexity
 from charrnn.base.io import append_jsonl
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm
-from charrnn.training.outdir import last_good_checkpoint
 from charrnn.nn.recompute import loss_and_grads_auto
 from charrnn.infer.sample import continue_text
 from charrnn.training.schedule import budget_fraction, learning_rate
@@ -42,7 +44,6 @@ from charrnn.runtime.signals import StopSignals
 from charrnn.runtime.threads import Threads
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
-SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM = 0, 1, 2  # second word of the Generators' seeds
 
 
 def finite_or_none(number):
@@ -108,26 +109,24 @@ def budget_reached(config, progress, elapsed=None, within_epoch=False):
 
 
 class Run:
-    """One training run in progress: model, optimizer, data, RNG streams and where it stands."""
+    """One training run in progress: its TrainingState (model, optimizer, progress, Generators,
+    carried state), config, vocabulary, data and directory."""
 
-    def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
-                 reporter, progress, truncation_rng, state, dropout_rng, data_id):
-        self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
+    def __init__(self, training, *, config, vocab, train_data, val_data, out_dir, reporter):
+        self.training, self.config, self.vocab = training, config, vocab
+        self.model, self.optimizer, self.progress = training.model, training.optimizer, training.progress
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
-        self.data_sha1 = data_id  # names the training data in every checkpoint, checked on resume
-        self.reporter, self.progress = reporter, progress
-        self.truncation_rng, self.dropout_rng = truncation_rng, dropout_rng
-        self.state = state  # model.state_shape(batch_size) carried by the sequential sampler, or None
+        self.reporter = reporter
         self.tokens_per_batch = config.batch_size * config.num_steps
         self.tokens_per_epoch = (num_minibatches(len(train_data), config.batch_size, config.num_steps)
                                  * self.tokens_per_batch)
         self.warn_about_the_sample_prefix()
-        self.checkpoint_step = progress.step  # of the checkpoint.npz on disk
+        self.checkpoint_step = self.progress.step  # of the checkpoint.npz on disk
         self.last_record = {}  # the latest metrics record of this session
         self.session_start = time.perf_counter()
-        self.session_tokens = progress.tokens
+        self.session_tokens = self.progress.tokens
         self.step_seconds = 0.0  # of this session's minibatches alone (step_tokens_per_s)
-        self.elapsed_before = progress.elapsed
+        self.elapsed_before = self.progress.elapsed
 
     # ---- the loop ----
 
@@ -169,7 +168,7 @@ class Run:
                 raise CharrnnError(f"epoch {self.progress.epoch + 1} yielded no minibatch")
             self.progress.epoch += 1
             self.progress.step_in_epoch = 0
-            self.state = None
+            self.training.carried = None
 
     def epoch_batches(self):
         """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int."""
@@ -180,17 +179,17 @@ class Run:
 
     def train_step(self, X, Y):
         """One minibatch: loss and gradients by BPTT, clipping, update -> "" or why the run must stop."""
-        cfg = self.config
+        cfg, training = self.config, self.training
         self.optimizer.lr = self.learning_rate()
-        loss, grads, state = loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
-                                                 rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
-                                                 memory_budget_bytes=cfg.bptt_memory_budget * 2**20,
-                                                 dropout_rng=self.dropout_rng)
+        loss, grads, last_state = loss_and_grads_auto(
+            self.model, X, Y, training.carried, truncation=cfg.truncation, rng=training.truncation_rng,
+            bptt_memory=cfg.bptt_memory, memory_budget_bytes=cfg.bptt_memory_budget * 2**20,
+            dropout_rng=training.dropout_rng)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step(grads)
-            self.state = state if cfg.sampler == "sequential" else None
+            training.carried = last_state if cfg.sampler == "sequential" else None
         self.count_step(loss if finite else None)
         if not finite:
             problem = self.on_nonfinite(loss, grad_norm)
@@ -226,7 +225,7 @@ class Run:
             return f"{problem}, the {MAX_SKIPPED_IN_A_ROW}th minibatch in a row: the model has diverged"
         p.skipped += 1
         p.skipped_in_a_row += 1
-        self.state = None
+        self.training.carried = None
         return ""
 
     def learning_rate(self):
@@ -304,8 +303,7 @@ class Run:
         non-finite value, or a failed write, leaves the file on disk as it was (CharrnnError)."""
         self.progress.elapsed = self.elapsed()
         try:
-            save_checkpoint(self.out_dir / name, self.model, self.optimizer, self.vocab, self.config,
-                            self.progress, self.truncation_rng, self.state, self.data_sha1, self.dropout_rng)
+            save_checkpoint(self.out_dir / name, self.training, vocab=self.vocab, config=self.config)
         except CharrnnError as err:
             raise self.failed(f"{err} at step {self.progress.step:,}, {name} not written") from None
         except OSError as err:
@@ -334,9 +332,8 @@ class Run:
 
     def start_info(self, resumed):
         cfg = self.config
-        per_epoch = num_minibatches(len(self.train_data), cfg.batch_size, cfg.num_steps) * self.tokens_per_batch
         whole_batches = cfg.max_tokens and -(-cfg.max_tokens // self.tokens_per_batch) * self.tokens_per_batch
-        totals = [n for n in (cfg.epochs and cfg.epochs * per_epoch, whole_batches) if n]
+        totals = [n for n in (cfg.epochs and cfg.epochs * self.tokens_per_epoch, whole_batches) if n]
         return {"out_dir": self.out_dir, "resumed": resumed, "config": cfg,
                 "epoch": self.progress.epoch + 1, "tokens": self.progress.tokens,  # of the next minibatch
                 "total_tokens": min(totals) if totals else None,

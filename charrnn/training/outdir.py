@@ -1,5 +1,5 @@
-"""The output directory of a run: its default name, the checks before training starts, and the
-trimming of metrics.jsonl before a resume. Every refusal is a one-line CharrnnError.
+"""The output directory of a run: the names of its files, its default name, the checks before
+training starts, and the trimming of metrics.jsonl before a resume. Every refusal is a one-line CharrnnError.
 
 A new run refuses a directory that holds any file of a run (RUN_FILES), even without its
 checkpoints: it never appends to or overwrites another run's records.
@@ -10,11 +10,16 @@ import shutil
 import time
 from pathlib import Path
 
-from charrnn.training.checkpoint import BEST, CHECKPOINT, CONFIG, METRICS, VOCAB
 from charrnn.base.checks import is_integer
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import write_atomic
 
+# the files of a run directory
+CHECKPOINT = "checkpoint.npz"  # the latest state of a run, what --resume continues
+BEST = "best.npz"  # the state with the lowest validation perplexity so far
+CONFIG = "config.json"  # the run's TrainConfig
+VOCAB = "vocab.json"
+METRICS = "metrics.jsonl"  # one record per evaluation
 RUN_FILES = (CHECKPOINT, BEST, CONFIG, VOCAB, METRICS)
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.training.checkpoint import (CHECKPOINT, CONFIG, METRICS, VOCAB, Progress, check_vocab_fits,
-                                         data_sha1, load_checkpoint, model_spec)
+from charrnn.training.checkpoint import check_vocab_fits, legacy_tokens_sha1, load_checkpoint, model_spec
 from charrnn.training.config import DEFAULT_SAMPLE_PREFIXES, ConfigError
 from charrnn.data.samplers import SAMPLERS, split_corpus
 from charrnn.base.errors import CharrnnError
@@ -23,9 +22,10 @@ from charrnn.runtime.lock import RunLock
 from charrnn.training.memory import check_training_memory, checkpoint_bytes
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import make_optimizer
-from charrnn.training.outdir import (check_free_space, check_writable, keep_metrics_until, prepare_out_dir,
-                                     refuse_existing_run)
-from charrnn.training.loop import DROPOUT_STREAM, TRUNCATION_STREAM, Reporter, Run
+from charrnn.training.outdir import (CHECKPOINT, CONFIG, METRICS, VOCAB, check_free_space, check_writable,
+                                     keep_metrics_until, prepare_out_dir, refuse_existing_run)
+from charrnn.training.loop import Reporter, Run
+from charrnn.training.state import TrainingState
 from charrnn.infer.sample import text_prefix
 from charrnn.data.store import open_store
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads
@@ -66,10 +66,9 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
         save_json(out_dir / CONFIG, asdict(config))
         if parent:
             save_json(out_dir / PARENT, parent_record(parent, vocab))
-        truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
-        dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
-        run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id)
+        training = TrainingState.start(model=model, optimizer=optimizer, seed=config.seed, data_id=data_id)
+        run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
+                  out_dir=out_dir, reporter=reporter or Reporter())
         run.save(CHECKPOINT)
         return run.start(resumed=False, threads=threads)
 
@@ -94,14 +93,13 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
             config = replace(config, corpus=moved)
         train_data, val_data, vocab, data_id = load_resumed_data(out_dir, config, data_dir, moved,
                                                                  ckpt.vocab if config.init_from else None, cache_dir)
-        dropout_rng = ckpt.dropout_rng  # None in a checkpoint from before dropout, whose model has none
-        if dropout_rng is None:
-            dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
-        run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id)
-        saved_id = ckpt.meta.get("data_sha1")  # a run from before token stores saved data_sha1's
-        if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and saved_id != data_sha1(train_data)):
+        saved_id = ckpt.training.data_id  # a run from before token stores saved legacy_tokens_sha1's
+        if vocab.idx_to_token != ckpt.vocab.idx_to_token or (
+                saved_id != data_id and saved_id != legacy_tokens_sha1(train_data)):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
+        training = replace(ckpt.training, data_id=data_id)
+        run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
+                  out_dir=out_dir, reporter=reporter or Reporter())
         reached = run.budget_reached()
         if reached:
             raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
