@@ -250,3 +250,7 @@ def test_signal_saves_a_resumable_checkpoint(tmp_path, text_file, sig, code):
     resumed = invoke("train", "--resume", out, "--max-tokens", saved.progress.tokens + 32)
     assert_ok(resumed)
     assert load_checkpoint(out / "checkpoint.npz").progress.step == saved.progress.step + 1
+
+
+def test_a_path_option_holding_a_nul_character_is_a_one_line_error():
+    assert_error(invoke("train", "--init-from", "\x00"), says="NUL")

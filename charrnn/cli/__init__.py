@@ -60,6 +60,8 @@ class CharrnnGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except ValueError as err:
+            if str(err) == "embedded null byte":  # os.stat of a path given with \0, as click checks it
+                raise click.ClickException("a path holds a NUL character (\\0), which no file name can") from None
             if not str(err).startswith(NUMPY_TOO_BIG):
                 raise_bug(err)
             raise click.ClickException(f"arrays of these sizes cannot exist ({err}); try smaller sizes") from None
