@@ -53,7 +53,6 @@ from charrnn.infer.evaluate import contiguous_batches, mean_loss
 from charrnn.infer.export import TORCH_MODULES
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
-from charrnn.nn.recompute import loss_and_grads_auto
 from charrnn.infer.sample import sample_text
 from charrnn.runtime.threads import THREAD_VARIABLES
 
@@ -158,7 +157,7 @@ def charrnn_engine(vocab_size: int, num_hiddens: int, cell: str = "rnn"):
 
     def train_step(X, Y):
         nonlocal state
-        loss, grads, state = loss_and_grads_auto(model, X, Y, state)
+        loss, grads, state = model.loss_and_grads(X, Y, state, bptt_memory="auto")
         grad_norm = clip_grad_norm(grads, CLIP)
         if math.isfinite(loss) and math.isfinite(grad_norm):
             optimizer.step(grads)

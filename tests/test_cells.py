@@ -11,6 +11,7 @@ from charrnn.analysis.gradcheck import FD_TOLERANCE, run_gradcheck
 from charrnn.nn import model as model_module
 from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import loss_and_grads_recompute
+from charrnn.nn.reference import lstm_loss_and_grads
 from charrnn.infer.sample import stepper
 from charrnn.nn.workspace import Workspace
 from test_recompute import peak_bytes
@@ -486,3 +487,21 @@ def test_recomputation_holds_a_fraction_of_stored_bptt_for_a_gated_stack():
                                                              dropout_rng=np.random.default_rng(0)))
     assert stored >= bptt_memory_bytes(2, 2048, 16, 20, "float32", **network)
     assert recomputed < stored / 8
+
+
+@pytest.mark.parametrize("num_layers, dropout, with_state", [(1, 0.0, False), (2, 0.0, True), (2, 0.4, True), (3, 0.3, True)])
+def test_the_lstm_equals_its_plain_reference_forward_and_backward(num_layers, dropout, with_state):
+    """RNNLM's fused LSTM gives the loss, every gradient and the last state of reference.py's
+    step-by-step float64 LSTM (the same dropout masks), to round-off."""
+    m = scaled_model("lstm", num_layers, dropout=dropout)
+    X, Y = batch()
+    state = random_state(m) if with_state else None
+    loss, grads, last = m.loss_and_grads(X, Y, state, dropout_rng=np.random.default_rng(9))
+    masks = None if dropout == 0 else (np.random.default_rng(9).random((T, num_layers, B, H)) >= dropout) / (1 - dropout)
+    reference_state = None if state is None else np.asarray(state).reshape(num_layers, 2, B, H)
+    expected_loss, expected_grads, expected_last = lstm_loss_and_grads(m.params, X, Y, reference_state, masks)
+    assert loss == pytest.approx(expected_loss, rel=1e-13)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        np.testing.assert_allclose(grads[name], grad, rtol=1e-11, atol=1e-14 * np.abs(grad).max(), err_msg=name)
+    np.testing.assert_allclose(last.reshape(expected_last.shape), expected_last, rtol=1e-12, atol=1e-14)

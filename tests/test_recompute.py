@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.nn import recompute
+from charrnn.nn import model as model_module
 from charrnn.training import start as training
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
-                               default_segment_steps, loss_and_grads_auto, loss_and_grads_recompute,
+                               default_segment_steps, loss_and_grads_recompute,
                                segment_bounds)
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.checkpoint import load_checkpoint
@@ -167,7 +167,7 @@ def test_auto_stores_within_the_budget_and_recomputes_beyond():
     assert choose_bptt_memory("auto", model, 1, 10_000_000) == "recompute"
     plain = model.loss_and_grads(X, Y)
     for budget in (needed, 1):
-        assert_same(plain, loss_and_grads_auto(model, X, Y, memory_budget_bytes=budget), rtol=1e-12)
+        assert_same(plain, model.loss_and_grads(X, Y, bptt_memory="auto", memory_budget_bytes=budget), rtol=1e-12)
     with pytest.raises(CharrnnError, match="bptt_memory"):
         choose_bptt_memory("sometimes", model, 2, 30)
 
@@ -180,7 +180,7 @@ def test_training_with_recomputation_follows_the_stored_run(tmp_path, monkeypatc
         calls.append(kwargs["truncation"])
         return loss_and_grads_recompute(*args, **kwargs)
 
-    monkeypatch.setattr(recompute, "loss_and_grads_recompute", counted)
+    monkeypatch.setattr(model_module, "loss_and_grads_recompute", counted)  # where RNNLM.loss_and_grads finds it
     text = tmp_path / "text.txt"
     text.write_text(" ".join(np.random.default_rng(1).choice(["time", "machine", "past", "go"], 300)))
     runs = {}

@@ -49,7 +49,9 @@ cut (keep False). The per-step multipliers that do not depend on the gradient ar
 steps at once beforehand (`prepare_backward`), so a step is a handful of operations.
 
 Also here: the one rule of possible networks (network_problem) and layer 0's token gradient
-(token_grads). The buffers the steps work in are workspace.py's.
+(token_grads). The buffers the steps work in are workspace.py's. reference.py is the LSTM
+written plainly, step by step in float64, forward and backward: read it first; LSTMCell's
+comments name its lines.
 """
 import math
 
@@ -182,7 +184,11 @@ class GRUCell:
 
 
 class LSTMCell:
-    """LSTM without peepholes; gates [i | f | g | o], state (h, c) (see the module docstring)."""
+    """LSTM without peepholes; gates [i | f | g | o], state (h, c) (see the module docstring).
+
+    reference.py computes the same step plainly, in float64; the comments "Fn" and "Bn" below
+    name the lines of it each block computes (the input part x W_xh + b_h of F1 and the weight
+    gradients of B8 are RNNLM's, for all steps at once)."""
 
     gates, num_states = 4, 2
     saturates = True
@@ -197,18 +203,18 @@ class LSTMCell:
         """A[t] holds the input part (σ blocks halved) and becomes [i | f | g | o]; writes c_t, h_t."""
         H, a = self.num_hiddens, layer.A_t[t]
         np.matmul(layer.hs_t[t], layer.W_hh, out=layer.tmp)
-        a += layer.tmp
+        a += layer.tmp                                      # F1: + h_{t−1} W_hh (σ blocks halved)
         np.tanh(a, out=a)
         a *= self.gate_scale
-        a += self.gate_shift                                # i, f, o = σ(·), g = tanh(·)
+        a += self.gate_shift                                # F2: i, f, o = σ(·) = ½ tanh(·/2) + ½, g = tanh(·)
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         c = layer.cs_t[t + 1]
         np.multiply(f, layer.cs_t[t], out=c)
         np.multiply(i, g, out=layer.tmp_h)
-        c += layer.tmp_h                                    # c_t = f ⊙ c_{t−1} + i ⊙ g
+        c += layer.tmp_h                                    # F3: c_t = f ⊙ c_{t−1} + i ⊙ g
         tanh_c = layer.aux_t[t]
         np.tanh(c, out=tanh_c)
-        np.multiply(o, tanh_c, out=layer.hs_t[t + 1])          # h_t = o ⊙ tanh(c_t)
+        np.multiply(o, tanh_c, out=layer.hs_t[t + 1])          # F4: h_t = o ⊙ tanh(c_t)
 
     def prepare_backward(self, layer):
         """M[t] per block: [g i(1−i) | c_{t−1} f(1−f) | i(1−g²) | tanh(c_t) o(1−o)], the factors
@@ -218,15 +224,15 @@ class LSTMCell:
         M_i, M_f, M_g, M_o = (M[..., k * H:(k + 1) * H] for k in range(4))
         np.subtract(1, A, out=M)
         M *= A                                              # σ' = s(1 − s) in the i, f, o blocks
-        M_i *= g
-        M_f *= layer.cs[:-1]
+        M_i *= g                                            # B7's g i(1 − i)
+        M_f *= layer.cs[:-1]                                # B7's c_{t−1} f(1 − f)
         np.multiply(g, g, out=M_g)
         np.subtract(1, M_g, out=M_g)
-        M_g *= i                                            # i (1 − g²)
-        M_o *= tanh_c
+        M_g *= i                                            # B7's i (1 − g²)
+        M_o *= tanh_c                                       # B6's tanh(c_t) o(1 − o)
         np.multiply(tanh_c, tanh_c, out=tanh_c)
         np.subtract(1, tanh_c, out=tanh_c)
-        tanh_c *= o
+        tanh_c *= o                                         # B5's o (1 − tanh² c_t)
 
     def backward_step(self, layer, t, d_state, keep):
         """dh = dH[t] + dh_next; dc = dc_next + dh ⊙ o(1 − tanh²c_t);
@@ -234,15 +240,15 @@ class LSTMCell:
         H = self.num_hiddens
         B = len(d_state[0])
         (dh_next, dc), dh = d_state, layer.dH_t[t]
-        dh += dh_next
+        dh += dh_next                                       # B4 (dH[t]: B3's gradient from above)
         np.multiply(dh, layer.aux_t[t], out=layer.tmp_h)
-        dc += layer.tmp_h
+        dc += layer.tmp_h                                   # B5
         delta, M_t = layer.dA_t[t], layer.M_t[t]
-        np.multiply(dc[:, None, :], M_t.reshape(B, 4, H)[:, :3], out=delta.reshape(B, 4, H)[:, :3])
-        np.multiply(dh, M_t[:, 3 * H:], out=delta[:, 3 * H:])
+        np.multiply(dc[:, None, :], M_t.reshape(B, 4, H)[:, :3], out=delta.reshape(B, 4, H)[:, :3])  # B7
+        np.multiply(dh, M_t[:, 3 * H:], out=delta[:, 3 * H:])  # B6
         if keep:
-            dc *= layer.A_t[t][:, H:2 * H]
-            np.matmul(delta, layer.W_hh_T, out=dh_next)
+            dc *= layer.A_t[t][:, H:2 * H]                  # B9: dc_next = dc ⊙ f
+            np.matmul(delta, layer.W_hh_T, out=dh_next)      # B9: dh_next = δ W_hhᵀ
 
     def finish_backward(self, layer):
         return {}
@@ -265,8 +271,8 @@ def flush_tiny(delta, scratch):
     operation), mostly in the weight gradients Σ_t h_{t-1}ᵀ δ_t: that minibatch's backward pass
     took 1.6-2.1x as long. 2^-63 is the square root of 2^-126: the entries kept make no such product
     with numbers of size 2^-63 or more. A term dropped is below 2^-63 · |h| <= 2^-63 in size, far
-    below float32's resolution of any gradient an optimizer step can see (README, "Tiny δ in
-    float32"). The gradient checks run in float64, where nothing is flushed.
+    below float32's resolution of any gradient an optimizer step can see (docs/bptt-and-cells.md,
+    "Tiny δ in float32"). The gradient checks run in float64, where nothing is flushed.
     """
     smallest = TINY_DELTA.get(delta.dtype.name)
     if smallest is None:

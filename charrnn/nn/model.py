@@ -56,6 +56,7 @@ from charrnn.nn.cells import (CELL_CLASSES, flush_tiny, init_params, layer_suffi
                               param_shapes, token_grads)
 from charrnn.base.checks import check_int
 from charrnn.base.errors import CharrnnError
+from charrnn.nn.recompute import DEFAULT_MEMORY_BUDGET, choose_bptt_memory, loss_and_grads_recompute
 from charrnn.nn.truncation import CUT, KEEP, path_scales
 from charrnn.nn.workspace import Workspace, WorkingWeights
 
@@ -114,7 +115,8 @@ class RNNLM:
 
     # ---------------------------------------------------------------- public API
 
-    def loss_and_grads(self, X, Y, state=None, truncation="full", rng=None, dropout_rng=None) -> tuple:
+    def loss_and_grads(self, X, Y, state=None, truncation="full", rng=None, dropout_rng=None,
+                       bptt_memory="store", memory_budget_bytes=DEFAULT_MEMORY_BUDGET) -> tuple:
         """Mean cross-entropy (eq. 9.7.2) and its gradient by BPTT -> (loss, grads, state).
 
         X, Y: (batch, num_steps) int; state: see the module docstring (None: zeros), a
@@ -122,7 +124,17 @@ class RNNLM:
         (see `path_scales`; rng draws ξ). dropout_rng: a numpy Generator drawing the dropout
         masks, required when the model's dropout > 0 (unused otherwise). grads: a fresh dict
         shaped like params; state: a copy of the last state.
+
+        bptt_memory: "store" keeps every state of the window for the backward pass (below);
+        "recompute" keeps one per segment of ~√T steps and recomputes the rest
+        (recompute.loss_and_grads_recompute: the same terms in O(√T) memory); "auto"
+        recomputes when the stored buffers would exceed memory_budget_bytes (choose_bptt_memory).
         """
+        shape = np.shape(X)  # the call chosen checks X, Y and state; a bad X goes to the stored one
+        if bptt_memory != "store" and len(shape) == 2 and \
+                choose_bptt_memory(bptt_memory, self, *shape, memory_budget_bytes) == "recompute":
+            return loss_and_grads_recompute(self, X, Y, state, truncation=truncation, rng=rng,
+                                            dropout_rng=dropout_rng)
         X, Y, state0 = self.check_batch(X, Y, state)
         B, T = X.shape
         scales = path_scales(truncation, T, B, rng, self.dtype)
@@ -236,7 +248,8 @@ class RNNLM:
         A += b_x
 
     def softmax_cross_entropy(self, y, ws) -> float:
-        """Σ_i -log softmax(o_i)[y_i] over all N = T*B outputs (the sum in eq. 9.7.2), as a float
+        """Σ_i -log softmax(o_i)[y_i] over all N = T*B outputs (the sum in eq. 9.7.2; F5-F6 of
+        reference.py), as a float
         summed in float64; leaves softmax(o) in ws.logits, stored (V, N) so that every reduction
         over the vocabulary runs along contiguous rows. y: (N,) int, time-major."""
         logits = ws.logits
@@ -250,7 +263,8 @@ class RNNLM:
         return float(np.sum(np.log(total) - target, dtype=np.float64))
 
     def output_grads(self, y, scale, ws) -> tuple:
-        """After softmax_cross_entropy: dL/do = scale * (softmax - onehot(y)) (eq. 9.7.12), formed in place
+        """After softmax_cross_entropy (reference.py's B1-B3): dL/do = scale * (softmax - onehot(y))
+        (eq. 9.7.12), formed in place
         in ws.logits -> (dW_hq (H,V), db_q (V,)) (eq. 9.7.13); fills ws.dH with the outputs' share
         of dL/dh_t of the top layer, (dL/do_t W_hqᵀ) ⊙ m_t."""
         d_logits = ws.for_backward().logits
@@ -271,7 +285,8 @@ class RNNLM:
         layer first, each step's cell.backward_step turns dh (+ dh_next, dc_next) into δ_t and
         the gradient into the previous state, which scales[t] keeps, cuts or scales by ξ_t (the
         same for h and c of every layer). Then the layer's weight gradients, dW_hh = Σ_t
-        h_{t-1}ᵀ δ_t as one product, and the gradient into the layer below (δ_t W_xhᵀ) ⊙ m_t.
+        h_{t-1}ᵀ δ_t as one product, and the gradient into the layer below (δ_t W_xhᵀ) ⊙ m_t
+        (for the LSTM, reference.py's B4-B9 and B3 between layers).
         On exit carry holds the gradient reaching the segment's start state (zero if scales[0]
         is CUT). A saturating cell's float32 δ below 2^-63 is set to zero after its steps
         (cells.flush_tiny: such tiny numbers make the weight products ~40x slower).

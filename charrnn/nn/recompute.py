@@ -76,19 +76,6 @@ def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,
     return "store" if stored <= memory_budget_bytes else "recompute"
 
 
-def loss_and_grads_auto(model, X, Y, state=None, truncation="full", rng=None, bptt_memory="auto",
-                        memory_budget_bytes=DEFAULT_MEMORY_BUDGET, dropout_rng=None) -> tuple:
-    """RNNLM.loss_and_grads, storing every state or recomputing as `choose_bptt_memory` decides.
-
-    X, Y: (batch, num_steps) int -> (loss, grads, state) as RNNLM.loss_and_grads.
-    """
-    shape = np.shape(X)  # the call chosen checks X, Y and state; a bad X goes to the plain one
-    if len(shape) == 2 and choose_bptt_memory(bptt_memory, model, *shape, memory_budget_bytes) == "recompute":
-        return loss_and_grads_recompute(model, X, Y, state, truncation=truncation, rng=rng,
-                                        dropout_rng=dropout_rng)
-    return model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng, dropout_rng=dropout_rng)
-
-
 def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=None,
                              segment_steps=None, dropout_rng=None) -> tuple:
     """Mean cross-entropy (eq. 9.7.2) and its BPTT gradient, recomputing states per segment.

@@ -37,7 +37,6 @@ from charrnn.infer.evaluate import mean_loss, perplexity
 from charrnn.base.io import append_jsonl
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm
-from charrnn.nn.recompute import loss_and_grads_auto
 from charrnn.infer.sample import continue_text
 from charrnn.training.schedule import budget_fraction, learning_rate
 from charrnn.runtime.signals import StopSignals
@@ -181,10 +180,10 @@ class Run:
         """One minibatch: loss and gradients by BPTT, clipping, update -> "" or why the run must stop."""
         cfg, training = self.config, self.training
         self.optimizer.lr = self.learning_rate()
-        loss, grads, last_state = loss_and_grads_auto(
-            self.model, X, Y, training.carried, truncation=cfg.truncation, rng=training.truncation_rng,
-            bptt_memory=cfg.bptt_memory, memory_budget_bytes=cfg.bptt_memory_budget * 2**20,
-            dropout_rng=training.dropout_rng)
+        loss, grads, last_state = self.model.loss_and_grads(  # charrnn.nn.model, its steps charrnn.nn.cells
+            X, Y, training.carried, truncation=cfg.truncation, rng=training.truncation_rng,
+            dropout_rng=training.dropout_rng, bptt_memory=cfg.bptt_memory,
+            memory_budget_bytes=cfg.bptt_memory_budget * 2**20)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
