@@ -1,6 +1,6 @@
 """charrnn: character-level RNN language models trained by exact BPTT, in NumPy.
 
-The Python API (README, "Use from Python"): the names below are imported from their modules
+The Python API (docs/python-api.md): the names below are imported from their modules
 when first used, so `import charrnn` stays fast and sets nothing (no BLAS threads, no warnings
 filters, no files).
 

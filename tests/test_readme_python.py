@@ -44,3 +44,12 @@ def test_importing_charrnn_loads_nothing_else_and_every_export_resolves():
     assert charrnn.train is charrnn.training.start.train and charrnn.resume is charrnn.training.start.resume
     with pytest.raises(AttributeError):
         charrnn.no_such_name
+
+
+def test_the_readme_is_short_and_no_page_shows_a_machine_path_or_an_issue_number():
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r"/work/|/home/|/tmp/|/root/", text), page.name
+        assert not re.search(r"\bissues? #?\d", text, re.I), page.name

@@ -1,7 +1,7 @@
 """How many threads NumPy's BLAS runs: `auto` (the default) or a fixed count, set at run time
 with threadpoolctl (nothing happens on import).
 
-The mechanism, chosen by measurement (README, "Threads"; benchmarks/bench_mechanisms.py):
+The mechanism, chosen by measurement (docs/performance.md, "Threads"; benchmarks/bench_mechanisms.py):
 OpenBLAS's own threads, each matrix product split among them. Row shards of the minibatch in
 Python threads, each with one BLAS thread, gained less on two cores: each half's products cost
 more than half a product, and the halves' NumPy calls take turns holding the GIL. OpenBLAS's

@@ -27,8 +27,8 @@ ON_NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient does to th
 # what a configuration saved before a field existed meant by it (older checkpoints still load)
 LEGACY_DEFAULTS = {"lr_schedule": "epoch"}
 # the network and learning rate a run gets when it names only its cell; a field given explicitly
-# wins. rnn: the README's default run; gru/lstm: measured on the book, reasoned for texts of a few
-# MB (README, "Defaults per cell"). A run records them resolved in config.json and checkpoints.
+# wins. rnn: the default run of docs/usage.md; gru/lstm: measured on the book, reasoned for texts of a few
+# MB (docs/usage.md, "Defaults of the gated cells"). A run records them resolved in config.json and checkpoints.
 CELL_DEFAULTS = {
     "rnn": {"num_hiddens": 256, "num_layers": 1, "dropout": 0.0, "lr": 1e-2},
     "gru": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.3, "lr": 5e-3},
