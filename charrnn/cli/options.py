@@ -16,7 +16,7 @@ from charrnn.data.corpus import LEVELS
 from charrnn.data.text import PREPROCESS_MODES
 from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
-from charrnn.nn.cells import ACTIVATIONS, CELLS
+from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES
 from charrnn.nn.model import DTYPES
 from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
@@ -212,6 +212,11 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.option("--activation", type=activation_choice, default=DEFAULTS.activation, show_default=True,
                      help="The rnn cell's nonlinearity (gated cells have their own)."),
         click.option("--dtype", type=dtype_choice, default=DEFAULTS.dtype, show_default=True),
+        click.option("--output-bias", type=click.Choice(OUTPUT_BIASES), default=DEFAULTS.output_bias,
+                     show_default=True,
+                     help="The output layer's bias at the start: the training text's letter frequencies "
+                          "(log unigram probabilities; the first loss is the unigram's), or zeros (the "
+                          "textbook's; the first loss is log V)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
         click.option("--num-steps", type=click.IntRange(min=1), default=DEFAULTS.num_steps, show_default=True,
                      help="Time steps per minibatch (the BPTT window)."),
@@ -253,6 +258,9 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                           "the first words of the text otherwise]."),
         click.option("--sample-length", type=click.IntRange(min=0), default=DEFAULTS.sample_length,
                      show_default=True),
+        click.option("--sample-temperature", type=FiniteRange(0), default=DEFAULTS.sample_temperature,
+                     show_default=True, help="Temperature of the sample at each evaluation; 0 takes the most "
+                                             "likely token (greedy, as the textbook's predict)."),
         click.option("--bptt-memory", type=click.Choice(BPTT_MEMORY_MODES), default=DEFAULTS.bptt_memory,
                      show_default=True,
                      help="store: keep every hidden state for BPTT; recompute: keep one every ~sqrt(num_steps) "

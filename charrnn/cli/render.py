@@ -168,6 +168,7 @@ def print_summary(result):
         ("stopped by", result.reason), ("epochs", f"{p.epoch} done, {p.step_in_epoch} steps into the next"),
         ("steps / tokens", f"{p.step:,} / {p.tokens:,}"), ("train perplexity", fmt(result.train_ppl)),
         ("validation perplexity", fmt(result.val_ppl)), ("best validation perplexity", best),
+        *baseline_rows(result.baselines),
         ("tokens/s", f"{result.tokens_per_s:,.0f}"), ("wall time", f"{result.wall_time:.1f} s"),
     ]
     if p.skipped:
@@ -176,6 +177,19 @@ def print_summary(result):
         table.add_row(name, value)
     console.print(table)
     say(f"checkpoint: {result.checkpoint}\nbest checkpoint: {result.best or '-'}")
+
+
+def baseline_rows(baselines):
+    """The summary's rows for charrnn.data.baselines.Baselines: what the network must beat."""
+    if baselines is None:
+        return []
+    return [("unigram / bigram perplexity", f"{fmt(baselines.unigram)} / {fmt(baselines.bigram)} (validation split)")]
+
+
+def print_baselines(baselines):
+    say(f"validation split ({baselines.scored:,} tokens): unigram perplexity {fmt(baselines.unigram)}, "
+        f"bigram perplexity {fmt(baselines.bigram)} (add-one smoothed, counted on "
+        f"{baselines.counted:,} training tokens)")
 
 
 class SweepProgress(SweepReporter):

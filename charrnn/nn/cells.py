@@ -43,6 +43,21 @@ biases 0 except the LSTM forget gate's b_f = 1, so that c is kept by default at 
 output layer as the rnn's, N(0, 0.01²) and 0, so the first loss is log V. Drawn in float64 from
 numpy.random.default_rng(seed) in the parameter order above (layer 0, 1, ..., output), then cast.
 
+A training run then sets the output bias from its data (init_output_bias, TrainConfig.output_bias
+"unigram", the default): b_q = log p(v), the add-one smoothed unigram of the training split
+(charrnn.data.baselines), so the first loss is the unigram's cross-entropy instead of log V. Without
+it, the largest and most consistent part of every early gradient reaching the recurrent layers
+is the unigram's mismatch, Σ_t (softmax(o_t) − y_t) W_hqᵀ averaged to (p̄ − ȳ) W_hqᵀ: the same
+direction at every step and position, whatever the input. Adam normalises each parameter's
+steps, so that small but consistent signal moves every recurrent weight and bias by ~lr per
+step in a coherent direction, and within a few dozen steps a layer's tanh units and gates
+saturate to a constant state that carries the letter frequencies to the output layer. A
+saturated unit passes almost no gradient (1 − h², z(1 − z) ≈ 0), and the run stays at the
+unigram's perplexity: the 2-layer networks with dropout did so for some seeds on every text
+tried (docs/learning.md). With the frequencies in b_q from the start, no
+such constant signal exists and the layers learn from their inputs. "zero" keeps the
+textbook's b_q = 0.
+
 Backward steps take dh (and dc) = the total gradient reaching the step's output state and leave
 in d_state the gradient reaching the previous state, dh_next (and dc_next), unless the path is
 cut (keep False). The per-step multipliers that do not depend on the gradient are formed for all
@@ -63,6 +78,7 @@ CELLS = ("rnn", "gru", "lstm")
 ACTIVATIONS = ("tanh", "linear")  # the rnn cell's φ; gated cells have their own
 INIT_SCALE = 0.01  # the textbook's N(0, 0.01²) for the rnn and every output layer
 LSTM_FORGET_BIAS = 1.0
+OUTPUT_BIASES = ("unigram", "zero")  # a run's output bias at the start (init_output_bias)
 
 
 def layer_suffix(layer) -> str:
@@ -359,3 +375,13 @@ def init_params(cell, shapes, num_hiddens, rng, dtype) -> dict:
                 value[num_hiddens:2 * num_hiddens] = LSTM_FORGET_BIAS
         params[name] = value.astype(dtype)
     return params
+
+
+def init_output_bias(params, log_probs) -> None:
+    """b_q <- log p(v) (the training split's unigram, charrnn.data.baselines.unigram_log_probs), in
+    place, in the parameters' dtype: the network's first output is the unigram model (module
+    docstring, "A training run then sets the output bias")."""
+    b_q = params["b_q"]
+    if b_q.shape != np.shape(log_probs):
+        raise ValueError(f"log-probabilities of shape {np.shape(log_probs)} for b_q {b_q.shape}")
+    b_q[...] = log_probs

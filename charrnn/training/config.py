@@ -15,7 +15,7 @@ from charrnn.data.corpus import LEVELS, default_preprocess, expand_user
 from charrnn.data.text import PREPROCESS_MODES
 from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
-from charrnn.nn.cells import ACTIVATIONS, CELLS, network_problem
+from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES, network_problem
 from charrnn.nn.model import DTYPES
 from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
@@ -25,7 +25,7 @@ from charrnn.training.schedule import LR_SCHEDULES
 DEFAULT_EPOCHS = 30  # the budget when none of epochs / max_tokens / max_time is given
 ON_NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient does to the run
 # what a configuration saved before a field existed meant by it (older checkpoints still load)
-LEGACY_DEFAULTS = {"lr_schedule": "epoch"}
+LEGACY_DEFAULTS = {"lr_schedule": "epoch", "output_bias": "zero"}
 # the network and learning rate a run gets when it names only its cell; a field given explicitly
 # wins. rnn: the default run of docs/usage.md; gru/lstm: measured on the book, reasoned for texts of a few
 # MB (docs/usage.md, "Defaults of the gated cells"). A run records them resolved in config.json and checkpoints.
@@ -62,6 +62,9 @@ class TrainConfig:
     dropout: float | None = None  # between layers and before the output layer, while training
     activation: str = "tanh"  # the rnn cell's; gated cells have their own nonlinearities
     dtype: str = "float32"
+    # the output layer's bias at the start: the training split's unigram log-probabilities, or
+    # zeros (the textbook's); see charrnn.nn.cells.init_output_bias
+    output_bias: str = "unigram"
     batch_size: int = 64
     num_steps: int = 32
     sampler: str = "sequential"
@@ -84,6 +87,7 @@ class TrainConfig:
     eval_every: int = 500_000  # tokens between evaluations (and one at the end)
     sample_prefix: str | None = None  # None: DEFAULT_SAMPLE_PREFIXES, else the text's first words
     sample_length: int = 60
+    sample_temperature: float = 0.8  # of the sample at each evaluation; 0 = greedy
     # BPTT storage: every state ("store"), or checkpoints and recomputation in O(√T) memory
     # ("recompute", charrnn.nn.recompute); "auto" recomputes when storing would pass the budget
     bptt_memory: str = "auto"
@@ -120,6 +124,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not is_finite(value) and (name == "lr" or value is not None):
                 raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
+        if not (is_finite(self.sample_temperature) and self.sample_temperature >= 0):
+            raise ConfigError("sample_temperature",
+                              f"sample_temperature must be a finite number >= 0, got {self.sample_temperature!r}")
         if not (is_finite(self.lr_floor) and 0 < self.lr_floor <= 1):
             raise ConfigError("lr_floor", f"lr_floor must be in (0, 1], got {self.lr_floor!r}")
         if not 0 < self.lr_decay <= 1:
@@ -198,6 +205,7 @@ def corpus_key(corpus):
 
 # the fields chosen from a list, and the list of the module that owns each
 CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
+           "output_bias": OUTPUT_BIASES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
            "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))

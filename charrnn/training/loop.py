@@ -27,7 +27,7 @@ import numpy as np
 
 from charrnn.training.checkpoint import save_checkpoint
 from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpoint
-from charrnn.training.state import SAMPLER_STREAM, Progress
+from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM, Progress
 from charrnn.training.config import BUDGET_FIELDS, TrainConfig
 from charrnn.data.samplers import SAMPLERS, num_minibatches
 from charrnn.data.corpus import Vocab
@@ -35,6 +35,7 @@ from charrnn.data.text import preprocess_text
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.infer.evaluate import mean_loss, perplexity
 from charrnn.base.io import append_jsonl
+from charrnn.data.baselines import Baselines
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm
 from charrnn.infer.sample import continue_text
@@ -67,6 +68,7 @@ class TrainResult:
     model: RNNLM | None = None  # the model as it ended (best.npz holds the best one)
     vocab: Vocab | None = None
     config: TrainConfig | None = None
+    baselines: Baselines | None = None  # the unigram and bigram perplexities of the validation split
 
     @property
     def best(self):
@@ -111,11 +113,13 @@ class Run:
     """One training run in progress: its TrainingState (model, optimizer, progress, Generators,
     carried state), config, vocabulary, data and directory."""
 
-    def __init__(self, training, *, config, vocab, train_data, val_data, out_dir, reporter):
+    def __init__(self, training, *, config, vocab, train_data, val_data, out_dir, reporter, baselines=None):
         self.training, self.config, self.vocab = training, config, vocab
         self.model, self.optimizer, self.progress = training.model, training.optimizer, training.progress
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
         self.reporter = reporter
+        self.baselines = baselines  # charrnn.data.baselines.Baselines of the data, or None
+        self.warned_not_learning = False
         self.tokens_per_batch = config.batch_size * config.num_steps
         self.tokens_per_epoch = (num_minibatches(len(train_data), config.batch_size, config.num_steps)
                                  * self.tokens_per_batch)
@@ -278,6 +282,30 @@ class Run:
             self.save(BEST)
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
+        self.check_learning(val_ppl, at_end=reason == "stop" or self.budget_reached(within_epoch=True) is not None)
+
+    def check_learning(self, val_ppl, at_end):
+        """Once a run: a CharrnnWarning when the validation perplexity is still above the
+        bigram's (the unigram's where no bigram was counted) after a whole epoch or at the end
+        of the budget, naming what to try."""
+        b = self.baselines
+        if b is None or self.warned_not_learning or not (self.progress.epoch >= 1 or at_end):
+            return
+        level, name = (b.bigram, "bigram") if b.bigram is not None else (b.unigram, "unigram")
+        if not math.isfinite(val_ppl) or val_ppl <= level:  # a non-finite run is told so elsewhere
+            return
+        self.warned_not_learning = True
+        cfg = self.config
+        tries = [f"--lr {cfg.lr / 4:g}"]
+        if cfg.dropout:
+            tries.append("--dropout 0")
+        if cfg.num_layers > 1 or cfg.num_hiddens > 128:
+            tries.append("a smaller network (--num-layers 1 --num-hiddens 128)")
+        tries.append("a larger budget")
+        epochs = self.progress.epoch
+        when = "at the end of its budget" if epochs < 1 else f"after {epochs} epoch{'s' if epochs > 1 else ''}"
+        warnings.warn(f"not learning: validation perplexity {val_ppl:.4g} is still above the {name} model's "
+                      f"{level:.4g} {when}; try {', '.join(tries)}", CharrnnWarning, stacklevel=2)
 
     def warn_about_the_sample_prefix(self):
         """A CharrnnWarning if preprocessing changes the prefix continued at each evaluation."""
@@ -287,13 +315,17 @@ class Run:
                           f"{preprocess_text(prefix, preprocess)!r}", CharrnnWarning, stacklevel=2)
 
     def sample(self):
-        """The greedy continuation of the sample prefix (as the textbook's predict), or None
-        when there is none to show (a prefix without tokens, a model without finite outputs)."""
+        """The continuation of the sample prefix drawn at sample_temperature (0: greedy, as the
+        textbook's predict) from default_rng([seed, SAMPLE_STREAM, step]), or None when there is
+        none to show (a prefix without tokens, a model without finite outputs)."""
         cfg = self.config
+        temperature = cfg.sample_temperature
         try:
             with self.threads.one_row():
                 return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
-                                     level=cfg.level, preprocess=cfg.preprocess, greedy=True).text
+                                     level=cfg.level, preprocess=cfg.preprocess, temperature=temperature or 1.0,
+                                     greedy=temperature == 0,
+                                     seed=[cfg.seed, SAMPLE_STREAM, self.progress.step]).text
         except CharrnnError:
             return None
 
@@ -339,6 +371,7 @@ class Run:
                 "train_tokens": len(self.train_data), "val_tokens": len(self.val_data),
                 "vocab_size": len(self.vocab),
                 "num_params": sum(v.size for v in self.model.params.values()),
+                "baselines": self.baselines,
                 "threads": self.threads.describe()}
 
     def result(self, reason, message):
@@ -354,4 +387,4 @@ class Run:
             wall_time=time.perf_counter() - self.session_start,
             checkpoint=checkpoint if checkpoint.is_file() else None,
             checkpoint_step=self.checkpoint_step, message=message, model=self.model, vocab=self.vocab,
-            config=cfg)
+            config=cfg, baselines=self.baselines)

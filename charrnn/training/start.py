@@ -28,6 +28,8 @@ from charrnn.training.loop import Reporter, Run
 from charrnn.training.state import TrainingState
 from charrnn.infer.sample import text_prefix
 from charrnn.data.store import open_store
+from charrnn.data.baselines import ngram_baselines
+from charrnn.nn.cells import init_output_bias
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads
 
 
@@ -60,7 +62,10 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     with RunLock(out_dir):
         refuse_existing_run(out_dir)  # again: another process may have started one meanwhile
         remove_stale_temporaries(out_dir)
+        baselines = ngram_baselines(train_data, val_data, len(vocab))
         model = grown_model(parent.model, len(vocab), config.seed) if parent else RNNLM(**spec, seed=config.seed)
+        if not parent and config.output_bias == "unigram":
+            init_output_bias(model.params, baselines.log_unigram)
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         vocab.save(out_dir / VOCAB)
         save_json(out_dir / CONFIG, asdict(config))
@@ -68,7 +73,7 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
             save_json(out_dir / PARENT, parent_record(parent, vocab))
         training = TrainingState.start(model=model, optimizer=optimizer, seed=config.seed, data_id=data_id)
         run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
-                  out_dir=out_dir, reporter=reporter or Reporter())
+                  out_dir=out_dir, reporter=reporter or Reporter(), baselines=baselines)
         run.save(CHECKPOINT)
         return run.start(resumed=False, threads=threads)
 
@@ -99,7 +104,8 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
         training = replace(ckpt.training, data_id=data_id)
         run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
-                  out_dir=out_dir, reporter=reporter or Reporter())
+                  out_dir=out_dir, reporter=reporter or Reporter(),
+                  baselines=ngram_baselines(train_data, val_data, len(vocab)))
         reached = run.budget_reached()
         if reached:
             raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "

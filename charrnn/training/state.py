@@ -17,8 +17,10 @@ from charrnn.base.checks import is_finite, is_integer
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.model import RNNLM
 
-# the second word of the seeds of a run's Generators: default_rng([seed, STREAM, ...])
-SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM = 0, 1, 2
+# the second word of the seeds of a run's Generators: default_rng([seed, STREAM, ...]); the
+# sample of each evaluation draws from its own default_rng([seed, SAMPLE_STREAM, step]), so
+# showing samples changes no number of training
+SAMPLER_STREAM, TRUNCATION_STREAM, DROPOUT_STREAM, SAMPLE_STREAM = 0, 1, 2, 3
 
 
 @dataclass
