@@ -166,12 +166,6 @@ def test_the_memory_estimate_bounds_a_real_run(tmp_path, text_file):
     assert peak < estimate < 3 * peak, (peak, estimate)
 
 
-def test_available_memory_reads_the_machine():
-    available = memory.available_memory()
-    if sys.platform.startswith("linux"):
-        assert 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 # ---------------------------------------------------------------------------- smaller holes
 
 def test_ctrl_c_while_charrnn_starts_prints_no_traceback(text_file):

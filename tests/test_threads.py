@@ -1,7 +1,6 @@
 """BLAS threads: `auto` gives OpenBLAS the cores no other process keeps busy and looks
 again as training goes; no thread count, nor auto's changes, changes a number of training;
 compare's workers split the cores; the CLI and the Python API take the same setting."""
-import os
 
 import numpy as np
 import pytest
@@ -12,13 +11,13 @@ from charrnn import cli
 from charrnn.runtime import threads
 from charrnn.training import start as training
 from charrnn.base.errors import CharrnnError
-from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, MachineWatch, Threads, available_cores, blas_thread_counts,
-                             blas_threads, cgroup_quota, check_threads, default_threads, share)
+from charrnn.runtime.machine import MachineWatch
+from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, Threads, blas_thread_counts, blas_threads,
+                                     check_threads, default_threads, share)
 from charrnn.training.loop import Reporter
 from test_train import InterruptAt, assert_same_checkpoints, config, text_file  # noqa: F401  (a fixture)
 
 NO_THREAD_VARIABLES = dict.fromkeys(THREAD_VARIABLES)  # CliRunner's env: None unsets
-CORES = len(os.sched_getaffinity(0))
 
 
 def two_threads():
@@ -71,75 +70,7 @@ def test_auto_is_the_default_unless_the_user_set_a_thread_variable(monkeypatch):
     assert default_threads() is None
 
 
-# ---------------------------------------------------------------- what the machine has
-
-def write_cgroup(tmp_path, lines, files):
-    """A fake /proc (self/cgroup holding `lines`) and cgroup tree (`files`: path -> text)."""
-    (tmp_path / "proc" / "self").mkdir(parents=True)
-    (tmp_path / "proc" / "self" / "cgroup").write_text("\n".join(lines) + "\n")
-    for path, text in files.items():
-        (tmp_path / "cg" / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "cg" / path).write_text(text)
-    return tmp_path / "proc", tmp_path / "cg"
-
-
-@pytest.mark.parametrize("lines, files, quota", [
-    (["0::/job"], {"job/cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2
-    (["0::/job"], {"job/cpu.max": "max 100000\n"}, None),
-    (["0::/a/b"], {"a/b/cpu.max": "max 100000", "a/cpu.max": "300000 100000"}, 3.0),  # a parent's quota
-    (["0::/"], {}, None),
-    (["4:memory:/x", "1:cpu,cpuacct:/job"], {"cpu/job/cpu.cfs_quota_us": "250000", "cpu/job/cpu.cfs_period_us": "100000"}, 2.5),
-    (["1:cpu,cpuacct:/"], {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),  # v1, none
-    (["0::/job"], {"job/cpu.max": "garbage"}, None),
-])
-def test_the_cgroup_quota_is_the_smallest_on_the_way_to_the_root(tmp_path, lines, files, quota):
-    proc, cgroup = write_cgroup(tmp_path, lines, files)
-    assert cgroup_quota(proc, cgroup) == quota
-
-
-def test_available_cores_are_the_affinity_capped_by_the_quota_at_least_one(tmp_path):
-    assert available_cores(tmp_path / "none", tmp_path / "none") == CORES
-    proc, cgroup = write_cgroup(tmp_path, ["0::/j"], {"j/cpu.max": "50000 100000"})
-    assert available_cores(proc, cgroup) == 1  # half a core: one thread
-
-
-def write_stat(proc, cpu_ticks, running=1):
-    """/proc/stat with per-CPU lines of (busy, idle) ticks."""
-    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
-    lines += [f"cpu{i} {busy} 0 0 {idle} 0 0 0 0 0 0" for i, (busy, idle) in enumerate(cpu_ticks)]
-    lines += ["intr 1 2 3", f"procs_running {running}", "procs_blocked 0"]
-    (proc / "stat").write_text("\n".join(lines) + "\n")
-
-
-def test_busy_elsewhere_is_the_busy_time_of_our_cpus_less_our_own(tmp_path, monkeypatch):
-    proc = tmp_path / "proc"
-    (proc / "self" / "task").mkdir(parents=True)
-    clock = {"wall": 100.0, "own": 5.0}
-    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["wall"])
-    monkeypatch.setattr(threads.os, "times", lambda: os.times_result((clock["own"], 0, 0, 0, 0)))
-    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(threads.os, "sysconf", lambda name: 100)
-    write_stat(proc, [(1000, 500), (2000, 500), (7000, 0)])  # cpu2 is not ours
-    watch = MachineWatch(proc)
-    # over 2 s: cpu0 busy 1.0 s, cpu1 busy 2.0 s, of which 1.5 s was this process: 1.5 s of others
-    write_stat(proc, [(1100, 600), (2200, 500), (7200, 0)])
-    clock.update(wall=102.0, own=6.5)
-    assert watch.busy_elsewhere() == pytest.approx(0.75)
-    write_stat(proc, [(1100, 800), (2200, 700), (7400, 0)])  # idle for 2 s, cpu2 busy
-    clock.update(wall=104.0)
-    assert watch.busy_elsewhere() == 0.0
-
-
-def test_the_first_look_counts_runnable_tasks_that_are_not_ours(tmp_path, monkeypatch):
-    proc = tmp_path / "proc"
-    for task, state in (("1", "R"), ("2", "S"), ("3", "R")):
-        (proc / "self" / "task" / task).mkdir(parents=True)
-        (proc / "self" / "task" / task / "stat").write_text(f"{task} (python (x)) {state} 1 2 3\n")
-    write_stat(proc, [(0, 0), (0, 0)], running=4)
-    assert MachineWatch(proc).first_look(pause=0) == 2.0  # 4 running, 2 of them ours
-    write_stat(proc, [(0, 0), (0, 0)], running=2)
-    assert MachineWatch(proc).first_look(pause=0) == 0.0
-
+# ---------------------------------------------------------------- without /proc
 
 def test_without_proc_auto_runs_one_thread(tmp_path):
     watch = MachineWatch(tmp_path / "no-proc")

@@ -15,7 +15,8 @@ The time other processes used is read from /proc/stat over the last CHECK_EVERY 
 busy time of this process's CPUs less its own CPU time); a training run looks again between
 steps (`Threads.adapt`). The first look, when a block starts, counts the runnable tasks that are
 not this process's (procs_running), which needs no waiting. available_cores(): the CPU affinity,
-capped by a cgroup CPU quota. Without /proc (not Linux), auto runs one thread, as before.
+capped by a cgroup CPU quota. Both readings are charrnn.runtime.machine's. Without /proc (not
+Linux), auto runs one thread.
 
 Rounding: OpenBLAS splits a product's output among its threads, never a sum, so a product of
 two or more rows gives the same bits on any number of threads, and auto's changes change no
@@ -27,21 +28,19 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy  # noqa: F401  (loads the BLAS library that threadpoolctl finds and limits)
 from threadpoolctl import ThreadpoolController, threadpool_info
 
 from charrnn.base.checks import check_int, is_integer
 from charrnn.base.errors import CharrnnError
+from charrnn.runtime.machine import MachineWatch, available_cores
 
 AUTO = "auto"
 DEFAULT_THREADS = AUTO  # the CLI's and the Python API's default, unless THREAD_VARIABLES say otherwise
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CHECK_EVERY = 1.0  # seconds between auto's looks at the machine during training
 SLACK = 0.25  # a core counts as free while other processes use at most this share of it
-PROC = Path("/proc")
-CGROUP = Path("/sys/fs/cgroup")
 
 
 def check_threads(value):
@@ -57,115 +56,6 @@ def default_threads():
     """The thread setting when none is given: DEFAULT_THREADS, or None (leave the BLAS library
     as it started) when the user set one of THREAD_VARIABLES."""
     return None if any(os.environ.get(name) for name in THREAD_VARIABLES) else DEFAULT_THREADS
-
-
-# ---------------------------------------------------------------- what the machine has
-
-def available_cores(proc=PROC, cgroup=CGROUP) -> int:
-    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = cgroup_quota(proc, cgroup)
-    return max(1, min(cores, math.floor(quota)) if quota is not None else cores)
-
-
-def cgroup_quota(proc=PROC, cgroup=CGROUP):
-    """CPUs' worth of time per second the cgroups of this process may use (the smallest quota
-    on the way from its cgroup to the root), or None when none is set or readable.
-    cgroup v2: cpu.max "QUOTA PERIOD" or "max PERIOD"; v1: cpu.cfs_quota_us (-1: none) and
-    cpu.cfs_period_us."""
-    quotas = []
-    for line in _read(proc / "self" / "cgroup").splitlines():
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # v2
-            files = [(d / "cpu.max",) for d in _up_to(cgroup, path)]
-        elif "cpu" in controllers.split(","):  # v1
-            files = [(d / "cpu.cfs_quota_us", d / "cpu.cfs_period_us") for d in _up_to(cgroup / "cpu", path)]
-        else:
-            continue
-        for names in files:
-            fields = " ".join(_read(name) for name in names).split()
-            if len(fields) == 2 and fields[0].lstrip("-").isdigit() and fields[1].isdigit():
-                quota, period = int(fields[0]), int(fields[1])
-                if quota > 0 and period > 0:
-                    quotas.append(quota / period)
-    return min(quotas) if quotas else None
-
-
-def _up_to(root, path):
-    """root/path, its parents, ..., root (the directories of a cgroup and its ancestors)."""
-    directory = root / path.strip("/")
-    yield directory
-    while directory != root and root in directory.parents:
-        directory = directory.parent
-        yield directory
-
-
-def _read(path) -> str:
-    try:
-        return Path(path).read_text()
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-class MachineWatch:
-    """How many of this process's CPUs other processes keep busy, from /proc: `first_look()` at
-    once, `busy_elsewhere()` over the time since the last call."""
-
-    def __init__(self, proc=PROC):
-        self.proc = proc
-        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.last = self.reading()
-
-    @property
-    def works(self) -> bool:
-        """Whether /proc/stat could be read (Linux)."""
-        return self.last is not None
-
-    def first_look(self, looks=3, pause=0.002) -> float:
-        """Runnable tasks of the whole system that are not this process's threads, now: the
-        fewest of `looks` counts `pause` seconds apart (a task that runs for a moment is no load)."""
-        counts = []
-        for look in range(looks):
-            if look:
-                time.sleep(pause)
-            stat = _read(self.proc / "stat")
-            running = [int(line.split()[1]) for line in stat.splitlines() if line.startswith("procs_running ")]
-            own = sum(_read(task / "stat").rpartition(")")[2].split()[:1] == ["R"]
-                      for task in (self.proc / "self" / "task").glob("*"))
-            counts.append(max(0, running[0] - max(1, own)) if running else 0)
-        return float(min(counts))
-
-    def busy_elsewhere(self) -> float:
-        """CPUs' worth of time other processes used on this process's CPUs since the last call
-        (their busy time less this process's CPU time, over the wall time)."""
-        now = self.reading()
-        if now is None or self.last is None:
-            return 0.0
-        (wall, busy, own), (wall0, busy0, own0) = now, self.last
-        self.last = now
-        if wall - wall0 <= 0:
-            return 0.0
-        return max(0.0, ((busy - busy0) / self.tick - (own - own0)) / (wall - wall0))
-
-    def reading(self):
-        """(wall seconds, busy ticks of this process's CPUs, this process's CPU seconds), or None."""
-        busy = 0
-        found = False
-        for line in _read(self.proc / "stat").splitlines():
-            name, _, rest = line.partition(" ")
-            if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
-                continue
-            if self.cpus is not None and int(name[3:]) not in self.cpus:
-                continue
-            ticks = [int(field) for field in rest.split()]
-            # user nice system idle iowait irq softirq steal [guest guest_nice, counted in user]
-            busy += sum(ticks[:8]) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
-            found = True
-        if not found:
-            return None
-        times = os.times()
-        return time.monotonic(), busy, times.user + times.system
 
 
 # ---------------------------------------------------------------- the setting, applied

@@ -7,10 +7,9 @@ holds the parameters, their gradients, the optimizer's scratch and slots (4 + sl
 float64 draw of the largest parameter at initialisation, the BPTT buffers of a training window
 (stored or recomputed, as choose_bptt_memory decides) and two evaluation workspaces (the chunks
 of evaluate.EVAL_ROWS x model.EVAL_CHUNK_STEPS and the last, shorter one).
+What the machine has is read by charrnn.runtime.machine.available_memory.
 """
 import math
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +20,7 @@ from charrnn.nn.cells import CELL_CLASSES
 from charrnn.nn.model import EVAL_CHUNK_STEPS, RNNLM
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import bptt_memory_bytes, choose_bptt_memory, default_segment_steps
+from charrnn.runtime.machine import available_memory
 
 CELL_KEYS = ("cell", "num_layers", "dropout")  # model settings bptt_memory_bytes may take
 MEMORY_ADVICE = "try a smaller --num-hiddens, --batch-size or --num-steps"
@@ -77,57 +77,6 @@ def check_training_memory(spec, config, val_tokens, held=0) -> None:
     allocated (a resumed checkpoint's), exceed the memory available."""
     what = "resuming this run" if held else "this run"
     check_memory(training_memory_bytes(spec, config, val_tokens) - held, what, advice=MEMORY_ADVICE)
-
-
-def _read_int(path):
-    try:
-        text = Path(path).read_text().split()[0]
-    except (OSError, IndexError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _meminfo_available():
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _cgroup_room():
-    """Bytes left under this process's cgroup memory limit (v2 or v1), or None if unlimited/unknown."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    rooms = []
-    for line in lines:
-        _, controllers, group = line.split(":", 2)
-        if controllers == "":  # v2
-            files = [("/sys/fs/cgroup" + group, "memory.max", "memory.current"),
-                     ("/sys/fs/cgroup", "memory.max", "memory.current")]
-        elif "memory" in controllers.split(","):  # v1
-            files = [("/sys/fs/cgroup/memory" + group, "memory.limit_in_bytes", "memory.usage_in_bytes"),
-                     ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")]
-        else:
-            continue
-        for directory, limit_file, usage_file in files:
-            limit, usage = _read_int(os.path.join(directory, limit_file)), _read_int(os.path.join(directory, usage_file))
-            if limit is not None and usage is not None:
-                if limit < 1 << 60:  # else "max" or v1's "no limit"
-                    rooms.append(max(limit - usage, 0))
-                break
-    return min(rooms) if rooms else None
-
-
-def available_memory():
-    """Bytes this process can still allocate: /proc/meminfo's MemAvailable, lowered by the room
-    left under a cgroup limit; None where neither is known (not Linux)."""
-    known = [n for n in (_meminfo_available(), _cgroup_room()) if n is not None]
-    return min(known) if known else None
 
 
 def format_bytes(n) -> str:
