@@ -20,7 +20,8 @@ filters, no files).
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "data.corpus": ("read_text", "load_corpus", "Vocab"),
+    "data.corpus": ("read_text", "load_corpus"),
+    "data.vocab": ("Vocab",),
     "data.text": ("preprocess_text",),
     "data.samplers": ("split_corpus", "seq_data_iter_random", "seq_data_iter_sequential", "SAMPLERS"),
     "nn.model": ("RNNLM",),

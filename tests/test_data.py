@@ -1,4 +1,5 @@
-"""Tests of charrnn.data.corpus: corpus files, preprocessing, tokens, Vocab and the samplers."""
+"""Tests of the data layer: corpus files (charrnn.data.corpus), preprocessing, tokens and Vocab
+(charrnn.data.vocab) and the samplers."""
 import hashlib
 import json
 import re
@@ -12,7 +13,9 @@ from hypothesis import given, settings, strategies as st
 
 from charrnn.data import corpus as data
 from charrnn.data import samplers
-from charrnn.data.corpus import Vocab, count_tokens, load_corpus, read_text, tokenize
+from charrnn.data import vocab as vocab_module
+from charrnn.data.corpus import load_corpus, read_text
+from charrnn.data.vocab import Vocab, count_tokens, tokenize
 from charrnn.data.samplers import (num_minibatches, seq_data_iter_random, seq_data_iter_sequential,
                                    split_corpus)
 from charrnn.data.text import preprocess_text
@@ -249,7 +252,7 @@ def test_work_in_pieces_equals_work_on_the_whole_text(text, level):
     tokens = list(text) if level == "char" else text.split()
     vocab = Vocab(tokens)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data, "_PIECE_CHARS", 3)  # so that the texts span many pieces
+        patch.setattr(vocab_module, "_PIECE_CHARS", 3)  # so that the texts span many pieces
         assert count_tokens(text, level) == Counter(tokens)
         ids, unknown = vocab.encode(text, level)
     assert ids.dtype == np.int32 and ids.tolist() == [vocab.token_to_idx[t] for t in tokens]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from charrnn.nn.cells import layer_suffix
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.base.errors import CharrnnError
 from charrnn.infer.export import FORMAT, TORCH_MODULES, export_model, read_export, torch_state_dict
 from charrnn.nn.model import RNNLM

@@ -10,7 +10,7 @@ import pytest
 
 from charrnn.training import start as training
 from charrnn.training import loop as training_loop
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.training.checkpoint import save_model
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.infer.evaluate import contiguous_batches, mean_loss

@@ -1,6 +1,6 @@
 """Option types and the options several commands share, declared once.
 
-Every choice comes from the list of the module that owns it (charrnn.data.corpus's LEVELS, the
+Every choice comes from the list of the module that owns it (charrnn.data.vocab's LEVELS, the
 model's ACTIVATIONS, ...), every default from TrainConfig; `training_options` declares the
 training settings once for both `train` and `compare`.
 """
@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from charrnn.analysis import gradients as analysis
 from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
-from charrnn.data.corpus import LEVELS
+from charrnn.data.vocab import LEVELS
 from charrnn.data.text import PREPROCESS_MODES
 from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError

@@ -6,7 +6,7 @@ of non-letters across a boundary is still one space) -> tokens: code points, or 
 cut by a boundary is carried) -> ids in order of first sight, with counts.
 
 The ids are provisional: the vocabulary orders tokens by their counts over the whole text
-(charrnn.data.corpus.Vocab), known only at the end. charrnn.data.store renumbers them. Memory is a small
+(charrnn.data.vocab.Vocab), known only at the end. charrnn.data.store renumbers them. Memory is a small
 multiple of the piece size, whatever the length of the text.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ class CodePointCounts:
 
 
 def token_pieces(pieces, level: str, preprocess: str, dropped=None):
-    """(bytes, text) pieces -> token pieces, as charrnn.data.corpus.tokenize would cut the whole text:
+    """(bytes, text) pieces -> token pieces, as charrnn.data.vocab.tokenize would cut the whole text:
     level 'char': code points, a (n,) uint8 or uint32 array per piece; 'word': a list of the
     whitespace-separated words per piece (a word cut by a boundary is carried to the next).
     dropped: a CodePointCounts that counts what d2l preprocessing drops, or None."""

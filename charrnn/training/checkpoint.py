@@ -28,7 +28,7 @@ from charrnn.base import io as charrnn_io
 from charrnn.training import schema
 from charrnn.nn.cells import network_problem
 from charrnn.training.config import TrainConfig
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import NpzReader, save_npz
 from charrnn.training.memory import check_memory, param_bytes, param_shapes, state_shape

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from charrnn.base.checks import is_finite, is_integer, is_text
-from charrnn.data.corpus import LEVELS, default_preprocess, expand_user
+from charrnn.data.corpus import default_preprocess, expand_user
+from charrnn.data.vocab import LEVELS
 from charrnn.data.text import PREPROCESS_MODES
 from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError

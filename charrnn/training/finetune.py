@@ -19,7 +19,7 @@ import numpy as np
 
 from charrnn.training.checkpoint import check_model_meta, load_checkpoint, model_meta
 from charrnn.training.config import ConfigError, TrainConfig
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.model import RNNLM
 

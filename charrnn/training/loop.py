@@ -30,7 +30,7 @@ from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpo
 from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM, Progress
 from charrnn.training.config import BUDGET_FIELDS, TrainConfig
 from charrnn.data.samplers import SAMPLERS, num_minibatches
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.data.text import preprocess_text
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.infer.evaluate import mean_loss, perplexity
