@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from charrnn.base.checks import check_choice, check_int
+from charrnn.nn.cells import CELL_CLASSES
 from charrnn.nn.truncation import path_scales
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
@@ -39,7 +40,7 @@ def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="flo
 
     segment_steps None: plain BPTT, a workspace for the whole window; else recomputation with
     segments of that many steps: the checkpoints and a workspace for one segment. With G gates
-    (1 rnn, 3 gru, 4 lstm), S states (2 lstm, else 1), L layers, a workspace of T steps holds
+    and S states of the cell (its class's `gates`, `num_states`), L layers, a workspace of T steps holds
     in floats: L(T+1)BH states h (and as many c for the lstm), TB(2H + V) + BGH + LSBH + VGH
     (M, dH, logits, tmp, carry, the token table) and, for gated cells, LTB(GH + H) (gates,
     extras), TBGH (dA) and BH (tmp_h), with
@@ -47,7 +48,7 @@ def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="flo
     """
     itemsize = np.dtype(dtype).itemsize
     B, H, V, L = batch_size, num_hiddens, vocab_size, num_layers
-    G, S = {"rnn": (1, 1), "gru": (3, 1), "lstm": (4, 2)}[cell]
+    G, S = CELL_CLASSES[cell].gates, CELL_CLASSES[cell].num_states
     GH = G * H
 
     def workspace(T):
