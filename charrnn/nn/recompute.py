@@ -19,6 +19,7 @@ import numpy as np
 from charrnn.base.checks import check_choice, check_int
 from charrnn.nn.cells import CELL_CLASSES
 from charrnn.nn.truncation import path_scales
+from charrnn.nn.workspace import workspace_bytes
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of BPTT buffers above which "auto" recomputes
@@ -38,31 +39,21 @@ def bptt_memory_bytes(batch_size, num_steps, num_hiddens, vocab_size, dtype="flo
                       segment_steps=None, cell="rnn", num_layers=1, dropout=0.0) -> int:
     """Predicted bytes of the buffers one BPTT call holds (model.Workspace and checkpoints).
 
-    segment_steps None: plain BPTT, a workspace for the whole window; else recomputation with
-    segments of that many steps: the checkpoints and a workspace for one segment. With G gates
-    and S states of the cell (its class's `gates`, `num_states`), L layers, a workspace of T steps holds
-    in floats: L(T+1)BH states h (and as many c for the lstm), TB(2H + V) + BGH + LSBH + VGH
-    (M, dH, logits, tmp, carry, the token table) and, for gated cells, LTB(GH + H) (gates,
-    extras), TBGH (dA) and BH (tmp_h), with
-    dropout 2LTBH (masks and dropped states); plus TB row indices (8 bytes each).
+    segment_steps None: plain BPTT, a workspace for the whole window (workspace_bytes, backward
+    buffers and, with dropout, the masks included); else recomputation with segments of that
+    many steps: a workspace for one segment and the checkpoints, (segments + 1) states of L
+    layers, S states each, (B, H).
     """
-    itemsize = np.dtype(dtype).itemsize
-    B, H, V, L = batch_size, num_hiddens, vocab_size, num_layers
-    G, S = CELL_CLASSES[cell].gates, CELL_CLASSES[cell].num_states
-    GH = G * H
-
-    def workspace(T):
-        floats = L * (T + 1) * B * H * S + T * B * (GH + H + V) + B * GH + L * S * B * H + V * GH
-        if cell != "rnn":
-            floats += L * T * B * (GH + H) + T * B * GH + B * H
-        if dropout > 0:
-            floats += 2 * L * T * B * H
-        return itemsize * floats + 8 * T * B
+    def workspace(steps):
+        return workspace_bytes(cell, batch_size, steps, num_hiddens, vocab_size, num_layers, dtype,
+                               backward=True, dropout=dropout > 0)
 
     if segment_steps is None:
         return workspace(num_steps)
     num_segments = math.ceil(num_steps / segment_steps)
-    return workspace(min(segment_steps, num_steps)) + itemsize * (num_segments + 1) * L * S * B * H
+    states = CELL_CLASSES[cell].num_states
+    checkpoints = (num_segments + 1) * num_layers * states * batch_size * num_hiddens
+    return workspace(min(segment_steps, num_steps)) + np.dtype(dtype).itemsize * checkpoints
 
 
 def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,

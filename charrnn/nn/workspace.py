@@ -5,6 +5,8 @@ the backward ones on the first backward call, the dropout ones on the first trai
 """
 import numpy as np
 
+from charrnn.nn.cells import CELL_CLASSES
+
 
 class Layer:
     """What a cell's steps read and write for one layer over a window of T steps, batch B: views
@@ -119,11 +121,31 @@ class Workspace:
     @staticmethod
     def forward_bytes_per_step(model, batch_size) -> int:
         """Bytes the forward-only buffers grow by per step of the window (no dropout)."""
-        H, L, G = model.num_hiddens, model.num_layers, model.gates
-        floats = L * model.num_states * H + model.vocab_size
-        if model.cell != "rnn":
-            floats += L * (G * H + H)
-        return batch_size * (model.dtype.itemsize * floats + 8)
+        shape = dict(cell=model.cell, batch_size=batch_size, num_hiddens=model.num_hiddens,
+                     vocab_size=model.vocab_size, num_layers=model.num_layers, dtype=model.dtype,
+                     backward=False)
+        return workspace_bytes(num_steps=1, **shape) - workspace_bytes(num_steps=0, **shape)
+
+
+def workspace_bytes(cell, batch_size, num_steps, num_hiddens, vocab_size, num_layers=1, dtype="float32",
+                    backward=True, dropout=False) -> int:
+    """Bytes of the arrays of a Workspace of this shape (the one formula of them: BPTT's memory,
+    recompute.bptt_memory_bytes, and the forward chunks' are written from it): the forward
+    buffers, with `backward` those for_backward makes, with `dropout` those use_dropout(True)
+    makes. G gates and S states per layer, as the cell's class says."""
+    B, T, H, V, L = batch_size, num_steps, num_hiddens, vocab_size, num_layers
+    G, S, gated = CELL_CLASSES[cell].gates, CELL_CLASSES[cell].num_states, cell != "rnn"
+    GH = G * H
+    floats = L * (T + 1) * B * H * S + V * T * B + B * GH + V * GH  # hs (and cs), logits, tmp, xb
+    if gated:
+        floats += L * T * B * (GH + H) + B * H  # A, aux, tmp_h
+    if backward:
+        floats += T * B * GH + T * B * H + L * S * B * H  # M, dH, carry
+        if gated:
+            floats += T * B * GH  # dA (the rnn's dA is dH)
+    if dropout:
+        floats += 2 * L * T * B * H  # masks, dropped
+    return np.dtype(dtype).itemsize * floats + 8 * T * B  # and rows, int64
 
 
 class WorkingWeights:
