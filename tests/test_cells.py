@@ -14,7 +14,8 @@ from charrnn.nn.recompute import loss_and_grads_recompute
 from charrnn.nn.reference import lstm_loss_and_grads
 from charrnn.infer.sample import stepper
 from charrnn.nn.workspace import Workspace
-from test_recompute import peak_bytes
+from helpers import peak_bytes
+
 
 V, H, B, T = 7, 5, 3, 8
 NETWORKS = [(cell, layers) for cell in CELLS for layers in (1, 2)]

@@ -1,6 +1,5 @@
 """The command line: every command, bad input everywhere, the installed `charrnn`, signals."""
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,36 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from charrnn import cli
 from charrnn.training import start as training
 from charrnn.analysis.gradcheck import run_gradcheck
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
+from helpers import assert_error, assert_ok, charrnn_command, invoke
+
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10"]
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(cli.main, [str(a) for a in args], env=env)
-
-
-def assert_ok(result):
-    assert result.exception is None and result.exit_code == 0, result.output
-
-
-def assert_error(result, code=1, says=""):
-    """Exit `code`, no traceback; an exit-1 error is exactly one line `Error: ...` on stderr."""
-    assert result.exit_code == code, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    if code == 1:
-        assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
-    else:
-        assert "Error: " in result.stderr
-    assert says in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -211,11 +191,6 @@ def test_nonfinite_run_stops_with_a_one_line_error(tmp_path, text_file):
 
 
 # ---------------------------------------------------------------------------- the installed command
-
-def charrnn_command():
-    path = shutil.which("charrnn")
-    assert path, "the charrnn command is not installed (pip install -e .)"
-    return path
 
 
 def test_installed_command_and_cli_py(text_file):

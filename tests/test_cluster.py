@@ -19,8 +19,8 @@ from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.outdir import METRICS
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
-from test_cli import assert_error
-from test_compare import Log, TINY_CLI, assert_same_arrays, interrupt, invoke, tiny_config
+from helpers import assert_error, assert_same_arrays, interrupt, invoke, Log, TINY_CLI, tiny_config
+
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 

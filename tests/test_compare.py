@@ -11,13 +11,12 @@ import pytest
 from charrnn.training import start as training
 from charrnn.experiments.compare import compare, default_out_dir, plan, run_name
 from charrnn.base.errors import CharrnnError
-from charrnn.experiments.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state
+from charrnn.experiments.runs import GRAD_NORMS, RunSpec, execute_run, read_curve, read_grad_norms, run_state
 from charrnn.experiments.stats import paired_difference
-from charrnn.experiments.sweep import SweepReporter
-from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.outdir import CONFIG, METRICS
-from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
+from helpers import assert_same_arrays, interrupt, invoke, Log, TINY_CLI, tiny_config
+
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 
@@ -25,35 +24,6 @@ TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 @pytest.fixture
 def text_file(tmp_path, write_words):
     return write_words(tmp_path / "words.txt", 300, seed=3)
-
-
-def tiny_config(corpus, **changes):
-    settings = dict(corpus=str(corpus), num_hiddens=10, batch_size=3, num_steps=12, max_tokens=720,
-                    eval_every=240, sample_length=5, lr=0.01)
-    return TrainConfig(**{**settings, **changes})
-
-
-class Log(SweepReporter):
-    def __init__(self):
-        self.started, self.ended = [], []
-
-    def on_run_start(self, spec, attempt):
-        self.started.append(spec.name)
-
-    def on_run_end(self, outcome):
-        self.ended.append(outcome)
-
-
-def checkpoint_arrays(run_dir):
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
-    return {**ckpt.model.params, **ckpt.arrays}
-
-
-def assert_same_arrays(dir_a, dir_b):
-    a, b = checkpoint_arrays(dir_a), checkpoint_arrays(dir_b)
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_runs_are_planned_per_strategy_and_seed_with_one_data_order(tmp_path, text_file):
@@ -133,18 +103,6 @@ def test_running_again_trains_only_what_is_missing(tmp_path, text_file):
                                     "randomized-0.5-seed2", "regular-2-seed2"]
 
 
-def interrupt(spec, after_steps):
-    """Run `spec` and stop it after `after_steps` minibatches, as a stop request does on a cluster
-    (an exception out of the loop: the checkpoint of the last evaluation stays)."""
-    steps = iter(range(after_steps))
-
-    def stop():
-        raise RunInterrupted("stopped by the test")
-
-    with pytest.raises(RunInterrupted):
-        execute_run(spec, should_stop=lambda: next(steps, None) is None, stop=stop)
-
-
 def test_an_interrupted_run_is_resumed_to_the_run_never_stopped(tmp_path, text_file):
     (spec,) = plan(tiny_config(text_file, truncation="randomized:0.5"), tmp_path / "a", ["randomized:0.5"])
     interrupt(spec, 12)  # 432 tokens, checkpointed at 252
@@ -220,16 +178,6 @@ def test_read_curve(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the command line
-
-TINY_CLI = ["--num-hiddens", 9, "--batch-size", 2, "--num-steps", 12, "--max-tokens", 240, "--eval-every", 120,
-            "--sample-length", 0]
-
-
-def invoke(*args):
-    from click.testing import CliRunner
-
-    from charrnn import cli
-    return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
 def test_compare_command_runs_every_strategy_and_seed_and_prints_the_statistics(tmp_path, text_file):

@@ -12,7 +12,8 @@ from charrnn.analysis.curves import read_history
 from charrnn.infer.sample import next_token_probs
 from charrnn.training.outdir import METRICS
 from charrnn.training.checkpoint import load_checkpoint
-from test_cli import assert_error, assert_ok, charrnn_command, invoke
+from helpers import assert_error, assert_ok, charrnn_command, invoke
+
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 

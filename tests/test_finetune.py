@@ -12,7 +12,8 @@ from charrnn.nn.model import RNNLM
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError
-from test_cli import assert_error, assert_ok, invoke
+from helpers import assert_error, assert_ok, invoke
+
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 

@@ -28,8 +28,8 @@ from charrnn.training.outdir import BEST, CHECKPOINT
 from charrnn.training.outdir import CONFIG, METRICS
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
-from test_cli import assert_error, assert_ok, charrnn_command, invoke
-from test_reliability import TINY, snapshot, train_process, wait_for
+from helpers import assert_error, assert_ok, charrnn_command, invoke, snapshot, TINY_OPTIONS, train_process, wait_for
+
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory, write_words):
@@ -39,7 +39,7 @@ def text_file(tmp_path_factory, write_words):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, text_file):
     out = tmp_path_factory.mktemp("run") / "run"
-    assert_ok(invoke("train", text_file, *TINY, "--max-tokens", 1000, "--out", out))
+    assert_ok(invoke("train", text_file, *TINY_OPTIONS, "--max-tokens", 1000, "--out", out))
     return out
 
 
@@ -57,7 +57,7 @@ def test_a_second_process_is_refused_while_a_run_trains_and_readers_keep_working
         wait_for(out / METRICS, process)
         resumed = invoke("train", "--resume", out, "--max-tokens", 10**6)
         assert_error(resumed, says=f"in use by another charrnn process (PID {process.pid})")
-        assert_error(invoke("train", text_file, *TINY, "--out", out), says="already holds a run")
+        assert_error(invoke("train", text_file, *TINY_OPTIONS, "--out", out), says="already holds a run")
         for reader in (["sample", out, "--length", 5], ["evaluate", out]):
             assert_ok(invoke(*reader))
     finally:
@@ -78,7 +78,7 @@ def test_the_lock_refuses_a_new_run_before_any_file_is_written(tmp_path, text_fi
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        assert_error(invoke("train", text_file, *TINY, "--out", out), says=f"(PID {holder.pid})")
+        assert_error(invoke("train", text_file, *TINY_OPTIONS, "--out", out), says=f"(PID {holder.pid})")
         assert [p.name for p in out.iterdir()] == [LOCK_FILE]
     finally:
         holder.kill()
@@ -89,7 +89,7 @@ def test_the_lock_refuses_a_new_run_before_any_file_is_written(tmp_path, text_fi
 
 def test_two_runs_started_together_into_one_directory_leave_one_run(tmp_path, text_file):
     out = tmp_path / "run"
-    args = [charrnn_command(), "train", str(text_file), *TINY, "--max-tokens", "2048", "--out", str(out)]
+    args = [charrnn_command(), "train", str(text_file), *TINY_OPTIONS, "--max-tokens", "2048", "--out", str(out)]
     processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in processes]
     assert sorted(code for code, _ in results) == [0, 1], results
@@ -105,7 +105,7 @@ def test_a_new_run_refuses_a_directory_holding_any_file_of_an_earlier_run(tmp_pa
     for name in (CHECKPOINT, BEST):
         (out / name).unlink()
     before = snapshot(out)
-    assert_error(invoke("train", text_file, *TINY, "--out", out), says="holds files of another run")
+    assert_error(invoke("train", text_file, *TINY_OPTIONS, "--out", out), says="holds files of another run")
     assert snapshot(out) == before
 
 
@@ -125,10 +125,10 @@ def test_a_vocabulary_too_large_for_a_checkpoint_is_refused_before_the_run_start
     first checkpoint (a word vocabulary of ~100,000 words reaches the real 2 MiB)."""
     monkeypatch.setattr(charrnn_io, "MAX_META_BYTES", (64 << 10) + 200)  # 200 bytes for the vocabulary
     out = tmp_path / "run"
-    assert_error(invoke("train", text_file, *TINY, "--out", out), says="bytes of metadata, over the 200 a checkpoint holds")
+    assert_error(invoke("train", text_file, *TINY_OPTIONS, "--out", out), says="bytes of metadata, over the 200 a checkpoint holds")
     assert not out.exists()
     monkeypatch.undo()
-    assert_ok(invoke("train", text_file, *TINY, "--max-tokens", 64, "--out", out))
+    assert_ok(invoke("train", text_file, *TINY_OPTIONS, "--max-tokens", 64, "--out", out))
 
 
 def test_a_stack_of_more_layers_than_a_checkpoint_holds_is_a_usage_error(tmp_path, text_file):
@@ -136,7 +136,7 @@ def test_a_stack_of_more_layers_than_a_checkpoint_holds_is_a_usage_error(tmp_pat
     million layers took 27 s and 800 MB only to list their shapes."""
     out = tmp_path / "run"
     start = time.perf_counter()
-    assert_error(invoke("train", text_file, *TINY, "--num-layers", 10**6, "--out", out), code=2, says="--num-layers")
+    assert_error(invoke("train", text_file, *TINY_OPTIONS, "--num-layers", 10**6, "--out", out), code=2, says="--num-layers")
     assert time.perf_counter() - start < 5 and not out.exists()
 
 
@@ -208,7 +208,7 @@ def test_stale_temporaries_of_dead_processes_are_removed_when_a_run_resumes(tmp_
 
 def test_randomized_truncation_whose_inverse_overflows_is_a_usage_error(tmp_path, text_file):
     out = tmp_path / "run"
-    assert_error(invoke("train", text_file, *TINY, "--truncation", "randomized:1e-40", "--out", out),
+    assert_error(invoke("train", text_file, *TINY_OPTIONS, "--truncation", "randomized:1e-40", "--out", out),
                  code=2, says="1/P overflows float32")
     assert not out.exists()
     TrainConfig(truncation="randomized:1e-40", dtype="float64")  # fits a float64
@@ -219,7 +219,7 @@ def test_an_edited_validation_text_is_not_resumed(tmp_path, text_file):
     text = tmp_path / "text.txt"
     shutil.copy(text_file, text)
     out = tmp_path / "run"
-    assert_ok(invoke("train", text, *TINY, "--max-tokens", 600, "--out", out))
+    assert_ok(invoke("train", text, *TINY_OPTIONS, "--max-tokens", 600, "--out", out))
     words = text.read_text().split(" ")
     words[-3], words[-5] = words[-5], words[-3]  # the validation split: the same letters, another text
     assert words[-3] != words[-5]
@@ -231,7 +231,7 @@ def test_a_text_that_moved_resumes_from_its_new_path_if_it_is_the_same_text(tmp_
     old, new, other = tmp_path / "old.txt", tmp_path / "new.txt", tmp_path / "other.txt"
     shutil.copy(text_file, old)
     out = tmp_path / "run"
-    assert_ok(invoke("train", old, *TINY, "--max-tokens", 600, "--out", out))
+    assert_ok(invoke("train", old, *TINY_OPTIONS, "--max-tokens", 600, "--out", out))
     old.rename(new)
     assert_error(invoke("train", "--resume", out, "--max-tokens", 1200), says=f"--resume {out} NEW_PATH")
     other.write_text(new.read_text()[::-1])
@@ -251,7 +251,7 @@ def test_a_failed_metrics_append_names_the_file_and_the_last_good_checkpoint(tmp
         real(path, record)
     monkeypatch.setattr(training_loop, "append_jsonl", append_until_full)
     out = tmp_path / "run"
-    result = invoke("train", text_file, *TINY, "--eval-every", 64, "--max-tokens", 640, "--out", out)
+    result = invoke("train", text_file, *TINY_OPTIONS, "--eval-every", 64, "--max-tokens", 640, "--out", out)
     step = load_checkpoint(out / CHECKPOINT).progress.step
     assert_error(result, says=f"cannot append to {out / METRICS} (No space left on device)")
     assert f"the last good checkpoint (step {step}) is {out / CHECKPOINT}" in result.stderr
@@ -260,7 +260,7 @@ def test_a_failed_metrics_append_names_the_file_and_the_last_good_checkpoint(tmp
 def test_bptt_memory_changed_on_resume_is_said_to_change_rounding(tmp_path, text_file):
     help_text = " ".join(invoke("train", "--help").stdout.split())
     assert "up to rounding" in help_text and "not bit-identical" in help_text
-    maths = [text_file, *TINY, "--num-steps", 16, "--lr-schedule", "constant"]  # a schedule blind to the budget
+    maths = [text_file, *TINY_OPTIONS, "--num-steps", 16, "--lr-schedule", "constant"]  # a schedule blind to the budget
     assert_ok(invoke("train", *maths, "--max-tokens", 1024, "--out", tmp_path / "straight", "--bptt-memory", "store"))
     assert_ok(invoke("train", *maths, "--max-tokens", 512, "--out", tmp_path / "split", "--bptt-memory", "store"))
     assert_ok(invoke("train", "--resume", tmp_path / "split", "--max-tokens", 1024, "--bptt-memory", "recompute"))
@@ -312,7 +312,7 @@ def test_an_infinite_clip_is_a_usage_error(tmp_path, text_file):
     """A checkpoint's JSON holds finite numbers only (found by the CLI fuzz: --clip inf reached the
     last line of defence when the first checkpoint was saved)."""
     out = tmp_path / "run"
-    assert_error(invoke("train", text_file, *TINY, "--clip", "inf", "--out", out), code=2, says="--clip")
+    assert_error(invoke("train", text_file, *TINY_OPTIONS, "--clip", "inf", "--out", out), code=2, says="--clip")
     assert not out.exists()
     with pytest.raises(ConfigError, match="max_time must be a finite number"):
         TrainConfig(max_time=float("inf"))
@@ -323,7 +323,7 @@ def test_arguments_that_are_not_utf8_text_are_usage_errors(tmp_path, run_dir, te
     be neither printed nor saved in a checkpoint that loads again."""
     assert_error(invoke("sample", run_dir, "--prefix", "ab\udcff"), code=2, says="--prefix")
     out = tmp_path / "run"
-    assert_error(invoke("train", text_file, *TINY, "--sample-prefix", "ab\udcff", "--out", out),
+    assert_error(invoke("train", text_file, *TINY_OPTIONS, "--sample-prefix", "ab\udcff", "--out", out),
                  code=2, says="--sample-prefix")
     assert not out.exists()
 
@@ -332,7 +332,7 @@ def test_a_path_in_the_home_of_no_such_user_is_a_one_line_error(tmp_path):
     """Path.expanduser raises RuntimeError for ~user of no such user: found by the last line of
     defence (it reported a bug), now read as the path it is."""
     book = "~no-such-user-charrnn/book.txt"
-    for args in (["corpus", book], ["train", book, *TINY, "--out", tmp_path / "run"]):
+    for args in (["corpus", book], ["train", book, *TINY_OPTIONS, "--out", tmp_path / "run"]):
         assert_error(invoke(*args), says=f"no such file or registered corpus: {book!r}")
     assert not (tmp_path / "run").exists()
 

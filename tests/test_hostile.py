@@ -23,7 +23,8 @@ from charrnn.infer.sample import sample_text
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
-from test_cli import assert_error, assert_ok, invoke
+from helpers import assert_error, assert_ok, invoke
+
 
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10",
         "--eval-every", "512", "--truncation", "randomized:0.5"]

@@ -1,5 +1,4 @@
 """Recomputing BPTT: the same loss, gradients and state as plain BPTT, in O(√T) memory."""
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ from charrnn.nn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choo
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
+from helpers import peak_bytes
+
 
 V, H = 6, 5
 
@@ -136,15 +137,6 @@ def test_predicted_memory_grows_like_sqrt_t():
         plain = [bptt_memory_bytes(1, t, 256, 28, "float32", **kwargs) for t in (10**8, 10**10)]
         assert plain[1] / plain[0] == pytest.approx(100, rel=0.01)
         assert recompute[1] / recompute[0] == pytest.approx(10, rel=0.05)
-
-
-def peak_bytes(fn):
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_recompute_allocates_a_fraction_of_plain():

@@ -9,7 +9,6 @@ import random
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import zipfile
@@ -28,21 +27,15 @@ from charrnn.training import start as training
 from charrnn.training import loop as training_loop
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import load_npz, save_npz
-from charrnn.runtime.lock import LOCK_FILE
 from charrnn.cli.options import Clip, Truncation
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
 from charrnn.training.outdir import BEST, CHECKPOINT
 from charrnn.training.outdir import METRICS
 from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
-from test_cli import assert_error, assert_ok, charrnn_command, invoke
-from test_train import assert_same_run
+from helpers import assert_error, assert_ok, assert_same_run, INTERRUPTED, invoke, snapshot, TINY_OPTIONS, train_process, wait_for
 
-TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10",
-        "--eval-every", "512"]
+
 ON_LINUX = sys.platform.startswith("linux")
-# sequential sampler: a state carried, an RNG drawn; these runs change their budget on resume (from
-# --max-time to --max-tokens), so their learning rate must not follow the budget: the epoch schedule
-INTERRUPTED = [*TINY, "--truncation", "randomized:0.5", "--lr-schedule", "epoch"]
 
 
 @pytest.fixture(scope="module")
@@ -55,30 +48,9 @@ def text_file(tmp_path_factory, write_words):
 def run_dir(tmp_path_factory, text_file):
     """A tiny run stopped inside an epoch, so its checkpoint holds Adam's state and a carried state."""
     out = tmp_path_factory.mktemp("run") / "run"
-    assert_ok(invoke("train", text_file, *TINY, "--max-tokens", 1000, "--out", out))
+    assert_ok(invoke("train", text_file, *TINY_OPTIONS, "--max-tokens", 1000, "--out", out))
     assert STATE_KEY in load_npz(out / CHECKPOINT)[0]
     return out
-
-
-def snapshot(directory):
-    """Every file under `directory` -> its bytes, but the run's lock file (which names the PID of
-    its last holder)."""
-    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file() and p.name != LOCK_FILE}
-
-
-def wait_for(path, process, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert path.exists(), f"{path} never appeared"
-
-
-def train_process(text_file, out, *budget):
-    """`charrnn train` as a real process: a fresh run, or a resumed one if `out` has a checkpoint."""
-    what = (["--resume", out] if (out / CHECKPOINT).exists()
-            else [text_file, *INTERRUPTED, "--out", out])
-    return subprocess.Popen([charrnn_command(), "train", *map(str, what), *map(str, budget)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def assert_resumes_to_the_straight_run(text_file, interrupted, straight):
@@ -144,7 +116,7 @@ def test_resume_by_epochs_through_the_cli_is_exact(tmp_path, text_file):
     """k epochs, then --resume to N, with options the API tests do not use (sgd, regular:K,
     random sampler, a constant learning rate, which a raised budget leaves as it is): the CLI
     passes only the budget it was given."""
-    maths = [text_file, *TINY, "--optimizer", "sgd", "--lr", "0.5", "--truncation", "regular:3",
+    maths = [text_file, *TINY_OPTIONS, "--optimizer", "sgd", "--lr", "0.5", "--truncation", "regular:3",
              "--sampler", "random", "--seed", 4, "--eval-every", 2048, "--lr-schedule", "constant"]
     assert_ok(invoke("train", *maths, "--epochs", 2, "--out", tmp_path / "straight"))
     assert_ok(invoke("train", *maths, "--epochs", 1, "--out", tmp_path / "split"))
@@ -166,7 +138,7 @@ def test_a_real_blow_up_stops_with_the_last_good_checkpoint_and_best_kept(tmp_pa
     """Linear RNN, SGD at lr 10, no clipping (--clip none), an evaluation every minibatch: a few
     good evaluations, then the loss overflows."""
     out = tmp_path / "run"
-    result = invoke("train", text_file, *TINY, "--activation", "linear", "--optimizer", "sgd", "--lr", 10,
+    result = invoke("train", text_file, *TINY_OPTIONS, "--activation", "linear", "--optimizer", "sgd", "--lr", 10,
                     "--clip", "none", "--eval-every", 32, "--epochs", 1, "--out", out)
     assert_error(result, says="non-finite")
     records = read_metrics(out)
@@ -195,7 +167,7 @@ def fail_clip_at(monkeypatch, *calls):
 def test_a_nonfinite_minibatch_stops_and_the_suggested_skip_command_goes_on(tmp_path, text_file, monkeypatch):
     out = tmp_path / "run"
     fail_clip_at(monkeypatch, 20)
-    stopped = invoke("train", text_file, *TINY, "--max-tokens", 1600, "--out", out)
+    stopped = invoke("train", text_file, *TINY_OPTIONS, "--max-tokens", 1600, "--out", out)
     assert_error(stopped, says="non-finite gradient norm (loss")
     suggested = shlex.split(stopped.stderr.split(": charrnn ")[-1])
     assert suggested[:4] == ["train", "--resume", str(out), "--on-nonfinite"]
@@ -214,11 +186,11 @@ def test_a_resume_inside_a_run_of_skipped_minibatches_gives_up_where_a_straight_
     them must count on from five, not from zero."""
     skip = ["--on-nonfinite", "skip"]
     fail_clip_at(monkeypatch, *range(3, 13))
-    straight = invoke("train", text_file, *TINY, *skip, "--max-tokens", 1600, "--out", tmp_path / "straight")
+    straight = invoke("train", text_file, *TINY_OPTIONS, *skip, "--max-tokens", 1600, "--out", tmp_path / "straight")
     assert_error(straight, says="the model has diverged")
     out = tmp_path / "resumed"
     fail_clip_at(monkeypatch, *range(3, 8))
-    assert_ok(invoke("train", text_file, *TINY, *skip, "--max-tokens", 7 * 32, "--out", out))
+    assert_ok(invoke("train", text_file, *TINY_OPTIONS, *skip, "--max-tokens", 7 * 32, "--out", out))
     assert load_checkpoint(out / CHECKPOINT).progress.skipped_in_a_row == 5
     fail_clip_at(monkeypatch, *range(1, 6))
     resumed = invoke("train", "--resume", out, "--max-tokens", 1600)
@@ -245,7 +217,7 @@ def test_nonfinite_parameters_are_never_saved(tmp_path, text_file, monkeypatch):
         return optimizer
     monkeypatch.setattr(training, "make_optimizer", poisoned_optimizer)
     out = tmp_path / "run"
-    result = invoke("train", text_file, *TINY, "--eval-every", 32, "--epochs", 1, "--out", out)
+    result = invoke("train", text_file, *TINY_OPTIONS, "--eval-every", 32, "--epochs", 1, "--out", out)
     assert_error(result, says="non-finite parameters or optimizer state at step 3")
     assert f"the last good checkpoint (step 2) is {out / CHECKPOINT}" in result.stderr
     assert load_checkpoint(out / CHECKPOINT).progress.step == 2
@@ -417,7 +389,7 @@ def bad_texts(tmp_path):
 def test_bad_text_gets_a_one_line_error_from_every_command(tmp_path, bad_texts, run_dir):
     for name, (path, says) in bad_texts.items():
         out = tmp_path / f"out-{name}"
-        for args in (["corpus", path], ["train", path, *TINY, "--out", out], ["evaluate", run_dir, path]):
+        for args in (["corpus", path], ["train", path, *TINY_OPTIONS, "--out", out], ["evaluate", run_dir, path]):
             assert_error(invoke(*args), says=says)
         assert not out.exists(), name
 
@@ -437,7 +409,7 @@ def offline_registry(tmp_path, monkeypatch):
 
 def test_a_0_byte_download_saves_nothing(offline_registry, tmp_path):
     offline_registry.write_bytes(b"")
-    result = invoke("train", "timemachine", *TINY, "--out", tmp_path / "run")
+    result = invoke("train", "timemachine", *TINY_OPTIONS, "--out", tmp_path / "run")
     assert result.exit_code == 1 and "Traceback" not in result.output
     error = result.stderr.rstrip("\n").split("\n")[-1]  # after the download's progress bar
     assert error.startswith("Error: download of ") and "is corrupt (0 bytes" in error
@@ -452,7 +424,7 @@ def test_a_local_copy_that_fails_the_checksum_is_refused(offline_registry, tmp_p
     copy_dir = tmp_path / "copy"
     copy_dir.mkdir()
     (copy_dir / "timemachine.txt").write_bytes(book)
-    for args in (["corpus", "--data-dir", copy_dir], ["train", "--data-dir", copy_dir, *TINY, "--out", tmp_path / "run"]):
+    for args in (["corpus", "--data-dir", copy_dir], ["train", "--data-dir", copy_dir, *TINY_OPTIONS, "--out", tmp_path / "run"]):
         assert_error(invoke(*args), says="is not the registered corpus 'timemachine'")
     assert not (tmp_path / "run").exists()
 
@@ -466,7 +438,7 @@ def test_a_huge_single_line_is_valid_text(tmp_path):
     counted = invoke("corpus", path, "--preprocess", "raw", "--json")
     assert_ok(counted)
     assert json.loads(counted.stdout)["tokens"] == 5_000_000
-    trained = invoke("train", path, *TINY, "--preprocess", "raw", "--val-fraction", 0.001, "--max-tokens", 640,
+    trained = invoke("train", path, *TINY_OPTIONS, "--preprocess", "raw", "--val-fraction", 0.001, "--max-tokens", 640,
                      "--out", tmp_path / "run")
     assert_ok(trained)
     by_count = sorted("abcdefgh ", key=lambda c: line.count(c.encode()), reverse=True)
@@ -513,7 +485,7 @@ def test_every_out_of_range_option_of_every_command_is_a_usage_error():
 @pytest.mark.parametrize("option, value", [("--lr", "inf"), ("--lr", "1e400"), ("--max-time", "inf"),
                                            ("--val-fraction", "nan"), ("--lr-decay", "nan")])
 def test_non_finite_numbers_are_usage_errors(tmp_path, text_file, option, value):
-    result = invoke("train", text_file, *TINY, option, value, "--out", tmp_path / "run")
+    result = invoke("train", text_file, *TINY_OPTIONS, option, value, "--out", tmp_path / "run")
     assert_error(result, code=2, says=option)
     assert not (tmp_path / "run").exists()
 
@@ -530,7 +502,7 @@ def test_sizes_no_array_can_have_are_one_line_errors(run_dir, args):
 def test_a_full_disk_is_refused_before_training_or_resuming(tmp_path, text_file, run_dir, monkeypatch):
     monkeypatch.setattr(outdir.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=10**12, free=4096))
     fresh = tmp_path / "fresh"
-    assert_error(invoke("train", text_file, *TINY, "--out", fresh), says="not enough space")
+    assert_error(invoke("train", text_file, *TINY_OPTIONS, "--out", fresh), says="not enough space")
     assert not list(fresh.iterdir())
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir, resumed)
@@ -549,7 +521,7 @@ def test_an_unwritable_output_directory_is_refused_before_training(tmp_path, tex
         out = tmp_path / "file" / "run"
     else:
         out = Path(where)
-    result = invoke("train", text_file, *TINY, "--out", out)
+    result = invoke("train", text_file, *TINY_OPTIONS, "--out", out)
     assert_error(result, says=str(out))
     assert "not writable" in result.stderr or "cannot create output directory" in result.stderr
 
@@ -565,7 +537,7 @@ def test_the_disk_filling_up_during_training_keeps_the_last_checkpoint(tmp_path,
         real_savez(f, **arrays)
     monkeypatch.setattr(charrnn_io.np, "savez", savez_until_full)
     out = tmp_path / "run"
-    result = invoke("train", text_file, *TINY, "--eval-every", 64, "--max-tokens", 640, "--out", out)
+    result = invoke("train", text_file, *TINY_OPTIONS, "--eval-every", 64, "--max-tokens", 640, "--out", out)
     assert_error(result, says="No space left on device")
     kept = load_checkpoint(out / CHECKPOINT)
     assert f"the last good checkpoint (step {kept.progress.step}) is" in result.stderr and kept.progress.step > 0

@@ -15,7 +15,8 @@ from charrnn.experiments.sweep import ProcessBackend, SerialBackend
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.outdir import METRICS
 from charrnn.training.checkpoint import load_checkpoint
-from test_compare import Log, assert_same_arrays, tiny_config
+from helpers import assert_same_arrays, charrnn_command, Log, tiny_config
+
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 
@@ -141,7 +142,6 @@ def test_a_signal_stops_the_runs_in_flight_with_a_checkpoint_and_keeps_the_finis
 def test_ctrl_c_in_a_terminal_stops_the_command_and_its_workers_cleanly(tmp_path, text_file):
     """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, no traceback, every
     worker's run checkpointed; the same command then finishes the sweep as if never stopped."""
-    from test_cli import charrnn_command
 
     out = tmp_path / "cmp"
     command = [charrnn_command(), "compare", str(text_file), "--num-hiddens", "10", "--batch-size", "3",

@@ -15,9 +15,16 @@ from charrnn.runtime.machine import MachineWatch
 from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, Threads, blas_thread_counts, blas_threads,
                                      check_threads, default_threads, share)
 from charrnn.training.loop import Reporter
-from test_train import InterruptAt, assert_same_checkpoints, config, text_file  # noqa: F401  (a fixture)
+from helpers import assert_same_checkpoints, config, InterruptAt
+
 
 NO_THREAD_VARIABLES = dict.fromkeys(THREAD_VARIABLES)  # CliRunner's env: None unsets
+
+
+@pytest.fixture
+def text_file(tmp_path, write_words):
+    """A ~2,400-character text of random words."""
+    return write_words(tmp_path / "words.txt", 400, seed=7)
 
 
 def two_threads():

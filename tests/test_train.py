@@ -1,8 +1,6 @@
 """Training loop, evaluation, sampling and checkpoints, through the Python API on tiny models."""
 import json
 import math
-import os
-import signal
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,52 +16,17 @@ from charrnn.nn.model import RNNLM
 from charrnn.infer.sample import continue_text, generate, sample_text
 from charrnn.data.samplers import SAMPLERS
 from charrnn.training.outdir import BEST, CHECKPOINT
-from charrnn.training.outdir import CONFIG, METRICS, VOCAB
+from charrnn.training.outdir import CONFIG, VOCAB
 from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
-from charrnn.training.loop import MAX_SKIPPED_IN_A_ROW, Reporter
-
-TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
-TIME_FIELDS = ("elapsed", "tokens_per_s", "step_tokens_per_s", "threads")  # of the machine, not the maths
+from charrnn.training.loop import MAX_SKIPPED_IN_A_ROW
+from helpers import assert_same_run, config, InterruptAt, metrics
 
 
 @pytest.fixture
 def text_file(tmp_path, write_words):
     """A ~2,400-character text of random words."""
     return write_words(tmp_path / "words.txt", 400, seed=7)
-
-
-def config(corpus, **changes):
-    return TrainConfig(corpus=str(corpus), **{**TINY, **changes})
-
-
-def metrics(out_dir, scheduled_only=False):
-    records = [json.loads(line) for line in (out_dir / METRICS).read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records
-            if not (scheduled_only and r["reason"] == "stop")]
-
-
-def assert_same_checkpoints(dir_a, dir_b):
-    """Bit-identical parameters, optimizer state, carried state, truncation and dropout
-    Generators and progress in the two runs' latest checkpoints."""
-    a, b = (load_checkpoint(d / CHECKPOINT) for d in (dir_a, dir_b))
-    for name, value in a.model.params.items():
-        np.testing.assert_array_equal(value, b.model.params[name], err_msg=name)
-    assert a.arrays.keys() == b.arrays.keys()
-    for name, value in a.arrays.items():
-        np.testing.assert_array_equal(value, b.arrays[name], err_msg=name)
-    assert a.meta["optimizer"] == b.meta["optimizer"] and a.meta["rng"] == b.meta["rng"]
-    assert a.meta.get("dropout_rng") == b.meta.get("dropout_rng")
-    progress = [{k: v for k, v in vars(c.progress).items() if k != "elapsed"} for c in (a, b)]
-    assert progress[0] == progress[1]
-
-
-def assert_same_run(dir_a, dir_b):
-    """assert_same_checkpoints, and the same "interval" metrics records (a run stopped and
-    resumed also logs an evaluation where it stopped)."""
-    assert_same_checkpoints(dir_a, dir_b)
-    scheduled = metrics(dir_a, scheduled_only=True)
-    assert len(scheduled) >= 3 and scheduled == metrics(dir_b, scheduled_only=True)
 
 
 @pytest.mark.parametrize("settings, k", [
@@ -81,17 +44,6 @@ def test_resume_after_k_epochs_is_exact(tmp_path, text_file, settings, k):
     assert first.progress.epoch == k
     training.resume(tmp_path / "split", {"epochs": 3})
     assert_same_run(tmp_path / "straight", tmp_path / "split")
-
-
-class InterruptAt(Reporter):
-    """Sends the process a SIGINT after minibatch `step`, as Ctrl-C would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, stats):
-        if stats["step"] == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "exponential"])
