@@ -11,7 +11,7 @@ from charrnn.analysis.gradcheck import FD_TOLERANCE, run_gradcheck
 from charrnn.nn import model as model_module
 from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import loss_and_grads_recompute
-from charrnn.nn.reference import lstm_loss_and_grads
+from charrnn.nn.reference import loss_and_grads as reference_loss_and_grads
 from charrnn.infer.sample import stepper
 from charrnn.nn.workspace import Workspace
 from helpers import peak_bytes
@@ -40,47 +40,23 @@ def random_state(m, seed=1):
     return np.random.default_rng(seed).standard_normal(m.state_shape(B)) * 0.5
 
 
-def sigmoid(a):
-    return 1 / (1 + np.exp(-a))
-
-
-def reference_forward(m, X, Y, state=None, masks=None):
-    """Mean cross-entropy and last state (L, S, B, H) by plain per-step loops in float64, written
-    from the equations in cells.py, independent of the model's code. masks: (T, L, B, H) or None."""
-    p = {k: v.astype(np.float64) for k, v in m.params.items()}
-    L, Hn = m.num_layers, m.num_hiddens
+def reference(m, X, Y, state=None, masks=None):
+    """reference.py's loss, gradients and last state (L, S, B, H) of the network `m`, from its
+    parameters: plain per-step loops in float64, independent of the model's code."""
     S = 2 if m.cell == "lstm" else 1
-    s = np.zeros((L, S, len(X), Hn)) if state is None else np.asarray(state, np.float64).reshape(L, S, len(X), Hn).copy()
-    total = 0.0
-    for t in range(X.shape[1]):
-        for l in range(L):
-            suffix = "" if l == 0 else f"_l{l}"
-            if l == 0:
-                xw = p["W_xh"][X[:, t]]
-            else:
-                x = s[l - 1, 0] * (1 if masks is None else masks[t, l - 1])
-                xw = x @ p[f"W_xh{suffix}"]
-            xw = xw + p[f"b_h{suffix}"]
-            h = s[l, 0]
-            hw = h @ p[f"W_hh{suffix}"]
-            if m.cell == "rnn":
-                s[l, 0] = np.tanh(xw + hw)
-            elif m.cell == "gru":
-                r = sigmoid(xw[:, :Hn] + hw[:, :Hn])
-                z = sigmoid(xw[:, Hn:2 * Hn] + hw[:, Hn:2 * Hn])
-                n = np.tanh(xw[:, 2 * Hn:] + r * (hw[:, 2 * Hn:] + p[f"b_hn{suffix}"]))
-                s[l, 0] = (1 - z) * n + z * h
-            else:
-                a = xw + hw
-                i, f, g, o = (a[:, k * Hn:(k + 1) * Hn] for k in range(4))
-                s[l, 1] = sigmoid(f) * s[l, 1] + sigmoid(i) * np.tanh(g)
-                s[l, 0] = sigmoid(o) * np.tanh(s[l, 1])
-        top = s[L - 1, 0] * (1 if masks is None else masks[t, L - 1])
-        o = top @ p["W_hq"] + p["b_q"]
-        log_softmax = o - o.max(axis=1, keepdims=True)
-        log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
-        total -= log_softmax[np.arange(len(X)), Y[:, t]].sum()
-    return total / X.size, s
+    state = None if state is None else np.asarray(state).reshape(m.num_layers, S, len(X), m.num_hiddens)
+    return reference_loss_and_grads(m.cell, m.params, X, Y, state, masks, activation=m.activation)
+
+
+def assert_same_as_reference(m, X, Y, state, masks, result):
+    """`result`, the model's (loss, grads, last state), equals reference()'s to round-off."""
+    loss, grads, last = result
+    expected_loss, expected_grads, expected_last = reference(m, X, Y, state, masks)
+    assert loss == pytest.approx(expected_loss, rel=1e-13)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        np.testing.assert_allclose(grads[name], grad, rtol=1e-11, atol=1e-14 * np.abs(grad).max(), err_msg=name)
+    np.testing.assert_allclose(last.reshape(expected_last.shape), expected_last, rtol=1e-12, atol=1e-14)
 
 
 # ------------------------------------------------------------------ the networks
@@ -93,7 +69,7 @@ def test_forward_matches_the_equations(cell, num_layers, with_state):
     X, Y = batch()
     state = random_state(m) if with_state else None
     loss, _, last = m.loss_and_grads(X, Y, state)
-    expected_loss, expected_state = reference_forward(m, X, Y, state)
+    expected_loss, _, expected_state = reference(m, X, Y, state)
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(last.reshape(expected_state.shape), expected_state, rtol=1e-11, atol=1e-13)
     assert m.forward_loss(X, Y, state)[0] / X.size == pytest.approx(expected_loss, rel=1e-12)
@@ -111,7 +87,7 @@ def test_dropout_masks_are_drawn_time_major_from_the_generator_and_inverted(cell
     loss, _, last = m.loss_and_grads(X, Y, state, dropout_rng=rng)
     expected_rng = np.random.default_rng(9)
     masks = (expected_rng.random((T, num_layers, B, H)) >= P) / (1 - P)
-    expected_loss, expected_state = reference_forward(m, X, Y, state, masks)
+    expected_loss, _, expected_state = reference(m, X, Y, state, masks)
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(last.reshape(expected_state.shape), expected_state, rtol=1e-11, atol=1e-13)
     assert rng.random() == expected_rng.random()
@@ -490,19 +466,20 @@ def test_recomputation_holds_a_fraction_of_stored_bptt_for_a_gated_stack():
     assert recomputed < stored / 8
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers, dropout, with_state", [(1, 0.0, False), (2, 0.0, True), (2, 0.4, True), (3, 0.3, True)])
-def test_the_lstm_equals_its_plain_reference_forward_and_backward(num_layers, dropout, with_state):
-    """RNNLM's fused LSTM gives the loss, every gradient and the last state of reference.py's
-    step-by-step float64 LSTM (the same dropout masks), to round-off."""
-    m = scaled_model("lstm", num_layers, dropout=dropout)
+def test_every_cell_equals_its_plain_reference_forward_and_backward(cell, num_layers, dropout, with_state):
+    """RNNLM's fused cells give the loss, every gradient and the last state of reference.py's
+    step-by-step float64 networks (the same dropout masks), to round-off."""
+    m = scaled_model(cell, num_layers, dropout=dropout)
     X, Y = batch()
     state = random_state(m) if with_state else None
-    loss, grads, last = m.loss_and_grads(X, Y, state, dropout_rng=np.random.default_rng(9))
     masks = None if dropout == 0 else (np.random.default_rng(9).random((T, num_layers, B, H)) >= dropout) / (1 - dropout)
-    reference_state = None if state is None else np.asarray(state).reshape(num_layers, 2, B, H)
-    expected_loss, expected_grads, expected_last = lstm_loss_and_grads(m.params, X, Y, reference_state, masks)
-    assert loss == pytest.approx(expected_loss, rel=1e-13)
-    assert grads.keys() == expected_grads.keys()
-    for name, grad in expected_grads.items():
-        np.testing.assert_allclose(grads[name], grad, rtol=1e-11, atol=1e-14 * np.abs(grad).max(), err_msg=name)
-    np.testing.assert_allclose(last.reshape(expected_last.shape), expected_last, rtol=1e-12, atol=1e-14)
+    result = m.loss_and_grads(X, Y, state, dropout_rng=np.random.default_rng(9))
+    assert_same_as_reference(m, X, Y, state, masks, result)
+
+
+def test_the_linear_rnn_equals_its_plain_reference():
+    m = RNNLM(V, H, activation="linear", dtype="float64", seed=3)
+    X, Y = batch()
+    assert_same_as_reference(m, X, Y, None, None, m.loss_and_grads(X, Y))

@@ -64,9 +64,9 @@ cut (keep False). The per-step multipliers that do not depend on the gradient ar
 steps at once beforehand (`prepare_backward`), so a step is a handful of operations.
 
 Also here: the one rule of possible networks (network_problem) and layer 0's token gradient
-(token_grads). The buffers the steps work in are workspace.py's. reference.py is the LSTM
-written plainly, step by step in float64, forward and backward: read it first; LSTMCell's
-comments name its lines.
+(token_grads). The buffers the steps work in are workspace.py's. reference.py is every cell
+written plainly, step by step in float64, forward and backward: read it first; the cells'
+comments name its lines (R for the rnn, G for the gru, F and B for the lstm).
 """
 import math
 
@@ -102,9 +102,9 @@ class RNNCell:
     def recur(self, a, h_prev, W_hh, tmp):
         """a <- φ(a + h_prev W_hh) in place, a (B, H) holding x_t W_xh + b_h; tmp (B, H) scratch."""
         np.matmul(h_prev, W_hh, out=tmp)
-        a += tmp
+        a += tmp                                            # R1
         if self.tanh:
-            np.tanh(a, out=a)
+            np.tanh(a, out=a)                               # R2
 
     def prepare_backward(self, layer):
         """M[t] = φ'(a_t) = 1 − h_t² (tanh; the identity needs none)."""
@@ -115,11 +115,11 @@ class RNNCell:
     def backward_step(self, layer, t, d_state, keep):
         """δ_t = (dh + dh_next) ⊙ φ'(a_t), in place in dA[t] = dH[t]; dh_next = δ_t W_hhᵀ."""
         delta = layer.dA_t[t]
-        delta += d_state[0]
+        delta += d_state[0]                                 # B4
         if self.tanh:
-            delta *= layer.M_t[t]
+            delta *= layer.M_t[t]                           # R5
         if keep:
-            np.matmul(delta, layer.W_hh_T, out=d_state[0])
+            np.matmul(delta, layer.W_hh_T, out=d_state[0])  # R9
 
     def finish_backward(self, layer):
         """-> the cell's extra gradients: none; dA is δ for the input side too."""
@@ -145,17 +145,17 @@ class GRUCell:
         rz += tmp[:, :2 * H]
         np.tanh(rz, out=rz)
         rz *= 0.5
-        rz += 0.5                                           # r, z = σ(·) = ½ tanh(·/2) + ½
+        rz += 0.5                                           # G1: r, z = σ(·) = ½ tanh(·/2) + ½
         r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
         hn = layer.aux_t[t]
         np.add(tmp[:, 2 * H:], layer.b_hn, out=hn)          # h W_hn + b_hn
         np.multiply(r, hn, out=tmp[:, 2 * H:])
         n += tmp[:, 2 * H:]
-        np.tanh(n, out=n)                                   # n = tanh(x W_xn + b_n + r ⊙ hn)
+        np.tanh(n, out=n)                                   # G2: n = tanh(x W_xn + b_n + r ⊙ hn)
         h = layer.hs_t[t + 1]
         np.subtract(h_prev, n, out=h)
         h *= z
-        h += n                                              # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
+        h += n                                              # G3: h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
 
     def prepare_backward(self, layer):
         """M[t] = ∂(δ_t, recurrent side)/∂(dh) per block: [(1−z)(1−n²) hn r(1−r) |
@@ -165,14 +165,14 @@ class GRUCell:
         M_r, M_z, M_n = M[..., :H], M[..., H:2 * H], M[..., 2 * H:]
         np.subtract(1, r, out=M_r)
         M_r *= r
-        M_r *= hn                                           # hn r(1−r)
+        M_r *= hn                                           # G7's hn r(1−r)
         np.subtract(1, z, out=M_n)
         np.subtract(layer.hs[:-1], n, out=M_z)
         M_z *= z
-        M_z *= M_n                                          # (h_{t−1} − n) z(1−z)
+        M_z *= M_n                                          # G6's (h_{t−1} − n) z(1−z)
         np.multiply(n, n, out=hn)
         np.subtract(1, hn, out=hn)
-        hn *= M_n                                           # aux = (1−z)(1−n²)
+        hn *= M_n                                           # aux = G5's (1−z)(1−n²)
         np.multiply(hn, r, out=M_n)
         M_r *= hn
 
@@ -182,20 +182,20 @@ class GRUCell:
         H = self.num_hiddens
         B = len(d_state[0])
         dh, dh_next = layer.dH_t[t], d_state[0]
-        dh += dh_next
+        dh += dh_next                                       # B4
         delta = layer.dA_t[t]
-        np.multiply(dh[:, None, :], layer.M_t[t].reshape(B, 3, H), out=delta.reshape(B, 3, H))
+        np.multiply(dh[:, None, :], layer.M_t[t].reshape(B, 3, H), out=delta.reshape(B, 3, H))  # G5-G8: δ_rec
         if keep:
             np.matmul(delta, layer.W_hh_T, out=dh_next)
             np.multiply(dh, layer.A_t[t][:, H:2 * H], out=layer.tmp_h)
-            dh_next += layer.tmp_h
+            dh_next += layer.tmp_h                          # G9
 
     def finish_backward(self, layer):
         """dA's n block holds δ_n ⊙ r, the recurrent side: db_hn = Σ of it; then it becomes the
         input side δ_n = dh ⊙ (1−z)(1−n²). Call after dW_hh is taken from dA -> {"b_hn": db_hn}."""
         d_n = layer.dA[..., 2 * self.num_hiddens:]
-        db_hn = d_n.sum(axis=(0, 1))
-        np.multiply(layer.dH, layer.aux, out=d_n)
+        db_hn = d_n.sum(axis=(0, 1))                        # G8's db_hn
+        np.multiply(layer.dH, layer.aux, out=d_n)           # G8's δ (input side): δ_n
         return {"b_hn": db_hn}
 
 
@@ -203,8 +203,8 @@ class LSTMCell:
     """LSTM without peepholes; gates [i | f | g | o], state (h, c) (see the module docstring).
 
     reference.py computes the same step plainly, in float64; the comments "Fn" and "Bn" below
-    name the lines of it each block computes (the input part x W_xh + b_h of F1 and the weight
-    gradients of B8 are RNNLM's, for all steps at once)."""
+    name the lines of it each block computes, as RNNCell's "Rn" and GRUCell's "Gn" do (the input
+    part x W_xh + b_h of F1 and the weight gradients of B8 are RNNLM's, for all steps at once)."""
 
     gates, num_states = 4, 2
     saturates = True

@@ -286,7 +286,7 @@ class RNNLM:
         the gradient into the previous state, which scales[t] keeps, cuts or scales by ξ_t (the
         same for h and c of every layer). Then the layer's weight gradients, dW_hh = Σ_t
         h_{t-1}ᵀ δ_t as one product, and the gradient into the layer below (δ_t W_xhᵀ) ⊙ m_t
-        (for the LSTM, reference.py's B4-B9 and B3 between layers).
+        (reference.py's B4-B9, the cell's lines, and B3 between layers).
         On exit carry holds the gradient reaching the segment's start state (zero if scales[0]
         is CUT). A saturating cell's float32 δ below 2^-63 is set to zero after its steps
         (cells.flush_tiny: such tiny numbers make the weight products ~40x slower).
