@@ -38,8 +38,16 @@ import statistics
 
 import numpy as np
 
-from bench_train import (BATCH_SIZE, NUM_STEPS, bench_hidden, machine_report, median_ratio,
-                         set_threads_and_restart, timed, train_step_flops)
+from bench_train import (
+    BATCH_SIZE,
+    NUM_STEPS,
+    bench_hidden,
+    machine_report,
+    median_ratio,
+    set_threads_and_restart,
+    timed,
+    train_step_flops,
+)
 from charrnn.data.corpus import load_corpus
 from charrnn.data.samplers import split_corpus
 

@@ -71,9 +71,9 @@ def torch_run(text, network, seed, tokens):
     import torch
     from torch import nn
 
-    from charrnn.training.config import TrainConfig
-    from charrnn.infer.evaluate import contiguous_batches
     from charrnn.data.samplers import seq_data_iter_sequential
+    from charrnn.infer.evaluate import contiguous_batches
+    from charrnn.training.config import TrainConfig
     from charrnn.training.start import load_data
 
     torch.set_num_threads(1)

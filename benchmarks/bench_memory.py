@@ -23,8 +23,6 @@ import sys
 import time
 import tracemalloc
 
-import numpy as np
-
 from charrnn.data.corpus import load_corpus
 from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import bptt_memory_bytes, default_segment_steps, loss_and_grads_recompute

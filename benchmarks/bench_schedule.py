@@ -23,13 +23,13 @@ def cases(small):
     tokens = ["--max-tokens", "6000000"]
     text = [str(small), "--preprocess", "d2l", "--epochs", "150"]
     return {
-        "book": [("book 6M tokens, today's schedule (epoch, 0.9)", book + tokens + ["--lr-schedule", "epoch"]),
+        "book": [("book 6M tokens, the old default (epoch, 0.9)", book + tokens + ["--lr-schedule", "epoch"]),
                  ("book 6M tokens, cosine to lr/10 (new default)", book + tokens),
                  ("book 6M tokens, exponential to lr/10", book + tokens + ["--lr-schedule", "exponential"])],
-        "small": [("50 KB, 150 epochs, today's schedule (epoch, 0.9)", text + ["--lr-schedule", "epoch"]),
+        "small": [("50 KB, 150 epochs, the old default (epoch, 0.9)", text + ["--lr-schedule", "epoch"]),
                   ("50 KB, 150 epochs, cosine to lr/10 (new default)", text),
                   ("50 KB, 150 epochs, constant lr", text + ["--lr-schedule", "constant"])],
-        "time": [("book --max-time 60, today's schedule (epoch, 0.9)", book + ["--max-time", "60", "--lr-schedule", "epoch"]),
+        "time": [("book --max-time 60, the old default (epoch, 0.9)", book + ["--max-time", "60", "--lr-schedule", "epoch"]),
                  ("book --max-time 60 (new default: cosine by time)", book + ["--max-time", "60"])],
     }
 

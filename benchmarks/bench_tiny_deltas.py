@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from charrnn.nn import model as model_module
-from charrnn.training import start as training
-from charrnn.nn.cells import TINY_DELTA, flush_tiny
 from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.nn import model as model_module
+from charrnn.nn.cells import TINY_DELTA, flush_tiny
 from charrnn.runtime.threads import blas_threads
+from charrnn.training import start as training
 from charrnn.training.config import TrainConfig
 
 

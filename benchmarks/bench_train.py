@@ -51,9 +51,9 @@ from charrnn.data.corpus import load_corpus, read_text
 from charrnn.data.samplers import seq_data_iter_sequential, split_corpus
 from charrnn.infer.evaluate import contiguous_batches, mean_loss
 from charrnn.infer.export import TORCH_MODULES
+from charrnn.infer.sample import sample_text
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
-from charrnn.infer.sample import sample_text
 from charrnn.runtime.threads import THREAD_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,14 +15,14 @@ import math
 import numpy as np
 
 from charrnn.data.baselines import ngram_baselines
+from charrnn.data.samplers import seq_data_iter_sequential
 from charrnn.nn.cells import init_output_bias, layer_suffix
-from charrnn.training.config import TrainConfig
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
-from charrnn.training.state import DROPOUT_STREAM, SAMPLER_STREAM, TRUNCATION_STREAM
-from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.training.config import TrainConfig
 from charrnn.training.schedule import learning_rate
 from charrnn.training.start import load_data
+from charrnn.training.state import DROPOUT_STREAM, SAMPLER_STREAM, TRUNCATION_STREAM
 
 
 def main():

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.training.outdir import CHECKPOINT
-from charrnn.training.checkpoint import load_checkpoint
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import META_KEY, load_npz
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.outdir import CHECKPOINT
 
 
 def write_npz(path, arrays, meta):

@@ -25,8 +25,8 @@ import numpy as np
 from charrnn.data.corpus import load_corpus
 from charrnn.data.samplers import seq_data_iter_sequential
 from charrnn.nn.model import RNNLM
-from charrnn.nn.truncation import path_scales
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
+from charrnn.nn.truncation import path_scales
 from profile_step import fastest_ms
 
 BATCH_SIZE, NUM_STEPS = 32, 35
@@ -52,7 +52,7 @@ def ufunc_call_us() -> float:
 def phases(model, X, Y) -> dict:
     """Phase name -> callable running it once on the minibatch (X, Y), in the step's order."""
     B, T = X.shape
-    X_tm, Y_tm, y = X.T, Y.T, Y.T.reshape(-1)
+    X_tm, y = X.T, Y.T.reshape(-1)
     ws = model.workspace(B, T)
     model.forward_segment(X_tm, None, ws)
     scales = path_scales("full", T, B, None, model.dtype)

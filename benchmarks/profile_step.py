@@ -19,8 +19,8 @@ import numpy as np
 from charrnn.data.corpus import load_corpus
 from charrnn.data.samplers import seq_data_iter_sequential
 from charrnn.nn.model import RNNLM
-from charrnn.nn.truncation import path_scales
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
+from charrnn.nn.truncation import path_scales
 
 BATCH_SIZE, NUM_STEPS = 32, 35
 

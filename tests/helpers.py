@@ -23,7 +23,6 @@ from charrnn.training.config import TrainConfig
 from charrnn.training.loop import Reporter
 from charrnn.training.outdir import CHECKPOINT, METRICS
 
-
 # ---------------------------------------------------------------- the command line
 
 def invoke(*args, env=None):

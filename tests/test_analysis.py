@@ -7,13 +7,20 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn.training import start as training
-from charrnn.analysis.gradients import (analysis_window, analyze, flat_grad, hidden_grad_norms, jacobian_norms,
-                              recurrence_spectrum, truncation_error)
-from charrnn.data.corpus import load_corpus
-from charrnn.base.errors import CharrnnError
-from charrnn.nn.model import RNNLM
+from charrnn.analysis.gradients import (
+    analysis_window,
+    analyze,
+    flat_grad,
+    hidden_grad_norms,
+    jacobian_norms,
+    recurrence_spectrum,
+    truncation_error,
+)
 from charrnn.analysis.plot import check_plot_path, sparkline
+from charrnn.base.errors import CharrnnError
+from charrnn.data.corpus import load_corpus
+from charrnn.nn.model import RNNLM
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
 

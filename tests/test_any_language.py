@@ -6,15 +6,14 @@ import warnings
 import numpy as np
 import pytest
 
-from charrnn.training import start as training
-from charrnn.training.config import TrainConfig
+from charrnn.base.errors import CharrnnWarning
 from charrnn.data.corpus import default_preprocess, load_corpus, read_text
 from charrnn.data.text import dropped_letters
-from charrnn.base.errors import CharrnnWarning
 from charrnn.infer.sample import next_token_probs, sample_text
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
 from helpers import assert_ok, invoke
-
 
 RUSSIAN = "Мальчик читает книгу, а девочка пишет письмо. Ёжик спит в лесу; time идёт.\n" * 40
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=400, sample_length=12)

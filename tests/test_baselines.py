@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from charrnn.cli import main
 from charrnn.data import baselines as baselines_module
 from charrnn.data.baselines import ngram_baselines, pair_counts, token_counts, unigram_log_probs
-from charrnn.cli import main
 
 
 def naive_baselines(train, val, V):

@@ -3,19 +3,18 @@ state, recomputation, the state format and the parameter layout."""
 import numpy as np
 import pytest
 
-from charrnn.nn.cells import CELLS, TINY_DELTA, flush_tiny
-from charrnn.training.checkpoint import load_model, save_model
+from charrnn.analysis.gradcheck import FD_TOLERANCE, run_gradcheck
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import load_npz, save_npz
-from charrnn.analysis.gradcheck import FD_TOLERANCE, run_gradcheck
+from charrnn.infer.sample import stepper
 from charrnn.nn import model as model_module
+from charrnn.nn.cells import CELLS, TINY_DELTA, flush_tiny
 from charrnn.nn.model import RNNLM
 from charrnn.nn.recompute import loss_and_grads_recompute
 from charrnn.nn.reference import loss_and_grads as reference_loss_and_grads
-from charrnn.infer.sample import stepper
 from charrnn.nn.workspace import Workspace
+from charrnn.training.checkpoint import load_model, save_model
 from helpers import peak_bytes
-
 
 V, H, B, T = 7, 5, 3, 8
 NETWORKS = [(cell, layers) for cell in CELLS for layers in (1, 2)]

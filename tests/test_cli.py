@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 from charrnn import cli
-from charrnn.training import start as training
 from charrnn.analysis.gradcheck import run_gradcheck
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
 from helpers import assert_error, assert_ok, charrnn_command, invoke
-
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10"]

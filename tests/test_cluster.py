@@ -10,17 +10,15 @@ import time
 
 import pytest
 
-from charrnn.training import start as training
+from charrnn.base.errors import CharrnnError
 from charrnn.experiments.cluster import DaskBackend, connect, run_on_worker
 from charrnn.experiments.compare import compare, plan
-from charrnn.base.errors import CharrnnError
 from charrnn.experiments.runs import run_state
-from charrnn.training.outdir import CHECKPOINT
-from charrnn.training.outdir import METRICS
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
-from helpers import assert_error, assert_same_arrays, interrupt, invoke, Log, TINY_CLI, tiny_config
-
+from charrnn.training.outdir import CHECKPOINT, METRICS
+from helpers import TINY_CLI, Log, assert_error, assert_same_arrays, interrupt, invoke, tiny_config
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn.training import start as training
-from charrnn.experiments.compare import compare, default_out_dir, plan, run_name
 from charrnn.base.errors import CharrnnError
+from charrnn.experiments.compare import compare, default_out_dir, plan, run_name
 from charrnn.experiments.runs import GRAD_NORMS, RunSpec, execute_run, read_curve, read_grad_norms, run_state
 from charrnn.experiments.stats import paired_difference
-from charrnn.training.outdir import CONFIG, METRICS
+from charrnn.training import start as training
 from charrnn.training.config import TrainConfig
-from helpers import assert_same_arrays, interrupt, invoke, Log, TINY_CLI, tiny_config
-
+from charrnn.training.outdir import CONFIG, METRICS
+from helpers import TINY_CLI, Log, assert_same_arrays, interrupt, invoke, tiny_config
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 

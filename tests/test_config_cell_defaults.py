@@ -1,6 +1,6 @@
 """Per-cell defaults: a run that names only its cell gets that cell's network and learning rate
 (CELL_DEFAULTS), an option given explicitly wins, and a run records the values resolved, so
-resume and older checkpoints never depend on today's table."""
+resume and older checkpoints never depend on the table of the charrnn that reads them."""
 import json
 
 import numpy as np
@@ -8,13 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
+from charrnn.base.io import load_npz, save_npz
+from charrnn.cli.options import per_cell_default
 from charrnn.training import config as config_module
 from charrnn.training import start as training
-from charrnn.cli.options import per_cell_default
-from charrnn.training.config import CELL_DEFAULTS, TrainConfig
-from charrnn.base.io import load_npz, save_npz
-from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import CELL_DEFAULTS, TrainConfig
+from charrnn.training.outdir import CHECKPOINT
 
 PER_CELL = ("num_hiddens", "num_layers", "dropout", "lr")
 TINY = dict(batch_size=4, num_steps=8, eval_every=10**9, sample_length=0)

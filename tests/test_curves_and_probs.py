@@ -6,14 +6,13 @@ import sys
 
 import pytest
 
-from charrnn.training import start as training
-from charrnn.training.config import TrainConfig
 from charrnn.analysis.curves import read_history
 from charrnn.infer.sample import next_token_probs
-from charrnn.training.outdir import METRICS
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
+from charrnn.training.outdir import METRICS
 from helpers import assert_error, assert_ok, charrnn_command, invoke
-
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 

@@ -9,18 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.data import corpus as data
 from charrnn.data import samplers
 from charrnn.data import vocab as vocab_module
 from charrnn.data.corpus import load_corpus, read_text
-from charrnn.data.vocab import Vocab, count_tokens, tokenize
-from charrnn.data.samplers import (num_minibatches, seq_data_iter_random, seq_data_iter_sequential,
-                                   split_corpus)
+from charrnn.data.samplers import (
+    KeyedPermutation,
+    num_minibatches,
+    seq_data_iter_random,
+    seq_data_iter_sequential,
+    split_corpus,
+)
 from charrnn.data.text import preprocess_text
-from charrnn.base.errors import CharrnnError, CharrnnWarning
-from charrnn.data.samplers import KeyedPermutation
+from charrnn.data.vocab import Vocab, count_tokens, tokenize
 
 SAMPLERS = [seq_data_iter_random, seq_data_iter_sequential]
 

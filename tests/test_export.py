@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from charrnn.nn.cells import layer_suffix
-from charrnn.data.vocab import Vocab
 from charrnn.base.errors import CharrnnError
+from charrnn.data.vocab import Vocab
 from charrnn.infer.export import FORMAT, TORCH_MODULES, export_model, read_export, torch_state_dict
+from charrnn.nn.cells import layer_suffix
 from charrnn.nn.model import RNNLM
 
 if os.environ.get("CI"):

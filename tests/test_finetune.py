@@ -4,16 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from charrnn.training import start as training
 from charrnn.infer.evaluate import mean_loss, perplexity
-from charrnn.training.config import TrainConfig
-from charrnn.training.finetune import PARENT, finetune_config, grown_model
 from charrnn.nn.model import RNNLM
-from charrnn.training.outdir import CHECKPOINT
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
-from charrnn.training.config import ConfigError
+from charrnn.training.config import ConfigError, TrainConfig
+from charrnn.training.finetune import PARENT, finetune_config, grown_model
+from charrnn.training.outdir import CHECKPOINT
 from helpers import assert_error, assert_ok, invoke
-
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 

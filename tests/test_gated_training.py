@@ -9,14 +9,11 @@ from click.testing import CliRunner
 
 from charrnn import cli
 from charrnn.training import start as training
-from charrnn.training.checkpoint import load_model
-from charrnn.training.outdir import CHECKPOINT
-from charrnn.training.outdir import CONFIG
-from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.checkpoint import load_checkpoint, load_model
 from charrnn.training.config import TrainConfig
+from charrnn.training.outdir import CHECKPOINT, CONFIG
 from charrnn.training.state import DROPOUT_STREAM
 from helpers import assert_same_checkpoints
-
 
 TINY = dict(num_hiddens=10, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 TINY_ARGS = ["--num-hiddens", "10", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10"]

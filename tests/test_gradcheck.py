@@ -2,14 +2,20 @@
 import numpy as np
 import pytest
 
-from charrnn.nn import model as model_module
+from charrnn.analysis.gradcheck import (
+    FD_TOLERANCE,
+    REL_ERR_FLOOR,
+    GradcheckReport,
+    errors,
+    finite_difference_grads,
+    make_problem,
+    pick_entries,
+    run_gradcheck,
+)
 from charrnn.base.errors import CharrnnError
-from charrnn.analysis.gradcheck import (FD_TOLERANCE, REL_ERR_FLOOR, GradcheckReport, errors,
-                               finite_difference_grads, make_problem, pick_entries,
-                               run_gradcheck)
-from charrnn.nn.truncation import CUT, KEEP, parse_truncation
+from charrnn.nn import model as model_module
 from charrnn.nn.model import PARAM_NAMES, RNNLM
-from charrnn.nn.truncation import path_scales
+from charrnn.nn.truncation import CUT, KEEP, parse_truncation, path_scales
 
 
 def checks(report):

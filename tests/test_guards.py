@@ -16,19 +16,17 @@ import numpy as np
 import pytest
 
 from charrnn.base import io as charrnn_io
-from charrnn.training import memory
-from charrnn.training import start as training
-from charrnn.training import loop as training_loop
+from charrnn.base.io import append_jsonl, load_npz, save_npz, temporary_path
 from charrnn.cli import inspection
 from charrnn.cli.render import escape_controls
-from charrnn.base.io import load_npz, save_npz, temporary_path
 from charrnn.runtime.lock import LOCK_FILE, RunLock
-from charrnn.base.io import append_jsonl
-from charrnn.training.outdir import BEST, CHECKPOINT
-from charrnn.training.outdir import CONFIG, METRICS
+from charrnn.training import loop as training_loop
+from charrnn.training import memory
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
-from helpers import assert_error, assert_ok, charrnn_command, invoke, snapshot, TINY_OPTIONS, train_process, wait_for
+from charrnn.training.outdir import BEST, CHECKPOINT, CONFIG, METRICS
+from helpers import TINY_OPTIONS, assert_error, assert_ok, charrnn_command, invoke, snapshot, train_process, wait_for
 
 
 @pytest.fixture(scope="module")

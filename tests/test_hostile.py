@@ -20,11 +20,10 @@ from charrnn.base import io as charrnn_io
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.base.io import META_KEY, load_npz
 from charrnn.infer.sample import sample_text
-from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
+from charrnn.training.outdir import CHECKPOINT
 from helpers import assert_error, assert_ok, invoke
-
 
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10",
         "--eval-every", "512", "--truncation", "randomized:0.5"]

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from charrnn.base.errors import CharrnnWarning
+from charrnn.cli import main
 from charrnn.data.baselines import ngram_baselines
 from charrnn.training.checkpoint import load_checkpoint
-from charrnn.cli import main
 from charrnn.training.config import TrainConfig
-from charrnn.base.errors import CharrnnWarning
 from charrnn.training.start import load_data, train
 
 NOUNS = ("traveller machine garden river lantern doctor window morning stranger valley engine letter shadow "

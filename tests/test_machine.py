@@ -6,8 +6,14 @@ import sys
 import pytest
 
 from charrnn.runtime import machine
-from charrnn.runtime.machine import (MachineWatch, available_cores, available_memory, cgroup_directories,
-                                     cgroup_memory_room, cgroup_quota)
+from charrnn.runtime.machine import (
+    MachineWatch,
+    available_cores,
+    available_memory,
+    cgroup_directories,
+    cgroup_memory_room,
+    cgroup_quota,
+)
 
 CORES = len(os.sched_getaffinity(0))
 

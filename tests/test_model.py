@@ -5,14 +5,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from charrnn.nn import model as model_module
-from charrnn.training.checkpoint import load_model, load_model_with_extras, save_model
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import load_npz, save_npz
-from charrnn.nn.model import PARAM_NAMES, RNNLM
-from charrnn.nn.truncation import parse_truncation
 from charrnn.infer.sample import stepper
-from charrnn.nn.truncation import CUT, path_scales
+from charrnn.nn import model as model_module
+from charrnn.nn.model import PARAM_NAMES, RNNLM
+from charrnn.nn.truncation import CUT, parse_truncation, path_scales
+from charrnn.training.checkpoint import load_model, load_model_with_extras, save_model
 
 V, H, B, T = 7, 5, 3, 9
 

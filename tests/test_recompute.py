@@ -5,18 +5,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.nn import model as model_module
-from charrnn.training import start as training
 from charrnn.base.errors import CharrnnError
+from charrnn.nn import model as model_module
 from charrnn.nn.model import RNNLM
-from charrnn.nn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
-                               default_segment_steps, loss_and_grads_recompute,
-                               segment_bounds)
-from charrnn.training.outdir import CHECKPOINT
+from charrnn.nn.recompute import (
+    DEFAULT_MEMORY_BUDGET,
+    bptt_memory_bytes,
+    choose_bptt_memory,
+    default_segment_steps,
+    loss_and_grads_recompute,
+    segment_bounds,
+)
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
+from charrnn.training.outdir import CHECKPOINT
 from helpers import peak_bytes
-
 
 V, H = 6, 5
 

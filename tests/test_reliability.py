@@ -20,20 +20,28 @@ import numpy as np
 import pytest
 
 from charrnn import cli
-from charrnn.data import corpus as data
 from charrnn.base import io as charrnn_io
-from charrnn.training import outdir
-from charrnn.training import start as training
-from charrnn.training import loop as training_loop
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import load_npz, save_npz
 from charrnn.cli.options import Clip, Truncation
+from charrnn.data import corpus as data
 from charrnn.nn.optim import clip_grad_norm, make_optimizer
-from charrnn.training.outdir import BEST, CHECKPOINT
-from charrnn.training.outdir import METRICS
+from charrnn.training import loop as training_loop
+from charrnn.training import outdir
+from charrnn.training import start as training
 from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
-from helpers import assert_error, assert_ok, assert_same_run, INTERRUPTED, invoke, snapshot, TINY_OPTIONS, train_process, wait_for
-
+from charrnn.training.outdir import BEST, CHECKPOINT, METRICS
+from helpers import (
+    INTERRUPTED,
+    TINY_OPTIONS,
+    assert_error,
+    assert_ok,
+    assert_same_run,
+    invoke,
+    snapshot,
+    train_process,
+    wait_for,
+)
 
 ON_LINUX = sys.platform.startswith("linux")
 

@@ -4,14 +4,12 @@ import math
 
 import pytest
 
-from charrnn.training import start as training
-from charrnn.training.state import Progress
-from charrnn.training.config import TrainConfig
 from charrnn.base.io import load_npz, save_npz
+from charrnn.training import start as training
+from charrnn.training.config import ConfigError, TrainConfig
+from charrnn.training.outdir import CHECKPOINT, METRICS
 from charrnn.training.schedule import budget_fraction, learning_rate
-from charrnn.training.outdir import CHECKPOINT
-from charrnn.training.outdir import METRICS
-from charrnn.training.config import ConfigError
+from charrnn.training.state import Progress
 
 
 def cfg(**changes):

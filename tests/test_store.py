@@ -13,18 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.data import corpus as data
 from charrnn.data import store as store_module
 from charrnn.data import stream
 from charrnn.data.corpus import load_corpus
-from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.data.store import open_store, read_store
 from charrnn.data.stream import IdFile
-from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
+from charrnn.training.outdir import CHECKPOINT
 
 LEVELS_AND_MODES = [("char", "d2l"), ("char", "raw"), ("word", "d2l"), ("word", "raw")]
 
@@ -345,6 +346,7 @@ TINY_RUN = ["--num-hiddens", "8", "--batch-size", "2", "--num-steps", "4", "--sa
 
 def invoke(*args):
     from click.testing import CliRunner
+
     from charrnn import cli
     result = CliRunner().invoke(cli.main, [str(a) for a in args])
     assert result.exit_code == 0 and result.exception is None, result.output
@@ -384,6 +386,7 @@ def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, writ
     assert ckpt.model.params["W_hq"].shape == (8, 6)
     invoke("train", "--resume", run, "--max-tokens", "128", "--cache-dir", tmp_path / "c")
     from click.testing import CliRunner
+
     from charrnn import cli
     refused = CliRunner().invoke(cli.main, ["train", "--resume", str(run), "--max-vocab", "7",
                                             "--max-tokens", "256"])
@@ -391,9 +394,9 @@ def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, writ
 
 
 def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_words):
+    from charrnn.base.io import load_npz, save_npz
     from charrnn.training import start as training
     from charrnn.training.checkpoint import legacy_tokens_sha1
-    from charrnn.base.io import load_npz, save_npz
     path = write_words(tmp_path / "w.txt", 300, seed=4)
     config = TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4,
                                   max_tokens=32, sample_length=5)
@@ -412,9 +415,9 @@ def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_word
 
 
 def test_evaluating_another_text_maps_its_ids_to_the_checkpoints(tmp_path):
-    from charrnn.training.config import TrainConfig
     from charrnn.infer.evaluate import evaluate_text, mean_loss
     from charrnn.nn.model import RNNLM
+    from charrnn.training.config import TrainConfig
     trained_on = write(tmp_path / "a.txt", "abcde abcde abcde " * 20)
     other = write(tmp_path / "b.txt", "edcba xyz edcba " * 20)  # another order, and x y z unknown
     vocab = open_store(trained_on, "char", "raw", cache_dir=tmp_path / "c").vocab
@@ -427,8 +430,8 @@ def test_evaluating_another_text_maps_its_ids_to_the_checkpoints(tmp_path):
 
 
 def test_samplers_and_evaluation_give_the_maps_pages_back(tmp_path, monkeypatch, write_words):
-    from charrnn.infer import evaluate
     from charrnn.data import samplers
+    from charrnn.infer import evaluate
     store = open_store(write_words(tmp_path / "w.txt", 2000, seed=5), cache_dir=tmp_path / "c")
     assert samplers.memory_map_of(store.ids[10:-10]) is samplers.memory_map_of(store.ids) is not None
     assert samplers.memory_map_of(np.array(store.ids)) is None

@@ -8,15 +8,13 @@ import time
 
 import pytest
 
-from charrnn.training import start as training
 from charrnn.experiments.compare import compare, plan
 from charrnn.experiments.runs import run_state
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend
-from charrnn.training.outdir import CHECKPOINT
-from charrnn.training.outdir import METRICS
+from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
-from helpers import assert_same_arrays, charrnn_command, Log, tiny_config
-
+from charrnn.training.outdir import CHECKPOINT, METRICS
+from helpers import Log, assert_same_arrays, charrnn_command, tiny_config
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 

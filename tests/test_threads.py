@@ -8,15 +8,22 @@ from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
 from charrnn import cli
-from charrnn.runtime import threads
-from charrnn.training import start as training
 from charrnn.base.errors import CharrnnError
+from charrnn.runtime import threads
 from charrnn.runtime.machine import MachineWatch
-from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, Threads, blas_thread_counts, blas_threads,
-                                     check_threads, default_threads, share)
+from charrnn.runtime.threads import (
+    AUTO,
+    THREAD_VARIABLES,
+    Threads,
+    blas_thread_counts,
+    blas_threads,
+    check_threads,
+    default_threads,
+    share,
+)
+from charrnn.training import start as training
 from charrnn.training.loop import Reporter
-from helpers import assert_same_checkpoints, config, InterruptAt
-
+from helpers import InterruptAt, assert_same_checkpoints, config
 
 NO_THREAD_VARIABLES = dict.fromkeys(THREAD_VARIABLES)  # CliRunner's env: None unsets
 

@@ -6,21 +6,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charrnn.training import start as training
-from charrnn.training import loop as training_loop
-from charrnn.data.vocab import Vocab
-from charrnn.training.checkpoint import save_model
 from charrnn.base.errors import CharrnnError, CharrnnWarning
-from charrnn.infer.evaluate import contiguous_batches, mean_loss
-from charrnn.nn.model import RNNLM
-from charrnn.infer.sample import continue_text, generate, sample_text
 from charrnn.data.samplers import SAMPLERS
-from charrnn.training.outdir import BEST, CHECKPOINT
-from charrnn.training.outdir import CONFIG, VOCAB
-from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
+from charrnn.data.vocab import Vocab
+from charrnn.infer.evaluate import contiguous_batches, mean_loss
+from charrnn.infer.sample import continue_text, generate, sample_text
+from charrnn.nn.model import RNNLM
+from charrnn.training import loop as training_loop
+from charrnn.training import start as training
+from charrnn.training.checkpoint import STATE_KEY, load_checkpoint, save_model
 from charrnn.training.config import ConfigError, TrainConfig
 from charrnn.training.loop import MAX_SKIPPED_IN_A_ROW
-from helpers import assert_same_run, config, InterruptAt, metrics
+from charrnn.training.outdir import BEST, CHECKPOINT, CONFIG, VOCAB
+from helpers import InterruptAt, assert_same_run, config, metrics
 
 
 @pytest.fixture

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from charrnn.data.baselines import ngram_baselines
-from charrnn.nn.cells import init_output_bias, layer_suffix
-from charrnn.training.config import TrainConfig
-from charrnn.infer.export import TORCH_MODULES, torch_state_dict
-from charrnn.nn.model import RNNLM
-from charrnn.training.state import DROPOUT_STREAM, SAMPLER_STREAM
 from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.infer.export import TORCH_MODULES, torch_state_dict
+from charrnn.nn.cells import init_output_bias, layer_suffix
+from charrnn.nn.model import RNNLM
+from charrnn.training.config import TrainConfig
 from charrnn.training.start import load_data, train
+from charrnn.training.state import DROPOUT_STREAM, SAMPLER_STREAM
 
 if os.environ.get("CI"):
     import torch

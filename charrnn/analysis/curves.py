@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from charrnn.training.outdir import METRICS
 from charrnn.base.checks import is_finite, is_integer
 from charrnn.base.errors import CharrnnError
+from charrnn.training.outdir import METRICS
 
 
 @dataclass

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charrnn.analysis.jacobians import Recurrence, state_grads
 from charrnn.base.checks import check_int
 from charrnn.base.errors import CharrnnError
-from charrnn.analysis.jacobians import Recurrence, state_grads
 from charrnn.nn.truncation import parse_truncation
 
 DEFAULT_WINDOW = 100

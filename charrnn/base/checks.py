@@ -47,13 +47,6 @@ def check_int(value, name, minimum=None) -> int:
     return int(value)
 
 
-def check_finite(value, name) -> float:
-    """A finite real number (not a bool) -> float(value); anything else -> CharrnnError."""
-    if not is_finite(value):
-        raise CharrnnError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def check_choice(value, choices, what):
     """`value` if it is one of `choices`, else CharrnnError "unknown <what> ... (choose from ...)"."""
     if value not in tuple(choices):

@@ -22,13 +22,13 @@ import click
 import numpy as np
 
 from charrnn.base.errors import CharrnnError
-from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
 from charrnn.cli.exporting import export
 from charrnn.cli.inspection import analyze, corpus, evaluate, gradcheck, sample
-from charrnn.cli.plotting import plot
 from charrnn.cli.options import ThreadCount
+from charrnn.cli.plotting import plot
 from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
 from charrnn.cli.training import compare, train
+from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")

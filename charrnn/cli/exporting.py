@@ -3,10 +3,10 @@ from pathlib import Path
 
 import click
 
-from charrnn.training.checkpoint import load_checkpoint
-from charrnn.infer.export import TORCH_MODULES, export_model
 from charrnn.cli.options import checkpoint_argument
 from charrnn.cli.render import say
+from charrnn.infer.export import TORCH_MODULES, export_model
+from charrnn.training.checkpoint import load_checkpoint
 
 
 @click.command()

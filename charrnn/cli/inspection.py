@@ -8,24 +8,49 @@ from pathlib import Path
 import click
 
 from charrnn.analysis import gradients as analysis
-from charrnn.training.checkpoint import load_checkpoint
-from charrnn.base.checks import is_text
-from charrnn.data.corpus import default_preprocess
-from charrnn.base.errors import CharrnnError
-from charrnn.infer.evaluate import evaluate_text
 from charrnn.analysis.gradcheck import run_gradcheck
-from charrnn.nn.model import RNNLM
-from charrnn.nn.cells import network_problem
 from charrnn.analysis.plot import check_plot_path, plot_analyses, plot_analysis
-from charrnn.infer.sample import next_token_probs, sample_text
-from charrnn.data.store import open_store
+from charrnn.base.checks import is_text
+from charrnn.base.errors import CharrnnError
+from charrnn.cli.options import (
+    DEFAULTS,
+    FiniteRange,
+    Truncation,
+    activation_choice,
+    cache_dir_option,
+    cell_choice,
+    checkpoint_argument,
+    data_dir_option,
+    dropout_range,
+    dtype_choice,
+    given_options,
+    level_option,
+    plot_option,
+    preprocess_option,
+    randomized_option,
+    regular_option,
+    vocab_limit_options,
+)
+from charrnn.cli.render import (
+    escape_controls,
+    print_analysis,
+    print_baselines,
+    print_corpus,
+    print_evaluation,
+    print_gradcheck,
+    print_next_tokens,
+    say,
+    warn_unknown,
+)
 from charrnn.data.baselines import ngram_baselines
+from charrnn.data.corpus import default_preprocess
 from charrnn.data.samplers import split_corpus
-from charrnn.cli.options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
-                      checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
-                      plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
-from charrnn.cli.render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
-                     print_next_tokens, print_baselines, say, warn_unknown)
+from charrnn.data.store import open_store
+from charrnn.infer.evaluate import evaluate_text
+from charrnn.infer.sample import next_token_probs, sample_text
+from charrnn.nn.cells import network_problem
+from charrnn.nn.model import RNNLM
+from charrnn.training.checkpoint import load_checkpoint
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "num_hiddens", "activation", "dtype",

@@ -11,20 +11,20 @@ import click
 from click.core import ParameterSource
 
 from charrnn.analysis import gradients as analysis
-from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
-from charrnn.data.vocab import LEVELS
-from charrnn.data.text import PREPROCESS_MODES
-from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
+from charrnn.cli.render import one_line
+from charrnn.data.samplers import SAMPLERS
+from charrnn.data.store import CACHE_ENV
+from charrnn.data.text import PREPROCESS_MODES
+from charrnn.data.vocab import LEVELS
 from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES
 from charrnn.nn.model import DTYPES
-from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import BPTT_MEMORY_MODES
-from charrnn.training.schedule import LR_SCHEDULES
-from charrnn.data.store import CACHE_ENV
+from charrnn.nn.truncation import parse_truncation
 from charrnn.runtime.threads import check_threads
-from charrnn.cli.render import one_line
+from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
+from charrnn.training.schedule import LR_SCHEDULES
 
 DEFAULTS = TrainConfig()
 

@@ -16,11 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
-from charrnn.base.errors import CharrnnWarning
 from charrnn.analysis.plot import sparkline
-from charrnn.infer.sample import unknown_summary
+from charrnn.base.errors import CharrnnWarning
 from charrnn.experiments.stats import describe, format_p
 from charrnn.experiments.sweep import SweepReporter
+from charrnn.infer.sample import unknown_summary
 from charrnn.training.loop import Reporter
 
 

@@ -6,15 +6,23 @@ from pathlib import Path
 import click
 
 from charrnn.analysis import gradients as analysis
+from charrnn.analysis.plot import check_plot_path, plot_comparison
+from charrnn.cli.options import (
+    FiniteRange,
+    NumberList,
+    Truncation,
+    bad_parameter,
+    config_changes,
+    plot_option,
+    training_options,
+)
+from charrnn.cli.render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
 from charrnn.experiments import compare as comparison
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend
 from charrnn.training import start as training
 from charrnn.training.config import BUDGET_FIELDS, ConfigError, TrainConfig
 from charrnn.training.finetune import finetune_config
 from charrnn.training.outdir import default_out_dir, last_good_checkpoint
-from charrnn.analysis.plot import check_plot_path, plot_comparison
-from charrnn.experiments.sweep import ProcessBackend, SerialBackend
-from charrnn.cli.options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
-from charrnn.cli.render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given

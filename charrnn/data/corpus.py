@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-from importlib import resources
 import os
 import sys
 import urllib.request
+from importlib import resources
 from pathlib import Path
 
 from tqdm import tqdm
@@ -24,8 +24,16 @@ from tqdm import tqdm
 from charrnn.base.checks import check_choice
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import write_atomic
-from charrnn.data.text import (BOM, PREPROCESS_MODES, blank_text_error, check_text_head, not_utf8_error,
-                               preprocess_text, universal_newlines, warn_dropped_letters)
+from charrnn.data.text import (
+    BOM,
+    PREPROCESS_MODES,
+    blank_text_error,
+    check_text_head,
+    not_utf8_error,
+    preprocess_text,
+    universal_newlines,
+    warn_dropped_letters,
+)
 from charrnn.data.vocab import LEVELS, Vocab, count_tokens
 
 SOURCE_CORPORA = Path(__file__).resolve().parents[2] / "corpora"  # in a source checkout

@@ -35,12 +35,12 @@ import numpy as np
 from tqdm import tqdm
 
 from charrnn.base.checks import check_choice, check_int
-from charrnn.data.corpus import check_registered, default_data_dir, default_preprocess, find_corpus
-from charrnn.data.vocab import LEVELS, Vocab
-from charrnn.data.text import PREPROCESS_MODES, blank_text_error, letters_among, warn_if_letters_dropped
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import write_atomic
+from charrnn.data.corpus import check_registered, default_data_dir, default_preprocess, find_corpus
 from charrnn.data.stream import ID_DTYPES, PIECE_BYTES, CodePointCounts, IdFile, id_dtype, tokenize_stream
+from charrnn.data.text import PREPROCESS_MODES, blank_text_error, letters_among, warn_if_letters_dropped
+from charrnn.data.vocab import LEVELS, Vocab
 
 try:
     import fcntl

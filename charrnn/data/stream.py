@@ -16,9 +16,15 @@ from itertools import repeat
 
 import numpy as np
 
-from charrnn.data.text import (BOM, check_no_nul, check_text_head, not_utf8_error, preprocess_d2l_bytes,
-                   universal_newlines)
 from charrnn.base.errors import CharrnnError
+from charrnn.data.text import (
+    BOM,
+    check_no_nul,
+    check_text_head,
+    not_utf8_error,
+    preprocess_d2l_bytes,
+    universal_newlines,
+)
 
 PIECE_BYTES = 1 << 22  # bytes read at a time
 HEAD_BYTES = 1 << 16  # at least this much of the start is checked for binary content first

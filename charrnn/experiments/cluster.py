@@ -22,8 +22,8 @@ import uuid
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import write_atomic
 from charrnn.experiments.runs import RunInterrupted
-from charrnn.runtime.threads import set_blas_threads
 from charrnn.experiments.sweep import attempt, finished, in_order, one_line, start_sweep
+from charrnn.runtime.threads import set_blas_threads
 
 CONNECT_TIMEOUT = 5  # seconds to reach the scheduler before giving up
 STOP_POLL = 1.0  # seconds between two looks at the stop Event

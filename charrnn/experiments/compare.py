@@ -19,10 +19,10 @@ from pathlib import Path
 from charrnn.analysis.gradients import DEFAULT_TRUNCATIONS as TRUNCATED
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import save_json
-from charrnn.nn.truncation import parse_truncation
 from charrnn.experiments.runs import RunSpec, run_state
 from charrnn.experiments.stats import CONFIDENCE, mean_curve, mean_interval, paired_difference, verdict
 from charrnn.experiments.sweep import SerialBackend, SweepReporter
+from charrnn.nn.truncation import parse_truncation
 
 DEFAULT_TRUNCATIONS = ("full", *TRUNCATED)
 SWEEP = "sweep.json"  # the runs of a sweep directory and the settings they share

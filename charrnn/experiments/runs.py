@@ -18,13 +18,12 @@ from pathlib import Path
 from charrnn.base.checks import is_finite, is_integer
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import save_json
-from charrnn.training.schedule import BUDGET_SCHEDULES
 from charrnn.runtime.threads import DEFAULT_THREADS
-from charrnn.training.config import BUDGET_FIELDS, MATHS_FIELDS, TrainConfig
-from charrnn.training.outdir import CHECKPOINT
-from charrnn.training.outdir import METRICS
 from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import BUDGET_FIELDS, MATHS_FIELDS, TrainConfig
 from charrnn.training.loop import Reporter, budget_reached
+from charrnn.training.outdir import CHECKPOINT, METRICS
+from charrnn.training.schedule import BUDGET_SCHEDULES
 from charrnn.training.start import resume, train
 
 GRAD_NORMS = "grad_norms.json"  # running sum of the gradient norms, as of the checkpoint's step

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data.samplers import split_corpus
-from charrnn.data.samplers import batches_per_release, memory_map_of, release_pages
 from charrnn.base.errors import CharrnnError
-from charrnn.nn.model import EVAL_CHUNK_STEPS
+from charrnn.data.samplers import batches_per_release, memory_map_of, release_pages, split_corpus
 from charrnn.data.store import open_store
+from charrnn.nn.model import EVAL_CHUNK_STEPS
 
 EVAL_ROWS = 32  # parallel streams the evaluated text is cut into
 MAX_UNKNOWN_FRACTION = 0.25  # a text with more tokens outside the vocabulary is refused

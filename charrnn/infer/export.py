@@ -35,9 +35,9 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save
 
-from charrnn.nn.cells import layer_suffix
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import write_atomic
+from charrnn.nn.cells import layer_suffix
 
 FORMAT = "charrnn-export"
 FORMAT_VERSION = 1

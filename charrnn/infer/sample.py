@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.data.text import preprocess_text
 from charrnn.nn.workspace import Workspace
-from charrnn.base.errors import CharrnnError, CharrnnWarning
 
 
 def next_token(logits, rng, temperature=1.0, top_k=None, greedy=False):
@@ -44,7 +44,7 @@ def stepper(model):
     model.prepare(ws)
     tokens = np.zeros((1, 1), np.intp)
     logits = np.empty((1, model.vocab_size), model.dtype)
-    if model.cell == "rnn" and model.num_layers == 1:  # the common case, at today's speed:
+    if model.cell == "rnn" and model.num_layers == 1:  # the common case, one product a token, no per-layer loop:
         recur, rows, W_hh, tmp = model.cells[0].recur, ws.xb, model.params["W_hh"], ws.tmp
 
         def advance_rnn(token, h):  # a new row of the table becomes the next state in place

@@ -8,8 +8,8 @@ Row-vector convention, as in the textbook's code (eq. 9.7.1 made concrete), for 
     x_t^(l) = m_t^(l-1) ⊙ h_t^(l-1) (l >= 1),  o_t = (m_t^(L-1) ⊙ h_t^(L-1)) W_hq + b_q
 
 and the loss of eq. 9.7.2: the mean over batch and steps of the natural-log cross-entropy of
-softmax(o_t) against y_t. A one-layer rnn is h_t = φ(x_t W_xh + h_{t-1} W_hh + b_h), today's
-network bit for bit.
+softmax(o_t) against y_t. A one-layer rnn is h_t = φ(x_t W_xh + h_{t-1} W_hh + b_h), the
+textbook's network, computed bit for bit as before the gated cells and stacks were added.
 
 Dropout (Zaremba et al. 2014, as char-rnn): m_t^(l) is inverted dropout, entries 0 with
 probability P, else 1/(1-P), on each layer's output h_t^(l) where it feeds the next layer or the
@@ -32,7 +32,7 @@ step (x_t^(l) = m ⊙ h_t^(l-1)) is never truncated.
 
 State format: `state` holds every layer's recurrent state as an array (L, S, B, H) with S = 1
 (rnn, gru: h) or 2 (lstm: h, c), except that a model with L·S = 1 (a one-layer rnn or gru)
-takes and returns today's (B, H). `None` means zeros. model.state_shape(B) gives the shape.
+takes and returns the textbook's (B, H). `None` means zeros. model.state_shape(B) gives the shape.
 The state is a constant: no gradient flows into it.
 
 Internally everything is time-major: a window of T steps and batch B lives in contiguous
@@ -52,13 +52,20 @@ import copy
 
 import numpy as np
 
-from charrnn.nn.cells import (CELL_CLASSES, flush_tiny, init_params, layer_suffix, network_problem,
-                              param_shapes, token_grads)
 from charrnn.base.checks import check_int
 from charrnn.base.errors import CharrnnError
+from charrnn.nn.cells import (
+    CELL_CLASSES,
+    flush_tiny,
+    init_params,
+    layer_suffix,
+    network_problem,
+    param_shapes,
+    token_grads,
+)
 from charrnn.nn.recompute import DEFAULT_MEMORY_BUDGET, choose_bptt_memory, loss_and_grads_recompute
 from charrnn.nn.truncation import CUT, KEEP, path_scales
-from charrnn.nn.workspace import Workspace, WorkingWeights
+from charrnn.nn.workspace import WorkingWeights, Workspace
 
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
@@ -295,7 +302,8 @@ class RNNLM:
         ws.for_backward()
         for l, layer in enumerate(ws.layers):
             W_hh = self.params[f"W_hh{layer_suffix(l)}"]
-            if self._working is None:  # the rnn: the view, whose products are today's to the last bit
+            if self._working is None:  # the rnn: the view, whose products keep the numbers of the rnn
+                # from before stacks and gated cells, to the last bit
                 layer.W_hh_T = W_hh.T
             else:  # a contiguous W_hhᵀ runs the backward products ~1.5x faster than the view
                 layer.W_hh_T = self._working.W_hh_T[l]

@@ -25,16 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.base import io as charrnn_io
-from charrnn.training import schema
-from charrnn.nn.cells import network_problem
-from charrnn.training.config import TrainConfig
-from charrnn.data.vocab import Vocab
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import NpzReader, save_npz
-from charrnn.training.memory import check_memory, param_bytes, param_shapes, state_shape
-from charrnn.nn.cells import ACTIVATIONS, CELLS
+from charrnn.data.vocab import Vocab
+from charrnn.nn.cells import ACTIVATIONS, CELLS, network_problem
 from charrnn.nn.model import DTYPES, RNNLM
 from charrnn.nn.optim import OPTIMIZERS, make_optimizer
+from charrnn.training import schema
+from charrnn.training.config import TrainConfig
+from charrnn.training.memory import check_memory, param_bytes, param_shapes, state_shape
 from charrnn.training.outdir import BEST, CHECKPOINT
 from charrnn.training.state import DROPOUT_STREAM, Progress, TrainingState
 

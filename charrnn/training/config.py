@@ -11,16 +11,16 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from charrnn.base.checks import is_finite, is_integer, is_text
-from charrnn.data.corpus import default_preprocess, expand_user
-from charrnn.data.vocab import LEVELS
-from charrnn.data.text import PREPROCESS_MODES
-from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
+from charrnn.data.corpus import default_preprocess, expand_user
+from charrnn.data.samplers import SAMPLERS
+from charrnn.data.text import PREPROCESS_MODES
+from charrnn.data.vocab import LEVELS
 from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES, network_problem
 from charrnn.nn.model import DTYPES
-from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
+from charrnn.nn.truncation import parse_truncation
 from charrnn.training.schedule import LR_SCHEDULES
 
 DEFAULT_EPOCHS = 30  # the budget when none of epochs / max_tokens / max_time is given

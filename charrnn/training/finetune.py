@@ -17,11 +17,11 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
+from charrnn.base.errors import CharrnnError
+from charrnn.data.vocab import Vocab
+from charrnn.nn.model import RNNLM
 from charrnn.training.checkpoint import check_model_meta, load_checkpoint, model_meta
 from charrnn.training.config import ConfigError, TrainConfig
-from charrnn.data.vocab import Vocab
-from charrnn.base.errors import CharrnnError
-from charrnn.nn.model import RNNLM
 
 PARENT = "parent.json"  # in a fine-tuned run's directory
 TEXT_FIELDS = ("level", "preprocess")  # how the parent read its text, kept with its vocabulary

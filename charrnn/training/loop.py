@@ -25,23 +25,23 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.training.checkpoint import save_checkpoint
-from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpoint
-from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM, Progress
-from charrnn.training.config import BUDGET_FIELDS, TrainConfig
-from charrnn.data.samplers import SAMPLERS, num_minibatches
-from charrnn.data.vocab import Vocab
-from charrnn.data.text import preprocess_text
 from charrnn.base.errors import CharrnnError, CharrnnWarning
-from charrnn.infer.evaluate import mean_loss, perplexity
 from charrnn.base.io import append_jsonl
 from charrnn.data.baselines import Baselines
+from charrnn.data.samplers import SAMPLERS, num_minibatches
+from charrnn.data.text import preprocess_text
+from charrnn.data.vocab import Vocab
+from charrnn.infer.evaluate import mean_loss, perplexity
+from charrnn.infer.sample import continue_text
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm
-from charrnn.infer.sample import continue_text
-from charrnn.training.schedule import budget_fraction, learning_rate
 from charrnn.runtime.signals import StopSignals
 from charrnn.runtime.threads import Threads
+from charrnn.training.checkpoint import save_checkpoint
+from charrnn.training.config import BUDGET_FIELDS, TrainConfig
+from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpoint
+from charrnn.training.schedule import budget_fraction, learning_rate
+from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM, Progress
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
 

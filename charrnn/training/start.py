@@ -12,25 +12,34 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.training.checkpoint import check_vocab_fits, legacy_tokens_sha1, load_checkpoint, model_spec
-from charrnn.training.config import DEFAULT_SAMPLE_PREFIXES, ConfigError
-from charrnn.data.samplers import SAMPLERS, split_corpus
 from charrnn.base.errors import CharrnnError
-from charrnn.training.finetune import PARENT, extend_vocab, grown_model, load_parent, parent_record
 from charrnn.base.io import remove_stale_temporaries, save_json
-from charrnn.runtime.lock import RunLock
-from charrnn.training.memory import check_training_memory, checkpoint_bytes
+from charrnn.data.baselines import ngram_baselines
+from charrnn.data.samplers import SAMPLERS, split_corpus
+from charrnn.data.store import open_store
+from charrnn.infer.sample import text_prefix
+from charrnn.nn.cells import init_output_bias
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import make_optimizer
-from charrnn.training.outdir import (CHECKPOINT, CONFIG, METRICS, VOCAB, check_free_space, check_writable,
-                                     keep_metrics_until, prepare_out_dir, refuse_existing_run)
-from charrnn.training.loop import Reporter, Run
-from charrnn.training.state import TrainingState
-from charrnn.infer.sample import text_prefix
-from charrnn.data.store import open_store
-from charrnn.data.baselines import ngram_baselines
-from charrnn.nn.cells import init_output_bias
+from charrnn.runtime.lock import RunLock
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads
+from charrnn.training.checkpoint import check_vocab_fits, legacy_tokens_sha1, load_checkpoint, model_spec
+from charrnn.training.config import DEFAULT_SAMPLE_PREFIXES, ConfigError
+from charrnn.training.finetune import PARENT, extend_vocab, grown_model, load_parent, parent_record
+from charrnn.training.loop import Reporter, Run
+from charrnn.training.memory import check_training_memory, checkpoint_bytes
+from charrnn.training.outdir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    VOCAB,
+    check_free_space,
+    check_writable,
+    keep_metrics_until,
+    prepare_out_dir,
+    refuse_existing_run,
+)
+from charrnn.training.state import TrainingState
 
 
 def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
