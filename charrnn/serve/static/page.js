@@ -189,17 +189,20 @@ function color(v) {  // blue (-1), white (0), red (+1)
 
 function colorText() {
   const a = view.answer, [, L, S, H] = a.shape, {layer, state, unit} = chosenUnit();
+  const values = view.spans.map((_, i) => view.values[((i * L + layer) * S + state) * H + unit]);
+  // h lies in [-1, 1]; an LSTM's c does not: scaled by its largest |c| in the text when that is over 1
+  const scale = Math.max(1, ...values.map(Math.abs));
   view.spans.forEach((span, i) => {
-    const v = view.values[((i * L + layer) * S + state) * H + unit];
-    span.style.backgroundColor = color(v);
-    span.dataset.v = v;
+    span.style.backgroundColor = color(values[i] / scale);
+    span.dataset.v = values[i];
   });
   const key = `${layer}/${a.state_names[state]}/${unit}`;
   for (const item of $("ranking").children) item.classList.toggle("chosen", item.dataset.key === key);
   const name = $("feature").value, feature = a.features[name];
   const r = feature ? feature.r[(layer * S + state) * H + unit] : null;
   $("unit-caption").textContent = `layer ${layer}, ${a.state_names[state]}, unit ${unit}` +
-    (r === null || r === undefined ? "" : `: correlation with \u201c${name}\u201d r = ${r.toFixed(3)}`);
+    (r === null || r === undefined ? "" : `: correlation with \u201c${name}\u201d r = ${r.toFixed(3)}`) +
+    (scale > 1 ? ` (colours: value / ${scale.toFixed(2)}, its largest magnitude here)` : "");
 }
 
 function showGuesses(event) {
