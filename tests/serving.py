@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn import training
+from charrnn.training.config import TrainConfig
+from charrnn.training.start import train
 
 WORDS = "the time machine traveller said we go into future past strange don't it's".split()
 
@@ -38,9 +39,9 @@ def train_runs(root: Path) -> list:
     runs = []
     for name, network in (("lstm", {"cell": "lstm", "num_layers": 1, "num_hiddens": 16}),
                           ("rnn2", {"cell": "rnn", "num_layers": 2, "num_hiddens": 12})):
-        config = training.TrainConfig(corpus=str(text), preprocess="raw", batch_size=8, num_steps=16,
+        config = TrainConfig(corpus=str(text), preprocess="raw", batch_size=8, num_steps=16,
                                       epochs=2, eval_every=10**6, sample_length=10, **network)
-        training.train(config, root / name, threads=1)
+        train(config, root / name, threads=1)
         runs.append(root / name)
     return runs
 

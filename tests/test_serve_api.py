@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn.checkpoint import load_checkpoint
-from charrnn.sample import next_token_probs, sample_text
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.infer.sample import next_token_probs, sample_text
 
 from serving import Server, generated_text, snapshot, train_runs
 

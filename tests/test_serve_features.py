@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn.checkpoint import load_checkpoint
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.serve.features import rank_units, text_features
 from charrnn.serve.limits import Fields, Limits, RequestError, parse_body
 from charrnn.serve.page import render_page

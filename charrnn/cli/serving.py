@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..errors import CharrnnError
-from ..io import save_npz, write_atomic
-from ..serve.engine import activation_payload, load_runs
-from ..serve.limits import Limits, RequestError
-from ..serve.page import render_page
-from .options import checkpoint_argument
-from .render import say, warn
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import save_npz, write_atomic
+from charrnn.serve.engine import activation_payload, load_runs
+from charrnn.serve.limits import Limits, RequestError
+from charrnn.serve.page import render_page
+from charrnn.cli.options import checkpoint_argument
+from charrnn.cli.render import say, warn
 
 LOOPBACK = "127.0.0.1"
 SERVE_EXTRA = "charrnn serve needs the optional extra [serve]: pip install 'charrnn[serve]'"
@@ -25,7 +25,7 @@ def import_web_stack():
     """-> (uvicorn, make_app); without the [serve] extra -> CharrnnError naming it."""
     try:
         import uvicorn
-        from ..serve.app import make_app
+        from charrnn.serve.app import make_app
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in WEB_MODULES:
             raise

@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from ..errors import CharrnnError
-from .engine import activation_payload
-from .features import FEATURES
-from .limits import Fields, Limits, RequestError, parse_body
-from .page import render_page
+from charrnn.base.errors import CharrnnError
+from charrnn.serve.engine import activation_payload
+from charrnn.serve.features import FEATURES
+from charrnn.serve.limits import Fields, Limits, RequestError, parse_body
+from charrnn.serve.page import render_page
 
 
 def error_response(status, message) -> JSONResponse:

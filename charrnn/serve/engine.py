@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint
-from ..errors import CharrnnError
-from ..sample import encode_prefix, next_token, stepper, unknown_summary
-from .features import rank_units
-from .limits import RequestError
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.base.errors import CharrnnError
+from charrnn.infer.sample import encode_prefix, next_token, stepper, unknown_summary
+from charrnn.serve.features import rank_units
+from charrnn.serve.limits import RequestError
 
 STATE_NAMES = ("h", "c")  # a layer's states: h, and the LSTM's cell state c
 CACHE_ENTRIES = 256  # states after recently read texts (the next keystroke's text starts with one)

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-from ..checks import is_text
+from charrnn.base.checks import is_text
 
 
 @dataclass(frozen=True)
