@@ -14,6 +14,7 @@ from .checks import is_finite, is_integer, is_text
 from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
 from .errors import CharrnnError
 from .cells import OUTPUT_BIASES
+from .fused import KERNELS
 from .model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
 from .optim import OPTIMIZERS
 from .recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
@@ -89,6 +90,9 @@ class TrainConfig:
     # ("recompute", charrnn.recompute); "auto" recomputes when storing would pass the budget
     bptt_memory: str = "auto"
     bptt_memory_budget: int = DEFAULT_MEMORY_BUDGET >> 20  # MiB
+    # the time loop's steps: "fused" compiled (numba), "numpy" cells.py's, "auto" fused for gru
+    # and lstm in float32 (charrnn.fused); not a maths field: the same numbers up to tanh's last bits
+    kernel: str = "auto"
 
     def __post_init__(self):
         self.corpus = corpus_key(self.corpus)
@@ -204,7 +208,7 @@ def corpus_key(corpus):
 CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
            "output_bias": OUTPUT_BIASES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
-           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
+           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES, "kernel": KERNELS}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 MATHS_FIELDS = frozenset(FIELD_NAMES[: FIELD_NAMES.index("epochs")])
 BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))

@@ -30,6 +30,7 @@ from .config import BUDGET_FIELDS, TrainConfig
 from .data import SAMPLERS, Vocab, num_minibatches, preprocess_text
 from .errors import CharrnnError, CharrnnWarning
 from .evaluate import mean_loss, perplexity
+from . import fused
 from .io import append_jsonl
 from .model import RNNLM
 from .optim import clip_grad_norm
@@ -115,6 +116,7 @@ class Run:
     def __init__(self, config, model, optimizer, vocab, train_data, val_data, out_dir,
                  reporter, progress, truncation_rng, state, dropout_rng, data_id, baselines=None):
         self.config, self.model, self.optimizer, self.vocab = config, model, optimizer, vocab
+        model.kernel = config.kernel  # the steps of its time loop (charrnn.fused)
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
         self.data_sha1 = data_id  # names the training data in every checkpoint, checked on resume
         self.reporter, self.progress = reporter, progress
@@ -376,7 +378,7 @@ class Run:
                 "vocab_size": len(self.vocab),
                 "num_params": sum(v.size for v in self.model.params.values()),
                 "baselines": self.baselines,
-                "threads": self.threads.describe()}
+                "threads": self.threads.describe(), "kernel": fused.describe(cfg.kernel, self.model.dtype, self.model.cell)}
 
     def result(self, reason, message):
         p, cfg = self.progress, self.config

@@ -15,6 +15,7 @@ from ..cells import OUTPUT_BIASES
 from ..config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
 from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
 from ..errors import CharrnnError
+from ..fused import KERNELS
 from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
 from ..optim import OPTIMIZERS
 from ..recompute import BPTT_MEMORY_MODES
@@ -267,4 +268,8 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                           "bit-identical with, one never stopped."),
         click.option("--bptt-memory-budget", type=click.IntRange(min=1), default=DEFAULTS.bptt_memory_budget,
                      show_default=True, metavar="MIB", help="MiB of BPTT buffers above which auto recomputes."),
+        click.option("--kernel", type=click.Choice(KERNELS), default=DEFAULTS.kernel, show_default=True,
+                     help="The time loop's per-step work: fused (compiled with numba, one pass per step), "
+                          "numpy (the readable NumPy cells), auto (fused for gru and lstm in float32). The same numbers up to "
+                          "tanh's last bits (~1e-7 in float32); NumPy with a note when numba is missing."),
     )
