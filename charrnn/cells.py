@@ -54,7 +54,7 @@ step in a coherent direction, and within a few dozen steps a layer's tanh units 
 saturate to a constant state that carries the letter frequencies to the output layer. A
 saturated unit passes almost no gradient (1 − h², z(1 − z) ≈ 0), and the run stays at the
 unigram's perplexity: the 2-layer networks with dropout did so for some seeds on every text
-tried (README, "Gated networks that learn"). With the frequencies in b_q from the start, no
+tried (docs/learning.md). With the frequencies in b_q from the start, no
 such constant signal exists and the layers learn from their inputs. "zero" keeps the
 textbook's b_q = 0.
 
