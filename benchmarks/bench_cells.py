@@ -1,4 +1,4 @@
-"""Training-step speed of the cells (issues 11, 23), side by side with PyTorch's nn.RNN/GRU/LSTM.
+"""Training-step speed of the cells, side by side with PyTorch's nn.RNN/GRU/LSTM.
 
 Workload (bench_train.py's): the book at char level, batch 32 and 64 x 35 steps, float32, one layer,
 SGD (lr 1) with gradient clipping at 1, the state carried. For each cell (rnn, gru, lstm) and
@@ -24,7 +24,7 @@ build, against NumPy's OpenBLAS), and the ceiling: PyTorch's step time over the 
 charrnn's products alone, the ratio charrnn would reach if everything but its matrix products
 cost nothing.
 
-charrnn runs its default kernel (--kernel auto: the fused steps in float32, charrnn.fused);
+charrnn runs its default kernel (--kernel auto: the fused steps in float32, charrnn.nn.fused);
 --kernel numpy measures the readable NumPy steps. Each setting of --threads (default "1,2") runs
 in a process of its own, the thread variables set before NumPy and PyTorch load. Printed first:
 the load average, the BLAS libraries (threadpoolctl: NumPy's OpenBLAS and its kernel, PyTorch's)
@@ -50,8 +50,9 @@ import numpy as np
 
 import bench_train
 from bench_train import NUM_STEPS, bench_hidden, machine_report, median_ratio, set_threads_and_restart, timed
-from charrnn import fused
-from charrnn.data import load_corpus, split_corpus
+from charrnn.nn import fused
+from charrnn.data.corpus import load_corpus
+from charrnn.data.samplers import split_corpus
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 GOALS = {"lstm": {64: 1.5, 256: 1.0, 1024: 1.0}, "gru": {64: 2.0, 256: 1.5, 1024: 1.1},
@@ -170,7 +171,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per setting (median)")
     parser.add_argument("--threads", default="1,2", help="comma-separated BLAS threads of NumPy and PyTorch, "
                                                          "one process each")
-    parser.add_argument("--kernel", default="auto", choices=fused.KERNELS, help="charrnn's steps (charrnn.fused)")
+    parser.add_argument("--kernel", default="auto", choices=fused.KERNELS, help="charrnn's steps (charrnn.nn.fused)")
     parser.add_argument("--corpus", default="timemachine")
     parser.add_argument("--no-torch", action="store_true", help="measure charrnn alone")
     parser.add_argument("--json", action="store_true", help="print one JSON object (per thread count)")

@@ -1,13 +1,13 @@
-"""The fused (numba) steps of charrnn.fused against cells.py's readable NumPy steps: the same
+"""The fused (numba) steps of charrnn.nn.fused against cells.py's readable NumPy steps: the same
 loss, gradients and state, float64 to 1e-12 relative (only tanh differs: the C library's vs
 NumPy's), float32 to float32 rounding; the backward steps and the flush of tiny δ bit for bit."""
 import numpy as np
 import pytest
 
-from charrnn import cells, fused
-from charrnn.config import MATHS_FIELDS, TrainConfig
-from charrnn.model import RNNLM
-from charrnn.recompute import loss_and_grads_recompute
+from charrnn.nn import cells, fused
+from charrnn.training.config import MATHS_FIELDS, TrainConfig
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import loss_and_grads_recompute
 
 V, H, B, T = 7, 5, 3, 6
 SETTINGS = [(1, 0.0, "full"), (2, 0.0, "regular:2"), (2, 0.4, "randomized:0.6"), (1, 0.4, "randomized:0.5")]
