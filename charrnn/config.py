@@ -13,6 +13,7 @@ import numpy as np
 from .checks import is_finite, is_integer, is_text
 from .data import LEVELS, PREPROCESS_MODES, SAMPLERS, default_preprocess, expand_user
 from .errors import CharrnnError
+from .autosize import SIZES
 from .cells import OUTPUT_BIASES
 from .model import ACTIVATIONS, CELLS, DTYPES, network_problem, parse_truncation
 from .optim import OPTIMIZERS
@@ -89,6 +90,9 @@ class TrainConfig:
     # ("recompute", charrnn.recompute); "auto" recomputes when storing would pass the budget
     bptt_memory: str = "auto"
     bptt_memory_budget: int = DEFAULT_MEMORY_BUDGET >> 20  # MiB
+    # how the network was chosen: "default" (CELL_DEFAULTS and the options given) or "auto" (for
+    # the text and the budget, charrnn.autosize; the run directory's size.json says why)
+    size: str = "default"
 
     def __post_init__(self):
         self.corpus = corpus_key(self.corpus)
@@ -204,7 +208,7 @@ def corpus_key(corpus):
 CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
            "output_bias": OUTPUT_BIASES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
-           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
+           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES, "size": SIZES}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 MATHS_FIELDS = frozenset(FIELD_NAMES[: FIELD_NAMES.index("epochs")])
 BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))

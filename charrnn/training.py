@@ -15,6 +15,7 @@ import numpy as np
 # charrnn.training also offers the names of the run's files, config and checkpoints it uses
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, METRICS, STATE_KEY, VOCAB, Checkpoint, Progress,  # noqa: F401
                          check_vocab_fits, checkpoint_path, data_sha1, load_checkpoint, model_spec, save_checkpoint)
+from .autosize import SIZE_RECORD
 from .baselines import ngram_baselines
 from .cells import init_output_bias
 from .config import (BUDGET_FIELDS, DEFAULT_EPOCHS, DEFAULT_SAMPLE_PREFIXES, MATHS_FIELDS,  # noqa: F401
@@ -36,7 +37,8 @@ from .store import open_store
 from .threads import DEFAULT_THREADS, Threads
 
 
-def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
+def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS, pause_at=None,
+          speed=None, spent=0.0, size_record=None):
     """Start a new run of `config` writing to `out_dir` -> TrainResult. cache_dir: where the
     corpus' token store is (charrnn.store.default_cache_dir() if None). threads: NumPy's BLAS
     threads while it trains, "auto" (the cores that are free, looked at again as it goes), N,
@@ -47,6 +49,12 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     the tokens its vocabulary lacks (charrnn.finetune), with a fresh optimizer. Everything is
     checked before a file is written (memory before the directory is created); the run holds
     the directory's lock (charrnn.lock) from then to its end.
+
+    pause_at: tokens after which the run evaluates, checkpoints and stops with reason "paused"
+    (its budget, and so its learning-rate schedule, unchanged: a rung of charrnn.tune); speed:
+    tokens/s measured before (charrnn.autosize's probe), for what a --max-time budget allows;
+    spent: seconds of the budget already used (that probe); size_record: what --size auto chose
+    and why, saved as the run's size.json.
     """
     threads = as_threads(threads)
     refuse_existing_run(out_dir)
@@ -74,23 +82,29 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
         save_json(out_dir / CONFIG, asdict(config))
         if parent:
             save_json(out_dir / PARENT, parent_record(parent, vocab))
+        if size_record is not None:
+            save_json(out_dir / SIZE_RECORD, size_record)
         truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
         dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
-                  reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id,
+                  reporter or Reporter(), Progress(elapsed=spent), truncation_rng, None, dropout_rng, data_id,
                   baselines=baselines)
+        run.pause_at, run.known_speed = pause_at, speed
+        run.added_tokens = vocab.idx_to_token[len(parent.vocab):] if parent else None
         run.save(CHECKPOINT)
         return run.start(resumed=False, threads=threads)
 
 
-def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
+def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS,
+           pause_at=None):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
     a field that fixes the maths may only be given with its saved value, except `corpus`: the
     text's new path when it moved, accepted if its tokens hash as the run's did.
     Everything is checked before anything is written, under the directory's lock. threads: as
-    for train (a run may resume with another thread count and continue to the same numbers).
+    for train (a run may resume with another thread count and continue to the same numbers);
+    pause_at: as for train.
     """
     out_dir, changes, threads = Path(out_dir), dict(changes or {}), as_threads(threads)
     moved = changes.pop("corpus", None)
@@ -109,6 +123,7 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
         run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
                   reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id,
                   baselines=ngram_baselines(train_data, val_data, len(vocab)))
+        run.pause_at = pause_at
         saved_id = ckpt.meta.get("data_sha1")  # a run from before token stores saved data_sha1's
         if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and saved_id != data_sha1(train_data)):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")

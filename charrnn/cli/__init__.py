@@ -11,6 +11,7 @@ console script (charrnn.entry) first makes Ctrl-C quiet while this package is im
     options.py      option types, the shared options, the training options of train and compare
     render.py       what the commands print
     training.py     train, compare
+    tuning.py       tune
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
     plotting.py     plot
     exporting.py    export
@@ -29,6 +30,7 @@ from .plotting import plot
 from .options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
 from .render import charrnn_warnings, one_line, quiet_stdout
 from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
+from .tuning import tune
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
@@ -93,5 +95,5 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export):
+for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, tune, plot, export):
     main.add_command(command)

@@ -21,6 +21,7 @@ from ..plot import sparkline
 from ..sample import unknown_summary
 from ..stats import describe, format_p
 from ..sweep import SweepReporter
+from ..budget import below_one_epoch
 from ..run import Reporter
 
 
@@ -134,9 +135,22 @@ class ConsoleReporter(Reporter):
             f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters "
             f"-> {info['out_dir']}")
         if cfg.init_from:
-            say(f"Fine-tuning from {cfg.init_from}")
+            added = info.get("added_tokens")
+            say(f"Fine-tuning from {cfg.init_from} at lr {cfg.lr:.3g}"
+                + ("" if added is None else f"; {len(added)} token(s) added to its vocabulary"
+                   + (f": {', '.join(map(repr, added[:20]))}{' ...' if len(added) > 20 else ''}" if added else "")))
+        if info.get("allowed"):
+            self.on_budget(info["allowed"])
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
                         unit_scale=True, dynamic_ncols=True, disable=None)
+
+    def on_budget(self, allowed):
+        about = "about " if allowed["estimated"] else ""
+        line = (f"Budget: {about}{allowed['tokens']:,} tokens = {allowed['epochs']:.3g} epochs, "
+                f"{allowed['steps']:,} steps")
+        short = below_one_epoch(allowed)
+        with tqdm.external_write_mode():
+            say(line + (f" -- {short}" if short else ""), style="yellow" if short else None)
 
     def on_step(self, stats):
         self.bar.update(stats["tokens"] - self.bar.n)
@@ -167,7 +181,7 @@ def print_summary(result):
     rows = [
         ("stopped by", result.reason), ("epochs", f"{p.epoch} done, {p.step_in_epoch} steps into the next"),
         ("steps / tokens", f"{p.step:,} / {p.tokens:,}"), ("train perplexity", fmt(result.train_ppl)),
-        ("validation perplexity", fmt(result.val_ppl)), ("best validation perplexity", best),
+        ("validation perplexity", fmt(result.val_ppl) + capped(result)), ("best validation perplexity", best),
         *baseline_rows(result.baselines),
         ("tokens/s", f"{result.tokens_per_s:,.0f}"), ("wall time", f"{result.wall_time:.1f} s"),
     ]
@@ -177,6 +191,14 @@ def print_summary(result):
         table.add_row(name, value)
     console.print(table)
     say(f"checkpoint: {result.checkpoint}\nbest checkpoint: {result.best or '-'}")
+
+
+def capped(result):
+    """" (first N of M validation tokens: --max-time)" when the evaluation was capped (charrnn.budget)."""
+    total = result.val_total
+    if result.val_tokens is None or total is None or result.val_tokens >= total:
+        return ""
+    return f" (first {result.val_tokens:,} of {total:,} tokens: --max-time cap)"
 
 
 def baseline_rows(baselines):
