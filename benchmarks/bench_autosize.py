@@ -1,4 +1,4 @@
-"""The measurements behind `--size auto` (charrnn.autosize): a grid of fixed networks trained on
+"""The measurements behind `--size auto` (charrnn.training.autosize): a grid of fixed networks trained on
 several texts for several token budgets, each scored on its text's validation split.
 
 Token budgets, not seconds: the numbers are the same on any machine (one BLAS thread a run).
@@ -48,8 +48,8 @@ def grammar_file(chars, directory):
 
 
 def one_run(text, network, budget):
-    from charrnn.config import TrainConfig
-    from charrnn.training import train
+    from charrnn.training.config import TrainConfig
+    from charrnn.training.start import train
 
     config = TrainConfig(corpus=text, **NETWORKS[network], seed=0, max_tokens=budget, eval_every=10**12)
     with tempfile.TemporaryDirectory() as out:

@@ -1,5 +1,5 @@
-"""`--size auto` chooses the network from the text and the budget (charrnn.autosize), options given
-win, the choice is printed, recorded and kept on resume; budgets hold (charrnn.budget): a
+"""`--size auto` chooses the network from the text and the budget (charrnn.training.autosize), options given
+win, the choice is printed, recorded and kept on resume; budgets hold (charrnn.training.budget): a
 --max-time run ends within its seconds plus 2 including the final evaluation of a large
 validation split (capped, and the summary says so); the start says what the budget allows and
 warns below one epoch; --init-from inherits the parent's learning rate, scaled down."""
@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from charrnn import autosize, training
-from charrnn.budget import EVAL_SHARE, TimeBudget, allowance, below_one_epoch
-from charrnn.config import TrainConfig
-from charrnn.finetune import FINETUNE_LR_SCALE
+from charrnn.training import autosize
+from charrnn.training import start as training
+from charrnn.training.budget import EVAL_SHARE, TimeBudget, allowance, below_one_epoch
+from charrnn.training.config import TrainConfig
+from charrnn.training.finetune import FINETUNE_LR_SCALE
 from test_compare import invoke
 
 SPEEDS = {"gru-128": 60_000.0, "gru-2x256": 7_000.0}  # tokens/s, mocked

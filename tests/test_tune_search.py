@@ -1,4 +1,4 @@
-"""`charrnn tune` (charrnn.tune, the extra `tune`): an Optuna study in SQLite whose trials are run
+"""`charrnn tune` (charrnn.experiments.tune, the extra `tune`): an Optuna study in SQLite whose trials are run
 directories, pruned by successive halving at rungs measured in tokens; the same seed finds the
 same winner; trials that do not learn are pruned and reported; an interrupted tune resumes
 without training a finished trial again; the trials run on a Dask LocalCluster too; without
@@ -18,10 +18,10 @@ if os.environ.get("CI"):
 else:
     optuna = pytest.importorskip("optuna")
 
-from charrnn import tune as tuning  # noqa: E402
-from charrnn.baselines import Baselines  # noqa: E402
-from charrnn.config import TrainConfig  # noqa: E402
-from charrnn.sweep import ProcessBackend, SerialBackend  # noqa: E402
+from charrnn.experiments import tune as tuning  # noqa: E402
+from charrnn.data.baselines import Baselines  # noqa: E402
+from charrnn.training.config import TrainConfig  # noqa: E402
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend  # noqa: E402
 from test_compare import invoke  # noqa: E402
 
 TINY_SPACE = {"cell": ["rnn", "gru"], "num_hiddens": [8, 16], "num_layers": [1], "dropout": (0.0, 0.2, 0.1),
@@ -91,7 +91,7 @@ def test_a_diverged_or_stuck_value_is_named(tmp_path):
 def test_tune_runs_its_trials_on_a_dask_local_cluster(tmp_path, text_file):
     from distributed import Client, LocalCluster
 
-    from charrnn.cluster import DaskBackend
+    from charrnn.experiments.cluster import DaskBackend
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import click
 
-from .. import analysis
-from .. import compare as comparison
-from .. import autosize, training
-from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
-from ..finetune import FINETUNE_LR_SCALE, finetune_config
-from ..outdir import default_out_dir, last_good_checkpoint
-from ..plot import check_plot_path, plot_comparison
-from ..sweep import ProcessBackend, SerialBackend
-from .options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
-from .render import ConsoleReporter, SweepProgress, network_words, print_comparison, print_summary, say
+from charrnn.analysis import gradients as analysis
+from charrnn.experiments import compare as comparison
+from charrnn.training import start as training
+from charrnn.training.config import BUDGET_FIELDS, ConfigError, TrainConfig
+from charrnn.training import autosize
+from charrnn.training.finetune import FINETUNE_LR_SCALE, finetune_config
+from charrnn.training.outdir import default_out_dir, last_good_checkpoint
+from charrnn.analysis.plot import check_plot_path, plot_comparison
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend
+from charrnn.cli.options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
+from charrnn.cli.render import ConsoleReporter, SweepProgress, network_words, print_comparison, print_summary, say
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
@@ -93,8 +94,8 @@ def wants_auto(size, given, options) -> bool:
 
 def auto_config(options, given, data_dir, cache_dir):
     """The TrainConfig of `--size auto` -> (config, the choice, seconds the probe took): the
-    rule of charrnn.autosize for the text's training tokens and the budget in tokens (the
-    smaller of --max-tokens and --epochs x the text), or the probe's speeds and --max-time;
+    rule of charrnn.training.autosize for the text's training tokens and the budget in tokens
+    (the smaller of --max-tokens and --epochs x the text), or the probe's speeds and --max-time;
     the options given override the choice."""
     started = time.perf_counter()
     provisional = TrainConfig(**options)
@@ -112,9 +113,9 @@ def auto_config(options, given, data_dir, cache_dir):
     fields = {k: v for k, v in chosen["fields"].items() if k not in given}
     config = TrainConfig(**{**options, **fields, "size": "auto"})
     chosen["config"] = {k: getattr(config, k) for k in autosize.NETWORK_FIELDS}
+    named = sorted(set(autosize.NETWORK_FIELDS) & set(given))
     say(f"Size auto: {network_words(config)}, lr {config.lr:g} -- {chosen['reason']}"
-        + (f"; given: {', '.join(sorted(set(autosize.NETWORK_FIELDS) & set(given)))}"
-           if set(autosize.NETWORK_FIELDS) & set(given) else ""))
+        + (f"; given: {', '.join(named)}" if named else ""))
     return config, chosen, spent
 
 
@@ -187,7 +188,7 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
     out = out or comparison.default_out_dir(config)
     with ExitStack() as stack:
         if scheduler is not None:
-            from ..cluster import DaskBackend, connect  # Dask only when asked for
+            from charrnn.experiments.cluster import DaskBackend, connect  # Dask only when asked for
             backend = DaskBackend(stack.enter_context(connect(scheduler)))
         else:
             threads = ctx.obj["threads"]

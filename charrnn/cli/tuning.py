@@ -1,4 +1,4 @@
-"""The command that searches: `tune` (charrnn.tune), and its leaderboard (--show)."""
+"""The command that searches: `tune` (charrnn.experiments.tune), and its leaderboard (--show)."""
 import math
 import os
 import signal
@@ -8,16 +8,17 @@ from pathlib import Path
 
 import click
 
-from .. import training
-from .. import tune as tuning
-from ..autosize import CANDIDATES, probe_speeds
-from ..baselines import ngram_baselines
-from ..budget import round_down
-from ..config import ConfigError, TrainConfig
-from ..sweep import ProcessBackend, SerialBackend, SweepReporter
-from .options import FiniteRange, bad_parameter, cache_dir_option, data_dir_option
-from .render import ConsoleReporter, console, fmt, print_summary, say
-from .training import EXIT_CODES
+from charrnn.cli.options import FiniteRange, bad_parameter, cache_dir_option, data_dir_option
+from charrnn.cli.render import ConsoleReporter, console, fmt, print_summary, say
+from charrnn.cli.training import EXIT_CODES
+from charrnn.data.baselines import ngram_baselines
+from charrnn.experiments import tune as tuning
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend, SweepReporter
+from charrnn.runtime.lock import RunLock
+from charrnn.training import start as training
+from charrnn.training.autosize import CANDIDATES, probe_speeds
+from charrnn.training.budget import round_down
+from charrnn.training.config import ConfigError, TrainConfig
 
 # the tune's time budget: the share of S * J the trials' work is planned to take (the rest is
 # evaluations, checkpoints, starting processes), and the work of a bracket in units of n x T
@@ -91,9 +92,9 @@ def tune(ctx, corpus, max_time, trials, trial_tokens, max_hiddens, jobs, schedul
     deadline = Deadline(max_time)
     with ExitStack() as stack:
         out.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(training.RunLock(out))  # one tune at a time in a directory
+        stack.enter_context(RunLock(out))  # one tune at a time in a directory
         if scheduler is not None:
-            from ..cluster import DaskBackend, connect
+            from charrnn.experiments.cluster import DaskBackend, connect
             backend = DaskBackend(stack.enter_context(connect(scheduler)))
         else:
             threads = ctx.obj["threads"]
