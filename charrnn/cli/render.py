@@ -22,7 +22,7 @@ from charrnn.infer.sample import unknown_summary
 from charrnn.experiments.stats import describe, format_p
 from charrnn.experiments.sweep import SweepReporter
 from charrnn.training.budget import below_one_epoch
-from charrnn.training.loop import Reporter
+from charrnn.training.events import Reporter
 
 
 def quiet_stdout():

@@ -24,7 +24,8 @@ from charrnn.training.config import BUDGET_FIELDS, MATHS_FIELDS, TrainConfig
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.outdir import METRICS
 from charrnn.training.checkpoint import load_checkpoint
-from charrnn.training.loop import Reporter, budget_reached
+from charrnn.training.events import Reporter
+from charrnn.training.loop import budget_reached
 from charrnn.training.start import resume, train
 
 GRAD_NORMS = "grad_norms.json"  # running sum of the gradient norms, as of the checkpoint's step

@@ -29,7 +29,7 @@ from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpo
 from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM
 from charrnn.training.config import BUDGET_FIELDS
 from charrnn.training.budget import PROBE_SECONDS, TimeBudget, allowance
-from charrnn.training.events import Reporter, TrainResult  # noqa: F401  (offered here, as before)
+from charrnn.training.events import TrainResult
 from charrnn.data.samplers import SAMPLERS, num_minibatches
 from charrnn.data.text import preprocess_text
 from charrnn.base.errors import CharrnnError, CharrnnWarning

@@ -24,7 +24,8 @@ from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import make_optimizer
 from charrnn.training.outdir import (CHECKPOINT, CONFIG, METRICS, VOCAB, check_free_space, check_writable,
                                      keep_metrics_until, prepare_out_dir, refuse_existing_run)
-from charrnn.training.loop import Reporter, Run
+from charrnn.training.events import Reporter
+from charrnn.training.loop import Run
 from charrnn.training.state import TrainingState
 from charrnn.infer.sample import text_prefix
 from charrnn.data.store import open_store
