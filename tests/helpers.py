@@ -20,7 +20,7 @@ from charrnn.experiments.sweep import SweepReporter
 from charrnn.runtime.lock import LOCK_FILE
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import TrainConfig
-from charrnn.training.loop import Reporter
+from charrnn.training.events import Reporter
 from charrnn.training.outdir import CHECKPOINT, METRICS
 
 # ---------------------------------------------------------------- the command line

@@ -22,7 +22,7 @@ from charrnn.runtime.threads import (
     share,
 )
 from charrnn.training import start as training
-from charrnn.training.loop import Reporter
+from charrnn.training.events import Reporter
 from helpers import InterruptAt, assert_same_checkpoints, config
 
 NO_THREAD_VARIABLES = dict.fromkeys(THREAD_VARIABLES)  # CliRunner's env: None unsets
