@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from .checks import check_choice, check_int
-from .model import path_scales
+from .model import RNNLM, path_scales, with_resets
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of BPTT buffers above which "auto" recomputes
@@ -77,7 +77,7 @@ def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,
 
 
 def loss_and_grads_auto(model, X, Y, state=None, truncation="full", rng=None, bptt_memory="auto",
-                        memory_budget_bytes=DEFAULT_MEMORY_BUDGET, dropout_rng=None) -> tuple:
+                        memory_budget_bytes=DEFAULT_MEMORY_BUDGET, dropout_rng=None, resets=None) -> tuple:
     """RNNLM.loss_and_grads, storing every state or recomputing as `choose_bptt_memory` decides.
 
     X, Y: (batch, num_steps) int -> (loss, grads, state) as RNNLM.loss_and_grads.
@@ -85,12 +85,13 @@ def loss_and_grads_auto(model, X, Y, state=None, truncation="full", rng=None, bp
     shape = np.shape(X)  # the call chosen checks X, Y and state; a bad X goes to the plain one
     if len(shape) == 2 and choose_bptt_memory(bptt_memory, model, *shape, memory_budget_bytes) == "recompute":
         return loss_and_grads_recompute(model, X, Y, state, truncation=truncation, rng=rng,
-                                        dropout_rng=dropout_rng)
-    return model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng, dropout_rng=dropout_rng)
+                                        dropout_rng=dropout_rng, resets=resets)
+    return model.loss_and_grads(X, Y, state, truncation=truncation, rng=rng, dropout_rng=dropout_rng,
+                                resets=resets)
 
 
 def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=None,
-                             segment_steps=None, dropout_rng=None) -> tuple:
+                             segment_steps=None, dropout_rng=None, resets=None) -> tuple:
     """Mean cross-entropy (eq. 9.7.2) and its BPTT gradient, recomputing states per segment.
 
     Same arguments and result as RNNLM.loss_and_grads (X, Y: (batch, num_steps) int; state as
@@ -98,17 +99,19 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     masks) -> (loss, grads, state). segment_steps: steps between checkpoints, default
     round(√num_steps). The dropout masks are drawn segment by segment in time order (the same
     numbers as one draw for the window); a recomputed segment redraws its masks from a copy of
-    dropout_rng's state saved at the segment's start.
+    dropout_rng's state saved at the segment's start. resets: record starts, as there; each
+    segment takes its steps' share.
     """
     X, Y, state0 = model.check_batch(X, Y, state)
     B, T = X.shape
     segment_steps = default_segment_steps(T) if segment_steps is None else segment_steps
     check_int(segment_steps, "segment_steps", minimum=1)
-    scales = path_scales(truncation, T, B, rng, model.dtype)
+    resets = RNNLM.check_resets(resets, X.shape)
+    scales = with_resets(path_scales(truncation, T, B, rng, model.dtype), resets, model.dtype)
     dropout_rng = model.check_dropout_rng(dropout_rng)
     X_tm, Y_tm = X.T, Y.T
     bounds = segment_bounds(T, int(segment_steps))
-    checkpoints, rng_states = _checkpoint_states(model, X_tm, state0, bounds, dropout_rng)
+    checkpoints, rng_states = _checkpoint_states(model, X_tm, state0, bounds, dropout_rng, resets)
 
     grads = {name: np.zeros_like(value) for name, value in model.params.items()}
     carry = np.zeros_like(checkpoints[0])  # dL/dstate at the end of the segment
@@ -116,7 +119,8 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     for k in range(len(bounds) - 1, -1, -1):
         start, stop = bounds[k]
         ws = model.workspace(B, stop - start)
-        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, _generator_at(rng_states[k], dropout_rng))
+        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, _generator_at(rng_states[k], dropout_rng),
+                              _part(resets, start, stop))
         if k == len(bounds) - 1:
             final_state = model.final_state(ws)
         segment_loss, segment_grads = model.segment_grads(
@@ -127,7 +131,12 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     return loss_sum / X.size, grads, final_state
 
 
-def _checkpoint_states(model, X_tm, state0, bounds, dropout_rng) -> tuple:
+def _part(resets, start, stop):
+    """The (stop - start, B) steps of time-major resets, or None."""
+    return None if resets is None else resets[start:stop]
+
+
+def _checkpoint_states(model, X_tm, state0, bounds, dropout_rng, resets=None) -> tuple:
     """The forward pass alone over all but the last segment -> (checkpoints (num_segments, L, S,
     B, H): the state at each segment's start (state0, or zeros when None); the state of
     dropout_rng's bit generator at each segment's start, None for the last, which is drawn
@@ -142,7 +151,7 @@ def _checkpoint_states(model, X_tm, state0, bounds, dropout_rng) -> tuple:
         if dropout_rng is not None:
             rng_states[k] = dropout_rng.bit_generator.state
         ws = model.workspace(B, stop - start)
-        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, dropout_rng)
+        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, dropout_rng, _part(resets, start, stop))
         checkpoints[k + 1] = model.last_state(ws)
     return checkpoints, rng_states
 

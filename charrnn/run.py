@@ -34,7 +34,9 @@ from .io import append_jsonl
 from .model import RNNLM
 from .optim import clip_grad_norm
 from .outdir import last_good_checkpoint
+from .decoding import generate_rows
 from .recompute import loss_and_grads_auto
+from .records import END, START, packed_batches, records_loss
 from .sample import continue_text
 from .schedule import budget_fraction, learning_rate
 from .signals import StopSignals
@@ -157,10 +159,10 @@ class Run:
             reached = self.budget_reached()
             if reached:
                 return reached, ""
-            for X, Y in self.epoch_batches():
+            for batch in self.epoch_batches():
                 self.threads.adapt()
                 started = time.perf_counter()
-                message = self.train_step(X, Y)
+                message = self.train_step(*batch)
                 self.step_seconds += time.perf_counter() - started
                 if message:
                     return "nonfinite", message
@@ -176,25 +178,29 @@ class Run:
             self.state = None
 
     def epoch_batches(self):
-        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int."""
+        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int,
+        and the resets of records (charrnn.records) for a text of records."""
         rng = np.random.default_rng([self.config.order_seed, SAMPLER_STREAM, self.progress.epoch])
+        if self.config.records:
+            return islice(packed_batches(self.train_data, self.config.batch_size, self.config.num_steps, rng),
+                          self.progress.step_in_epoch, None)
         batches = SAMPLERS[self.config.sampler](self.train_data, self.config.batch_size,
                                                 self.config.num_steps, rng)
         return islice(batches, self.progress.step_in_epoch, None)
 
-    def train_step(self, X, Y):
+    def train_step(self, X, Y, resets=None):
         """One minibatch: loss and gradients by BPTT, clipping, update -> "" or why the run must stop."""
         cfg = self.config
         self.optimizer.lr = self.learning_rate()
         loss, grads, state = loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
                                                  rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
                                                  memory_budget_bytes=cfg.bptt_memory_budget * 2**20,
-                                                 dropout_rng=self.dropout_rng)
+                                                 dropout_rng=self.dropout_rng, resets=resets)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step(grads)
-            self.state = state if cfg.sampler == "sequential" else None
+            self.state = state if cfg.sampler == "sequential" or cfg.records else None
         self.count_step(loss if finite else None)
         if not finite:
             problem = self.on_nonfinite(loss, grad_norm)
@@ -258,7 +264,7 @@ class Run:
         never stopped (plus its "stop" records).
         """
         p = self.progress
-        val_ppl = perplexity(mean_loss(self.model, self.val_data))
+        val_ppl = perplexity(self.validation_loss())
         train_loss = p.interval_loss / p.interval_steps if p.interval_steps else None
         improved = math.isfinite(val_ppl) and (p.best_val_ppl is None or val_ppl < p.best_val_ppl)
         record = {
@@ -285,6 +291,14 @@ class Run:
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
         self.check_learning(val_ppl, at_end=reason == "stop" or self.budget_reached(within_epoch=True) is not None)
+
+    def validation_loss(self):
+        """Mean cross-entropy per target of the validation split: the held-out records whole, each
+        from a zero state, for a text of records."""
+        if self.config.records:
+            nats, count, _ = records_loss(self.model, self.val_data)
+            return nats / count
+        return mean_loss(self.model, self.val_data)
 
     def check_learning(self, val_ppl, at_end):
         """Once a run: a CharrnnWarning when the validation perplexity is still above the
@@ -322,12 +336,28 @@ class Run:
         none to show (a prefix without tokens, a model without finite outputs)."""
         cfg = self.config
         temperature = cfg.sample_temperature
+        if cfg.records:
+            return self.sample_record()
         try:
             with self.threads.one_row():
                 return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
                                      level=cfg.level, preprocess=cfg.preprocess, temperature=temperature or 1.0,
                                      greedy=temperature == 0,
                                      seed=[cfg.seed, SAMPLE_STREAM, self.progress.step]).text
+        except CharrnnError:
+            return None
+
+    def sample_record(self):
+        """One record drawn at sample_temperature from <s> to </s> (or sample_length tokens)."""
+        cfg, vocab = self.config, self.vocab
+        try:
+            with self.threads.one_row():
+                seqs, _, _ = generate_rows(self.model, [vocab.token_to_idx[START]], 1, cfg.sample_length,
+                                           np.random.default_rng([cfg.seed, SAMPLE_STREAM, self.progress.step]),
+                                           temperature=cfg.sample_temperature or 1.0,
+                                           greedy=cfg.sample_temperature == 0, end_id=vocab.token_to_idx[END],
+                                           banned=vocab.unk)
+            return vocab.decode(seqs[0], cfg.level)
         except CharrnnError:
             return None
 

@@ -32,6 +32,7 @@ from .outdir import (check_free_space, check_writable, default_out_dir, keep_met
 from .run import (DROPOUT_STREAM, MAX_SKIPPED_IN_A_ROW, SAMPLER_STREAM, TRUNCATION_STREAM,  # noqa: F401
                   Reporter, Run, TrainResult, budget_reached)
 from .sample import text_prefix
+from .records import num_packed_minibatches, open_records, record_vocab, split_records, stream_ids
 from .store import open_store
 from .threads import DEFAULT_THREADS, Threads
 
@@ -53,8 +54,8 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     parent = load_parent(config) if config.init_from else None
     train_data, val_data, vocab, data_id = load_data(config, data_dir, parent and parent.vocab, cache_dir)
     check_vocab_fits(vocab)
-    if config.sample_prefix is None:  # the run records the prefix it uses
-        config = replace(config, sample_prefix=DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
+    if config.sample_prefix is None:  # the run records the prefix it uses; a record's sample starts at <s>
+        config = replace(config, sample_prefix="" if config.records else DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
                          or text_prefix(vocab, train_data, config.level))
     network = {name: getattr(config, name) for name in ("num_hiddens", "activation", "dtype", "cell",
                                                          "num_layers", "dropout")}
@@ -65,7 +66,7 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     with RunLock(out_dir):
         refuse_existing_run(out_dir)  # again: another process may have started one meanwhile
         remove_stale_temporaries(out_dir)
-        baselines = ngram_baselines(train_data, val_data, len(vocab))
+        baselines = ngram_baselines(stream_ids(train_data), stream_ids(val_data), len(vocab))
         model = grown_model(parent.model, len(vocab), config.seed) if parent else RNNLM(**spec, seed=config.seed)
         if not parent and config.output_bias == "unigram":
             init_output_bias(model.params, baselines.log_unigram)
@@ -108,9 +109,10 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
             dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
                   reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id,
-                  baselines=ngram_baselines(train_data, val_data, len(vocab)))
+                  baselines=ngram_baselines(stream_ids(train_data), stream_ids(val_data), len(vocab)))
         saved_id = ckpt.meta.get("data_sha1")  # a run from before token stores saved data_sha1's
-        if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and saved_id != data_sha1(train_data)):
+        if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and (
+                config.records or saved_id != data_sha1(train_data))):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
         reached = run.budget_reached()
         if reached:
@@ -156,6 +158,8 @@ def load_data(config, data_dir, base_vocab=None, cache_dir=None):
     corpus, vocab = store.ids, store.vocab
     if base_vocab is not None:
         corpus, vocab = extend_vocab(base_vocab, corpus, vocab)
+    if config.records:
+        return load_records(config, store, corpus, vocab)
     train_data, val_data = split_corpus(corpus, config.val_fraction)
     try:
         next(SAMPLERS[config.sampler](train_data, config.batch_size, config.num_steps,
@@ -167,3 +171,20 @@ def load_data(config, data_dir, base_vocab=None, cache_dir=None):
         raise ConfigError("val_fraction", f"val_fraction {config.val_fraction} leaves {len(val_data)} "
                           f"validation tokens; at least 2 are needed")
     return train_data, val_data, vocab, store.split_sha1(len(train_data))
+
+
+def load_records(config, store, corpus, vocab):
+    """load_data for a text of records (charrnn.records): train, val as RecordSets, the last
+    val_fraction of the records held out whole; the vocabulary with <s> and </s>."""
+    vocab = record_vocab(vocab)
+    records = open_records(store, config.records, config.num_steps, vocab, corpus, name=config.corpus)
+    train_data, val_data = split_records(records, config.val_fraction)
+    if num_packed_minibatches(train_data, config.batch_size, config.num_steps) < 1:
+        raise ConfigError("num_steps", f"the {train_data.num_records:,} training records ({len(train_data):,} "
+                          f"tokens with their ends) are too few for one minibatch of batch_size "
+                          f"{config.batch_size} x num_steps {config.num_steps}")
+    if val_data.num_records < 1:
+        raise ConfigError("val_fraction", f"val_fraction {config.val_fraction} holds out no record of "
+                          f"{records.num_records:,}; give a larger one")
+    data_id = store.split_sha1(int(train_data.ends[-1])) + f" records {config.records} {train_data.num_records}"
+    return train_data, val_data, vocab, data_id
