@@ -268,3 +268,30 @@ def stream_ids(data) -> np.ndarray:
 def num_packed_minibatches(records: RecordSet, batch_size, num_steps) -> int:
     """Minibatches of an epoch, at most: the targets over a minibatch's."""
     return len(records) // (batch_size * num_steps)
+
+
+def evaluate_records(model, vocab, config, corpus=None, data_dir=None, cache_dir=None):
+    """evaluate.evaluate_text for a records model -> Evaluation with `records`: the held-out
+    records of its training text (corpus None), or every record of `corpus`, each from a zero
+    state; loss in nats per target (a record's characters and its </s>)."""
+    from .evaluate import Evaluation, perplexity
+    from .store import open_store
+    name = config.corpus if corpus is None else corpus
+    limits = (config.min_freq, config.max_vocab) if corpus is None else (0, None)
+    store = open_store(name, config.level, config.preprocess, *limits, data_dir=data_dir, cache_dir=cache_dir,
+                       warn_dropped=corpus is not None)
+    records = open_records(store, config.records, config.num_steps, vocab, name=str(name))
+    if corpus is None:
+        records = split_records(records, config.val_fraction)[1]
+        source = f"{name} (held-out records, last {config.val_fraction:g})"
+    else:
+        source = str(name)
+    first, stop = int(records.starts[0]), int(records.ends[-1])
+    id_map = np.array(vocab[store.vocab.idx_to_token], dtype=np.int32)  # store id -> model id
+    mapped = id_map[np.asarray(store.ids[first:stop])]
+    unknown = sorted(t for t in store.vocab.idx_to_token[1:] if t not in vocab.token_to_idx)
+    unknown_count = int(np.count_nonzero(mapped == vocab.unk))
+    shifted = RecordSet(mapped, records.starts - first, records.ends - first, records.lines,
+                        vocab.token_to_idx[START], vocab.token_to_idx[END])
+    nats, count, num_records = records_loss(model, shifted)
+    return Evaluation(source, count, nats / count, perplexity(nats / count), unknown, unknown_count, num_records)

@@ -7,6 +7,7 @@ charrnn.outdir, the checkpoint format in charrnn.checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -186,5 +187,6 @@ def load_records(config, store, corpus, vocab):
     if val_data.num_records < 1:
         raise ConfigError("val_fraction", f"val_fraction {config.val_fraction} holds out no record of "
                           f"{records.num_records:,}; give a larger one")
-    data_id = store.split_sha1(int(train_data.ends[-1])) + f" records {config.records} {train_data.num_records}"
-    return train_data, val_data, vocab, data_id
+    named = f"{store.split_sha1(int(train_data.ends[-1]))} records {config.records} {train_data.num_records}"
+    return train_data, val_data, vocab, hashlib.sha1(named.encode()).hexdigest()
+

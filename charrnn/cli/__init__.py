@@ -1,4 +1,4 @@
-"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export.
+"""The charrnn command line: corpus, train, sample, score, evaluate, gradcheck, analyze, compare, plot, export.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -26,6 +26,7 @@ from ..threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_thread
 from .exporting import export
 from .inspection import analyze, corpus, evaluate, gradcheck, sample
 from .plotting import plot
+from .scoring import score
 from .options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
 from .render import charrnn_warnings, one_line, quiet_stdout
 from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
@@ -93,5 +94,5 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export):
+for command in (corpus, train, sample, score, evaluate, gradcheck, analyze, compare, plot, export):
     main.add_command(command)

@@ -23,6 +23,7 @@ from ..store import open_store
 from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
                       checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
                       plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
+from .scoring import batch_options, run_batch, wants_batch
 from .render import (escape_controls, print_analysis, print_baselines, print_corpus, print_evaluation,
                      print_gradcheck, print_next_tokens, say, warn_unknown)
 
@@ -82,11 +83,17 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--show-probs", type=click.IntRange(min=1), default=None, metavar="N",
               help="Instead of generating, list the N most likely next tokens after PREFIX with their probabilities.")
+@batch_options
+@data_dir_option
+@cache_dir_option
 @click.pass_context
-def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, show_probs):
+def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, show_probs, data_dir, cache_dir,
+           **batch):
     """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz).
 
     The prefix is read as the training text was (its preprocessing); a change is warned about.
+    A model trained on records (--records) generates whole records, one per line; -n N draws N
+    samples in one batch (docs/records.md).
     """
     drawing = given_options(ctx, ["top_k", "temperature"])
     if greedy and drawing:
@@ -99,6 +106,11 @@ def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, sh
     if prefix is not None and not is_text(prefix):
         raise click.BadParameter(f"{prefix!r} is not UTF-8 text", param_hint="'--prefix'")
     ckpt = load_checkpoint(checkpoint)
+    if show_probs is None and wants_batch(ckpt, batch):
+        with ctx.obj["applied"].one_row(batch["num_samples"] == 1):
+            run_batch(ctx, ckpt, prefix, length, temperature, top_k, greedy, seed, **batch,
+                      data_dir=data_dir, cache_dir=cache_dir)
+        return
     if prefix is None:
         prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
     with ctx.obj["applied"].one_row():  # one row at a time: auto's rounding stays exact on one thread
@@ -130,7 +142,10 @@ def evaluate(checkpoint, corpus, data_dir, cache_dir, as_json):
     if as_json:  # strict JSON: a perplexity past a float (loss > ~709 nats) is null
         perplexity = result.perplexity if math.isfinite(result.perplexity) else None
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
-                               "loss": result.loss, "perplexity": perplexity}, ensure_ascii=False, allow_nan=False))
+                               "loss": result.loss, "perplexity": perplexity,
+                               **({"records": result.records, "nats_per_record": result.nats_per_record,
+                                   "nats_per_char": result.loss} if result.records else {})},
+                              ensure_ascii=False, allow_nan=False))
         return
     print_evaluation(ckpt.path, result)
 
@@ -152,6 +167,8 @@ def gradcheck_option(name, **kwargs):
 @gradcheck_option("--activation", type=activation_choice)
 @gradcheck_option("--truncation", type=Truncation())
 @gradcheck_option("--seed", type=click.IntRange(min=0))
+@gradcheck_option("--records", type=click.IntRange(min=0), metavar="N",
+                  help="Record starts per row inside the window: the state is reset and the gradient cut there.")
 @click.option("--with-state/--no-state", default=GRADCHECK_DEFAULTS["with_state"], show_default=True,
               help="Start from a random carried state.")
 @click.pass_context
@@ -164,6 +181,9 @@ def gradcheck(ctx, **options):
     problem = network_problem(options["cell"], options["num_layers"], options["dropout"], options["activation"])
     if problem:
         raise click.BadParameter(problem[1], ctx, param_hint=f"'--{problem[0].replace('_', '-')}'")
+    if options["records"] > options["num_steps"] - 1:
+        raise click.BadParameter(f"{options['records']} record starts do not fit inside a window of "
+                                 f"{options['num_steps']} steps (at most num_steps - 1)", ctx, param_hint="'--records'")
     masks = f", dropout {options['dropout']:g} (masks held fixed)" if options["dropout"] else ""
     say(f"{options['cell']}, {options['num_layers']} layer{'s' * (options['num_layers'] > 1)}, "
         f"hidden {options['num_hiddens']}{masks}; truncation {options['truncation']}")

@@ -12,6 +12,7 @@ from click.core import ParameterSource
 
 from .. import analysis
 from ..cells import OUTPUT_BIASES
+from ..records import RECORD_MODES
 from ..config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
 from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
 from ..errors import CharrnnError
@@ -196,6 +197,10 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
                      default=DEFAULTS.val_fraction, show_default=True,
                      help="Tail of the corpus held out for validation."),
+        click.option("--records", type=click.Choice(RECORD_MODES), default=None,
+                     help="A text of records, one per line or per paragraph (blank-line separated): each "
+                          "trained from a zero state between <s> and </s>, the last --val-fraction of them "
+                          "held out (docs/records.md)."),
         click.option("--num-hiddens", type=click.IntRange(min=1), default=None,
                      help=f"Hidden units per layer {per_cell_default('num_hiddens')}."),
         click.option("--cell", type=cell_choice, default=DEFAULTS.cell, show_default=True,

@@ -292,6 +292,10 @@ def print_evaluation(path, result):
                         ("cross-entropy (nats/token)", f"{result.loss:.4f}"),
                         ("perplexity", f"{result.perplexity:.3f}")):
         table.add_row(name, value)
+    if getattr(result, "records", None):
+        table.add_row("records", f"{result.records:,}")
+        table.add_row("nats per record", f"{result.nats_per_record:.4f}")
+        table.add_row("nats per character (</s> counted)", f"{result.loss:.4f}")
     console.print(table)
 
 
