@@ -96,6 +96,12 @@ def sample(run, n=1, length=200, prefix=None, temperature=1.0, top_k=None, top_p
     end_id = vocab.token_to_idx[END] if records else None
     banned = [vocab.unk, vocab.token_to_idx[START]] if records else vocab.unk
     stop_ids = None
+    newline = vocab.token_to_idx.get("\n")
+    if records and newline is not None:  # a sample never runs into a second record
+        if (ckpt.config.records or "lines") == "lines":
+            banned.append(newline)
+        else:
+            stop_ids = np.array([newline, newline])
     if stop:
         stop_ids, _, _, unknown = encode_prefix(vocab, stop, level, ckpt.config.preprocess)
         if unknown:
@@ -107,6 +113,9 @@ def sample(run, n=1, length=200, prefix=None, temperature=1.0, top_k=None, top_p
         seqs, scores, ended = generate_rows(ckpt.model, start, n, length, np.random.default_rng(seed), temperature,
                                             top_k, top_p, greedy, end_id, banned, stop_ids, on_step)
     separator = " " if level == "word" and preprocessed else ""
+    if records and stop_ids is not None:  # a paragraph that reached a blank line ends there
+        seqs = [seq[:-2] if end and len(seq) >= 2 and seq[-1] == newline == seq[-2] else seq
+                for seq, end in zip(seqs, ended)]
     out = [Generated(preprocessed + separator + vocab.decode(seq, level), float(score), len(seq) + int(end and records),
                      bool(end)) for seq, score, end in zip(seqs, scores, ended)]
     if novelty or only_new:

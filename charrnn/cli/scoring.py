@@ -12,7 +12,7 @@ from ..errors import CharrnnError
 from ..generation import sample as generate, score as score_texts
 from ..records import is_records_vocab
 from .options import checkpoint_argument
-from .render import escape_controls, say
+from .render import escape_controls
 
 BATCH_OPTIONS = ("num_samples", "top_p", "beam", "stop", "prime_file", "scores", "as_json", "novelty", "only_new")
 
@@ -30,7 +30,8 @@ def batch_options(command):
                      help="A stream model's sample ends after this string."),
         click.option("--prime-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                      help="Read the prefix from this file."),
-        click.option("--scores", is_flag=True, help="Print each sample's log-probability and perplexity."),
+        click.option("--scores", is_flag=True,
+                     help="After each sample, tab-separated: its log-probability (nats) and perplexity."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON, whole at the end."),
         click.option("--novelty", is_flag=True,
                      help="Report the share of records found verbatim in the training and held-out records."),
@@ -98,11 +99,11 @@ def run_batch(ctx, ckpt, prefix, length, temperature, top_k, greedy, seed, num_s
         click.echo("")
     for r in results:
         text = r.text if num_samples == 1 and not records else r.text.replace("\n", "\\n")
-        if not (live and shown):
-            click.echo(escape_controls(text) if sys.stdout.isatty() else text)
-        if scores:
-            say(f"log-probability {r.log_prob:.4f} nats over {r.tokens} tokens, perplexity {r.perplexity:.4g}"
-                + (f", {r.found}" if r.found else ""))
+        text = escape_controls(text) if sys.stdout.isatty() else text
+        if scores:  # on the sample's line: one sample per line still
+            text += (f"\t{r.log_prob:.4f}\t{r.perplexity:.4g}" + (f"\t{r.found}" if r.found else ""))
+        if not (live and shown) or scores:
+            click.echo(text)
     if novelty:
         print_novelty(results, num_samples, only_new)
     return results
@@ -111,13 +112,13 @@ def run_batch(ctx, ckpt, prefix, length, temperature, top_k, greedy, seed, num_s
 def print_novelty(results, num_samples, only_new):
     """The shares of generated records found in the training and held-out records (stderr)."""
     if only_new:
-        say(f"novelty: {len(results)} of {num_samples} records are new (the copies were left out)")
+        click.echo(f"novelty: {len(results)} of {num_samples} records are new (the copies were left out)", err=True)
         return
     n = len(results)
     counts = {where: sum(r.found == where for r in results) for where in ("train", "val", "new")}
-    say(f"novelty: {counts['new']} of {n} records new ({counts['new'] / n:.1%}); "
+    click.echo(f"novelty: {counts['new']} of {n} records new ({counts['new'] / n:.1%}); "
         f"{counts['train']} found in the training records ({counts['train'] / n:.1%}), "
-        f"{counts['val']} in the held-out ones ({counts['val'] / n:.1%})")
+        f"{counts['val']} in the held-out ones ({counts['val'] / n:.1%})", err=True)
 
 
 @click.command()
