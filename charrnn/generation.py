@@ -7,6 +7,7 @@ its prefix for `length` tokens, or up to and including the first `stop` string.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -136,11 +137,16 @@ def record_novelty(ckpt, seqs, data_dir=None, cache_dir=None) -> list:
     cfg = ckpt.config
     store = open_store(cfg.corpus, cfg.level, cfg.preprocess, cfg.min_freq, cfg.max_vocab,
                        data_dir=data_dir, cache_dir=cache_dir, warn_dropped=False)
-    ids, vocab = store.ids, store.vocab
-    if cfg.init_from:  # numbered as the model's vocabulary
-        ids, vocab = extend_vocab(ckpt.vocab, ids, vocab)
-    records = open_records(store, cfg.records or "lines", cfg.num_steps, record_vocab(vocab), ids, name=cfg.corpus)
-    index = novelty_index(store, records, cfg.val_fraction, len(ckpt.vocab))
+    mode = cfg.records or "lines"
+
+    def records():  # numbered as the model's vocabulary
+        ids, vocab = store.ids, store.vocab
+        if cfg.init_from:
+            ids, vocab = extend_vocab(ckpt.vocab, ids, vocab)
+        return open_records(store, mode, cfg.num_steps, record_vocab(vocab), ids, name=cfg.corpus)
+
+    numbering = hashlib.sha1("\n".join(ckpt.vocab.idx_to_token).encode()).hexdigest()
+    index = novelty_index(store, mode, cfg.val_fraction, numbering, records)
     in_train, in_val = index.contains(hash_sequences(seqs))
     return ["train" if t else "val" if v else "new" for t, v in zip(in_train.tolist(), in_val.tolist())]
 

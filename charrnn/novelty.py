@@ -12,12 +12,11 @@ generated, a false "copied" has probability ~10^-7.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from .records import RecordSet, split_records
+from .records import save_npy, split_records
 
 P = np.uint64(0x100000001B3)  # the FNV-1 64-bit prime: odd
 GROUP_ELEMENTS = 1 << 22  # ids gathered at a time while hashing
@@ -88,25 +87,21 @@ def _member(sorted_hashes, hashes) -> np.ndarray:
     return np.asarray(sorted_hashes[at]) == hashes
 
 
-def novelty_index(store, records: RecordSet, val_fraction, vocab_tokens) -> NoveltyIndex:
-    """The NoveltyIndex of a text's records, read from beside its store or made now (and
-    written there: `<store>.novelty.<key>.{train,val}.npy`, key naming the store's ids, the
-    records, the split and the numbering of the ids)."""
-    key = hashlib.sha1(f"{store.header['ids_sha1']} {len(records.starts)} {records.starts[:1]} "
-                       f"{records.ends[-1:]} {val_fraction} {vocab_tokens}".encode()).hexdigest()[:16]
+def novelty_index(store, mode, val_fraction, numbering, records) -> NoveltyIndex:
+    """The NoveltyIndex of a text's records, memory-mapped from beside its store, or made now
+    (and written there: `<store>.novelty.<key>.{train,val}.npy`, key naming the store's ids, the
+    records mode, the split and the numbering of the ids). records: a callable that gives the
+    RecordSet, called only to make the index."""
+    key = hashlib.sha1(f"{store.header['ids_sha1']} {mode} {val_fraction!r} {numbering}".encode()).hexdigest()[:16]
     paths = {part: store.path.with_name(f"{store.path.name}.novelty.{key}.{part}.npy") for part in ("train", "val")}
     try:
         return NoveltyIndex(*(np.load(paths[part], mmap_mode="r") for part in ("train", "val")))
     except (OSError, ValueError):
         pass
+    records = records()
     train, val = split_records(records, val_fraction)
     arrays = {"train": np.sort(hash_records(records.ids, train.starts, train.ends)),
               "val": np.sort(hash_records(records.ids, val.starts, val.ends))}
     for part, array in arrays.items():
-        tmp = paths[part].with_name(paths[part].name + f".tmp{os.getpid()}.npy")
-        try:
-            np.save(tmp, array)
-            os.replace(tmp, paths[part])
-        except OSError:  # a read-only cache: made again next time
-            tmp.unlink(missing_ok=True)
+        save_npy(paths[part], array)
     return NoveltyIndex(arrays["train"], arrays["val"])

@@ -23,7 +23,7 @@ left out (as the stream samplers leave out their last tokens).
 
 Validation holds out the last val_fraction of the records, whole. The record index (the start
 and end of every record in the token store's ids) is kept beside the store
-(`<store>.<mode>.<ids sha1>.npz`), and so is the sorted 64-bit hash of every training and
+(`<store>.<mode>.<ids sha1>.starts.npy` and so on, memory-mapped), and so is the sorted 64-bit hash of every training and
 held-out record that `--novelty` looks generated records up in (novelty.py).
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ RECORD_MODES = ("lines", "paragraphs")
 START, END = "<s>", "</s>"
 MAX_RECORD_WINDOWS = 1000  # a record longer than num_steps · this is refused
 _CHUNK = 1 << 24  # ids scanned at a time
+INDEX_PARTS = ("starts", "ends", "lines")
 
 
 def record_vocab(vocab: Vocab) -> Vocab:
@@ -171,24 +172,30 @@ def open_records(store, mode, num_steps, vocab=None, ids=None, name=None) -> Rec
 
 
 def index_path(store, mode) -> Path:
-    return store.path.with_name(f"{store.path.name}.{mode}.{store.header['ids_sha1'][:16]}.npz")
+    """Where the record index of a store is kept: `<store>.<mode>.<ids sha1>.{starts,ends,lines}.npy`."""
+    return store.path.with_name(f"{store.path.name}.{mode}.{store.header['ids_sha1'][:16]}")
 
 
 def _read_index(path):
+    """The index's three arrays, memory-mapped (a large text's index is read only where used)."""
     try:
-        with np.load(path) as f:
-            return f["starts"], f["ends"], f["lines"]
-    except (OSError, KeyError, ValueError):
+        return tuple(np.load(f"{path}.{part}.npy", mmap_mode="r") for part in INDEX_PARTS)
+    except (OSError, ValueError):
         return None
 
 
 def _write_index(path, index) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    for part, array in zip(INDEX_PARTS, index):
+        save_npy(Path(f"{path}.{part}.npy"), array)
+
+
+def save_npy(path: Path, array) -> None:
+    """np.save to `path` atomically; an unwritable place is left alone (the array is made again)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, starts=index[0], ends=index[1], lines=index[2])
+        np.save(tmp, array)
         os.replace(tmp, path)
-    except OSError:  # a read-only cache: the index is made again next time
+    except OSError:
         tmp.unlink(missing_ok=True)
 
 

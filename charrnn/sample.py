@@ -5,6 +5,8 @@ h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h) (eq. 9.4.5) without producing anything;
 each token is chosen from the output distribution softmax(o_t / temperature) and fed back in.
 """
 import math
+import sys
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -188,3 +190,16 @@ def text_prefix(vocab, ids, level, max_chars=20) -> str:
     text = vocab.decode(ids[: max_chars * 4], level).lstrip()[:max_chars]
     cut = max(text.rfind(" "), text.rfind("\n"))
     return (text[:cut] if cut > 0 else text).strip() or text
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as charrnn.generation.sample: importing it makes the package
+    attribute `charrnn.sample` this module (the import system sets it), and the Python API's
+    `charrnn.sample(run, n=...)` still works."""
+
+    def __call__(self, *args, **kwargs):
+        from .generation import sample
+        return sample(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

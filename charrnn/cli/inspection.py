@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .. import analysis
 from ..baselines import ngram_baselines
 from ..checkpoint import load_checkpoint
 from ..checks import is_text
 from ..data import default_preprocess
+from ..records import END, RECORD_MODES, START, open_records, record_vocab, split_records
 from ..samplers import split_corpus
 from ..errors import CharrnnError
 from ..evaluate import evaluate_text
@@ -43,8 +45,12 @@ FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "n
               help="How many of the most frequent tokens to list.")
 @click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.val_fraction,
               show_default=True, help="The share held out for validation, on which the baselines are scored.")
+@click.option("--records", type=click.Choice(RECORD_MODES), default=None,
+              help="Read CORPUS as records (one per line or paragraph): their count, lengths and the "
+                   "<s> and </s> tokens a records model adds to the vocabulary.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, val_fraction, as_json):
+def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, val_fraction, records,
+           as_json):
     """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path), the
     unigram and bigram perplexity of its validation split (what a network must beat), and where
     its token store is (made now if need be, and every id read back to check it)."""
@@ -57,9 +63,10 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
         raise CharrnnError(f"{corpus}: a validation split of {val_fraction:g} holds {len(val)} tokens, "
                            f"too few to score the baselines; give a larger --val-fraction")
     baselines = ngram_baselines(train, val, len(vocab))
+    summary = records and records_summary(store, records, val_fraction, corpus)
     if as_json:
         click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
-                               "tokens": len(store), "vocab_size": len(vocab),
+                               "tokens": len(store), "vocab_size": len(vocab), **({"records": summary} if records else {}),
                                "top": [[token, count] for token, count in top_tokens],
                                "val_fraction": val_fraction, **baselines.as_dict(),
                                "store": str(store.path), "store_bytes": store.nbytes,
@@ -67,8 +74,27 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
         return
     print_corpus(corpus, level, preprocess, len(store), vocab, top_tokens)
     print_baselines(baselines)
+    if records:
+        say(f"records ({records}): {summary['count']:,}, {summary['held_out']:,} held out; "
+            f"{summary['mean_length']:.1f} tokens on average, the longest {summary['longest']:,} (line "
+            f"{summary['longest_line']:,}); a records model's vocabulary: {summary['vocab_size']} tokens, "
+            f"with {START} ({summary['start_id']}) and {END} ({summary['end_id']})")
     say(f"token store: {store.path} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
         f"{', made now' if store.built else ''})")
+
+
+def records_summary(store, mode, val_fraction, name) -> dict:
+    """What `corpus --records` shows of a text's records."""
+    if store.header["level"] != "char":
+        raise click.BadParameter("records are read at the char level", param_hint="'--records'")
+    records = open_records(store, mode, num_steps=1 << 40, name=str(name))
+    vocab = record_vocab(store.vocab)
+    lengths = np.asarray(records.ends) - np.asarray(records.starts)
+    longest = int(np.argmax(lengths))
+    return {"mode": mode, "count": records.num_records, "held_out": split_records(records, val_fraction)[1].num_records,
+            "mean_length": float(lengths.mean()), "longest": int(lengths[longest]),
+            "longest_line": int(records.lines[longest]), "vocab_size": len(vocab),
+            "start_id": vocab.token_to_idx[START], "end_id": vocab.token_to_idx[END]}
 
 
 @click.command()
