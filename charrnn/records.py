@@ -272,6 +272,18 @@ def stream_ids(data) -> np.ndarray:
     return data.ids[int(data.starts[0]):int(data.ends[-1])]
 
 
+def records_log_unigram(train: RecordSet, vocab: Vocab, mode) -> np.ndarray:
+    """The add-one smoothed unigram of the targets of training records (cells.init_output_bias):
+    the tokens counted in the text, </s> once per record, and (lines) no newline."""
+    from .baselines import token_counts, unigram_log_probs
+    counts = token_counts(stream_ids(train), len(vocab))
+    counts[train.end_id] = train.num_records
+    newline = vocab.token_to_idx.get("\n")
+    if newline is not None and mode == "lines":
+        counts[newline] = 0
+    return unigram_log_probs(counts)
+
+
 def num_packed_minibatches(records: RecordSet, batch_size, num_steps) -> int:
     """Minibatches of an epoch, at most: the targets over a minibatch's."""
     return len(records) // (batch_size * num_steps)

@@ -33,7 +33,8 @@ from .outdir import (check_free_space, check_writable, default_out_dir, keep_met
 from .run import (DROPOUT_STREAM, MAX_SKIPPED_IN_A_ROW, SAMPLER_STREAM, TRUNCATION_STREAM,  # noqa: F401
                   Reporter, Run, TrainResult, budget_reached)
 from .sample import text_prefix
-from .records import num_packed_minibatches, open_records, record_vocab, split_records, stream_ids
+from .records import (num_packed_minibatches, open_records, record_vocab, records_log_unigram, split_records,
+                      stream_ids)
 from .store import open_store
 from .threads import DEFAULT_THREADS, Threads
 
@@ -70,7 +71,8 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
         baselines = ngram_baselines(stream_ids(train_data), stream_ids(val_data), len(vocab))
         model = grown_model(parent.model, len(vocab), config.seed) if parent else RNNLM(**spec, seed=config.seed)
         if not parent and config.output_bias == "unigram":
-            init_output_bias(model.params, baselines.log_unigram)
+            init_output_bias(model.params, records_log_unigram(train_data, vocab, config.records)
+                             if config.records else baselines.log_unigram)
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         vocab.save(out_dir / VOCAB)
         save_json(out_dir / CONFIG, asdict(config))

@@ -29,3 +29,10 @@ def write_names(path, count, seed=0) -> list:
     names = make_names(count, seed)
     path.write_text("\n".join(names) + "\n", encoding="utf-8")
     return names
+
+
+if __name__ == "__main__":  # python tests/syllable_names.py COUNT PATH: the list of docs/records.md
+    import sys
+    from pathlib import Path
+
+    write_names(Path(sys.argv[2]), int(sys.argv[1]))

@@ -11,7 +11,7 @@ from ..checks import is_text
 from ..errors import CharrnnError
 from ..generation import sample as generate, score as score_texts
 from ..records import is_records_vocab
-from .options import checkpoint_argument
+from .options import FiniteRange, checkpoint_argument
 from .render import escape_controls
 
 BATCH_OPTIONS = ("num_samples", "top_p", "beam", "stop", "prime_file", "scores", "as_json", "novelty", "only_new")
@@ -20,9 +20,9 @@ BATCH_OPTIONS = ("num_samples", "top_p", "beam", "stop", "prime_file", "scores",
 def batch_options(command):
     """The options of `sample` that this module handles."""
     for option in reversed([
-        click.option("-n", "--num-samples", type=int, default=1, show_default=True,
+        click.option("-n", "--num-samples", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Samples to generate, as the rows of one batch; a records model's end at </s>."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="P",
+        click.option("--top-p", type=FiniteRange(0, 1, min_open=True), default=None, metavar="P",
                      help="Nucleus sampling: draw only from the most likely tokens whose probabilities sum to P."),
         click.option("--beam", type=click.IntRange(min=1), default=None, metavar="K",
                      help="Beam search of K sequences, length-normalised (opt-in: beams are conservative)."),
