@@ -18,8 +18,6 @@ so that the beam's answer never ranks below greedy's, and K = 1 is greedy exactl
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .errors import CharrnnError
@@ -220,6 +218,3 @@ def text_score(model, ids, prefix_ids=None, start_id=None, end_id=None) -> tuple
     log_p = sequence_log_probs(model, seq[:-1], seq[1:])
     return float(log_p[first - 1:].sum()), len(seq) - first
 
-
-def nats_per(total, count) -> float:
-    return total / count if count else math.nan

@@ -17,7 +17,7 @@ from .checkpoint import load_checkpoint
 from .decoding import beam_search, generate_rows, text_score
 from .errors import CharrnnError
 from .records import END, START, is_records_vocab
-from .sample import encode_prefix
+from .sample import encode_prefix, warn_prefix
 
 
 @dataclass
@@ -62,7 +62,9 @@ def as_checkpoint(run):
 def _prefix_ids(ckpt, prefix):
     if not prefix:
         return np.empty(0, np.int32), ""
-    ids, preprocessed, _, _ = encode_prefix(ckpt.vocab, prefix, ckpt.config.level, ckpt.config.preprocess)
+    ids, preprocessed, unknown, unknown_count = encode_prefix(ckpt.vocab, prefix, ckpt.config.level,
+                                                              ckpt.config.preprocess)
+    warn_prefix(prefix, preprocessed, unknown, unknown_count, ckpt.config.preprocess)
     return ids, preprocessed
 
 

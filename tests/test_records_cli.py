@@ -111,5 +111,6 @@ def test_prime_file_starts_every_record(run, tmp_path):
 
 
 def test_gradcheck_with_record_boundaries_inside_the_window():
-    result = invoke("gradcheck", "--cell", "gru", "--num-layers", 2, "--records", 2, "--truncation", "regular:4")
+    result = invoke("gradcheck", "--cell", "gru", "--num-layers", 2, "--records", 2, "--truncation", "regular:4",
+                    "--num-hiddens", 4, "--vocab-size", 5, "--num-steps", 8)
     assert result.exit_code == 0 and "all checks passed" in result.output

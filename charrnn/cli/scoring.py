@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from ..checks import is_text
-from ..errors import CharrnnError
 from ..generation import sample as generate, score as score_texts
 from ..records import is_records_vocab
 from .options import FiniteRange, checkpoint_argument
@@ -150,10 +149,7 @@ def score(checkpoint, texts, path, prefix, records, as_json):
     for text in (*texts, prefix or ""):
         if not is_text(text):
             raise click.BadParameter(f"{text!r} is not UTF-8 text")
-    try:
-        results = score_texts(ckpt, texts, prefix, records)
-    except CharrnnError:
-        raise
+    results = score_texts(ckpt, texts, prefix, records)
     if as_json:
         click.echo(json.dumps([{"text": r.text, "nats": r.nats, "tokens": r.tokens,
                                 "nats_per_char": r.nats_per_char if r.tokens else None,
