@@ -5,7 +5,7 @@
    model for a few hundred tokens (which makes the record index beside the store), make the
    novelty index (sorted hashes of the training and held-out records);
 2. in a fresh process: draw 1,000 records, then time the novelty check of those 1,000
-   (charrnn.generation.record_novelty: the indexes memory-mapped, a binary search per record):
+   (charrnn.infer.generation.record_novelty: the indexes memory-mapped, a binary search per record):
    seconds and the peak resident memory of the check (VmHWM reset before it), and what the
    process held before it;                                  targets: < 2 s and < 200 MB
 3. `-n 1000` against 1,000 single calls: charrnn.sample(ckpt, n=1000) once against
@@ -71,7 +71,7 @@ def write_names(path: Path, size: int, seed=0) -> int:
 def child(run: str, length: int) -> None:
     """Steps 2 and 3 in a process of their own; prints one JSON object."""
     import charrnn
-    from charrnn.generation import record_novelty
+    from charrnn.infer.generation import record_novelty
     from charrnn.threads import blas_threads
     ckpt = charrnn.load_checkpoint(run)
     with blas_threads(1):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cli, training
-from charrnn.checkpoint import load_checkpoint
+from charrnn import cli
+from charrnn.training import start as training
+from charrnn.training.checkpoint import load_checkpoint
 from syllable_names import write_names
 
 TINY = ["--records", "lines", "--cell", "lstm", "--num-hiddens", "16", "--num-layers", "2", "--dropout", "0.1",
@@ -72,7 +73,7 @@ def test_a_records_run_resumes_exactly(names, tmp_path):
     a, b = load_checkpoint(tmp_path / "a" / "checkpoint.npz"), load_checkpoint(tmp_path / "b" / "checkpoint.npz")
     for name, value in a.model.params.items():
         assert np.array_equal(value, b.model.params[name]), name
-    assert np.array_equal(a.state, b.state)
+    assert np.array_equal(a.training.carried, b.training.carried)
 
 
 def test_a_stream_model_fine_tuned_on_records_gains_the_record_tokens(run, names, tmp_path):

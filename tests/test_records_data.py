@@ -1,10 +1,10 @@
-"""Finding, packing and holding out records (charrnn.records), and the bad texts refused."""
+"""Finding, packing and holding out records (charrnn.data.records), and the bad texts refused."""
 import numpy as np
 import pytest
 
-from charrnn.data import Vocab
-from charrnn.errors import CharrnnError
-from charrnn.records import (END, START, RecordSet, find_records, packed_batches, record_vocab, split_records)
+from charrnn.data.corpus import Vocab
+from charrnn.base.errors import CharrnnError
+from charrnn.data.records import (END, START, RecordSet, find_records, packed_batches, record_vocab, split_records)
 
 
 def ids_of(text):

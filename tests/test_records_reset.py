@@ -4,8 +4,8 @@ to float64 rounding, for every cell; and a window without boundaries is the stre
 import numpy as np
 import pytest
 
-from charrnn.model import RNNLM
-from charrnn.recompute import loss_and_grads_recompute
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import loss_and_grads_recompute
 
 V = 7
 LENGTHS = [[3, 5, 4], [6, 6], [1, 2, 9], [12]]  # the records of each row, whole in a window of 12 steps

@@ -1,4 +1,4 @@
-"""Sampling and scoring with a model of records (charrnn.generation, charrnn.decoding): whole
+"""Sampling and scoring with a model of records (charrnn.infer.generation, charrnn.infer.decoding): whole
 records from one batch, beam search against greedy, nucleus sampling, scores."""
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import charrnn
-from charrnn.config import TrainConfig
-from charrnn.decoding import beam_search, filtered_probs, generate_rows, text_score
-from charrnn.generation import sample as generate, score
-from charrnn.model import RNNLM
+from charrnn.training.config import TrainConfig
+from charrnn.infer.decoding import beam_search, filtered_probs, generate_rows, text_score
+from charrnn.infer.generation import sample as generate, score
+from charrnn.nn.model import RNNLM
 from syllable_names import write_names
 
 
@@ -22,8 +22,7 @@ def names_run(tmp_path_factory):
     config = TrainConfig(corpus=str(root / "names.txt"), records="lines", cell="gru", num_hiddens=32,
                          num_layers=1, dropout=0.0, batch_size=16, num_steps=16, max_tokens=40_000,
                          eval_every=40_000, lr=1e-2)
-    result = charrnn.train(config, root / "run")
-    return result.out_dir, names
+    return charrnn.train(config, root / "run"), names  # the TrainResult: model, vocab, config
 
 
 def test_every_sample_of_a_batch_is_one_whole_record(names_run):
@@ -61,8 +60,7 @@ def test_scores_of_samples_equal_score_of_the_same_text(names_run):
 
 def test_a_sample_stops_right_after_the_first_stop_string(names_run):
     run, _ = names_run
-    ckpt = charrnn.load_checkpoint(run)
-    model, vocab = ckpt.model, ckpt.vocab
+    model, vocab = run.model, run.vocab
     stop = [vocab["a"], vocab["n"]]
     seqs, _, ended = generate_rows(model, [vocab["B"]], 50, 40, np.random.default_rng(0), stop_ids=np.array(stop))
     for seq, end in zip(seqs, ended):

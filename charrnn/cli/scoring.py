@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from ..checks import is_text
-from ..generation import sample as generate, score as score_texts
-from ..records import is_records_vocab
-from .options import FiniteRange, checkpoint_argument
-from .render import escape_controls
+from charrnn.base.checks import is_text
+from charrnn.cli.options import FiniteRange, checkpoint_argument
+from charrnn.cli.render import escape_controls
+from charrnn.data.records import is_records_vocab
+from charrnn.infer.generation import sample as generate, score as score_texts
+from charrnn.training.checkpoint import load_checkpoint
 
 BATCH_OPTIONS = ("num_samples", "top_p", "beam", "stop", "prime_file", "scores", "as_json", "novelty", "only_new")
 
@@ -133,7 +134,6 @@ def score(checkpoint, texts, path, prefix, records, as_json):
     """Log-probability of TEXTS (or of --file) under a trained model: nats, and nats and bits per
     character. A records model scores each text (each line of --file) as a record, its </s>
     included; a stream model scores the text after --prefix, or from the start state."""
-    from ..checkpoint import load_checkpoint
     ckpt = load_checkpoint(checkpoint)
     if path is not None and texts:
         raise click.UsageError("give TEXTS or --file, not both")
