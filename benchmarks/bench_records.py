@@ -72,7 +72,7 @@ def child(run: str, length: int) -> None:
     """Steps 2 and 3 in a process of their own; prints one JSON object."""
     import charrnn
     from charrnn.infer.generation import record_novelty
-    from charrnn.threads import blas_threads
+    from charrnn.runtime.threads import blas_threads
     ckpt = charrnn.load_checkpoint(run)
     with blas_threads(1):
         samples = charrnn.sample(ckpt, n=1000, length=length, seed=1)

@@ -266,8 +266,3 @@ def records_log_unigram(train: RecordSet, vocab: Vocab, mode) -> np.ndarray:
         counts[newline] = 0
     return unigram_log_probs(counts)
 
-
-def num_packed_minibatches(records: RecordSet, batch_size, num_steps) -> int:
-    """Minibatches of an epoch, at most: the targets over a minibatch's."""
-    return len(records) // (batch_size * num_steps)
-

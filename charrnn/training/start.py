@@ -29,8 +29,8 @@ from charrnn.training.loop import Reporter, Run
 from charrnn.training.state import TrainingState
 from charrnn.infer.sample import text_prefix
 from charrnn.data.store import open_store
-from charrnn.data.records import (num_packed_minibatches, open_records, record_vocab, records_log_unigram,
-                                  split_records, stream_ids)
+from charrnn.data.records import (open_records, packed_batches, record_vocab, records_log_unigram, split_records,
+                                  stream_ids)
 from charrnn.data.baselines import ngram_baselines
 from charrnn.nn.cells import init_output_bias
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads
@@ -175,7 +175,7 @@ def load_records(config, store, corpus, vocab):
     vocab = record_vocab(vocab)
     records = open_records(store, config.records, config.num_steps, vocab, corpus, name=config.corpus)
     train_data, val_data = split_records(records, config.val_fraction)
-    if num_packed_minibatches(train_data, config.batch_size, config.num_steps) < 1:
+    if next(packed_batches(train_data, config.batch_size, config.num_steps), None) is None:
         raise ConfigError("num_steps", f"the {train_data.num_records:,} training records ({len(train_data):,} "
                           f"tokens with their ends) are too few for one minibatch of batch_size "
                           f"{config.batch_size} x num_steps {config.num_steps}")
