@@ -8,9 +8,12 @@
    (charrnn.infer.generation.record_novelty: the indexes memory-mapped, a binary search per record):
    seconds and the peak resident memory of the check (VmHWM reset before it), and what the
    process held before it;                                  targets: < 2 s and < 200 MB
-3. `-n 1000` against 1,000 single calls: charrnn.sample(ckpt, n=1000) once against
-   charrnn.sample(ckpt, n=1, seed=i) for i < 1000, the same checkpoint loaded once, one BLAS
-   thread, --length tokens at most each;                              target: >= 20x faster
+3. `-n 1000` against 1,000 single calls, -n 1000 at least 20x faster:
+   in Python, charrnn.sample(ckpt, n=1000) once against charrnn.sample(ckpt, n=1, seed=i) for
+   i < 1000, the same checkpoint loaded once, one BLAS thread, --length tokens at most each
+   (the strict measure: no process start or checkpoint load in either);
+   from the command line, one `charrnn sample RUN -n 1000` against `charrnn sample RUN`
+   run --cli-calls times, scaled to 1,000 (each call starts Python and loads the checkpoint).
 
     python benchmarks/bench_records.py                  # 1 GB: ~3 GB free in --dir, minutes of set-up
     python benchmarks/bench_records.py --size 20M       # a quick run
@@ -111,6 +114,7 @@ def main():
     parser.add_argument("--length", type=int, default=20, help="most tokens of a sample [default: 20]")
     parser.add_argument("--dir", default=None, help="where the text and stores go [default: a temporary dir]")
     parser.add_argument("--keep", action="store_true", help="keep the text and stores")
+    parser.add_argument("--cli-calls", type=int, default=20, help="single CLI calls timed [default: 20]")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_records_", dir=args.dir))
@@ -134,12 +138,22 @@ def main():
         out = subprocess.run([sys.executable, __file__, CHILD, str(root / "run"), str(args.length)],
                              check=True, env=env, capture_output=True, text=True).stdout
         report.update(json.loads(out.strip().splitlines()[-1]))
+        command = [sys.executable, "-m", "charrnn", "sample", str(root / "run"), "--length", str(args.length)]
+        started = time.perf_counter()
+        subprocess.run(command + ["-n", "1000"], check=True, env=env, capture_output=True)
+        report["cli_n_1000_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for i in range(args.cli_calls):
+            subprocess.run(command + ["--seed", str(i)], check=True, env=env, capture_output=True)
+        report["cli_single_1000_s"] = (time.perf_counter() - started) * 1000 / args.cli_calls
+        report["cli_speedup"] = report["cli_single_1000_s"] / report["cli_n_1000_s"]
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     report["targets_met"] = {"novelty_check_under_2_s": report.get("novelty_check_s", 99) < 2,
                              "novelty_check_under_200_mb": report.get("peak_rss_mb", 1e9) < 200,
-                             "n_1000_at_least_20x": report.get("speedup", 0) >= 20}
+                             "n_1000_at_least_20x_in_python": report.get("speedup", 0) >= 20,
+                             "n_1000_at_least_20x_from_the_cli": report.get("cli_speedup", 0) >= 20}
     if args.json:
         print(json.dumps(report))
         return

@@ -23,6 +23,8 @@ import numpy as np
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.workspace import Workspace
 
+COMPACT_SHARE = 0.75  # generation computes only the unfinished rows once they are this share or fewer
+
 
 class BatchStepper:
     """model.step for N rows at generation speed: the per-call tables formed once, the state kept
@@ -106,6 +108,8 @@ def generate_rows(model, prefix_ids, num_rows, length, rng=None, temperature=1.0
     prefix_ids: what the rows start from (<s> and the prefix for a records model). A row ends
     at end_id (included in its score, not in its sequence), after the stop_ids sequence
     (included), or after `length` tokens. on_step(tokens (N,), done (N,)): after each step.
+    The finished rows are left out of the batch whenever they are a quarter of it or more, so
+    the work grows with the tokens generated, not with n × the longest sample.
     """
     log_probs, state = warm_up(model, prefix_ids, num_rows)
     step = BatchStepper(model, num_rows)
@@ -114,7 +118,7 @@ def generate_rows(model, prefix_ids, num_rows, length, rng=None, temperature=1.0
     scores = np.zeros(num_rows)
     done = np.zeros(num_rows, bool)
     ended = np.zeros(num_rows, bool)
-    rows = np.arange(num_rows)
+    live = np.arange(num_rows)  # the rows computed: all, less the finished ones at each compaction
     for i in range(length):
         if greedy:
             scored = log_probs.copy()
@@ -123,20 +127,25 @@ def generate_rows(model, prefix_ids, num_rows, length, rng=None, temperature=1.0
             tokens = np.argmax(scored, axis=1)
         else:
             tokens = draw(filtered_probs(log_probs, temperature, top_k, top_p, banned), rng)
-        scores += np.where(done, 0.0, log_probs[rows, tokens])
-        out[:, i] = tokens
-        finishing = ~done & (tokens == end_id) if end_id is not None else np.zeros(num_rows, bool)
-        lengths[finishing] = i
+        active = ~done[live]
+        scores[live] += np.where(active, log_probs[np.arange(len(live)), tokens], 0.0)
+        out[live, i] = tokens
+        finishing = active & (tokens == end_id) if end_id is not None else np.zeros(len(live), bool)
+        lengths[live[finishing]] = i
         if stop_ids is not None and i + 1 >= len(stop_ids):
-            stopped = ~done & ~finishing & np.all(out[:, i + 1 - len(stop_ids):i + 1] == stop_ids, axis=1)
-            lengths[stopped] = i + 1
+            stopped = active & ~finishing & np.all(out[live, i + 1 - len(stop_ids):i + 1] == stop_ids, axis=1)
+            lengths[live[stopped]] = i + 1
             finishing |= stopped
-        ended |= finishing
-        done |= finishing
+        ended[live[finishing]] = True
+        done[live[finishing]] = True
         if on_step is not None:
-            on_step(tokens, done)
+            on_step(out[:, i], done)
         if done.all():
             break
+        keep = ~done[live]
+        if keep.sum() <= COMPACT_SHARE * len(live):  # drop the finished rows: the work follows Σ n_i
+            live, tokens, state = live[keep], tokens[keep], state[:, :, keep]
+            step = BatchStepper(model, len(live))
         log_probs, state = step(tokens, state)
     return [out[r, :lengths[r]].copy() for r in range(num_rows)], scores, ended
 
