@@ -115,3 +115,21 @@ def test_gradcheck_with_record_boundaries_inside_the_window():
     result = invoke("gradcheck", "--cell", "gru", "--num-layers", 2, "--records", 2, "--truncation", "regular:4",
                     "--num-hiddens", 4, "--vocab-size", 5, "--num-steps", 8)
     assert result.exit_code == 0 and "all checks passed" in result.output
+
+
+def test_corpus_shows_the_records_and_their_tokens(names):
+    report = json.loads(invoke("corpus", names / "names.txt", "--records", "lines", "--json").stdout)
+    assert report["records"]["count"] == 800 and report["records"]["held_out"] == 80
+    assert report["records"]["vocab_size"] == report["vocab_size"] + 2
+
+
+def test_a_paragraphs_model_samples_end_before_a_blank_line(tmp_path):
+    rng = np.random.default_rng(0)
+    verses = ["\n".join("".join(rng.choice(list("abcde "), 8)) for _ in range(rng.integers(1, 4)))
+              for _ in range(300)]
+    (tmp_path / "verses.txt").write_text("\n\n".join(verses) + "\n", encoding="utf-8")
+    trained = invoke("train", tmp_path / "verses.txt", "--records", "paragraphs", "--num-hiddens", 8,
+                     "--batch-size", 4, "--num-steps", 16, "--max-tokens", 2000, "--out", tmp_path / "run")
+    assert trained.exit_code == 0, trained.output
+    samples = json.loads(invoke("sample", tmp_path / "run", "-n", 20, "--length", 60, "--json").stdout)
+    assert all("\n\n" not in s["text"] for s in samples)
