@@ -89,3 +89,18 @@ def test_no_boundary_in_the_window_gives_the_streams_numbers_bit_for_bit(cell):
     assert plain[0] == none[0]
     for name in plain[1]:
         assert np.array_equal(plain[1][name], none[1][name])
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_fused_kernels_give_way_to_numpys_steps_where_records_start(cell):
+    """The compiled steps read h_{t-1} itself, not ρ_t ⊙ h_{t-1}: a window with record starts
+    runs NumPy's steps, so kernel "fused" gives the numbers of kernel "numpy" there."""
+    rng = np.random.default_rng(5)
+    X, Y, resets, _ = packed_window(rng)
+    results = []
+    for kernel in ("numpy", "fused"):
+        model = RNNLM(V, 8, seed=2, cell=cell, num_layers=2, kernel=kernel)
+        results.append(model.loss_and_grads(X, Y, resets=resets))
+    assert results[0][0] == results[1][0]
+    for name, grad in results[0][1].items():
+        assert np.array_equal(grad, results[1][1][name]), name
