@@ -34,7 +34,7 @@ LEGACY_DEFAULTS = {"lr_schedule": "epoch", "output_bias": "zero"}
 CELL_DEFAULTS = {
     "rnn": {"num_hiddens": 256, "num_layers": 1, "dropout": 0.0, "lr": 1e-2},
     "gru": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.3, "lr": 5e-3},
-    "lstm": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.2, "lr": 1e-2},
+    "lstm": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.2, "lr": 5e-3},
 }
 # the prefix continued at each evaluation, by corpus; other texts: their own first words
 DEFAULT_SAMPLE_PREFIXES = {"timemachine": "time traveller"}
