@@ -45,7 +45,7 @@ def test_sample_n_prints_one_record_per_line_and_novelty(run):
     result = invoke("sample", run, "-n", 100, "--length", 15, "--novelty", "--seed", 1)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert len(lines) == 100 and all(0 < len(line) <= 15 for line in lines)
+    assert len(lines) == 100 and all(len(line) <= 15 for line in lines)  # an empty record is one too
     assert "novelty:" in result.stderr and "records new" in result.stderr
 
 
