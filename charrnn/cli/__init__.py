@@ -1,5 +1,5 @@
-"""The charrnn command line: corpus, train, sample, score, evaluate, gradcheck, analyze, compare, plot,
-export, serve, activations.
+"""The charrnn command line: corpus, train, sample, score, evaluate, gradcheck, analyze, compare, tune,
+plot, export, serve, activations.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -12,6 +12,7 @@ console script (charrnn.entry) first makes Ctrl-C quiet while this package is im
     options.py      option types, the shared options, the training options of train and compare
     render.py       what the commands print
     training.py     train, compare
+    tuning.py       tune
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
     plotting.py     plot
     exporting.py    export
@@ -33,6 +34,7 @@ from charrnn.cli.serving import activations, serve
 from charrnn.cli.options import ThreadCount
 from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
 from charrnn.cli.training import compare, train
+from charrnn.cli.tuning import tune
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
@@ -99,6 +101,6 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, score, evaluate, gradcheck, analyze, compare, plot, export, serve,
+for command in (corpus, train, sample, score, evaluate, gradcheck, analyze, compare, tune, plot, export, serve,
                 activations):
     main.add_command(command)
