@@ -141,7 +141,7 @@ class Run:
         self.threads = Threads(None) if threads is None else threads
         with self.threads, self.threads.one_row(self.config.batch_size == 1):
             self.reporter.on_start(self.start_info(resumed))
-            with StopSignals() as signals, np.errstate(over="ignore", invalid="ignore"):
+            with self.stop_signals() as signals, np.errstate(over="ignore", invalid="ignore"):
                 reason, message = self.loop(signals)  # non-finite values are checked, not warned about
                 if reason in BUDGET_FIELDS and self.progress.last_eval_step != self.progress.step:
                     self.log_validation("stop")
@@ -150,6 +150,10 @@ class Run:
         result = self.result(reason, message)
         self.reporter.on_end(result)
         return result
+
+    def stop_signals(self):
+        """What notes Ctrl-C and SIGTERM during the loop (`received`: the signal's name or None)."""
+        return StopSignals()
 
     def loop(self, signals):
         """-> (reason, message): why the run stopped."""
@@ -186,10 +190,7 @@ class Run:
         """One minibatch: loss and gradients by BPTT, clipping, update -> "" or why the run must stop."""
         cfg = self.config
         self.optimizer.lr = self.learning_rate()
-        loss, grads, state = loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
-                                                 rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
-                                                 memory_budget_bytes=cfg.bptt_memory_budget * 2**20,
-                                                 dropout_rng=self.dropout_rng)
+        loss, grads, state = self.loss_and_grads(X, Y)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
@@ -205,6 +206,14 @@ class Run:
             "epoch": p.current_epoch(), "step": p.step, "tokens": p.tokens, "loss": loss,
             "perplexity": perplexity(loss), "grad_norm": grad_norm, "skipped": p.skipped})
         return ""
+
+    def loss_and_grads(self, X, Y):
+        """The minibatch's mean loss (eq. 9.7.2), its gradients by BPTT and the state to carry
+        -> (loss, grads, state). charrnn.parallel's runs sum those of their ranks' rows."""
+        cfg = self.config
+        return loss_and_grads_auto(self.model, X, Y, self.state, truncation=cfg.truncation,
+                                   rng=self.truncation_rng, bptt_memory=cfg.bptt_memory,
+                                   memory_budget_bytes=cfg.bptt_memory_budget * 2**20, dropout_rng=self.dropout_rng)
 
     def count_step(self, loss):
         """Count a minibatch done; `loss` (None when not finite) joins the running training loss."""
@@ -258,7 +267,7 @@ class Run:
         never stopped (plus its "stop" records).
         """
         p = self.progress
-        val_ppl = perplexity(mean_loss(self.model, self.val_data))
+        val_ppl = perplexity(self.validation_loss())
         train_loss = p.interval_loss / p.interval_steps if p.interval_steps else None
         improved = math.isfinite(val_ppl) and (p.best_val_ppl is None or val_ppl < p.best_val_ppl)
         record = {
@@ -276,15 +285,23 @@ class Run:
         self.last_record = record
         if improved:
             p.best_val_ppl, p.best_step = val_ppl, p.step
-        try:
-            append_jsonl(self.out_dir / METRICS, record)
-        except OSError as err:
-            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
+        self.append_record(record)
         if improved:
             self.save(BEST)
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
         self.check_learning(val_ppl, at_end=reason == "stop" or self.budget_reached(within_epoch=True) is not None)
+
+    def validation_loss(self):
+        """The mean cross-entropy of the model on the validation split (charrnn.evaluate)."""
+        return mean_loss(self.model, self.val_data)
+
+    def append_record(self, record):
+        """Append a metrics record to metrics.jsonl."""
+        try:
+            append_jsonl(self.out_dir / METRICS, record)
+        except OSError as err:
+            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
 
     def check_learning(self, val_ppl, at_end):
         """Once a run: a CharrnnWarning when the validation perplexity is still above the

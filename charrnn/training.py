@@ -36,7 +36,7 @@ from .store import open_store
 from .threads import DEFAULT_THREADS, Threads
 
 
-def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
+def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS, run_class=Run):
     """Start a new run of `config` writing to `out_dir` -> TrainResult. cache_dir: where the
     corpus' token store is (charrnn.store.default_cache_dir() if None). threads: NumPy's BLAS
     threads while it trains, "auto" (the cores that are free, looked at again as it goes), N,
@@ -46,7 +46,8 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     config.init_from (fine-tuning): the run starts from that checkpoint's weights, grown for
     the tokens its vocabulary lacks (charrnn.finetune), with a fresh optimizer. Everything is
     checked before a file is written (memory before the directory is created); the run holds
-    the directory's lock (charrnn.lock) from then to its end.
+    the directory's lock (charrnn.lock) from then to its end. run_class: what trains, Run or
+    (rank 0 of several processes) charrnn.parallel's.
     """
     threads = as_threads(threads)
     refuse_existing_run(out_dir)
@@ -76,14 +77,15 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
             save_json(out_dir / PARENT, parent_record(parent, vocab))
         truncation_rng = np.random.default_rng([config.seed, TRUNCATION_STREAM])
         dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
-        run = Run(config, model, optimizer, vocab, train_data, val_data, out_dir,
+        run = run_class(config, model, optimizer, vocab, train_data, val_data, out_dir,
                   reporter or Reporter(), Progress(), truncation_rng, None, dropout_rng, data_id,
                   baselines=baselines)
         run.save(CHECKPOINT)
         return run.start(resumed=False, threads=threads)
 
 
-def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
+def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS,
+           run_class=Run):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
@@ -106,7 +108,7 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
         dropout_rng = ckpt.dropout_rng  # None in a checkpoint from before dropout, whose model has none
         if dropout_rng is None:
             dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
-        run = Run(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
+        run = run_class(config, ckpt.model, ckpt.optimizer, vocab, train_data, val_data, out_dir,
                   reporter or Reporter(), ckpt.progress, ckpt.truncation_rng, ckpt.state, dropout_rng, data_id,
                   baselines=ngram_baselines(train_data, val_data, len(vocab)))
         saved_id = ckpt.meta.get("data_sha1")  # a run from before token stores saved data_sha1's

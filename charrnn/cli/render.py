@@ -135,8 +135,11 @@ class ConsoleReporter(Reporter):
             f"-> {info['out_dir']}")
         if cfg.init_from:
             say(f"Fine-tuning from {cfg.init_from}")
-        self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
-                        unit_scale=True, dynamic_ncols=True, disable=None)
+        if info.get("procs", 1) > 1:
+            say(f"on {info['procs']} processes (MPI), the batch of {cfg.batch_size} rows split among them")
+        # under `train --procs` rank 0 writes through mpiexec's pipes to the launcher's terminal
+        self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok", unit_scale=True,
+                        dynamic_ncols=True, disable=False if os.environ.get("CHARRNN_TERMINAL") else None)
 
     def on_step(self, stats):
         self.bar.update(stats["tokens"] - self.bar.n)

@@ -1,6 +1,8 @@
 """The commands that train: `train` (a run, or --resume of one) and `compare` (truncations side by side, over seeds)."""
 import shlex
-from contextlib import ExitStack, closing
+import sys
+from contextlib import ExitStack, closing, nullcontext
+from functools import partial
 from pathlib import Path
 
 import click
@@ -13,8 +15,10 @@ from ..finetune import finetune_config
 from ..outdir import default_out_dir, last_good_checkpoint
 from ..plot import check_plot_path, plot_comparison
 from ..sweep import ProcessBackend, SerialBackend
-from .options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
+from .options import (FiniteRange, NumberList, Procs, Truncation, bad_parameter, config_changes, plot_option,
+                      training_options)
 from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
+from .. import launch
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
@@ -31,32 +35,63 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Fine-tune: start a new run from the weights of this run (its best.npz) or checkpoint, "
                    "with its network and preprocessing and a fresh optimizer; new tokens get new rows.")
+@click.option("--procs", type=Procs(), default=None, metavar="auto|N",
+              help="Train on N processes of this machine (MPI, each with one BLAS thread); auto: the free "
+                   "cores, or one process for a network too small to gain [default: one process with "
+                   "--threads]. Needs: pip install 'charrnn[mpi]'. For several machines use mpiexec "
+                   "(docs/parallel.md).")
 @click.pass_context
-def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
+def train(ctx, data_dir, cache_dir, out, resume, init_from, procs, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
     default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run;
     --init-from RUN fine-tunes a trained model on CORPUS.
     """
     given = config_changes(ctx, options)
     check_schedule_options(ctx, given, options["lr_schedule"], resume)
+    ranks = parallel_ranks()
+    if procs is not None:
+        if ranks is not None:
+            raise click.UsageError("--procs starts the processes itself; under mpiexec leave it out", ctx)
+        code = launch_ranks(ctx, procs, resume, options)
+        if code is not None:
+            ctx.exit(code)
+    if ranks is not None and ranks.rank != 0:
+        from ..parallel import abort_on_error, follow
+        with abort_on_error(ranks):
+            result = follow(ranks, data_dir, cache_dir, ctx.obj["threads"])
+        ctx.exit(EXIT_CODES.get(result.reason, 1 if result.reason == "nonfinite" else 0))
+    run_class = training.Run
+    if ranks is not None:
+        from ..parallel import ParallelRun
+        run_class = partial(ParallelRun, ranks=ranks)
     reporter = ConsoleReporter()
     try:
-        if resume is not None:
-            if out is not None and out.resolve() != resume.resolve():
-                raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
-            if init_from is not None:
-                raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
-            result = training.resume(resume, given, data_dir, reporter, cache_dir, ctx.obj["threads"])
-        else:
-            if init_from is not None:
-                config = finetune_config(init_from, options["corpus"],
-                                         **{k: v for k, v in given.items() if k != "corpus"})
-            else:
-                config = TrainConfig(**options)
-            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
-                                    ctx.obj["threads"])
+        with rank_guard(ranks):
+            result = train_or_resume(ctx, data_dir, cache_dir, out, resume, init_from, options, given, reporter,
+                                     run_class)
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
+    report_result(ctx, result)
+
+
+def train_or_resume(ctx, data_dir, cache_dir, out, resume, init_from, options, given, reporter, run_class):
+    """-> the TrainResult of the run `train` was asked for."""
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
+        if init_from is not None:
+            raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
+        return training.resume(resume, given, data_dir, reporter, cache_dir, ctx.obj["threads"], run_class)
+    if init_from is not None:
+        config = finetune_config(init_from, options["corpus"], **{k: v for k, v in given.items() if k != "corpus"})
+    else:
+        config = TrainConfig(**options)
+    return training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
+                          ctx.obj["threads"], run_class)
+
+
+def report_result(ctx, result):
+    """The summary of a run, and its exit: an error for a non-finite stop, 130/143 after a signal."""
     print_summary(result)
     resume_command = f"charrnn train --resume {shlex.quote(str(result.out_dir))}"
     if result.reason == "nonfinite":
@@ -67,6 +102,43 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
         click.echo(f"Interrupted by {result.reason}: checkpoint saved to {result.checkpoint}. "
                    f"Resume with: {resume_command}", err=True)
         ctx.exit(EXIT_CODES[result.reason])
+
+
+def parallel_ranks():
+    """charrnn.parallel's Ranks when mpiexec started this process among several, else None."""
+    if launch.world_size() <= 1:
+        return None
+    from ..parallel import current_ranks
+    return current_ranks()
+
+
+def rank_guard(ranks):
+    """Rank 0 of several: an error aborts every rank (charrnn.parallel.abort_on_error)."""
+    if ranks is None:
+        return nullcontext()
+    from ..parallel import abort_on_error
+    return abort_on_error(ranks)
+
+
+def launch_ranks(ctx, procs, resume, options):
+    """--procs: start the ranks (charrnn.launch) and wait -> their exit code; None: train here,
+    on one process (--procs 1, or auto's choice, said)."""
+    problem = launch.mpi_problem()
+    if problem:
+        raise click.ClickException(problem)
+    if procs == "auto":
+        from ..threads import AUTO, Threads
+        with Threads(AUTO) as counted:
+            free = counted.count
+        cfg = training.load_checkpoint(resume / training.CHECKPOINT).config if resume else TrainConfig(**options)
+        flops = launch.step_flops(cfg.batch_size, cfg.num_steps, cfg.num_hiddens, cfg.num_layers, cfg.cell,
+                                  launch.GUESSED_VOCAB)
+        procs, note = launch.resolve_procs(procs, free, flops)
+        if note:
+            say(note)
+    if procs <= 1:
+        return None
+    return launch.launch(procs, launch.rank_arguments(sys.argv[1:]))
 
 
 def check_schedule_options(ctx, given, schedule, resume):
