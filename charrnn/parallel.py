@@ -126,9 +126,16 @@ def describe_error(err) -> str:
 
 class RowShare(np.random.Generator):
     """A Generator that draws on `shared`'s bit generator as for the whole batch and returns this
-    rank's rows: random(size) draws size with its batch axis (the second to last, as in
+    rank's rows: random(size) is the draw of size with its batch axis (the second to last, as in
     truncation.path_scales's (T-1, B, 1) and the model's masks (L, B, H)) widened to
-    batch_size, and keeps `rows`. `shared` advances exactly as in a single process."""
+    batch_size, sliced to `rows`. `shared` advances exactly as in a single process.
+
+    A large draw (SKIP_FROM numbers or more: the masks of wide layers) does not make the other
+    ranks' numbers: a float64 of PCG64 is one 64-bit output, so the bit generator is advanced
+    past the rows before and after this rank's (PCG64.advance, O(log n)) -- the same numbers and
+    the same final state, for 1/N of the work (tests/test_parallel.py checks both)."""
+
+    SKIP_FROM = 1 << 14
 
     def __init__(self, shared, rows, batch_size):
         super().__init__(shared.bit_generator)
@@ -138,7 +145,17 @@ class RowShare(np.random.Generator):
         if size is None or len(size) < 2 or out is not None:
             raise CharrnnError("RowShare draws (..., rows, n) arrays only")
         full = (*size[:-2], self.batch_size, size[-1])
-        return super().random(full, dtype)[..., self.rows, :]
+        bit = self.bit_generator
+        if np.prod(full) < self.SKIP_FROM or np.dtype(dtype) != np.float64 or not isinstance(bit, np.random.PCG64):
+            return super().random(full, dtype)[..., self.rows, :]
+        width = size[-1]
+        before, after = self.rows.start * width, (self.batch_size - self.rows.stop) * width
+        drawn = np.empty(size)
+        for index in np.ndindex(*size[:-2]):
+            bit.advance(before)
+            drawn[index] = super().random(size[-2:])
+            bit.advance(after)
+        return drawn
 
     def __deepcopy__(self, memo):  # recompute.py redraws a segment from a copy
         return RowShare(np.random.Generator(copy.deepcopy(self.bit_generator, memo)), self.rows, self.batch_size)

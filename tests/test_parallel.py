@@ -26,6 +26,16 @@ def test_a_batch_splits_into_contiguous_blocks_as_even_as_possible(batch_size, s
     assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
 
 
+@pytest.mark.parametrize("rows", [slice(0, 3), slice(3, 5), slice(5, 7), slice(0, 7)])
+def test_a_large_row_share_skips_the_other_rows_to_the_same_numbers_and_state(rows):
+    shared, whole = np.random.default_rng(8), np.random.default_rng(8)
+    share = RowShare(shared, rows, 7)
+    size = (2, rows.stop - rows.start, RowShare.SKIP_FROM)
+    np.testing.assert_array_equal(share.random(size), whole.random((2, 7, RowShare.SKIP_FROM))[:, rows])
+    assert shared.bit_generator.state == whole.bit_generator.state
+    np.testing.assert_array_equal(share.random((1, size[1], 3)), whole.random((1, 7, 3))[:, rows])  # small: sliced
+
+
 def test_a_row_share_draws_the_whole_batch_and_keeps_its_rows():
     shared, whole = np.random.default_rng(3), np.random.default_rng(3)
     share = RowShare(shared, slice(2, 4), 5)
@@ -36,10 +46,12 @@ def test_a_row_share_draws_the_whole_batch_and_keeps_its_rows():
     np.testing.assert_array_equal(twin.random((1, 2, 3)), share.random((1, 2, 3)))
 
 
+@pytest.mark.parametrize("skip_from", [RowShare.SKIP_FROM, 1])  # 1: every draw skips the other rows
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_the_share_weighted_sum_of_row_blocks_is_the_whole_batch_gradient(cell):
+def test_the_share_weighted_sum_of_row_blocks_is_the_whole_batch_gradient(cell, skip_from, monkeypatch):
     """Σ_r (b_r/B) ∇L_r = ∇L for 1-3 blocks, 2 layers, dropout, randomized truncation, carried
     state, plain and recomputing BPTT: the same up to the order of floating-point sums."""
+    monkeypatch.setattr(RowShare, "SKIP_FROM", skip_from)
     B, T, V = 7, 9, 11
     model = RNNLM(V, 6, dtype="float64", seed=1, cell=cell, num_layers=2, dropout=0.3)
     data = np.random.default_rng(0)
