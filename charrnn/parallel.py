@@ -272,6 +272,7 @@ class ParallelRun(Run):
                 loss_sum, count, state = self.model.forward_loss(X[rows], Y[rows], state)
                 total += (float(loss_sum), int(count))
         self.ranks.sum(total)
+        total = self.ranks.comm.bcast(total, root=0)  # rank 0's bits everywhere: "best" is decided alike
         return total[0] / total[1]
 
     def sample(self):
@@ -284,18 +285,20 @@ class ParallelRun(Run):
     def save(self, name):
         """Rank 0 writes `name` with the whole batch's state, gathered from the ranks; first the
         ranks check that they hold the same parameters (a CharrnnError if not)."""
-        if not self.started:  # rank 0 alone, before the others join: nothing to gather
-            return super().save(name)
-        self.check_agreement()
         local = self.state
-        parts = self.ranks.comm.gather(local, root=0)
-        if self.ranks.rank != 0:
-            self.progress.elapsed = self.elapsed()
-            if name == CHECKPOINT:
-                self.checkpoint_step = self.progress.step
-            return
+        if not self.started:  # rank 0 alone, before the others join: the whole state is here
+            whole = self.whole_state
+        else:
+            self.check_agreement()
+            parts = self.ranks.comm.gather(local, root=0)
+            if self.ranks.rank != 0:
+                self.progress.elapsed = self.elapsed()
+                if name == CHECKPOINT:
+                    self.checkpoint_step = self.progress.step
+                return
+            whole = None if local is None else np.concatenate(parts, axis=-2)
         try:
-            self.state = None if local is None else np.concatenate(parts, axis=-2)
+            self.state = whole
             super().save(name)
         finally:
             self.state = local

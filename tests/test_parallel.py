@@ -3,16 +3,18 @@ rows, the shared random streams sliced per rank, the share-weighted sum that equ
 batch's gradient (eq. 9.7.2), what `--procs` decides and says. tests/test_mpi.py runs the ranks."""
 import copy
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from types import SimpleNamespace
 
 from charrnn import cli, launch
-from charrnn.config import CELL_DEFAULTS
+from charrnn.config import CELL_DEFAULTS, TrainConfig
 from charrnn.model import RNNLM
-from charrnn.parallel import RowShare, describe_error, split_rows
+from charrnn.parallel import RowShare, describe_error, follow, split_rows
 from charrnn.recompute import loss_and_grads_recompute
+from charrnn.training import load_data
 from charrnn.errors import CharrnnError
 
 
@@ -65,7 +67,8 @@ def test_the_share_weighted_sum_of_row_blocks_is_the_whole_batch_gradient(cell, 
         for rank in range(size):
             rows, (t_rng, d_rng) = split_rows(B, size, rank), streams()
             args = (X[rows], Y[rows], state[..., rows, :])
-            draws = dict(truncation="randomized:0.6", rng=RowShare(t_rng, rows, B), dropout_rng=RowShare(d_rng, rows, B))
+            draws = dict(truncation="randomized:0.6", rng=RowShare(t_rng, rows, B),
+                         dropout_rng=RowShare(d_rng, rows, B))
             part = (loss_and_grads_recompute(model, *args, segment_steps=4, **draws) if rank % 2
                     else model.loss_and_grads(*args, **draws))
             share = (rows.stop - rows.start) / B
@@ -138,3 +141,13 @@ def test_procs_auto_trains_a_tiny_network_here_and_says_so(monkeypatch, tmp_path
                                            "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "training on one process" in result.output and (tmp_path / "run" / "checkpoint.npz").is_file()
+
+
+def test_a_rank_that_reads_another_text_than_rank_0_refuses_to_join(tmp_path, write_words):
+    text = write_words(tmp_path / "words.txt", 300, seed=2)
+    config = TrainConfig(corpus=str(text), num_hiddens=8, batch_size=4, num_steps=8)
+    vocab = load_data(config, None)[2]
+    spec = {"config": config, "vocab": vocab, "data_id": "0" * 40}  # rank 0's text hashes otherwise
+    ranks = SimpleNamespace(rank=1, size=2, comm=SimpleNamespace(bcast=lambda obj, root: spec))
+    with pytest.raises(CharrnnError, match=r"^the text '.*words.txt' read here is not the one rank 0 trains on"):
+        follow(ranks)

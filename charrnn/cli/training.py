@@ -9,6 +9,7 @@ import click
 
 from .. import analysis
 from .. import compare as comparison
+from .. import launch
 from .. import training
 from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
 from ..finetune import finetune_config
@@ -18,7 +19,6 @@ from ..sweep import ProcessBackend, SerialBackend
 from .options import (FiniteRange, NumberList, Procs, Truncation, bad_parameter, config_changes, plot_option,
                       training_options)
 from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
-from .. import launch
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
