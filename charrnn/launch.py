@@ -3,7 +3,8 @@ runs `mpiexec -n N` of itself on this machine, each rank with one BLAS thread, a
 
 The launcher (`launch`) stays between the user and the ranks:
 - Ctrl-C or SIGTERM to it is passed on to every rank (each writes its pid to the launcher's
-  directory as it starts), whose shared stop saves one checkpoint on rank 0 and ends all ranks;
+  directory as it starts), whose shared stop saves one checkpoint on rank 0 and ends all ranks
+  (SIGHUP, a closed terminal, is passed on as SIGTERM);
 - rank 0's output passes through, except MPICH's banner about a rank that died: for that the
   launcher says one line naming the rank, and the others are already stopped by mpiexec;
 - the exit code is the ranks' (130 after Ctrl-C, 143 after SIGTERM).
@@ -139,10 +140,13 @@ def launch(procs, train_args, out=None) -> int:
         if sys.stderr.isatty():
             env[TERMINAL_VARIABLE] = "1"
         command = [find_mpiexec(), "-n", str(procs), sys.executable, "-m", "charrnn", "train", *train_args]
-        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, start_new_session=True)
-        watcher = Watcher(child, Path(directory))
+        watcher = Watcher(None, Path(directory))
         previous = {sig: signal.signal(sig, watcher.forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # the terminal closed: the ranks stop as for SIGTERM, with a checkpoint
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _, frame: watcher.forward(signal.SIGTERM, frame))
         try:
+            watcher.started(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, start_new_session=True))
+            child = watcher.child
             reader = threading.Thread(target=watcher.copy_output, args=(out,), daemon=True)
             reader.start()
             code = child.wait()
@@ -163,6 +167,13 @@ class Watcher:
     def __init__(self, child, directory):
         self.child, self.directory = child, directory
         self.banner = []  # MPICH's lines about a rank that died
+        self.pending = None  # a signal received before mpiexec started
+
+    def started(self, child):
+        """mpiexec runs: a signal received before is passed on now."""
+        self.child = child
+        if self.pending is not None:
+            self.forward(self.pending, None)
 
     def pids(self) -> dict:
         """rank -> pid, as the ranks wrote them."""
@@ -176,6 +187,9 @@ class Watcher:
 
     def forward(self, signum, frame):
         """Pass a signal to every rank (to mpiexec, which passes it on, before any has started)."""
+        if self.child is None:
+            self.pending = signum
+            return
         targets = list(self.pids().values()) or [self.child.pid]
         for pid in targets:
             try:
