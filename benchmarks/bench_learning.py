@@ -14,7 +14,7 @@ carried), after --tokens training tokens:
   over the budget, global-norm clipping at the same threshold, torch.manual_seed(S), one thread.
 
 Reported per network: the validation loss in nats of every seed for both, the medians and the
-largest, the number of charrnn seeds above the text's bigram perplexity (charrnn.baselines), and
+largest, the number of charrnn seeds above the text's bigram perplexity (charrnn.data.baselines), and
 whether charrnn's median is within --margin nats of PyTorch's.
 
     python benchmarks/bench_learning.py TEXT                       # gru, lstm, rnn2; seeds 0-19
@@ -57,8 +57,8 @@ def parse_seeds(text):
 
 def charrnn_run(text, network, seed, tokens):
     """charrnn's validation loss (nats) after `tokens` training tokens."""
-    from charrnn.config import TrainConfig
-    from charrnn.training import train
+    from charrnn.training.config import TrainConfig
+    from charrnn.training.start import train
 
     config = TrainConfig(corpus=text, **NETWORKS[network], seed=seed, max_tokens=tokens, eval_every=10**12)
     with tempfile.TemporaryDirectory() as out:
@@ -71,10 +71,10 @@ def torch_run(text, network, seed, tokens):
     import torch
     from torch import nn
 
-    from charrnn.config import TrainConfig
-    from charrnn.evaluate import contiguous_batches
-    from charrnn.samplers import seq_data_iter_sequential
-    from charrnn.training import load_data
+    from charrnn.training.config import TrainConfig
+    from charrnn.infer.evaluate import contiguous_batches
+    from charrnn.data.samplers import seq_data_iter_sequential
+    from charrnn.training.start import load_data
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -111,7 +111,7 @@ def torch_run(text, network, seed, tokens):
         for X, Y in batches:
             if step == total_steps:
                 break
-            fraction = step * per_batch / tokens  # charrnn.schedule's cosine over the tokens used
+            fraction = step * per_batch / tokens  # charrnn.training.schedule's cosine over the tokens used
             lr_min = config.lr * config.lr_floor
             for group in optimizer.param_groups:
                 group["lr"] = lr_min + (config.lr - lr_min) * (1 + math.cos(math.pi * fraction)) / 2
@@ -151,9 +151,9 @@ def main():
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    from charrnn.baselines import ngram_baselines
-    from charrnn.config import TrainConfig
-    from charrnn.training import load_data
+    from charrnn.data.baselines import ngram_baselines
+    from charrnn.training.config import TrainConfig
+    from charrnn.training.start import load_data
 
     text = str(Path(args.text).resolve())
     networks, seeds = args.networks.split(","), parse_seeds(args.seeds)

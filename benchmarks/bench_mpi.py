@@ -1,4 +1,4 @@
-"""Processes against threads (issue 24): `charrnn train --procs N` beside `--threads`, on an idle
+"""Processes against threads (docs/parallel.md): `charrnn train --procs N` beside `--threads`, on an idle
 machine and beside a busy core, with the allreduce's cost and the expected scaling.
 
 Each measurement is a real run, a subprocess: `charrnn [--threads X] train CORPUS <config>
@@ -28,7 +28,7 @@ Then, per config, from measurements rather than guesses:
   ranks, a network between machines), so read it as an upper bound.
 
 The 1-minute load average is printed before and after; above BUSY_LOAD the machine was not idle
-and the idle figures do not count. Issue 24's targets are checked at the end: idle, the default
+and the idle figures do not count. The targets are checked at the end: idle, the default
 network (rnn256) >= 1.8x and lstm512 >= 1.85x for procs-2; with a core busy the default launch
 >= 0.9x.
 
@@ -47,8 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from charrnn.cells import param_shapes
-from charrnn.launch import THREAD_VARIABLES, find_mpiexec
+from charrnn.nn.cells import param_shapes
+from charrnn.runtime.launch import THREAD_VARIABLES, find_mpiexec
 
 CONFIGS = {"rnn256": ("rnn", 256, 1, []), "lstm512": ("lstm", 512, 2, ["--cell", "lstm", "--num-hiddens", "512"])}
 BATCH, STEPS, VOCAB = 64, 32, 28  # the defaults' batch, window and the book's characters

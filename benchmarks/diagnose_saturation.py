@@ -1,7 +1,7 @@
 """Watch a network saturate (or not): the steps of `charrnn train TEXT [options]`, with the
 state of the top layer logged along the way (docs/learning.md, "The defect").
 
-Runs the training steps as charrnn.run.Run does (the same data order, dropout masks, clipping,
+Runs the training steps as charrnn.training.loop.Run does (the same data order, dropout masks, clipping,
 Adam and cosine schedule over --tokens) and every --every steps prints the minibatch loss, the
 top layer's mean |h| and share of saturated units (|h| > 0.95), for a GRU its update gate z (mean
 and share above 0.99), and the gradient norms of the top layer's input weights and of W_hq.
@@ -14,15 +14,15 @@ import math
 
 import numpy as np
 
-from charrnn.baselines import ngram_baselines
-from charrnn.cells import init_output_bias, layer_suffix
-from charrnn.config import TrainConfig
-from charrnn.model import RNNLM
-from charrnn.optim import clip_grad_norm, make_optimizer
-from charrnn.run import DROPOUT_STREAM, SAMPLER_STREAM, TRUNCATION_STREAM
-from charrnn.samplers import seq_data_iter_sequential
-from charrnn.schedule import learning_rate
-from charrnn.training import load_data
+from charrnn.data.baselines import ngram_baselines
+from charrnn.nn.cells import init_output_bias, layer_suffix
+from charrnn.training.config import TrainConfig
+from charrnn.nn.model import RNNLM
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
+from charrnn.training.state import DROPOUT_STREAM, SAMPLER_STREAM, TRUNCATION_STREAM
+from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.training.schedule import learning_rate
+from charrnn.training.start import load_data
 
 
 def main():

@@ -5,7 +5,7 @@ KeyboardInterrupt traceback from deep inside an import, so the first thing `main
 importing anything heavy, is make SIGINT end the process with "Interrupted." and exit code 130;
 once the command line is imported, Python's own handler is back and the commands handle Ctrl-C
 themselves (training saves a checkpoint). This module imports only the standard library (and
-charrnn.launch, which does too), so that a rank of `mpiexec -n N charrnn train` can limit the BLAS
+charrnn.runtime.launch, which does too), so that a rank of `mpiexec -n N charrnn train` can limit the BLAS
 threads before NumPy loads.
 """
 import os
@@ -24,8 +24,8 @@ def main():
         signal.signal(signal.SIGINT, _interrupted_while_starting)
     except ValueError:  # not the main thread: leave signals alone
         pass
-    from charrnn.launch import prepare_rank, world_size
-    rank = prepare_rank() if world_size() > 1 else None  # one of several MPI ranks (charrnn.parallel)
+    from charrnn.runtime.launch import prepare_rank, world_size
+    rank = prepare_rank() if world_size() > 1 else None  # one of several MPI ranks (charrnn.training.parallel)
     from charrnn.cli import main as command_line
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -2,7 +2,7 @@
 
 JOBS.json: a list of {"out": directory, "config": TrainConfig fields} (a new run) or {"out":
 directory, "resume": {changes}} (a resumed one). Rank 0 trains or resumes each run through
-charrnn.training with charrnn.parallel's ParallelRun; the other ranks follow it. One BLAS thread
+charrnn.training.start with charrnn.training.parallel's ParallelRun; the other ranks follow it. One BLAS thread
 per rank; the token stores go where CHARRNN_CACHE_DIR says (the tests' temporary directory).
 """
 import json
@@ -13,8 +13,9 @@ from pathlib import Path
 
 from mpi4py import MPI
 
-from charrnn import training
-from charrnn.parallel import ParallelRun, Ranks, abort_on_error, follow
+from charrnn.training import start as training
+from charrnn.training.config import TrainConfig
+from charrnn.training.parallel import ParallelRun, Ranks, abort_on_error, follow
 
 
 def main(jobs_file):
@@ -28,7 +29,7 @@ def main(jobs_file):
             elif "resume" in job:
                 training.resume(job["out"], job["resume"], threads=1, run_class=run_class)
             else:
-                training.train(training.TrainConfig(**job["config"]), job["out"], threads=1, run_class=run_class)
+                training.train(TrainConfig(**job["config"]), job["out"], threads=1, run_class=run_class)
 
 
 if __name__ == "__main__":

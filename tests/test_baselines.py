@@ -1,4 +1,4 @@
-"""The unigram and bigram baselines (charrnn.baselines): counted as the docstring's formulas say,
+"""The unigram and bigram baselines (charrnn.data.baselines): counted as the docstring's formulas say,
 in pieces that change nothing, and shown by `charrnn corpus` and the training summary."""
 import json
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import baselines as baselines_module
-from charrnn.baselines import ngram_baselines, pair_counts, token_counts, unigram_log_probs
+from charrnn.data import baselines as baselines_module
+from charrnn.data.baselines import ngram_baselines, pair_counts, token_counts, unigram_log_probs
 from charrnn.cli import main
 
 

@@ -7,7 +7,7 @@ words, with names, quotes and punctuation, so that a network that learns its wor
 bigram model of letter pairs by far, while one that learns nothing stays at the unigram's
 perplexity. Before the output bias started from the unigram, every network below stayed at the
 unigram (perplexity ~20 against the bigram's 6.7) with seed 1 after 120,000 tokens
-(charrnn.cells' docstring says why).
+(charrnn.nn.cells' docstring says why).
 """
 import json
 
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn.baselines import ngram_baselines
-from charrnn.checkpoint import load_checkpoint
+from charrnn.data.baselines import ngram_baselines
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.cli import main
-from charrnn.config import TrainConfig
-from charrnn.errors import CharrnnWarning
-from charrnn.training import load_data, train
+from charrnn.training.config import TrainConfig
+from charrnn.base.errors import CharrnnWarning
+from charrnn.training.start import load_data, train
 
 NOUNS = ("traveller machine garden river lantern doctor window morning stranger valley engine letter shadow "
          "harbour village question").split()

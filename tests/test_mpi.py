@@ -1,4 +1,4 @@
-"""Data-parallel BPTT on MPI (issue 24), with real ranks: `mpiexec -n N` of tests/mpi_worker.py
+"""Data-parallel BPTT on MPI (docs/parallel.md), with real ranks: `mpiexec -n N` of tests/mpi_worker.py
 and of the charrnn command, and `charrnn train --procs N`, on tiny networks, every subprocess
 under a timeout.
 
@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import launch, training
+from charrnn.runtime import launch
+from charrnn.training import start as training
+from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
+from charrnn.training.config import TrainConfig
+from charrnn.training.outdir import CHECKPOINT, METRICS
 from test_train import assert_same_checkpoints
 
 MPIEXEC = launch.find_mpiexec()
@@ -65,7 +69,7 @@ def runs(tmp_path_factory, write_words):
     root = tmp_path_factory.mktemp("mpi")
     text = write_words(root / "words.txt", 400, seed=3)
     for cell in CELLS:
-        training.train(training.TrainConfig(**job(root / f"one-{cell}", cell, corpus=text)["config"]),
+        training.train(TrainConfig(**job(root / f"one-{cell}", cell, corpus=text)["config"]),
                        root / f"one-{cell}", threads=1)
     for procs in (1, 2, 3):
         jobs = [job(root / f"n{procs}-{cell}", cell, corpus=text) for cell in CELLS]
@@ -80,7 +84,7 @@ def runs(tmp_path_factory, write_words):
 
 
 def checkpoint(directory):
-    return training.load_checkpoint(directory / training.CHECKPOINT)
+    return load_checkpoint(directory / CHECKPOINT)
 
 
 def assert_close_runs(one, other, rtol=1e-12):
@@ -92,7 +96,7 @@ def assert_close_runs(one, other, rtol=1e-12):
         assert np.abs(theirs - value).max() <= rtol * np.abs(value).max(), name
     assert a.meta["rng"] == b.meta["rng"] and a.meta["dropout_rng"] == b.meta["dropout_rng"]
     assert a.progress.step == b.progress.step == STEPS and a.progress.tokens == b.progress.tokens
-    records = [[json.loads(line) for line in (d / training.METRICS).read_text().splitlines()] for d in (one, other)]
+    records = [[json.loads(line) for line in (d / METRICS).read_text().splitlines()] for d in (one, other)]
     val = [[r["val_ppl"] for r in run if r["reason"] == "interval"] for run in records]  # a resumed run also
     assert len(val[0]) >= 2                                                                 # logs where it stopped
     np.testing.assert_allclose(val[0], val[1], rtol=1e-12)
@@ -144,7 +148,7 @@ def start(args, **kwargs):
 def wait_for_training(out, process, timeout=60):
     """Until the run in `out` has logged an evaluation (it is past its first steps)."""
     deadline = time.monotonic() + timeout
-    while not ((out / training.METRICS).is_file() and (out / training.METRICS).read_text().strip()):
+    while not ((out / METRICS).is_file() and (out / METRICS).read_text().strip()):
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the run did not start"
         time.sleep(0.1)
@@ -173,8 +177,8 @@ def test_ctrl_c_to_the_launcher_saves_one_checkpoint_and_stops_every_rank(text, 
     assert launcher.returncode == 130, stderr
     assert "Interrupted by SIGINT: checkpoint saved" in stderr and "mpiexec" not in stderr + stdout
     saved = checkpoint(out)
-    assert saved.progress.step > 10 and training.STATE_KEY in saved.arrays  # the whole batch's state
-    assert saved.arrays[training.STATE_KEY].shape[-2] == B
+    assert saved.progress.step > 10 and STATE_KEY in saved.arrays  # the whole batch's state
+    assert saved.arrays[STATE_KEY].shape[-2] == B
     resumed = subprocess.run([sys.executable, "-m", "charrnn", "train", "--resume", str(out), "--max-tokens",
                               str(saved.progress.tokens + B * T * 3)], capture_output=True, text=True,
                              timeout=TIMEOUT, env=ENV)

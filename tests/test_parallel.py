@@ -1,4 +1,4 @@
-"""Data-parallel BPTT (issue 24), the parts that need no MPI: the split of a batch into ranks'
+"""Data-parallel BPTT (docs/parallel.md), the parts that need no MPI: the split of a batch into ranks'
 rows, the shared random streams sliced per rank, the share-weighted sum that equals the whole
 batch's gradient (eq. 9.7.2), what `--procs` decides and says. tests/test_mpi.py runs the ranks."""
 import copy
@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cli, launch
-from charrnn.config import CELL_DEFAULTS, TrainConfig
-from charrnn.model import RNNLM
-from charrnn.parallel import RowShare, describe_error, follow, split_rows
-from charrnn.recompute import loss_and_grads_recompute
-from charrnn.training import load_data
-from charrnn.errors import CharrnnError
+from charrnn import cli
+from charrnn.base.errors import CharrnnError
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import loss_and_grads_recompute
+from charrnn.runtime import launch
+from charrnn.training.config import CELL_DEFAULTS, TrainConfig
+from charrnn.training.parallel import RowShare, describe_error, follow, split_rows
+from charrnn.training.start import load_data
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5, 7, 64])
@@ -147,7 +148,7 @@ def test_a_rank_that_reads_another_text_than_rank_0_refuses_to_join(tmp_path, wr
     text = write_words(tmp_path / "words.txt", 300, seed=2)
     config = TrainConfig(corpus=str(text), num_hiddens=8, batch_size=4, num_steps=8)
     vocab = load_data(config, None)[2]
-    spec = {"config": config, "vocab": vocab, "data_id": "0" * 40}  # rank 0's text hashes otherwise
+    spec = {"config": config, "vocab": vocab, "training": SimpleNamespace(data_id="0" * 40)}  # rank 0's text
     ranks = SimpleNamespace(rank=1, size=2, comm=SimpleNamespace(bcast=lambda obj, root: spec))
     with pytest.raises(CharrnnError, match=r"^the text '.*words.txt' read here is not the one rank 0 trains on"):
         follow(ranks)

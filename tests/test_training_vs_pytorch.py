@@ -18,14 +18,14 @@ import os
 import numpy as np
 import pytest
 
-from charrnn.baselines import ngram_baselines
-from charrnn.cells import init_output_bias, layer_suffix
-from charrnn.config import TrainConfig
-from charrnn.export import TORCH_MODULES, torch_state_dict
-from charrnn.model import RNNLM
-from charrnn.run import DROPOUT_STREAM, SAMPLER_STREAM
-from charrnn.samplers import seq_data_iter_sequential
-from charrnn.training import load_data, train
+from charrnn.data.baselines import ngram_baselines
+from charrnn.nn.cells import init_output_bias, layer_suffix
+from charrnn.training.config import TrainConfig
+from charrnn.infer.export import TORCH_MODULES, torch_state_dict
+from charrnn.nn.model import RNNLM
+from charrnn.training.state import DROPOUT_STREAM, SAMPLER_STREAM
+from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.training.start import load_data, train
 
 if os.environ.get("CI"):
     import torch

@@ -21,14 +21,14 @@ import warnings
 import click
 import numpy as np
 
-from ..errors import CharrnnError
-from ..threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
-from .exporting import export
-from .inspection import analyze, corpus, evaluate, gradcheck, sample
-from .plotting import plot
-from .options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
-from .render import charrnn_warnings, one_line, quiet_stdout
-from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
+from charrnn.base.errors import CharrnnError
+from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
+from charrnn.cli.exporting import export
+from charrnn.cli.inspection import analyze, corpus, evaluate, gradcheck, sample
+from charrnn.cli.plotting import plot
+from charrnn.cli.options import ThreadCount
+from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
+from charrnn.cli.training import compare, train
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
@@ -60,6 +60,8 @@ class CharrnnGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except ValueError as err:
+            if str(err) == "embedded null byte":  # os.stat of a path given with \0, as click checks it
+                raise click.ClickException("a path holds a NUL character (\\0), which no file name can") from None
             if not str(err).startswith(NUMPY_TOO_BIG):
                 raise_bug(err)
             raise click.ClickException(f"arrays of these sizes cannot exist ({err}); try smaller sizes") from None

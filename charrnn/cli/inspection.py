@@ -7,24 +7,25 @@ from pathlib import Path
 
 import click
 
-from .. import analysis
-from ..baselines import ngram_baselines
-from ..checkpoint import load_checkpoint
-from ..checks import is_text
-from ..data import default_preprocess
-from ..samplers import split_corpus
-from ..errors import CharrnnError
-from ..evaluate import evaluate_text
-from ..gradcheck import run_gradcheck
-from ..model import RNNLM, network_problem
-from ..plot import check_plot_path, plot_analyses, plot_analysis
-from ..sample import next_token_probs, sample_text
-from ..store import open_store
-from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
+from charrnn.analysis import gradients as analysis
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.base.checks import is_text
+from charrnn.data.corpus import default_preprocess
+from charrnn.base.errors import CharrnnError
+from charrnn.infer.evaluate import evaluate_text
+from charrnn.analysis.gradcheck import run_gradcheck
+from charrnn.nn.model import RNNLM
+from charrnn.nn.cells import network_problem
+from charrnn.analysis.plot import check_plot_path, plot_analyses, plot_analysis
+from charrnn.infer.sample import next_token_probs, sample_text
+from charrnn.data.store import open_store
+from charrnn.data.baselines import ngram_baselines
+from charrnn.data.samplers import split_corpus
+from charrnn.cli.options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
                       checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
                       plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
-from .render import (escape_controls, print_analysis, print_baselines, print_corpus, print_evaluation,
-                     print_gradcheck, print_next_tokens, say, warn_unknown)
+from charrnn.cli.render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
+                     print_next_tokens, print_baselines, say, warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "num_hiddens", "activation", "dtype",

@@ -1,6 +1,6 @@
 """Option types and the options several commands share, declared once.
 
-Every choice comes from the list of the module that owns it (charrnn.data's LEVELS, the
+Every choice comes from the list of the module that owns it (charrnn.data.corpus's LEVELS, the
 model's ACTIVATIONS, ...), every default from TrainConfig; `training_options` declares the
 training settings once for both `train` and `compare`.
 """
@@ -10,18 +10,21 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .. import analysis
-from ..cells import OUTPUT_BIASES
-from ..config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
-from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
-from ..errors import CharrnnError
-from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
-from ..optim import OPTIMIZERS
-from ..recompute import BPTT_MEMORY_MODES
-from ..schedule import LR_SCHEDULES
-from ..store import CACHE_ENV
-from ..threads import check_threads
-from .render import one_line
+from charrnn.analysis import gradients as analysis
+from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
+from charrnn.data.corpus import LEVELS
+from charrnn.data.text import PREPROCESS_MODES
+from charrnn.data.samplers import SAMPLERS
+from charrnn.base.errors import CharrnnError
+from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES
+from charrnn.nn.model import DTYPES
+from charrnn.nn.truncation import parse_truncation
+from charrnn.nn.optim import OPTIMIZERS
+from charrnn.nn.recompute import BPTT_MEMORY_MODES
+from charrnn.training.schedule import LR_SCHEDULES
+from charrnn.data.store import CACHE_ENV
+from charrnn.runtime.threads import check_threads
+from charrnn.cli.render import one_line
 
 DEFAULTS = TrainConfig()
 
@@ -40,7 +43,7 @@ class Truncation(click.ParamType):
 
 
 class ThreadCount(click.ParamType):
-    """auto | N, checked by charrnn.threads."""
+    """auto | N, checked by charrnn.runtime.threads."""
 
     name = "auto|N"
 
@@ -112,7 +115,7 @@ class NumberList(click.ParamType):
 
 
 def bad_parameter(err, ctx):
-    """A charrnn.config.ConfigError as click's usage error on the option of its field."""
+    """A charrnn.training.config.ConfigError as click's usage error on the option of its field."""
     return click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'")
 
 

@@ -16,12 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
-from ..errors import CharrnnWarning
-from ..plot import sparkline
-from ..sample import unknown_summary
-from ..stats import describe, format_p
-from ..sweep import SweepReporter
-from ..run import Reporter
+from charrnn.base.errors import CharrnnWarning
+from charrnn.analysis.plot import sparkline
+from charrnn.infer.sample import unknown_summary
+from charrnn.experiments.stats import describe, format_p
+from charrnn.experiments.sweep import SweepReporter
+from charrnn.training.loop import Reporter
 
 
 def quiet_stdout():
@@ -183,7 +183,7 @@ def print_summary(result):
 
 
 def baseline_rows(baselines):
-    """The summary's rows for charrnn.baselines.Baselines: what the network must beat."""
+    """The summary's rows for charrnn.data.baselines.Baselines: what the network must beat."""
     if baselines is None:
         return []
     return [("unigram / bigram perplexity", f"{fmt(baselines.unigram)} / {fmt(baselines.bigram)} (validation split)")]
@@ -229,7 +229,7 @@ class SweepProgress(SweepReporter):
 
 
 def print_comparison(config, comparison):
-    """The table of a charrnn.compare.Comparison: per strategy over its seeds, the mean and
+    """The table of a charrnn.experiments.compare.Comparison: per strategy over its seeds, the mean and
     interval of the final and best validation perplexity and the paired difference from the
     baseline; then the verdict."""
     seeds = comparison.num_seeds()
@@ -253,7 +253,7 @@ def print_comparison(config, comparison):
 
 
 def print_next_tokens(prefix, probs):
-    """The table of charrnn.sample.next_token_probs: the most likely tokens after `prefix`."""
+    """The table of charrnn.infer.sample.next_token_probs: the most likely tokens after `prefix`."""
     table = Table(title=escape(f"Next token after {prefix!r}"))
     for column in ("rank", "token", "probability"):
         table.add_column(column, justify="left" if column == "token" else "right")
@@ -269,7 +269,7 @@ def signed(estimate, digits):
 
 
 def print_histories(histories):
-    """The table of `charrnn plot` without --out: per run (charrnn.curves.RunHistory), its last
+    """The table of `charrnn plot` without --out: per run (charrnn.analysis.curves.RunHistory), its last
     and best perplexities and both curves as one-line charts on one (log) scale."""
     table = Table(title="Perplexity against training tokens (charts: log scale, shared by all runs)")
     for column in ("run", "tokens", "train ppl", "val ppl", "best val", "training", "validation"):
@@ -289,7 +289,7 @@ def print_histories(histories):
 # ---------------------------------------------------------------------------- evaluate / gradcheck
 
 def print_evaluation(path, result):
-    """The table of a charrnn.evaluate.Evaluation of the checkpoint at `path`."""
+    """The table of a charrnn.infer.evaluate.Evaluation of the checkpoint at `path`."""
     table = Table(title=escape(f"Evaluation of {path}"), show_header=False)
     for name, value in (("text", escape(result.source)), ("tokens", f"{result.tokens:,}"),
                         ("cross-entropy (nats/token)", f"{result.loss:.4f}"),
@@ -299,7 +299,7 @@ def print_evaluation(path, result):
 
 
 def print_gradcheck(report):
-    """One table per check of a charrnn.gradcheck.GradcheckReport, then the verdict."""
+    """One table per check of a charrnn.analysis.gradcheck.GradcheckReport, then the verdict."""
     checks = {}
     for row in report.rows:
         checks.setdefault(row.check, []).append(row)
@@ -321,7 +321,7 @@ def print_gradcheck(report):
 # ---------------------------------------------------------------------------- analyze
 
 def print_analysis(result, source):
-    """Rich tables of a charrnn.analysis.GradientAnalysis."""
+    """Rich tables of a charrnn.analysis.gradients.GradientAnalysis."""
     table = Table(title=f"Gradient analysis of {source}: {result.batch_size} x {result.num_steps} window, "
                         f"{result.network}", show_header=False)
     table.add_column(style="bold")

@@ -7,18 +7,20 @@ from pathlib import Path
 
 import click
 
-from .. import analysis
-from .. import compare as comparison
-from .. import launch
-from .. import training
-from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
-from ..finetune import finetune_config
-from ..outdir import default_out_dir, last_good_checkpoint
-from ..plot import check_plot_path, plot_comparison
-from ..sweep import ProcessBackend, SerialBackend
-from .options import (FiniteRange, NumberList, Procs, Truncation, bad_parameter, config_changes, plot_option,
-                      training_options)
-from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
+from charrnn.analysis import gradients as analysis
+from charrnn.experiments import compare as comparison
+from charrnn.runtime import launch
+from charrnn.training import start as training
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import BUDGET_FIELDS, ConfigError, TrainConfig
+from charrnn.training.finetune import finetune_config
+from charrnn.training.loop import Run
+from charrnn.training.outdir import CHECKPOINT, default_out_dir, last_good_checkpoint
+from charrnn.analysis.plot import check_plot_path, plot_comparison
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend
+from charrnn.cli.options import (FiniteRange, NumberList, Procs, Truncation, bad_parameter, config_changes,
+                                 plot_option, training_options)
+from charrnn.cli.render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
@@ -56,13 +58,13 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, procs, **options):
         if code is not None:
             ctx.exit(code)
     if ranks is not None and ranks.rank != 0:
-        from ..parallel import abort_on_error, follow
+        from charrnn.training.parallel import abort_on_error, follow
         with abort_on_error(ranks):
             result = follow(ranks, data_dir, cache_dir, ctx.obj["threads"])
         ctx.exit(EXIT_CODES.get(result.reason, 1 if result.reason == "nonfinite" else 0))
-    run_class = training.Run
+    run_class = Run
     if ranks is not None:
-        from ..parallel import ParallelRun
+        from charrnn.training.parallel import ParallelRun
         run_class = partial(ParallelRun, ranks=ranks)
     reporter = ConsoleReporter()
     try:
@@ -105,32 +107,32 @@ def report_result(ctx, result):
 
 
 def parallel_ranks():
-    """charrnn.parallel's Ranks when mpiexec started this process among several, else None."""
+    """charrnn.training.parallel's Ranks when mpiexec started this process among several, else None."""
     if launch.world_size() <= 1:
         return None
-    from ..parallel import current_ranks
+    from charrnn.training.parallel import current_ranks
     return current_ranks()
 
 
 def rank_guard(ranks):
-    """Rank 0 of several: an error aborts every rank (charrnn.parallel.abort_on_error)."""
+    """Rank 0 of several: an error aborts every rank (charrnn.training.parallel.abort_on_error)."""
     if ranks is None:
         return nullcontext()
-    from ..parallel import abort_on_error
+    from charrnn.training.parallel import abort_on_error
     return abort_on_error(ranks)
 
 
 def launch_ranks(ctx, procs, resume, options):
-    """--procs: start the ranks (charrnn.launch) and wait -> their exit code; None: train here,
+    """--procs: start the ranks (charrnn.runtime.launch) and wait -> their exit code; None: train here,
     on one process (--procs 1, or auto's choice, said)."""
     problem = launch.mpi_problem()
     if problem:
         raise click.ClickException(problem)
     if procs == "auto":
-        from ..threads import AUTO, Threads
+        from charrnn.runtime.threads import AUTO, Threads
         with Threads(AUTO) as counted:
             free = counted.count
-        cfg = training.load_checkpoint(resume / training.CHECKPOINT).config if resume else TrainConfig(**options)
+        cfg = load_checkpoint(resume / CHECKPOINT).config if resume else TrainConfig(**options)
         flops = launch.step_flops(cfg.batch_size, cfg.num_steps, cfg.num_hiddens, cfg.num_layers, cfg.cell,
                                   launch.GUESSED_VOCAB)
         procs, note = launch.resolve_procs(procs, free, flops)
@@ -210,7 +212,7 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
     out = out or comparison.default_out_dir(config)
     with ExitStack() as stack:
         if scheduler is not None:
-            from ..cluster import DaskBackend, connect  # Dask only when asked for
+            from charrnn.experiments.cluster import DaskBackend, connect  # Dask only when asked for
             backend = DaskBackend(stack.enter_context(connect(scheduler)))
         else:
             threads = ctx.obj["threads"]
