@@ -10,12 +10,14 @@ import click
 from charrnn.analysis import gradients as analysis
 from charrnn.experiments import compare as comparison
 from charrnn.runtime import launch
+from charrnn.runtime.threads import AUTO, Threads
 from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import BUDGET_FIELDS, ConfigError, TrainConfig
 from charrnn.training.finetune import finetune_config
 from charrnn.training.loop import Run
 from charrnn.training.outdir import CHECKPOINT, default_out_dir, last_good_checkpoint
+from charrnn.training.parallel import ParallelRun, abort_on_error, current_ranks, follow
 from charrnn.analysis.plot import check_plot_path, plot_comparison
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend
 from charrnn.cli.options import (FiniteRange, NumberList, Procs, Truncation, bad_parameter, config_changes,
@@ -50,22 +52,21 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, procs, **options):
     """
     given = config_changes(ctx, options)
     check_schedule_options(ctx, given, options["lr_schedule"], resume)
-    ranks = parallel_ranks()
+    ranks = current_ranks()  # this process is one of several that mpiexec started, or None
     if procs is not None:
         if ranks is not None:
             raise click.UsageError("--procs starts the processes itself; under mpiexec leave it out", ctx)
-        code = launch_ranks(ctx, procs, resume, options)
+        try:
+            code = launch_ranks(procs, resume, options)
+        except ConfigError as err:
+            raise bad_parameter(err, ctx) from None
         if code is not None:
             ctx.exit(code)
     if ranks is not None and ranks.rank != 0:
-        from charrnn.training.parallel import abort_on_error, follow
         with abort_on_error(ranks):
             result = follow(ranks, data_dir, cache_dir, ctx.obj["threads"])
         ctx.exit(EXIT_CODES.get(result.reason, 1 if result.reason == "nonfinite" else 0))
-    run_class = Run
-    if ranks is not None:
-        from charrnn.training.parallel import ParallelRun
-        run_class = partial(ParallelRun, ranks=ranks)
+    run_class = Run if ranks is None else partial(ParallelRun, ranks=ranks)
     reporter = ConsoleReporter()
     try:
         with rank_guard(ranks):
@@ -106,30 +107,18 @@ def report_result(ctx, result):
         ctx.exit(EXIT_CODES[result.reason])
 
 
-def parallel_ranks():
-    """charrnn.training.parallel's Ranks when mpiexec started this process among several, else None."""
-    if launch.world_size() <= 1:
-        return None
-    from charrnn.training.parallel import current_ranks
-    return current_ranks()
-
-
 def rank_guard(ranks):
     """Rank 0 of several: an error aborts every rank (charrnn.training.parallel.abort_on_error)."""
-    if ranks is None:
-        return nullcontext()
-    from charrnn.training.parallel import abort_on_error
-    return abort_on_error(ranks)
+    return nullcontext() if ranks is None else abort_on_error(ranks)
 
 
-def launch_ranks(ctx, procs, resume, options):
+def launch_ranks(procs, resume, options):
     """--procs: start the ranks (charrnn.runtime.launch) and wait -> their exit code; None: train here,
     on one process (--procs 1, or auto's choice, said)."""
     problem = launch.mpi_problem()
     if problem:
         raise click.ClickException(problem)
     if procs == "auto":
-        from charrnn.runtime.threads import AUTO, Threads
         with Threads(AUTO) as counted:
             free = counted.count
         cfg = load_checkpoint(resume / CHECKPOINT).config if resume else TrainConfig(**options)
