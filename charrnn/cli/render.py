@@ -135,6 +135,9 @@ class ConsoleReporter(Reporter):
             f"-> {info['out_dir']}")
         if cfg.init_from:
             say(f"Fine-tuning from {cfg.init_from}")
+        kernel = info.get("kernel") or {}
+        if kernel.get("fused"):
+            say(f"Fused kernels (numba {kernel['numba']}), compiled or loaded from cache in {kernel['compile_s']:.2f} s")
         if info.get("procs", 1) > 1:
             say(f"on {info['procs']} processes (MPI), the batch of {cfg.batch_size} rows split among them")
         # under `train --procs` rank 0 writes through mpiexec's pipes to the launcher's terminal
