@@ -2,7 +2,8 @@
 machine and beside a busy core, with the allreduce's cost and the expected scaling.
 
 Each measurement is a real run, a subprocess: `charrnn [--threads X] train CORPUS <config>
-[--procs N] --max-time SECONDS --eval-every <huge> --val-fraction 0.005 --out <tmp>`; its
+[--procs N] --max-tokens TOKENS --eval-every <huge> --val-fraction 0.005 --out <tmp>` (TOKENS:
+about 8 s of one thread, times --scale; --max-time is one process's only); its
 throughput is the `step_tokens_per_s` of the last record of metrics.jsonl (rank 0's seconds in
 the training steps alone, the allreduce's wait included; start-up, evaluation and checkpoints
 left out). Modes:
@@ -33,7 +34,7 @@ network (rnn256) >= 1.8x and lstm512 >= 1.85x for procs-2; with a core busy the 
 >= 0.9x.
 
     python benchmarks/bench_mpi.py                                   # everything (~25 min)
-    python benchmarks/bench_mpi.py --quick                           # smoke test: rnn256, 1 round of 3 s
+    python benchmarks/bench_mpi.py --quick                           # smoke test: rnn256, 1 round of ~3 s
     python benchmarks/bench_mpi.py --configs lstm512 --situations idle --rounds 5 --json
 """
 import argparse
@@ -50,7 +51,9 @@ from pathlib import Path
 from charrnn.nn.cells import param_shapes
 from charrnn.runtime.launch import THREAD_VARIABLES, find_mpiexec
 
-CONFIGS = {"rnn256": ("rnn", 256, 1, []), "lstm512": ("lstm", 512, 2, ["--cell", "lstm", "--num-hiddens", "512"])}
+CONFIGS = {"rnn256": ("rnn", 256, 1, ["--size", "default"]),
+           "lstm512": ("lstm", 512, 2, ["--cell", "lstm", "--num-hiddens", "512"])}
+TOKENS = {"rnn256": 800_000, "lstm512": 64_000}  # about 8 s of one thread each on a 2-core machine
 BATCH, STEPS, VOCAB = 64, 32, 28  # the defaults' batch, window and the book's characters
 MODES = ("1t", "threads", "procs-2", "procs-auto")
 SITUATIONS = ("idle", "busy")
@@ -65,17 +68,18 @@ def child_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
 
 
-def train_rate(mode, config, seconds, extra=(), env=None) -> float:
+def train_rate(mode, config, scale, extra=(), env=None) -> float:
     """step_tokens_per_s of one run of `mode` on `config` (a real subprocess)."""
     with tempfile.TemporaryDirectory(prefix="bench-mpi-") as tmp:
         out = Path(tmp) / "run"
         threads = {"1t": ["--threads", "1"], "threads": ["--threads", "auto"]}.get(mode, [])
         procs = ["--procs", mode.split("-", 1)[1]] if mode.startswith("procs-") else []
         command = [sys.executable, "-m", "charrnn", *threads, "train", *CONFIGS[config][3], *extra, *procs,
-                   "--max-time", str(seconds), "--eval-every", str(NO_EVAL), "--val-fraction", "0.005",
+                   "--max-tokens", str(int(TOKENS[config] * scale)), "--eval-every", str(NO_EVAL),
+                   "--val-fraction", "0.005",
                    "--out", str(out)]
         done = subprocess.run(command, capture_output=True, text=True, env=env or child_env(),
-                              timeout=seconds * 10 + 120)
+                              timeout=600 * scale + 120)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
         last = (out / "metrics.jsonl").read_text().strip().splitlines()[-1]
@@ -96,7 +100,7 @@ def measure(config, situation, modes, args, log) -> dict:
         for round_index in range(args.rounds):
             order = modes[round_index % len(modes):] + modes[:round_index % len(modes)]
             for mode in order:
-                rates[mode].append(train_rate(mode, config, args.seconds))
+                rates[mode].append(train_rate(mode, config, args.scale))
                 log(f"  {config} {situation} round {round_index + 1} {mode}: {rates[mode][-1]:,.0f} tok/s")
     finally:
         if load:
@@ -155,11 +159,11 @@ def scaling(config, args, log) -> dict:
     bytes_ = 4 * floats  # float32, as the runs
     bandwidth = bytes_ / max(whole - latency, 1e-9)  # bytes/s of one exchange between 2 ranks
     step_one = BATCH * STEPS / statistics.median(
-        [train_rate("1t", config, args.seconds) for _ in range(args.rounds)])
+        [train_rate("1t", config, args.scale) for _ in range(args.rounds)])
     expected = {}
     for cores in SCALING_CORES:
         rows = max(1, BATCH // cores)
-        rate = statistics.median([train_rate("1t", config, args.seconds, ["--batch-size", str(rows)])
+        rate = statistics.median([train_rate("1t", config, args.scale, ["--batch-size", str(rows)])
                                   for _ in range(args.rounds)])
         rank_step = rows * STEPS / rate
         comm = 2 * (cores - 1) / cores * bytes_ / bandwidth + 2 * (cores - 1) * latency
@@ -207,15 +211,15 @@ def parse_args():
     parser.add_argument("--situations", default=",".join(SITUATIONS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--scale", type=float, default=1.0, help="times each run's tokens (TOKENS)")
     parser.add_argument("--probe-repeats", type=int, default=200)
     parser.add_argument("--no-scaling", action="store_true", help="skip the allreduce probe and the scaling runs")
-    parser.add_argument("--quick", action="store_true", help="rnn256, 1 round of 3 s, the idle situation")
+    parser.add_argument("--quick", action="store_true", help="rnn256, 1 round of ~3 s runs, the idle situation")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.configs, args.situations, args.rounds, args.seconds = "rnn256", "idle", 1, 3.0
+        args.configs, args.situations, args.rounds, args.scale = "rnn256", "idle", 1, 0.4
     return args
 
 

@@ -221,6 +221,14 @@ def test_a_rank_that_fails_stops_all_with_one_line_naming_it(text, tmp_path):
     assert lines[0].endswith("; stopping all 2 ranks")
 
 
+def test_a_time_budget_is_refused_on_several_processes_in_one_line(text, tmp_path):
+    done = mpiexec(2, sys.executable, "-m", "charrnn", *train_args(text, tmp_path / "run"), "--max-time", "60")
+    assert done.returncode == 1
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        "Error: --max-time is not available on 2 processes yet; give the budget as --max-tokens or --epochs; "
+        "stopping all 2 ranks"]
+
+
 def test_a_batch_smaller_than_the_ranks_is_refused_in_one_line(text, tmp_path):
     done = mpiexec(3, sys.executable, "-m", "charrnn", *train_args(text, tmp_path / "run"), "--batch-size", "2")
     assert done.returncode == 1

@@ -41,7 +41,8 @@ from charrnn.base.errors import CharrnnError
 from charrnn.infer.evaluate import contiguous_batches
 from charrnn.runtime.launch import world_size
 from charrnn.runtime.signals import StopSignals
-from charrnn.training.loop import Reporter, Run
+from charrnn.training.events import Reporter
+from charrnn.training.loop import Run
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.start import as_threads, load_data
 
@@ -213,6 +214,9 @@ class ParallelRun(Run):
     def __init__(self, training, *, ranks, **kwargs):
         super().__init__(training, **kwargs)
         B = self.config.batch_size
+        if self.config.max_time is not None:  # its stops are decided by each process's own clock
+            raise CharrnnError(f"--max-time is not available on {ranks.size} processes yet; give the budget as "
+                               f"--max-tokens or --epochs")
         if B < ranks.size:
             raise CharrnnError(f"batch_size {B} is smaller than the {ranks.size} processes; "
                                f"give each at least one row (--batch-size {ranks.size} or more, or fewer processes)")
@@ -264,10 +268,11 @@ class ParallelRun(Run):
         """Rank 0's training time as of the last step, the same on every rank (budgets, schedules)."""
         return self.clock
 
-    def validation_loss(self):
-        """charrnn.infer.evaluate.mean_loss with the evaluation's rows split across the ranks."""
+    def validation_loss(self, tokens):
+        """charrnn.infer.evaluate.mean_loss of the first `tokens` of the validation split, the
+        evaluation's rows split across the ranks."""
         total, state = np.zeros(2), None
-        for X, Y in contiguous_batches(self.val_data):
+        for X, Y in contiguous_batches(self.val_data[:tokens]):
             rows = self.ranks.rows(len(X))
             if rows.stop > rows.start:
                 loss_sum, count, state = self.model.forward_loss(X[rows], Y[rows], state)
