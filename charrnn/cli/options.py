@@ -56,6 +56,20 @@ class ThreadCount(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
+class Procs(click.ParamType):
+    """auto | N >= 1: the processes of `train --procs`."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if text == "auto":
+            return text
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"processes must be 'auto' or an integer >= 1, got {value!r}", param, ctx)
+
+
 class Clip(click.ParamType):
     """A positive gradient-norm threshold, or `none` for no clipping."""
 

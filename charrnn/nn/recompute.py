@@ -12,6 +12,7 @@ checkpoints plus one segment's workspace, ~ (T/S + S)·B·H + S·B·V; extra tim
 the recurrence. The terms are those of plain BPTT, summed per segment, so the result equals it
 up to floating-point summation order (exactly, when one segment covers the window).
 """
+import copy
 import math
 
 import numpy as np
@@ -147,6 +148,6 @@ def _generator_at(bit_state, dropout_rng):
     itself when there is no saved state."""
     if bit_state is None:
         return dropout_rng
-    generator = np.random.Generator(type(dropout_rng.bit_generator)())
+    generator = copy.deepcopy(dropout_rng)  # of the same kind (charrnn.training.parallel's RowShare keeps its rows)
     generator.bit_generator.state = bit_state
     return generator

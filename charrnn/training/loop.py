@@ -106,7 +106,7 @@ class Run:
         self.threads = Threads(None) if threads is None else threads
         with self.threads, self.threads.one_row(self.config.batch_size == 1):
             self.reporter.on_start(self.start_info(resumed))
-            with StopSignals() as signals, np.errstate(over="ignore", invalid="ignore"):
+            with self.stop_signals() as signals, np.errstate(over="ignore", invalid="ignore"):
                 reason, message = self.loop(signals)  # non-finite values are checked, not warned about
                 if self.time_budget is not None and self.allowed is None:  # a run shorter than its probe
                     self.say_allowed(self.step_tokens_per_s())
@@ -117,6 +117,10 @@ class Run:
         result = self.result(reason, message)
         self.reporter.on_end(result)
         return result
+
+    def stop_signals(self):
+        """What notes Ctrl-C and SIGTERM during the loop (`received`: the signal's name or None)."""
+        return StopSignals()
 
     def loop(self, signals):
         """-> (reason, message): why the run stopped."""
@@ -159,10 +163,7 @@ class Run:
         """One minibatch: loss and gradients by BPTT, clipping, update -> "" or why the run must stop."""
         cfg, training = self.config, self.training
         self.optimizer.lr = self.learning_rate()
-        loss, grads, last_state = self.model.loss_and_grads(  # charrnn.nn.model, its steps charrnn.nn.cells
-            X, Y, training.carried, truncation=cfg.truncation, rng=training.truncation_rng,
-            dropout_rng=training.dropout_rng, bptt_memory=cfg.bptt_memory,
-            memory_budget_bytes=cfg.bptt_memory_budget * 2**20, resets=resets)
+        loss, grads, last_state = self.loss_and_grads(X, Y) if resets is None else self.loss_and_grads(X, Y, resets)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
@@ -178,6 +179,17 @@ class Run:
             "epoch": p.current_epoch(), "step": p.step, "tokens": p.tokens, "loss": loss,
             "perplexity": perplexity(loss), "grad_norm": grad_norm, "skipped": p.skipped})
         return ""
+
+    def loss_and_grads(self, X, Y, resets=None):
+        """The minibatch's mean loss (eq. 9.7.2), its gradients by BPTT and the last state ->
+        (loss, grads, state): RNNLM.loss_and_grads (charrnn.nn.model, its steps charrnn.nn.cells).
+        resets: where rows start a record (charrnn.data.records). charrnn.training.parallel's
+        runs sum those of their ranks' rows."""
+        cfg, training = self.config, self.training
+        return self.model.loss_and_grads(X, Y, training.carried, truncation=cfg.truncation,
+                                         rng=training.truncation_rng, dropout_rng=training.dropout_rng,
+                                         bptt_memory=cfg.bptt_memory,
+                                         memory_budget_bytes=cfg.bptt_memory_budget * 2**20, resets=resets)
 
     def count_step(self, loss):
         """Count a minibatch done; `loss` (None when not finite) joins the running training loss."""
@@ -276,27 +288,31 @@ class Run:
         self.last_record = record
         if improved:
             p.best_val_ppl, p.best_step = val_ppl, p.step
-        try:
-            append_jsonl(self.out_dir / METRICS, record)
-        except OSError as err:
-            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
+        self.append_record(record)
         if improved:
             self.save(BEST)
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
         self.check_learning(val_ppl, at_end=reason == "stop" or self.budget_reached(within_epoch=True) is not None)
 
-    def validation_loss(self, val_tokens):
-        """Mean cross-entropy per target of the first val_tokens of the validation split (all of
-        it but under a time budget); for a text of records, of its first held-out records whole
-        (at least one), each from a zero state."""
+    def validation_loss(self, tokens):
+        """The mean cross-entropy of the model on the first `tokens` of the validation split
+        (charrnn.infer.evaluate); for a text of records, on its first held-out records whole (at
+        least one), each from a zero state (charrnn.infer.records_eval)."""
         if self.config.records:
             records = self.val_data
             targets = np.cumsum(np.asarray(records.ends) - np.asarray(records.starts) + 1)
             nats, count, _ = records_loss(self.model, records.part(0, max(1, int(np.searchsorted(
-                targets, val_tokens, side="right")))))
+                targets, tokens, side="right")))))
             return nats / count
-        return mean_loss(self.model, self.val_data[:val_tokens])
+        return mean_loss(self.model, self.val_data[:tokens])
+
+    def append_record(self, record):
+        """Append a metrics record to metrics.jsonl."""
+        try:
+            append_jsonl(self.out_dir / METRICS, record)
+        except OSError as err:
+            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
 
     def check_learning(self, val_ppl, at_end):
         """Once a run: charrnn.data.baselines.not_learning's warning, after a whole epoch or at the end."""

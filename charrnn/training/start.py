@@ -39,7 +39,7 @@ from charrnn.training.autosize import SIZE_RECORD
 
 
 def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS, pause_at=None,
-          speed=None, spent=0.0, size_record=None):
+          speed=None, spent=0.0, size_record=None, run_class=Run):
     """Start a new run of `config` writing to `out_dir` -> TrainResult. cache_dir: where the
     corpus' token store is (charrnn.data.store.default_cache_dir() if None). threads: NumPy's BLAS
     threads while it trains, "auto" (the cores that are free, looked at again as it goes), N,
@@ -56,6 +56,8 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     speed: tokens/s measured before (charrnn.training.autosize's probe), for what a --max-time
     budget allows; spent: seconds of the budget already used (that probe); size_record: what
     --size auto chose and why, saved as the run's size.json.
+    run_class: what trains, Run or (rank 0 of several processes) charrnn.training.parallel's
+    ParallelRun.
     """
     threads = as_threads(threads)
     refuse_existing_run(out_dir)
@@ -88,7 +90,7 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
             save_json(out_dir / SIZE_RECORD, size_record)
         training = TrainingState.start(model=model, optimizer=optimizer, seed=config.seed, data_id=data_id)
         training.progress.elapsed = spent
-        run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
+        run = run_class(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
                   out_dir=out_dir, reporter=reporter or Reporter(), baselines=baselines)
         run.pause_at, run.known_speed = pause_at, speed
         run.added_tokens = vocab.idx_to_token[len(parent.vocab):] if parent else None
@@ -97,7 +99,7 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
 
 
 def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS,
-           pause_at=None):
+           pause_at=None, run_class=Run):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
@@ -123,7 +125,7 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
                 saved_id != data_id and (config.records or saved_id != legacy_tokens_sha1(train_data))):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
         training = replace(ckpt.training, data_id=data_id)
-        run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
+        run = run_class(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
                   out_dir=out_dir, reporter=reporter or Reporter(),
                   baselines=ngram_baselines(stream_ids(train_data), stream_ids(val_data), len(vocab)))
         run.pause_at = pause_at
