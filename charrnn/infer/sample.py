@@ -189,4 +189,3 @@ def text_prefix(vocab, ids, level, max_chars=20) -> str:
     text = vocab.decode(ids[: max_chars * 4], level).lstrip()[:max_chars]
     cut = max(text.rfind(" "), text.rfind("\n"))
     return (text[:cut] if cut > 0 else text).strip() or text
-
