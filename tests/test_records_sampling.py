@@ -120,7 +120,8 @@ def test_top_p_keeps_the_fewest_most_likely_tokens_reaching_p(probs, top_p):
     share = np.cumsum(p[order])
     needed = int(np.searchsorted(share, top_p * share[-1] * (1 - 1e-12))) + 1
     assert kept.sum() >= min(needed, len(p)) - 1 and p[kept].sum() >= top_p * (1 - 1e-9)
-    assert p[kept].min() >= p[~kept].max(initial=0)
+    # the kept are the most likely; a near-tie may fall either way by the rounding of exp(log p)
+    assert p[kept].min() >= p[~kept].max(initial=0) * (1 - 1e-9)
 
 
 def test_n_zero_and_a_prefixless_stream_model_are_refused(names_run):
