@@ -4,7 +4,6 @@ trimming of metrics.jsonl before a resume. Every refusal is a one-line CharrnnEr
 A new run refuses a directory that holds any file of a run (RUN_FILES), even without its
 checkpoints: it never appends to or overwrites another run's records.
 """
-import json
 import os
 import shutil
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from .checkpoint import BEST, CHECKPOINT, CONFIG, METRICS, VOCAB
 from .checks import is_integer
+from .curves import metrics_lines, metrics_records
 from .errors import CharrnnError
 from .io import write_atomic
 
@@ -79,12 +79,12 @@ def keep_metrics_until(path, step):
         return
 
     def write_kept(f):
-        with open(path, "rb") as lines:
-            for line in lines:
-                try:
-                    record = json.loads(line.decode("utf-8"))
-                except (ValueError, RecursionError):  # torn, foreign or hostile lines
-                    continue
-                if isinstance(record, dict) and is_integer(record.get("step")) and record["step"] <= step:
-                    f.write(line.rstrip(b"\r\n") + b"\n")
+        for line, record in metrics_lines(path):  # torn, foreign or hostile lines are dropped
+            if record is not None and is_integer(record.get("step")) and record["step"] <= step:
+                f.write(line.rstrip(b"\r\n") + b"\n")
     write_atomic(path, write_kept)
+
+
+def has_evaluation(path, tokens) -> bool:
+    """Whether metrics.jsonl at `path` holds an evaluation at `tokens` (a run's last, say)."""
+    return any(record["tokens"] == tokens for record in metrics_records(path))

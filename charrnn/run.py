@@ -28,7 +28,7 @@ from .checkpoint import BEST, CHECKPOINT, METRICS, Progress, save_checkpoint
 from .config import BUDGET_FIELDS, TrainConfig
 from .data import SAMPLERS, Vocab, num_minibatches, preprocess_text
 from .errors import CharrnnError, CharrnnWarning
-from .evaluate import mean_loss, perplexity
+from .evaluate import EvaluationStopped, mean_loss, perplexity
 from .io import append_jsonl
 from .model import RNNLM
 from .optim import clip_grad_norm
@@ -36,7 +36,7 @@ from .outdir import last_good_checkpoint
 from .recompute import loss_and_grads_auto
 from .sample import continue_text
 from .schedule import budget_fraction, learning_rate
-from .signals import StopSignals
+from .signals import STOP_REASONS, StopSignals
 from .threads import Threads
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
@@ -50,7 +50,7 @@ def finite_or_none(number):
 
 @dataclass
 class TrainResult:
-    """How a run ended. `reason`: epochs | max_tokens | max_time | SIGINT | SIGTERM | nonfinite."""
+    """How a run ended. `reason`: epochs | max_tokens | max_time | SIGINT | SIGTERM | SIGHUP | nonfinite."""
 
     reason: str
     out_dir: Path
@@ -129,17 +129,26 @@ class Run:
 
     # ---- the loop ----
 
-    def start(self, resumed, threads=None):
+    def start(self, resumed, threads=None, evaluate_end=False):
         """Train until a budget, a signal or a non-finite value stops the run -> TrainResult.
-        threads: the BLAS threads (charrnn.threads.Threads, not entered yet); None leaves them."""
+        threads: the BLAS threads (charrnn.threads.Threads, not entered yet); None leaves them.
+        evaluate_end: evaluate when a budget ends the run even if the step was evaluated (its
+        record was lost)."""
         self.threads = Threads(None) if threads is None else threads
         with self.threads, self.threads.one_row(self.config.batch_size == 1):
             self.reporter.on_start(self.start_info(resumed))
             with StopSignals() as signals, np.errstate(over="ignore", invalid="ignore"):
-                reason, message = self.loop(signals)  # non-finite values are checked, not warned about
-                if reason in BUDGET_FIELDS and self.progress.last_eval_step != self.progress.step:
+                self.signals = signals
+                reason, message = "", ""
+                if resumed and self.evaluation_pending():  # a signal stopped it: evaluate first
+                    self.log_validation("interval")
+                    reason, evaluate_end = signals.received or "", False
+                if not reason:
+                    reason, message = self.loop(signals)  # non-finite values are checked, not warned about
+                if reason in BUDGET_FIELDS and (evaluate_end or self.progress.last_eval_step != self.progress.step):
                     self.log_validation("stop")
-                elif reason in ("SIGINT", "SIGTERM"):
+                    reason = signals.received or reason
+                if reason in STOP_REASONS:
                     self.save(CHECKPOINT)
         result = self.result(reason, message)
         self.reporter.on_end(result)
@@ -232,6 +241,10 @@ class Run:
         fraction = budget_fraction(self.progress, self.config, self.tokens_per_epoch, self.elapsed())
         return learning_rate(self.config, fraction, self.progress.epoch)
 
+    def evaluation_pending(self):
+        """Whether the checkpoint's minibatch was due an evaluation that a signal stopped."""
+        return 0 < self.progress.step != self.progress.last_eval_step and self.eval_due()
+
     def eval_due(self):
         """Whether the last minibatch crossed a multiple of eval_every tokens."""
         every = self.config.eval_every
@@ -249,10 +262,16 @@ class Run:
         reason "interval" (every eval_every tokens) restarts the running training loss; the
         extra evaluation when a budget ends the run ("stop") does not, nor counts as the last
         evaluation, so a run stopped and resumed logs the same "interval" records as a run
-        never stopped (plus its "stop" records).
+        never stopped (plus its "stop" records). A signal stops the pass within a chunk: nothing
+        is recorded, and a resumed run evaluates that step first (`evaluation_pending`).
         """
         p = self.progress
-        val_ppl = perplexity(mean_loss(self.model, self.val_data))
+        signals = getattr(self, "signals", None)
+        try:
+            val_ppl = perplexity(mean_loss(self.model, self.val_data,
+                                           should_stop=signals and (lambda: signals.received is not None)))
+        except EvaluationStopped:
+            return
         train_loss = p.interval_loss / p.interval_steps if p.interval_steps else None
         improved = math.isfinite(val_ppl) and (p.best_val_ppl is None or val_ppl < p.best_val_ppl)
         record = {

@@ -25,8 +25,8 @@ from .lock import RunLock
 from .memory import check_training_memory, checkpoint_bytes
 from .model import RNNLM
 from .optim import make_optimizer
-from .outdir import (check_free_space, check_writable, default_out_dir, keep_metrics_until,  # noqa: F401
-                     last_good_checkpoint, prepare_out_dir, refuse_existing_run)
+from .outdir import (check_free_space, check_writable, default_out_dir, has_evaluation,  # noqa: F401
+                     keep_metrics_until, last_good_checkpoint, prepare_out_dir, refuse_existing_run)
 from .run import (DROPOUT_STREAM, MAX_SKIPPED_IN_A_ROW, SAMPLER_STREAM, TRUNCATION_STREAM,  # noqa: F401
                   Reporter, Run, TrainResult, budget_reached)
 from .sample import text_prefix
@@ -83,7 +83,9 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
     a field that fixes the maths may only be given with its saved value, except `corpus`: the
     text's new path when it moved, accepted if its tokens hash as the run's did.
-    Everything is checked before anything is written, under the directory's lock. threads: as
+    A run at its budget whose last evaluation is not in metrics.jsonl (a signal stopped it, or
+    the file was damaged) resumes to evaluate it, and ends. Everything is checked before
+    anything is written, under the directory's lock. threads: as
     for train (a run may resume with another thread count and continue to the same numbers).
     """
     out_dir, changes, threads = Path(out_dir), dict(changes or {}), as_threads(threads)
@@ -106,7 +108,8 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
         if vocab.idx_to_token != ckpt.vocab.idx_to_token or (saved_id != data_id and saved_id != data_sha1(train_data)):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
         reached = run.budget_reached()
-        if reached:
+        last_evaluated = has_evaluation(out_dir / METRICS, ckpt.progress.tokens)
+        if reached and last_evaluated:
             raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
                                f"give a larger --epochs, --max-tokens or --max-time to go on")
         spec = model_spec(ckpt.model)
@@ -116,7 +119,7 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
         remove_stale_temporaries(out_dir)
         save_json(out_dir / CONFIG, asdict(config))
         keep_metrics_until(out_dir / METRICS, ckpt.progress.step)
-        return run.start(resumed=True, threads=threads)
+        return run.start(resumed=True, threads=threads, evaluate_end=not last_evaluated)
 
 
 def as_threads(threads):

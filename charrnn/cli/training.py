@@ -12,11 +12,11 @@ from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
 from ..finetune import finetune_config
 from ..outdir import default_out_dir, last_good_checkpoint
 from ..plot import check_plot_path, plot_comparison
+from ..signals import EXIT_CODES
 from ..sweep import ProcessBackend, SerialBackend
 from .options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
 from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
 COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
 
@@ -156,6 +156,11 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
     if plot is not None and result.summaries:
         plot_comparison(result, plot)
         say(f"figure: {plot}")
-    if result.failed:
-        failures = "; ".join(f"{name}: {message}" for name, message in result.failed.items())
-        raise click.ClickException(f"{len(result.failed)} run(s) failed ({failures})")
+    problems = []  # the table lacks these seeds: never exit 0 (issue 25, item 3)
+    for runs, what, then in ((result.failed, "failed", ""),
+                             (result.interrupted, "interrupted", "; the same command resumes them")):
+        if runs:
+            listed = "; ".join(f"{name}: {message}" for name, message in runs.items())
+            problems.append(f"{len(runs)} run(s) {what} ({listed}){then}")
+    if problems:
+        raise click.ClickException("; ".join(problems))
