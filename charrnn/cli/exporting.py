@@ -6,7 +6,7 @@ import click
 from ..checkpoint import load_checkpoint
 from ..export import TORCH_MODULES, export_model
 from .options import checkpoint_argument
-from .render import say
+from .render import say, shown
 
 
 @click.command()
@@ -22,5 +22,5 @@ def export(checkpoint, out):
     ckpt = load_checkpoint(checkpoint)
     path = export_model(ckpt.model, ckpt.vocab, out, level=ckpt.config.level, preprocess=ckpt.config.preprocess)
     model = ckpt.model
-    say(f"{path}: {model.cell}, {model.num_layers} layer(s) of {model.num_hiddens}, vocabulary of "
+    say(f"{shown(path)}: {model.cell}, {model.num_layers} layer(s) of {model.num_hiddens}, vocabulary of "
         f"{model.vocab_size} -> torch.nn.{TORCH_MODULES[model.cell]} + torch.nn.Linear")

@@ -22,7 +22,7 @@ from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cach
                       checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
                       plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
 from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
-                     print_next_tokens, say, warn_unknown)
+                     print_next_tokens, say, shown, warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "num_hiddens", "activation", "dtype",
@@ -54,7 +54,7 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
                                "dtype": store.ids.dtype.name}, ensure_ascii=False))
         return
     print_corpus(corpus, level, preprocess, len(store), vocab, top_tokens)
-    say(f"token store: {store.path} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
+    say(f"token store: {shown(store.path)} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
         f"{', made now' if store.built else ''})")
 
 
@@ -235,7 +235,7 @@ def analyze(ctx, checkpoints, num_steps, batch_size, offset, regular_steps, keep
     for result, source in zip(results, sources):
         print_analysis(result, source)
     if plot is not None:
-        say(f"figure: {plot}")
+        say(f"figure: {shown(plot)}")
 
 
 def checkpoint_subject(checkpoint, data_dir, cache_dir) -> tuple:

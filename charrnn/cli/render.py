@@ -46,7 +46,15 @@ console = PipeConsole()
 
 
 def one_line(text):
-    return " ".join(str(text).split())
+    """`text` on one line, its control characters escaped (an OSC sequence in a path or a store's
+    header cannot drive the terminal through an Error: or Warning: line; issue 25, item 14)."""
+    return escape_controls(" ".join(str(text).split()))
+
+
+def shown(value):
+    """A user-provided value (a path, a corpus name) inside a line of output: every control
+    character, newline and tab included, written as an escape, so it stays on its line."""
+    return ANY_CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value))
 
 
 def warn(message):
@@ -84,6 +92,7 @@ def print_wide(renderable):
 
 
 CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Unicode's Cc but newline and tab
+ANY_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc
 
 
 def escape_controls(text):
@@ -104,7 +113,7 @@ def fmt(value, digits=3):
 # ---------------------------------------------------------------------------- corpus
 
 def print_corpus(corpus, level, preprocess, num_tokens, vocab, top_tokens):
-    say(f"{corpus}: {num_tokens:,} tokens, vocabulary of {len(vocab):,} ({level}, {preprocess})")
+    say(f"{shown(corpus)}: {num_tokens:,} tokens, vocabulary of {len(vocab):,} ({level}, {preprocess})")
     table = Table()
     for column in ("rank", "token", "count", "share"):
         table.add_column(column, justify="left" if column == "token" else "right")
@@ -130,11 +139,11 @@ class ConsoleReporter(Reporter):
     def on_start(self, info):
         cfg = info["config"]
         verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
-        say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
+        say(f"{verb} {shown(cfg.corpus)} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
             f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters "
-            f"-> {info['out_dir']}")
+            f"-> {shown(info['out_dir'])}")
         if cfg.init_from:
-            say(f"Fine-tuning from {cfg.init_from}")
+            say(f"Fine-tuning from {shown(cfg.init_from)}")
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
                         unit_scale=True, dynamic_ncols=True, disable=None)
 
@@ -175,7 +184,7 @@ def print_summary(result):
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    say(f"checkpoint: {result.checkpoint}\nbest checkpoint: {result.best or '-'}")
+    say(f"checkpoint: {shown(result.checkpoint)}\nbest checkpoint: {shown(result.best or '-')}")
 
 
 class SweepProgress(SweepReporter):

@@ -15,7 +15,7 @@ from ..plot import check_plot_path, plot_comparison
 from ..signals import EXIT_CODES
 from ..sweep import ProcessBackend, SerialBackend
 from .options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
-from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say
+from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say, shown
 
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
 COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
@@ -64,8 +64,8 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
         raise click.ClickException(f"{result.message}; {kept}. Lower --lr, clip the gradient with --clip, "
                                    f"or resume with --on-nonfinite skip: {resume_command} --on-nonfinite skip")
     if result.reason in EXIT_CODES:
-        click.echo(f"Interrupted by {result.reason}: checkpoint saved to {result.checkpoint}. "
-                   f"Resume with: {resume_command}", err=True)
+        click.echo(f"Interrupted by {result.reason}: checkpoint saved to {shown(result.checkpoint)}. "
+                   f"Resume with: {shown(resume_command)}", err=True)
         ctx.exit(EXIT_CODES[result.reason])
 
 
@@ -147,15 +147,15 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
         result, interrupted = comparison.compare(config, out, truncations, num_seeds, data_dir, backend,
                                                  progress, chosen[0], cache_dir)
     if interrupted:
-        click.echo(f"Interrupted: {len(result.summaries)} finished runs kept in {out}, the runs in progress "
+        click.echo(f"Interrupted: {len(result.summaries)} finished runs kept in {shown(out)}, the runs in progress "
                    f"checkpointed; the same command goes on from there.", err=True)
         ctx.exit(EXIT_CODES["SIGINT"])
     if result.summaries:
         print_comparison(config, result)
-    say(f"runs: {out}")
+    say(f"runs: {shown(out)}")
     if plot is not None and result.summaries:
         plot_comparison(result, plot)
-        say(f"figure: {plot}")
+        say(f"figure: {shown(plot)}")
     problems = []  # the table lacks these seeds: never exit 0 (issue 25, item 3)
     for runs, what, then in ((result.failed, "failed", ""),
                              (result.interrupted, "interrupted", "; the same command resumes them")):
