@@ -64,6 +64,14 @@ def check_writable(out_dir):
         raise CharrnnError(f"output directory {out_dir} is not writable ({err.strerror})") from None
 
 
+def check_metrics_file(out_dir):
+    """Refuse a metrics.jsonl that is not a regular file (a directory, a FIFO) before training,
+    rather than when the first evaluation appends to it."""
+    path = Path(out_dir) / METRICS
+    if os.path.lexists(path) and not path.is_file():
+        raise CharrnnError(f"{path} is not a regular file; move it away to go on")
+
+
 def check_free_space(out_dir, checkpoint_bytes):
     """Refuse to start unless `out_dir` has room for the checkpoint, the best one and a temporary,
     each of `checkpoint_bytes`."""

@@ -25,7 +25,7 @@ from .lock import RunLock
 from .memory import check_training_memory, checkpoint_bytes
 from .model import RNNLM
 from .optim import make_optimizer
-from .outdir import (check_free_space, check_writable, default_out_dir, has_evaluation,  # noqa: F401
+from .outdir import (check_free_space, check_metrics_file, check_writable, default_out_dir, has_evaluation,  # noqa: F401
                      keep_metrics_until, last_good_checkpoint, prepare_out_dir, refuse_existing_run)
 from .run import (DROPOUT_STREAM, MAX_SKIPPED_IN_A_ROW, SAMPLER_STREAM, TRUNCATION_STREAM,  # noqa: F401
                   Reporter, Run, TrainResult, budget_reached)
@@ -115,6 +115,7 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
         spec = model_spec(ckpt.model)
         check_training_memory(spec, config, len(val_data), held=checkpoint_bytes(spec, config.optimizer))
         check_writable(out_dir)
+        check_metrics_file(out_dir)
         check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
         remove_stale_temporaries(out_dir)
         save_json(out_dir / CONFIG, asdict(config))

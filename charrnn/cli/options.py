@@ -19,8 +19,9 @@ from ..optim import OPTIMIZERS
 from ..recompute import BPTT_MEMORY_MODES
 from ..schedule import LR_SCHEDULES
 from ..store import CACHE_ENV
-from ..threads import check_threads
-from .render import one_line
+from ..schema import describe
+from ..threads import capped, check_threads
+from .render import one_line, warn
 
 DEFAULTS = TrainConfig()
 
@@ -45,9 +46,13 @@ class ThreadCount(click.ParamType):
 
     def convert(self, value, param, ctx):
         try:
-            return check_threads(value)
+            threads = check_threads(value)
         except CharrnnError as err:
             self.fail(str(err), param, ctx)
+        if capped(threads) != threads:
+            warn(f"--threads {describe(threads)} is more than the {capped(threads)} cores this process may use; "
+                 f"using {capped(threads)}")
+        return capped(threads)
 
 
 class Clip(click.ParamType):
