@@ -1,5 +1,5 @@
-"""What the metadata of a model file or training checkpoint must be, checked before anything is
-built from it.
+"""What the metadata of a model file or training checkpoint, and a token store's header, must be,
+checked before anything is built from it.
 
 A file is untrusted: its JSON (parsed with limits by charrnn.io.parse_json) may hold any type
 anywhere, integers of any size, strings with lone surrogates. Every value charrnn uses is checked
@@ -168,4 +168,35 @@ def pcg64_state(value, where="rng") -> dict:
         integer(value["state"][key], f"{where}.state.{key}", 0, (1 << 128) - 1)
     integer(value["has_uint32"], f"{where}.has_uint32", 0, 1)
     integer(value["uinteger"], f"{where}.uinteger", 0, (1 << 32) - 1)
+    return value
+
+
+STORE_HEADER_KEYS = ("format", "version", "text", "level", "preprocess", "min_freq", "max_vocab", "dtype",
+                     "num_tokens", "dropped_letters", "ids_sha1", "vocab")
+
+
+def token_store_header(value, levels, modes, dtypes, where="header") -> dict:
+    """A token store's header (charrnn.store): exactly its keys, integers in int64, Unicode text,
+    the settings among `levels`, `modes` and `dtypes`, the vocabulary as vocab_dict takes it."""
+    obj(value, where, STORE_HEADER_KEYS)
+    text_record = obj(value["text"], "text", ("path", "size", "mtime_ns", "sha1"))
+    text(text_record["path"], "text.path")
+    integer(text_record["size"], "text.size", 0)
+    integer(text_record["mtime_ns"], "text.mtime_ns")
+    sha1(text_record["sha1"], "text.sha1")
+    choice(value["level"], levels, "level")
+    choice(value["preprocess"], modes, "preprocess")
+    integer(value["min_freq"], "min_freq", 0)
+    if value["max_vocab"] is not None:
+        integer(value["max_vocab"], "max_vocab", 0)
+    choice(value["dtype"], dtypes, "dtype")
+    integer(value["num_tokens"], "num_tokens", 1)
+    sha1(value["ids_sha1"], "ids_sha1")
+    dropped = value["dropped_letters"]
+    if not (isinstance(dropped, list) and len(dropped) == 2):
+        refuse("dropped_letters", "a [count, letters] pair", dropped)
+    integer(dropped[0], "dropped_letters[0]", 0)
+    text(dropped[1], "dropped_letters[1]")
+    tokens = value["vocab"].get("idx_to_token") if isinstance(value["vocab"], dict) else None
+    vocab_dict(value["vocab"], len(tokens) if isinstance(tokens, list) else 0)
     return value

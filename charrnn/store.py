@@ -25,7 +25,6 @@ import hashlib
 import json
 import mmap
 import os
-import stat as stat_module
 import sys
 import time
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from .data import LEVELS, Vocab, check_registered, default_data_dir, default_pre
 from .text import PREPROCESS_MODES, blank_text_error, letters_among, warn_if_letters_dropped
 from .errors import CharrnnError
 from .io import MAX_META_BYTES, json_limit_problem, parse_json, remove_stale_temporaries, write_atomic
+from .storeids import check_ids, open_regular, verify_ids, write_stamp
 from .stream import ID_DTYPES, PIECE_BYTES, CodePointCounts, IdFile, id_dtype, tokenize_stream
 
 try:
@@ -92,7 +92,7 @@ class TokenStore:
         """Read every id: CharrnnError unless their SHA-1 is the header's and each is < len(vocab)."""
         fd = _open_store(self.path)
         try:
-            _verify_ids(fd, self.path, os.fstat(fd).st_size - self.ids.nbytes, self.ids.dtype,
+            verify_ids(fd, self.path, os.fstat(fd).st_size - self.ids.nbytes, self.ids.dtype,
                         self.header["ids_sha1"], len(self.vocab))
         finally:
             os.close(fd)
@@ -163,7 +163,7 @@ def _locked(lock_path: Path, progress):
     """Hold an exclusive flock on `lock_path` (created if need be; never deleted, as deleting
     a lock file races with another process opening it). A FIFO or device there is refused at
     once, not opened for writing (which would wait for a reader)."""
-    with open(_open_regular(lock_path, os.O_RDWR | os.O_CREAT, f"the lock file {lock_path}"), "r+b") as lock:
+    with open(open_regular(lock_path, os.O_RDWR | os.O_CREAT, f"the lock file {lock_path}"), "r+b") as lock:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -227,7 +227,7 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
                                    f"or a smaller text")
             write_atomic(path, lambda out: _write_store(out, header, dtype,
                                                         (np.take(renumber, chunk) for chunk in id_file.chunks())))
-            _write_stamp(path, os.stat(path), header)  # the ids were verified as they were written
+            write_stamp(path, os.stat(path), header)  # the ids were verified as they were written
     finally:
         scratch_path.unlink(missing_ok=True)
 
@@ -295,7 +295,7 @@ def read_store(path, expected: dict | None = None, verify: bool = False) -> Toke
 
     expected: {"text", "level", "preprocess", "min_freq", "max_vocab", "registered_sha1"} that
     the store must have been made with; the text must also still have the recorded size and
-    modification time. verify: the ids are checked too (`_check_ids`: a pass over them unless
+    modification time. verify: the ids are checked too (`check_ids`: a pass over them unless
     the file is, to its ctime, the one last verified). Anything wrong -> CharrnnError naming
     the path and what is wrong.
     """
@@ -312,26 +312,16 @@ def read_store(path, expected: dict | None = None, verify: bool = False) -> Toke
         vocab = Vocab.from_dict(header["vocab"])  # checked: cannot fail
         dtype = np.dtype(header["dtype"]).newbyteorder("<")
         if verify:
-            _check_ids(fd, path, stat, header, offset, len(vocab))
+            check_ids(fd, path, stat, header, offset, len(vocab))
         ids = _map_ids(fd, path, dtype, offset, header["num_tokens"])
     finally:
         os.close(fd)
     return TokenStore(path, ids, vocab, header)
 
 
-def _open_regular(path: Path, flags: int, what: str) -> int:
-    """A descriptor of `path` opened without blocking (a FIFO opens at once); CharrnnError
-    unless it is a regular file; OSError if it cannot be opened."""
-    fd = os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o644)
-    if not stat_module.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CharrnnError(f"{what} is not a regular file; delete it")
-    return fd
-
-
 def _open_store(path: Path) -> int:
     try:
-        return _open_regular(path, os.O_RDONLY, f"token store {path}")
+        return open_regular(path, os.O_RDONLY, f"token store {path}")
     except OSError as err:
         raise CharrnnError(f"cannot read token store {path}: {err.strerror or err}") from None
 
@@ -368,38 +358,14 @@ def _read_header(fd: int, path: Path, file_size: int):
     return parse_json(data[:length], f"the header of token store {path}"), offset
 
 
-HEADER_KEYS = ("format", "version", "text", "level", "preprocess", "min_freq", "max_vocab", "dtype",
-               "num_tokens", "dropped_letters", "ids_sha1", "vocab")
-
-
 def _header_problem(header: dict, ids_bytes: int):
     """What is malformed in a header, given the bytes that follow it, or None: exactly the keys
-    a store has, each checked as charrnn.schema checks a checkpoint's metadata (integers in
-    int64, Unicode text, the vocabulary as vocab_dict and Vocab.from_dict take it)."""
+    a store has, each checked as a checkpoint's metadata is (charrnn.schema.token_store_header),
+    the dtype the vocabulary needs, and the bytes of ids the header implies."""
     if header.get("format") != "charrnn token store" or header.get("version") != FORMAT_VERSION:
         return "not a charrnn token store of this version"
     try:
-        schema.obj(header, "header", HEADER_KEYS)
-        text = schema.obj(header["text"], "text", ("path", "size", "mtime_ns", "sha1"))
-        schema.text(text["path"], "text.path")
-        schema.integer(text["size"], "text.size", 0)
-        schema.integer(text["mtime_ns"], "text.mtime_ns")
-        schema.sha1(text["sha1"], "text.sha1")
-        schema.choice(header["level"], LEVELS, "level")
-        schema.choice(header["preprocess"], PREPROCESS_MODES, "preprocess")
-        schema.integer(header["min_freq"], "min_freq", 0)
-        if header["max_vocab"] is not None:
-            schema.integer(header["max_vocab"], "max_vocab", 0)
-        schema.choice(header["dtype"], [dtype.name for dtype in ID_DTYPES], "dtype")
-        schema.integer(header["num_tokens"], "num_tokens", 1)
-        schema.sha1(header["ids_sha1"], "ids_sha1")
-        dropped = header["dropped_letters"]
-        if not (isinstance(dropped, list) and len(dropped) == 2):
-            schema.refuse("dropped_letters", "a [count, letters] pair", dropped)
-        schema.integer(dropped[0], "dropped_letters[0]", 0)
-        schema.text(dropped[1], "dropped_letters[1]")
-        tokens = header["vocab"].get("idx_to_token") if isinstance(header["vocab"], dict) else None
-        schema.vocab_dict(header["vocab"], len(tokens) if isinstance(tokens, list) else 0)
+        schema.token_store_header(header, LEVELS, PREPROCESS_MODES, [dtype.name for dtype in ID_DTYPES])
         vocab = Vocab.from_dict(header["vocab"])
     except (schema.SchemaError, CharrnnError) as err:
         return str(err)
@@ -429,62 +395,3 @@ def _staleness(header: dict, expected: dict):
     if expected["registered_sha1"] not in (None, text["sha1"]):
         return f"{expected['text']} is not the registered text"
     return None
-
-
-# ----------------------------------------------------------------------------- verifying the ids
-
-def _check_ids(fd: int, path: Path, stat: os.stat_result, header: dict, offset: int, vocab_size: int) -> None:
-    """CharrnnError unless the ids of the open store are those its header names: their SHA-1 is
-    ids_sha1 and each is < vocab_size. One pass over them, skipped when the file is the one last
-    verified, to its inode, size, mtime and ctime (`_stamp`, which the builder writes too): any
-    write to a file moves its ctime, which no user can set back."""
-    if _read_stamp(path) == _stamp_of(stat, header):
-        return
-    _verify_ids(fd, path, offset, np.dtype(header["dtype"]).newbyteorder("<"), header["ids_sha1"], vocab_size)
-    _write_stamp(path, stat, header)
-
-
-def _verify_ids(fd: int, path: Path, offset: int, dtype: np.dtype, ids_sha1: str, vocab_size: int) -> None:
-    sha1, largest, at, chunk = hashlib.sha1(), 0, offset, IdFile.CHUNK * dtype.itemsize
-    try:
-        while data := os.pread(fd, chunk, at):
-            at += len(data)
-            sha1.update(data)
-            largest = max(largest, int(np.frombuffer(data, dtype, len(data) // dtype.itemsize).max()))
-    except OSError as err:
-        raise CharrnnError(f"cannot read token store {path}: {err.strerror or err}") from None
-    if sha1.hexdigest() != ids_sha1 or largest >= vocab_size:
-        raise CharrnnError(f"token store {path} is corrupt (its ids do not match its header); "
-                           "delete it and it will be rebuilt")
-
-
-def _stamp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.verified")
-
-
-def _stamp_of(stat: os.stat_result, header: dict) -> dict:
-    return {"device": stat.st_dev, "inode": stat.st_ino, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "ctime_ns": stat.st_ctime_ns, "ids_sha1": header["ids_sha1"]}
-
-
-def _read_stamp(path: Path):
-    """The stamp of the store at `path`, or None (none, or not one: read like any file)."""
-    try:
-        fd = _open_regular(_stamp_path(path), os.O_RDONLY, "stamp")
-    except (OSError, CharrnnError):
-        return None
-    try:
-        return parse_json(os.pread(fd, 4096, 0), "stamp")
-    except (OSError, CharrnnError):
-        return None
-    finally:
-        os.close(fd)
-
-
-def _write_stamp(path: Path, stat: os.stat_result, header: dict) -> None:
-    """Note that the store at `path`, as `stat` saw it, has been verified; a read-only cache
-    directory keeps no note, so its stores are verified each time they are opened."""
-    try:
-        write_atomic(_stamp_path(path), lambda f: f.write(json.dumps(_stamp_of(stat, header)).encode()))
-    except OSError:
-        pass

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charrnn import store as store_module
+from charrnn import storeids
 from charrnn.errors import CharrnnError
 from charrnn.io import MAX_META_BYTES
 from charrnn.store import open_store, read_store
@@ -157,8 +158,8 @@ def test_evaluate_and_resume_never_use_altered_ids(tmp_path, write_words):
 def test_a_verified_store_is_not_read_again_until_it_changes(built, monkeypatch):
     text, cache, path, content, header, offset = built
     passes = []
-    original = store_module._verify_ids
-    monkeypatch.setattr(store_module, "_verify_ids", lambda *a: (passes.append(1), original(*a))[1])
+    original = storeids.verify_ids
+    monkeypatch.setattr(storeids, "verify_ids", lambda *a: (passes.append(1), original(*a))[1])
     reopened(text, cache)
     assert passes == []  # the builder vouched for it
     os.utime(path, ns=(0, 0))  # any change of the file (its ctime moves): read it again, once

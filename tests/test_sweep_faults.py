@@ -14,7 +14,6 @@ import pytest
 
 from charrnn import training
 from charrnn.compare import compare, plan
-from charrnn.errors import CharrnnError
 from charrnn.runs import GRAD_NORMS, execute_run
 from charrnn.sweep import SerialBackend
 from test_compare import tiny_config
