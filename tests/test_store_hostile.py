@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charrnn import store as store_module
-from charrnn import storeids
 from charrnn.errors import CharrnnError
 from charrnn.io import MAX_META_BYTES
 from charrnn.store import open_store, read_store
@@ -157,6 +156,7 @@ def test_evaluate_and_resume_never_use_altered_ids(tmp_path, write_words):
 
 def test_a_verified_store_is_not_read_again_until_it_changes(built, monkeypatch):
     text, cache, path, content, header, offset = built
+    from charrnn import storeids
     passes = []
     original = storeids.verify_ids
     monkeypatch.setattr(storeids, "verify_ids", lambda *a: (passes.append(1), original(*a))[1])
