@@ -1,4 +1,4 @@
-"""Training-step speed of the gated cells (issue 11), side by side with PyTorch's nn.GRU/nn.LSTM.
+"""Training-step speed of the gated cells, side by side with PyTorch's nn.GRU/nn.LSTM.
 
 Workload (bench_train.py's): the book at char level, batch 32 x 35 steps, float32, one layer,
 SGD (lr 1) with gradient clipping at 1, the state carried. For each cell (rnn, gru, lstm) and
@@ -40,7 +40,8 @@ import numpy as np
 
 from bench_train import (BATCH_SIZE, NUM_STEPS, bench_hidden, machine_report, median_ratio,
                          set_threads_and_restart, timed, train_step_flops)
-from charrnn.data import load_corpus, split_corpus
+from charrnn.data.corpus import load_corpus
+from charrnn.data.samplers import split_corpus
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 GOALS = {64: 1.5, 256: 1.5, 1024: 1.2}  # minimum charrnn/PyTorch ratio of the gated cells

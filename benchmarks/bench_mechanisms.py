@@ -1,4 +1,4 @@
-"""Which way of using two cores trains fastest: the measurement behind `--threads auto` (issue 16).
+"""Which way of using two cores trains fastest: the measurement behind `--threads auto`.
 
 One minibatch of the default run's shape (batch 64, num_steps 32, float32, vocabulary 28):
 loss and gradients by BPTT (RNNLM.loss_and_grads), then clipping and an SGD step, in three ways:
@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import ThreadpoolController, threadpool_info
 
-from charrnn.model import RNNLM
-from charrnn.optim import clip_grad_norm, make_optimizer
+from charrnn.nn.model import RNNLM
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
 
 BATCH_SIZE, NUM_STEPS, VOCAB = 64, 32, 28
 CONFIGS = {"rnn256": dict(cell="rnn", num_hiddens=256, num_layers=1),

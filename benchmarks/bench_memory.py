@@ -1,13 +1,13 @@
 """Time and peak memory of full BPTT, storing every state (plain) vs recomputing from √T checkpoints.
 
-Workload (issue 6): windows of T = 1,000, 10,000 and 100,000 steps of the book, one row each
+Workload: windows of T = 1,000, 10,000 and 100,000 steps of the book, one row each
 (batch 1), hidden 256, float32, truncation "full". Each (mode, T) runs in a fresh subprocess,
 which reports:
 
 - peak: the peak of memory NumPy allocated during one call (tracemalloc), over what was held
   before it: the BPTT buffers, gradients and temporaries;
 - rss: the growth of the subprocess's peak resident set size (ru_maxrss) over that call;
-- predicted: charrnn.recompute.bptt_memory_bytes, the buffers the call keeps;
+- predicted: charrnn.nn.recompute.bptt_memory_bytes, the buffers the call keeps;
 - seconds: the best of `--repeats` calls after the measured one (buffers already allocated).
 
     python benchmarks/bench_memory.py                      # T = 1e3, 1e4, 1e5
@@ -25,9 +25,9 @@ import tracemalloc
 
 import numpy as np
 
-from charrnn.data import load_corpus
-from charrnn.model import RNNLM
-from charrnn.recompute import bptt_memory_bytes, default_segment_steps, loss_and_grads_recompute
+from charrnn.data.corpus import load_corpus
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import bptt_memory_bytes, default_segment_steps, loss_and_grads_recompute
 
 MODES = ("store", "recompute")
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedules side by side (issue 13): the book and a small text, by the CLI.
+"""Learning-rate schedules side by side: the book and a small text, by the CLI.
 
 Each case is one `charrnn train` command; the table shows its final and best validation
 perplexity, the tokens trained, tokens/s and the last learning rate (from metrics.jsonl).

@@ -1,10 +1,10 @@
-"""The token store at scale (issue 15): a generated UTF-8 text of --size bytes (default 2 GB).
+"""The token store at scale: a generated UTF-8 text of --size bytes (default 2 GB).
 
 Steps, each in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own:
 
 1. generate the text in a temporary directory: words of English, accented Latin, Cyrillic,
    Greek, CJK and emoji (1- to 4-byte UTF-8 characters), newline every ~12 words;
-2. first tokenization (charrnn.store.open_store, char level, --preprocess), pinned to one core:
+2. first tokenization (charrnn.data.store.open_store, char level, --preprocess), pinned to one core:
    seconds, MB/s of text, peak RSS;                            targets: >= 30 MB/s, < 500 MB
 3. a second run of training on it: seconds from launching the process to the end of the first
    training step;                                                          target: < 1 s
@@ -73,17 +73,19 @@ def child(args) -> dict:
     launched = float(args.launched)
     if args.step == "tokenize":
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-        from charrnn.store import open_store
+        from charrnn.data.store import open_store
         start = time.perf_counter()
         store = open_store(args.text, "char", args.preprocess, cache_dir=args.cache, progress=False)
         seconds = time.perf_counter() - start
         assert store.built
         return {"seconds": seconds, "tokens": len(store), "vocab": len(store.vocab),
                 "dtype": str(store.ids.dtype), "store_bytes": store.nbytes, **rss()}
-    from charrnn import training
+    from charrnn.training import start as training
+    from charrnn.training.config import TrainConfig
+    from charrnn.training.loop import Reporter
     first_step, started = [], []
 
-    class Timer(training.Reporter):
+    class Timer(Reporter):
         def on_start(self, info):
             started.append(time.time() - launched)
 
@@ -93,10 +95,10 @@ def child(args) -> dict:
                 first_step.append((time.time() - launched, now, stats["tokens"]))
             self.last = (now, stats["tokens"])
     timer = Timer()
-    config = training.TrainConfig(corpus=args.text, level="char", preprocess=args.preprocess,
+    config = TrainConfig(corpus=args.text, level="char", preprocess=args.preprocess,
                                   num_hiddens=args.hidden, max_tokens=args.train_tokens,
                                   val_fraction=args.val_fraction, eval_every=10**12, sample_length=0)
-    from charrnn.threads import blas_threads
+    from charrnn.runtime.threads import blas_threads
     with blas_threads(args.blas_threads):  # as the CLI runs (--threads, default 1)
         training.train(config, Path(args.out), data_dir=None, reporter=timer)
     (since_launch, t0, tokens0), (t1, tokens1) = first_step[0], timer.last

@@ -1,4 +1,4 @@
-"""What verifying a token store's ids costs (issue 25, item 2; charrnn.storeids).
+"""What verifying a token store's ids costs (charrnn.data.storeids).
 
 A text of --size bytes of random words (default 64 MiB) is tokenized once (char level, raw) in a
 temporary directory; then, each --repeats times, the median of:
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.store import open_store
+from charrnn.data.store import open_store
 
 WORDS = "the time machine traveller said we go into future past strange".split()
 

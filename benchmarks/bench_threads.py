@@ -1,4 +1,4 @@
-"""Throughput of `charrnn train` at each --threads setting, on an idle machine and beside a busy core (issue 16).
+"""Throughput of `charrnn train` at each --threads setting, on an idle machine and beside a busy core.
 
 Each measurement is a real run, a subprocess: `charrnn --threads MODE train CORPUS <config>
 --max-time SECONDS --eval-every <huge> --val-fraction 0.005 --out <tmp>`. Its throughput is the
@@ -32,7 +32,7 @@ and MKL_NUM_THREADS, so that --threads alone decides; CHARRNN_DATA_DIR is passed
 
 With the defaults a kernel takes 3 configs x 3 situations x 3 modes x 3 rounds = 81 runs of
 about 10 s (8 s of training, start-up, the final evaluation): ~14 minutes, ~28 with both kernels.
-The targets of issue 16 that the chosen configs and situations cover are printed at the end.
+The targets that the chosen configs and situations cover are printed at the end.
 """
 import argparse
 import functools
@@ -47,7 +47,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from charrnn.threads import THREAD_VARIABLES
+from charrnn.runtime.threads import THREAD_VARIABLES
 
 CONFIGS = {"rnn256": [], "rnn1024": ["--num-hiddens", "1024"],
            "lstm512": ["--cell", "lstm", "--num-hiddens", "512"]}
@@ -216,7 +216,7 @@ def measure_kernel(kernel: str, args, log) -> dict:
 
 
 def goals(kernels: dict, target_mode: str) -> list:
-    """Each target of issue 16 that the rows cover: {kernel, config, situation, ratio, target, met}."""
+    """Each target that the rows cover: {kernel, config, situation, ratio, target, met}."""
     met = []
     for kernel, report in kernels.items():
         for row in report["rows"]:
@@ -249,7 +249,7 @@ def print_table(kernel: str, report: dict) -> None:
 
 def print_goals(met: list, target_mode: str) -> None:
     if met:
-        print(f"\ntargets of issue 16 (--threads {target_mode}, ratio to one thread):")
+        print(f"\ntargets (--threads {target_mode}, ratio to one thread):")
     for goal in met:
         print(f"{'MET    ' if goal['met'] else 'NOT MET'}  [{goal['kernel']}] {goal['situation']}, {goal['config']}: "
               f"{goal['ratio']:.2f}x, target >= {goal['target']}x")

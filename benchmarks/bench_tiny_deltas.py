@@ -16,11 +16,12 @@ import time
 
 import numpy as np
 
-from charrnn import model as model_module
-from charrnn import training
-from charrnn.cells import TINY_DELTA, flush_tiny
-from charrnn.data import seq_data_iter_sequential
-from charrnn.threads import blas_threads
+from charrnn.nn import model as model_module
+from charrnn.training import start as training
+from charrnn.nn.cells import TINY_DELTA, flush_tiny
+from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.runtime.threads import blas_threads
+from charrnn.training.config import TrainConfig
 
 
 def main():
@@ -31,7 +32,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    config = training.TrainConfig(corpus="timemachine", cell=args.cell, num_hiddens=args.num_hiddens,
+    config = TrainConfig(corpus="timemachine", cell=args.cell, num_hiddens=args.num_hiddens,
                                   max_tokens=args.max_tokens, eval_every=10**12)
     with tempfile.TemporaryDirectory() as out:
         result = training.train(config, f"{out}/run", threads=args.threads)

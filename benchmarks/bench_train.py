@@ -1,4 +1,4 @@
-"""Speed of charrnn on this CPU, measured side by side with PyTorch's nn.RNN (issue 5).
+"""Speed of charrnn on this CPU, measured side by side with PyTorch's nn.RNN.
 
 Workload: the book at char level (vocab 28), batch 32, num_steps 35, float32, SGD (lr 1) with
 gradient clipping at 1, sequential sampling with the hidden state carried (detached in PyTorch).
@@ -47,14 +47,14 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.data import load_corpus, read_text, seq_data_iter_sequential, split_corpus
-from charrnn.evaluate import contiguous_batches, mean_loss
-from charrnn.export import TORCH_MODULES
-from charrnn.model import RNNLM
-from charrnn.optim import clip_grad_norm, make_optimizer
-from charrnn.recompute import loss_and_grads_auto
-from charrnn.sample import sample_text
-from charrnn.threads import THREAD_VARIABLES
+from charrnn.data.corpus import load_corpus, read_text
+from charrnn.data.samplers import seq_data_iter_sequential, split_corpus
+from charrnn.infer.evaluate import contiguous_batches, mean_loss
+from charrnn.infer.export import TORCH_MODULES
+from charrnn.nn.model import RNNLM
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
+from charrnn.infer.sample import sample_text
+from charrnn.runtime.threads import THREAD_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE, NUM_STEPS, LR, CLIP = 32, 35, 1.0, 1.0
@@ -157,7 +157,7 @@ def charrnn_engine(vocab_size: int, num_hiddens: int, cell: str = "rnn"):
 
     def train_step(X, Y):
         nonlocal state
-        loss, grads, state = loss_and_grads_auto(model, X, Y, state)
+        loss, grads, state = model.loss_and_grads(X, Y, state, bptt_memory="auto")
         grad_norm = clip_grad_norm(grads, CLIP)
         if math.isfinite(loss) and math.isfinite(grad_norm):
             optimizer.step(grads)
@@ -349,7 +349,7 @@ def training_line(row) -> str:
 
 
 def goals(report) -> dict:
-    """Each goal of issue 5 that was measured -> met (bool)."""
+    """Each goal that was measured -> met (bool)."""
     met = {}
     for row in report.get("training", {}).get("rows", []):
         H = row["num_hiddens"]

@@ -1,4 +1,4 @@
-"""Time and memory charrnn takes to refuse hostile checkpoints (issue 12: under 1 s, under 100 MB).
+"""Time and memory charrnn takes to refuse hostile checkpoints (under 1 s, under 100 MB).
 
 A tiny run is trained on the book (CHARRNN_DATA_DIR) into a temporary directory; from its
 checkpoint the script crafts the files of the issue (deeply nested JSON, numbers past a float,
@@ -10,7 +10,7 @@ members). For each it reports:
 - cli s, cli MB: wall time and peak resident set size (wait4's ru_maxrss) of `charrnn sample
   FILE`, a real process; the baseline rows are `charrnn --version` (start-up alone) and a
   sample of the untouched checkpoint;
-- load ms, load MB: charrnn.checkpoint.load_checkpoint in this process, and the peak of what
+- load ms, load MB: charrnn.training.checkpoint.load_checkpoint in this process, and the peak of what
   Python and NumPy allocated during it (tracemalloc);
 - the first words of the refusal.
 
@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.checkpoint import CHECKPOINT, load_checkpoint
-from charrnn.errors import CharrnnError
-from charrnn.io import META_KEY, load_npz
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import META_KEY, load_npz
 
 
 def write_npz(path, arrays, meta):

@@ -1,4 +1,4 @@
-"""Where the time of one training step goes for each cell, phase by phase (issue 11's workload).
+"""Where the time of one training step goes for each cell, phase by phase.
 
 profile_step.py for every cell: times each piece of RNNLM.loss_and_grads (one layer, batch 32 x
 35 steps of the book, float32), clip_grad_norm and the SGD update, each the fastest of repeated
@@ -22,9 +22,11 @@ import textwrap
 
 import numpy as np
 
-from charrnn.data import load_corpus, seq_data_iter_sequential
-from charrnn.model import RNNLM, path_scales
-from charrnn.optim import clip_grad_norm, make_optimizer
+from charrnn.data.corpus import load_corpus
+from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.nn.model import RNNLM
+from charrnn.nn.truncation import path_scales
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
 from profile_step import fastest_ms
 
 BATCH_SIZE, NUM_STEPS = 32, 35

@@ -1,4 +1,4 @@
-"""Where the time of one charrnn training step goes, phase by phase (issue 5's workload).
+"""Where the time of one charrnn training step goes, phase by phase.
 
 Times each piece of RNNLM.loss_and_grads, clip_grad_norm and the SGD update on one minibatch
 of the book (batch 32, num_steps 35, float32), each the fastest of many runs (wall clock), so
@@ -16,9 +16,11 @@ import time
 
 import numpy as np
 
-from charrnn.data import load_corpus, seq_data_iter_sequential
-from charrnn.model import RNNLM, path_scales
-from charrnn.optim import clip_grad_norm, make_optimizer
+from charrnn.data.corpus import load_corpus
+from charrnn.data.samplers import seq_data_iter_sequential
+from charrnn.nn.model import RNNLM
+from charrnn.nn.truncation import path_scales
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
 
 BATCH_SIZE, NUM_STEPS = 32, 35
 

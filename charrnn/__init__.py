@@ -1,6 +1,6 @@
 """charrnn: character-level RNN language models trained by exact BPTT, in NumPy.
 
-The Python API (README, "Use from Python"): the names below are imported from their modules
+The Python API (docs/python-api.md): the names below are imported from their modules
 when first used, so `import charrnn` stays fast and sets nothing (no BLAS threads, no warnings
 filters, no files).
 
@@ -14,26 +14,27 @@ filters, no files).
     machine     blas_threads
     errors      CharrnnError, CharrnnWarning
 
-`charrnn.train(config, out_dir)` starts a run (charrnn.training.train).
+`charrnn.train(config, out_dir)` starts a run (charrnn.training.start.train).
 """
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "data": ("read_text", "preprocess_text", "load_corpus", "split_corpus", "Vocab",
-             "seq_data_iter_random", "seq_data_iter_sequential", "SAMPLERS"),
-    "model": ("RNNLM",),
-    "optim": ("SGD", "Adagrad", "Adam", "make_optimizer", "clip_grad_norm"),
-    "config": ("TrainConfig",),
-    "training": ("train", "resume"),
-    "run": ("TrainResult", "Reporter"),
-    "notebook": ("NotebookReporter",),
-    "finetune": ("finetune_config",),
-    "checkpoint": ("load_checkpoint", "Checkpoint", "save_model", "load_model"),
-    "sample": ("sample_text", "continue_text", "next_token_probs"),
-    "evaluate": ("evaluate_text", "mean_loss", "perplexity"),
-    "threads": ("blas_threads",),
-    "errors": ("CharrnnError", "CharrnnWarning"),
+    "data.corpus": ("read_text", "load_corpus", "Vocab"),
+    "data.text": ("preprocess_text",),
+    "data.samplers": ("split_corpus", "seq_data_iter_random", "seq_data_iter_sequential", "SAMPLERS"),
+    "nn.model": ("RNNLM",),
+    "nn.optim": ("SGD", "Adagrad", "Adam", "make_optimizer", "clip_grad_norm"),
+    "training.config": ("TrainConfig",),
+    "training.start": ("train", "resume"),
+    "training.loop": ("TrainResult", "Reporter"),
+    "training.notebook": ("NotebookReporter",),
+    "training.finetune": ("finetune_config",),
+    "training.checkpoint": ("load_checkpoint", "Checkpoint", "save_model", "load_model"),
+    "infer.sample": ("sample_text", "continue_text", "next_token_probs"),
+    "infer.evaluate": ("evaluate_text", "mean_loss", "perplexity"),
+    "runtime.threads": ("blas_threads",),
+    "base.errors": ("CharrnnError", "CharrnnWarning"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["__version__", *_MODULE_OF]

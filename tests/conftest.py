@@ -17,7 +17,7 @@ if os.environ.get("CI"):
 
 @pytest.fixture(scope="session", autouse=True)
 def token_cache_dir(tmp_path_factory):
-    """Token stores (charrnn.store) made by the tests go to a temporary directory (through
+    """Token stores (charrnn.data.store) made by the tests go to a temporary directory (through
     CHARRNN_CACHE_DIR, which subprocesses inherit), never into the checkout."""
     previous = os.environ.get("CHARRNN_CACHE_DIR")
     os.environ["CHARRNN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tokens"))

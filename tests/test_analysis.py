@@ -7,13 +7,15 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import training
-from charrnn.analysis import (analysis_window, analyze, flat_grad, hidden_grad_norms, jacobian_norms,
+from charrnn.training import start as training
+from charrnn.analysis.gradients import (analysis_window, analyze, flat_grad, hidden_grad_norms, jacobian_norms,
                               recurrence_spectrum, truncation_error)
-from charrnn.data import load_corpus
-from charrnn.errors import CharrnnError
-from charrnn.model import RNNLM
-from charrnn.plot import check_plot_path, sparkline
+from charrnn.data.corpus import load_corpus
+from charrnn.base.errors import CharrnnError
+from charrnn.nn.model import RNNLM
+from charrnn.analysis.plot import check_plot_path, sparkline
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
 
 V, H, B, T = 5, 4, 2, 7
 
@@ -195,12 +197,12 @@ def test_analyze_a_fresh_model(text_file):
 
 
 def test_analyze_a_checkpoint_on_its_own_text(tmp_path, text_file):
-    config = training.TrainConfig(corpus=str(text_file), num_hiddens=7, batch_size=2, num_steps=10,
+    config = TrainConfig(corpus=str(text_file), num_hiddens=7, batch_size=2, num_steps=10,
                                   max_tokens=100, sample_length=0)
     run = training.train(config, tmp_path / "run")
     result = invoke("analyze", run.out_dir, "--window", 15, "--offset", 3, "--draws", 4)
     assert result.exit_code == 0, result.output
-    ckpt = training.load_checkpoint(run.out_dir)
+    ckpt = load_checkpoint(run.out_dir)
     X, Y = analysis_window(load_corpus(str(text_file))[0], 15, 1, 3)
     assert f"{ckpt.model.loss_and_grads(X, Y)[0]:.4f}" in result.output
     assert "‖∂h_t/∂h_0‖" in result.output

@@ -1,4 +1,4 @@
-"""A user's own text in any language (issue 13): raw by default for a file, d2l's losses reported,
+"""A user's own text in any language: raw by default for a file, d2l's losses reported,
 prefixes changed by preprocessing warned about, universal newlines, UTF-8 JSON."""
 import json
 import warnings
@@ -6,11 +6,13 @@ import warnings
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn.config import TrainConfig
-from charrnn.data import default_preprocess, dropped_letters, load_corpus, read_text
-from charrnn.errors import CharrnnWarning
-from charrnn.sample import next_token_probs, sample_text
+from charrnn.training import start as training
+from charrnn.training.config import TrainConfig
+from charrnn.data.corpus import default_preprocess, load_corpus, read_text
+from charrnn.data.text import dropped_letters
+from charrnn.base.errors import CharrnnWarning
+from charrnn.infer.sample import next_token_probs, sample_text
+from charrnn.training.checkpoint import load_checkpoint
 from test_cli import assert_ok, invoke
 
 RUSSIAN = "Мальчик читает книгу, а девочка пишет письмо. Ёжик спит в лесу; time идёт.\n" * 40
@@ -60,7 +62,7 @@ def test_windows_line_ends_become_newlines(tmp_path):
 
 
 def test_prefixes_are_read_as_the_model_was_trained_and_changes_are_warned(russian_run):
-    ckpt = training.load_checkpoint(russian_run)
+    ckpt = load_checkpoint(russian_run)
     assert ckpt.config.sample_prefix == "Мальчик читает"  # the text's own first words
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a raw model keeps a Cyrillic prefix as it is: no warning

@@ -3,15 +3,17 @@ state, recomputation, the state format and the parameter layout."""
 import numpy as np
 import pytest
 
-from charrnn.cells import CELLS, TINY_DELTA, flush_tiny
-from charrnn.checkpoint import load_model, save_model
-from charrnn.errors import CharrnnError
-from charrnn.io import load_npz, save_npz
-from charrnn.gradcheck import FD_TOLERANCE, run_gradcheck
-from charrnn import model as model_module
-from charrnn.model import RNNLM
-from charrnn.recompute import loss_and_grads_recompute
-from charrnn.sample import stepper
+from charrnn.nn.cells import CELLS, TINY_DELTA, flush_tiny
+from charrnn.training.checkpoint import load_model, save_model
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import load_npz, save_npz
+from charrnn.analysis.gradcheck import FD_TOLERANCE, run_gradcheck
+from charrnn.nn import model as model_module
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import loss_and_grads_recompute
+from charrnn.nn.reference import lstm_loss_and_grads
+from charrnn.infer.sample import stepper
+from charrnn.nn.workspace import Workspace
 from test_recompute import peak_bytes
 
 V, H, B, T = 7, 5, 3, 8
@@ -452,17 +454,17 @@ def test_a_file_of_one_network_never_loads_as_another(tmp_path, saved, claimed):
 def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monkeypatch):
     """forward_loss makes no backward buffers, and runs a window in chunks small enough for
     FORWARD_MEMORY_BUDGET: the same loss and state as in one piece."""
-    from charrnn import model as model_module
+    from charrnn.nn import model as model_module
     made = []
 
     def recorded(model, batch_size, num_steps):
-        made.append(model_module.Workspace(model, batch_size, num_steps))
+        made.append(Workspace(model, batch_size, num_steps))
         return made[-1]
 
     m = scaled_model("lstm", 2)
     X, Y = batch(num_steps=40)
     whole = m.forward_loss(X, Y)
-    per_step = model_module.Workspace.forward_bytes_per_step(m, B)
+    per_step = Workspace.forward_bytes_per_step(m, B)
     monkeypatch.setattr(model_module, "FORWARD_MEMORY_BUDGET", 7 * per_step)
     monkeypatch.setattr(model_module.RNNLM, "_forward_workspace", recorded)
     chunked = m.forward_loss(X, Y)
@@ -475,7 +477,7 @@ def test_forward_only_work_holds_no_backward_buffers_and_chunks_to_a_budget(monk
 def test_recomputation_holds_a_fraction_of_stored_bptt_for_a_gated_stack():
     """O(√T) memory for the LSTM too: the peak allocation of a recomputing pass over 2,048 steps
     is a small fraction of the stored pass's, which holds what bptt_memory_bytes predicts."""
-    from charrnn.recompute import bptt_memory_bytes
+    from charrnn.nn.recompute import bptt_memory_bytes
 
     rng = np.random.default_rng(0)
     X, Y = rng.integers(0, 20, (2, 2, 2048))
@@ -485,3 +487,21 @@ def test_recomputation_holds_a_fraction_of_stored_bptt_for_a_gated_stack():
                                                              dropout_rng=np.random.default_rng(0)))
     assert stored >= bptt_memory_bytes(2, 2048, 16, 20, "float32", **network)
     assert recomputed < stored / 8
+
+
+@pytest.mark.parametrize("num_layers, dropout, with_state", [(1, 0.0, False), (2, 0.0, True), (2, 0.4, True), (3, 0.3, True)])
+def test_the_lstm_equals_its_plain_reference_forward_and_backward(num_layers, dropout, with_state):
+    """RNNLM's fused LSTM gives the loss, every gradient and the last state of reference.py's
+    step-by-step float64 LSTM (the same dropout masks), to round-off."""
+    m = scaled_model("lstm", num_layers, dropout=dropout)
+    X, Y = batch()
+    state = random_state(m) if with_state else None
+    loss, grads, last = m.loss_and_grads(X, Y, state, dropout_rng=np.random.default_rng(9))
+    masks = None if dropout == 0 else (np.random.default_rng(9).random((T, num_layers, B, H)) >= dropout) / (1 - dropout)
+    reference_state = None if state is None else np.asarray(state).reshape(num_layers, 2, B, H)
+    expected_loss, expected_grads, expected_last = lstm_loss_and_grads(m.params, X, Y, reference_state, masks)
+    assert loss == pytest.approx(expected_loss, rel=1e-13)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        np.testing.assert_allclose(grads[name], grad, rtol=1e-11, atol=1e-14 * np.abs(grad).max(), err_msg=name)
+    np.testing.assert_allclose(last.reshape(expected_last.shape), expected_last, rtol=1e-12, atol=1e-14)

@@ -12,8 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import training
-from charrnn.gradcheck import run_gradcheck
+from charrnn.training import start as training
+from charrnn.analysis.gradcheck import run_gradcheck
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10"]
@@ -49,7 +51,7 @@ def text_file(tmp_path_factory, write_words):
 def run_dir(tmp_path_factory, text_file):
     """A finished tiny training run on `text_file` with raw preprocessing."""
     out = tmp_path_factory.mktemp("run") / "run"
-    config = training.TrainConfig(corpus=str(text_file), preprocess="raw", num_hiddens=16,
+    config = TrainConfig(corpus=str(text_file), preprocess="raw", num_hiddens=16,
                                   batch_size=4, num_steps=8, epochs=2, eval_every=300)
     training.train(config, out)
     return out
@@ -87,7 +89,7 @@ def test_train_sample_resume_evaluate_on_the_book(tmp_path, data_dir):
     resumed = invoke("train", "--resume", out, "--max-tokens", 8192, env=env)
     assert_ok(resumed)
     assert "Resuming at epoch 1, 4,096 tokens" in resumed.stdout
-    assert training.load_checkpoint(out / "checkpoint.npz").progress.tokens == 8192
+    assert load_checkpoint(out / "checkpoint.npz").progress.tokens == 8192
 
     evaluated = invoke("evaluate", out, "--json", env=env)
     assert_ok(evaluated)
@@ -205,7 +207,7 @@ def test_nonfinite_run_stops_with_a_one_line_error(tmp_path, text_file):
                     "--lr", "1e30", "--clip", "none", "--out", tmp_path / "r")
     assert_error(result, says="non-finite")
     assert "--on-nonfinite skip" in result.stderr and "last good checkpoint (step 0)" in result.stderr
-    assert training.load_checkpoint(tmp_path / "r" / "checkpoint.npz").progress.step == 0
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.npz").progress.step == 0
 
 
 # ---------------------------------------------------------------------------- the installed command
@@ -243,8 +245,12 @@ def test_signal_saves_a_resumable_checkpoint(tmp_path, text_file, sig, code):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
     assert f"Resume with: charrnn train --resume {out}" in stderr and "Traceback" not in stderr
-    saved = training.load_checkpoint(out / "checkpoint.npz")
+    saved = load_checkpoint(out / "checkpoint.npz")
     assert saved.progress.step >= 2
     resumed = invoke("train", "--resume", out, "--max-tokens", saved.progress.tokens + 32)
     assert_ok(resumed)
-    assert training.load_checkpoint(out / "checkpoint.npz").progress.step == saved.progress.step + 1
+    assert load_checkpoint(out / "checkpoint.npz").progress.step == saved.progress.step + 1
+
+
+def test_a_path_option_holding_a_nul_character_is_a_one_line_error():
+    assert_error(invoke("train", "--init-from", "\x00"), says="NUL")

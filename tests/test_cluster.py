@@ -1,4 +1,4 @@
-"""Sweeps on a real Dask distributed cluster (charrnn.cluster, the extra `cluster`): a LocalCluster of
+"""Sweeps on a real Dask distributed cluster (charrnn.experiments.cluster, the extra `cluster`): a LocalCluster of
 two worker processes on the loopback address, a shared directory."""
 import os
 import signal
@@ -10,11 +10,15 @@ import time
 
 import pytest
 
-from charrnn import training
-from charrnn.cluster import DaskBackend, connect, run_on_worker
-from charrnn.compare import compare, plan
-from charrnn.errors import CharrnnError
-from charrnn.runs import run_state
+from charrnn.training import start as training
+from charrnn.experiments.cluster import DaskBackend, connect, run_on_worker
+from charrnn.experiments.compare import compare, plan
+from charrnn.base.errors import CharrnnError
+from charrnn.experiments.runs import run_state
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
 from test_cli import assert_error
 from test_compare import Log, TINY_CLI, assert_same_arrays, interrupt, invoke, tiny_config
 
@@ -58,7 +62,7 @@ def test_a_sweep_on_the_cluster_equals_the_local_one(tmp_path, text_file, schedu
 
 def test_the_compare_command_on_the_cluster_reuses_and_resumes(tmp_path, text_file, scheduler):
     out = tmp_path / "cmp"
-    (spec,) = plan(training.TrainConfig(corpus=str(text_file), num_hiddens=9, batch_size=2, num_steps=12,
+    (spec,) = plan(TrainConfig(corpus=str(text_file), num_hiddens=9, batch_size=2, num_steps=12,
                                         max_tokens=240, eval_every=120, sample_length=0), out, ["regular:10"])
     interrupt(spec, 7)  # a run stopped halfway (checkpointed at 120 tokens), found by the sweep
     assert run_state(spec) == "resume"
@@ -116,10 +120,10 @@ def test_a_worker_killed_under_a_run_hands_it_to_another_that_resumes_it(tmp_pat
     log, killed = Log(), []
     with connect(scheduler) as client:
         def kill_when_checkpointed():
-            while not (spec.out_dir / training.METRICS).is_file():
+            while not (spec.out_dir / METRICS).is_file():
                 time.sleep(0.01)
             (worker,) = [w for w, keys in client.processing().items() if keys]
-            killed.append(training.load_checkpoint(spec.out_dir / training.CHECKPOINT).progress.tokens)
+            killed.append(load_checkpoint(spec.out_dir / CHECKPOINT).progress.tokens)
             os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
 
         killer = threading.Thread(target=kill_when_checkpointed, daemon=True)

@@ -1,4 +1,4 @@
-"""Dask peers that misbehave (issue 25, items 6 and 12): a listener that accepts and never speaks,
+"""Dask peers that misbehave: a listener that accepts and never speaks,
 a malformed address. One line within the connect timeout, no traceback after it."""
 import socket
 import subprocess
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from charrnn.cluster import connect
-from charrnn.errors import CharrnnError
+from charrnn.experiments.cluster import connect
+from charrnn.base.errors import CharrnnError
 from test_cli import charrnn_command
 
 

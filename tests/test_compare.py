@@ -8,12 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn.compare import compare, default_out_dir, plan, run_name
-from charrnn.errors import CharrnnError
-from charrnn.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state
-from charrnn.stats import paired_difference
-from charrnn.sweep import SweepReporter
+from charrnn.training import start as training
+from charrnn.experiments.compare import compare, default_out_dir, plan, run_name
+from charrnn.base.errors import CharrnnError
+from charrnn.experiments.runs import GRAD_NORMS, RunInterrupted, RunSpec, execute_run, read_curve, read_grad_norms, run_state
+from charrnn.experiments.stats import paired_difference
+from charrnn.experiments.sweep import SweepReporter
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import CONFIG, METRICS
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
 
@@ -26,7 +30,7 @@ def text_file(tmp_path, write_words):
 def tiny_config(corpus, **changes):
     settings = dict(corpus=str(corpus), num_hiddens=10, batch_size=3, num_steps=12, max_tokens=720,
                     eval_every=240, sample_length=5, lr=0.01)
-    return training.TrainConfig(**{**settings, **changes})
+    return TrainConfig(**{**settings, **changes})
 
 
 class Log(SweepReporter):
@@ -41,7 +45,7 @@ class Log(SweepReporter):
 
 
 def checkpoint_arrays(run_dir):
-    ckpt = training.load_checkpoint(run_dir / training.CHECKPOINT)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
     return {**ckpt.model.params, **ckpt.arrays}
 
 
@@ -77,7 +81,7 @@ def test_a_run_of_the_sweep_is_the_same_run_trained_alone(tmp_path, text_file):
     summary = next(s for s in comparison.summaries if s.name == "regular-2-seed1")
     assert summary.final_val_ppl == alone.val_ppl and summary.tokens == 720 and summary.reason == "max_tokens"
     assert summary.best_val_ppl == alone.progress.best_val_ppl
-    curve = read_curve(tmp_path / "alone" / training.METRICS)
+    curve = read_curve(tmp_path / "alone" / METRICS)
     assert [p["val_ppl"] for p in summary.curve] == [p["val_ppl"] for p in curve] and len(curve) == 3
     # the seed-0 run is `charrnn train --seed 0` itself (data_seed None is the seed)
     training.train(tiny_config(text_file), tmp_path / "plain")
@@ -236,10 +240,10 @@ def test_compare_command_runs_every_strategy_and_seed_and_prints_the_statistics(
     names = [f"{name}-seed{seed}" for name in ("full", "regular-3", "regular-5", "randomized-0.5") for seed in range(3)]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
     for name in names:
-        config = json.loads((out / name / training.CONFIG).read_text())
+        config = json.loads((out / name / CONFIG).read_text())
         assert config["optimizer"] == "sgd" and config["data_seed"] == 0
         assert (config["num_hiddens"], config["max_tokens"], config["eval_every"]) == (9, 240, 120)
-    comparison, _ = compare(training.TrainConfig(corpus=str(text_file), num_hiddens=9, batch_size=2, num_steps=12,
+    comparison, _ = compare(TrainConfig(corpus=str(text_file), num_hiddens=9, batch_size=2, num_steps=12,
                                                  max_tokens=240, eval_every=120, sample_length=0, optimizer="sgd"),
                             out, ("full", "regular:3", "regular:5", "randomized:0.5"), num_seeds=3)
     for strategy in comparison.strategies():  # the same numbers, read back from the runs
@@ -262,9 +266,9 @@ def test_compare_defaults_and_the_directory_named_by_its_settings(tmp_path, text
     assert result.exit_code == 0, result.output
     (out,) = (tmp_path / "runs").iterdir()
     assert out.name.startswith("compare-words-") and f"runs: {Path('runs') / out.name}" in result.output
-    config = json.loads((out / "regular-10-seed0" / training.CONFIG).read_text())
+    config = json.loads((out / "regular-10-seed0" / CONFIG).read_text())
     assert (config["eval_every"], config["epochs"], config["max_tokens"]) == (50_000, 1, None)
-    assert (out / "randomized-0.9-seed0" / training.METRICS).is_file()
+    assert (out / "randomized-0.9-seed0" / METRICS).is_file()
     assert "one seed, no interval" in result.output
 
 
@@ -314,11 +318,11 @@ def test_the_figure_data_are_mean_curves_and_paired_differences(tmp_path, text_f
 def test_data_seed_option_orders_the_data_of_train_and_of_every_compare_run(tmp_path, text_file):
     result = invoke("train", text_file, *TINY_CLI, "--seed", 3, "--data-seed", 1, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    config = json.loads((tmp_path / "run" / training.CONFIG).read_text())
+    config = json.loads((tmp_path / "run" / CONFIG).read_text())
     assert (config["seed"], config["data_seed"]) == (3, 1)
     result = invoke("compare", text_file, *TINY_CLI, "--seed", 3, "--seeds", 2, "--data-seed", 1, "--out", tmp_path / "c")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "c" / "full-seed4" / training.CONFIG).read_text())["data_seed"] == 1
+    assert json.loads((tmp_path / "c" / "full-seed4" / CONFIG).read_text())["data_seed"] == 1
     assert_same_arrays(tmp_path / "run", tmp_path / "c" / "full-seed3")
 
 

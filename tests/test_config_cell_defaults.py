@@ -8,11 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import config as config_module
-from charrnn import training
+from charrnn.training import config as config_module
+from charrnn.training import start as training
 from charrnn.cli.options import per_cell_default
-from charrnn.config import CELL_DEFAULTS, TrainConfig
-from charrnn.io import load_npz, save_npz
+from charrnn.training.config import CELL_DEFAULTS, TrainConfig
+from charrnn.base.io import load_npz, save_npz
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
 
 PER_CELL = ("num_hiddens", "num_layers", "dropout", "lr")
 TINY = dict(batch_size=4, num_steps=8, eval_every=10**9, sample_length=0)
@@ -94,7 +96,7 @@ def test_a_resumed_run_keeps_the_defaults_it_was_started_with(tmp_path, text_fil
     monkeypatch.setitem(CELL_DEFAULTS, "gru", {"num_hiddens": 5, "num_layers": 1, "dropout": 0.0, "lr": 0.5})
     result = training.resume(tmp_path / "split", {"epochs": 2})
     assert {name: getattr(result.config, name) for name in PER_CELL} == started_with
-    straight, split = (training.load_checkpoint(tmp_path / d / training.CHECKPOINT) for d in ("straight", "split"))
+    straight, split = (load_checkpoint(tmp_path / d / CHECKPOINT) for d in ("straight", "split"))
     assert straight.config == split.config
     for name, value in straight.model.params.items():
         np.testing.assert_array_equal(value, split.model.params[name], err_msg=name)
@@ -116,7 +118,7 @@ def test_a_checkpoint_written_before_per_cell_defaults_loads_with_its_own_settin
     defaults of its time) resumes as that network, whatever the gated defaults are now."""
     old = dict(corpus=str(text_file), cell="gru", num_hiddens=8, num_layers=1, dropout=0.0, lr=1e-2, **TINY)
     training.train(TrainConfig(epochs=1, lr_schedule="epoch", **old), tmp_path / "old")
-    path = tmp_path / "old" / training.CHECKPOINT
+    path = tmp_path / "old" / CHECKPOINT
     arrays, meta = load_npz(path)
     for name in ("lr_schedule", "lr_floor", "init_from"):  # as written before those fields existed
         del meta["config"][name]

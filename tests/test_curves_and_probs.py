@@ -1,4 +1,4 @@
-"""`charrnn plot`, `sample --show-probs` and the smaller things a newcomer tripped on (issue 13)."""
+"""`charrnn plot`, `sample --show-probs` and the smaller things a newcomer tripped on."""
 import json
 import os
 import subprocess
@@ -6,10 +6,12 @@ import sys
 
 import pytest
 
-from charrnn import training
-from charrnn.config import TrainConfig
-from charrnn.curves import read_history
-from charrnn.sample import next_token_probs
+from charrnn.training import start as training
+from charrnn.training.config import TrainConfig
+from charrnn.analysis.curves import read_history
+from charrnn.infer.sample import next_token_probs
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
@@ -26,11 +28,11 @@ def runs(tmp_path_factory, write_words):
 
 
 def test_a_run_history_is_its_metrics_in_token_order(runs):
-    records = [json.loads(line) for line in (runs[0] / training.METRICS).read_text().splitlines()]
+    records = [json.loads(line) for line in (runs[0] / METRICS).read_text().splitlines()]
     history = read_history(runs[0])
     assert history.tokens == [r["tokens"] for r in records] and history.val_ppl == [r["val_ppl"] for r in records]
     assert history.best_val_ppl == min(r["val_ppl"] for r in records)
-    with (runs[0] / training.METRICS).open("a") as f:
+    with (runs[0] / METRICS).open("a") as f:
         f.write('{"torn')  # a run killed while writing
     assert read_history(runs[0]).tokens == history.tokens
 
@@ -53,7 +55,7 @@ def test_plot_draws_terminal_charts_or_a_figure(runs, tmp_path):
 def test_show_probs_lists_the_most_likely_next_tokens(runs):
     result = invoke("sample", runs[0], "--prefix", "the time", "--show-probs", 4)
     assert_ok(result)
-    probs = next_token_probs(training.load_checkpoint(runs[0]), "the time", top=4)
+    probs = next_token_probs(load_checkpoint(runs[0]), "the time", top=4)
     assert len(probs) == 4 and [p for _, p in probs] == sorted((p for _, p in probs), reverse=True)
     for token, p in probs:
         assert f"{p:.4f}" in result.stdout and repr(token) in result.stdout

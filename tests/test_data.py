@@ -1,4 +1,4 @@
-"""Tests of charrnn.data: corpus files, preprocessing, tokens, Vocab and the samplers."""
+"""Tests of charrnn.data.corpus: corpus files, preprocessing, tokens, Vocab and the samplers."""
 import hashlib
 import json
 import re
@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from charrnn import data, samplers
-from charrnn.data import (
-    Vocab, count_tokens, load_corpus, num_minibatches, preprocess_text, read_text,
-    seq_data_iter_random, seq_data_iter_sequential, split_corpus, tokenize,
-)
-from charrnn.errors import CharrnnError, CharrnnWarning
+from charrnn.data import corpus as data
+from charrnn.data import samplers
+from charrnn.data.corpus import Vocab, count_tokens, load_corpus, read_text, tokenize
+from charrnn.data.samplers import (num_minibatches, seq_data_iter_random, seq_data_iter_sequential,
+                                   split_corpus)
+from charrnn.data.text import preprocess_text
+from charrnn.base.errors import CharrnnError, CharrnnWarning
+from charrnn.data.samplers import KeyedPermutation
 
 SAMPLERS = [seq_data_iter_random, seq_data_iter_sequential]
 
@@ -453,11 +455,11 @@ def test_samplers_read_a_memory_map_of_narrow_ids_as_int32(tmp_path, sampler):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 1000, 4099])
 def test_keyed_permutation_is_a_permutation(n):
-    order = data.KeyedPermutation(n, np.random.default_rng(n))
+    order = KeyedPermutation(n, np.random.default_rng(n))
     values = np.concatenate([order.take(slice(start, start + 5)) for start in range(0, n, 5)])
     assert sorted(values.tolist()) == list(range(n))
     if n >= 16:
-        other = data.KeyedPermutation(n, np.random.default_rng(n + 1)).take(slice(0, n))
+        other = KeyedPermutation(n, np.random.default_rng(n + 1)).take(slice(0, n))
         assert not np.array_equal(values, other) and not np.array_equal(values, np.arange(n))
 
 
@@ -479,7 +481,7 @@ def test_random_sampler_beyond_the_in_memory_shuffle_keeps_its_properties(args):
 
 
 def test_contiguous_batches_of_a_memory_map_through_an_id_map(tmp_path):
-    from charrnn.evaluate import contiguous_batches
+    from charrnn.infer.evaluate import contiguous_batches
     ids = np.random.default_rng(2).integers(0, 5, size=999).astype(np.uint8)
     ids.tofile(tmp_path / "ids")
     mapped = np.memmap(tmp_path / "ids", dtype=np.uint8, mode="r")

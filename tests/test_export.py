@@ -1,4 +1,4 @@
-"""Export to PyTorch (issue 11): the safetensors file loads into nn.RNN/GRU/LSTM + nn.Linear and
+"""Export to PyTorch: the safetensors file loads into nn.RNN/GRU/LSTM + nn.Linear and
 gives charrnn's logits, and charrnn's BPTT gradients equal PyTorch autograd's.
 
 PyTorch is a test dependency installed by CI (.ci/run: torch==2.13.0); where CI is set a missing
@@ -10,11 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from charrnn.cells import layer_suffix
-from charrnn.data import Vocab
-from charrnn.errors import CharrnnError
-from charrnn.export import FORMAT, TORCH_MODULES, export_model, read_export, torch_state_dict
-from charrnn.model import RNNLM
+from charrnn.nn.cells import layer_suffix
+from charrnn.data.corpus import Vocab
+from charrnn.base.errors import CharrnnError
+from charrnn.infer.export import FORMAT, TORCH_MODULES, export_model, read_export, torch_state_dict
+from charrnn.nn.model import RNNLM
 
 if os.environ.get("CI"):
     import torch  # noqa: F401  CI installs torch: its absence is a failure there, not a skip
@@ -198,8 +198,8 @@ def _with_params(model, values):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, write_words):
     """A finished tiny training run of a 2-layer GRU on a text of random words, raw preprocessing."""
-    from charrnn.config import TrainConfig
-    from charrnn.training import train
+    from charrnn.training.config import TrainConfig
+    from charrnn.training.start import train
 
     folder = tmp_path_factory.mktemp("export")
     text = write_words(folder / "words.txt", 300, seed=3)
@@ -218,7 +218,7 @@ def invoke(*args):
 
 
 def test_export_command_writes_what_pytorch_loads(run_dir, tmp_path):
-    from charrnn.checkpoint import load_checkpoint
+    from charrnn.training.checkpoint import load_checkpoint
 
     result = invoke("export", run_dir, tmp_path / "m.safetensors")
     assert result.exit_code == 0 and result.exception is None, result.output
@@ -254,7 +254,7 @@ def test_export_command_errors_are_one_line(run_dir, tmp_path, make_input, out, 
 
 
 def test_a_failed_write_is_a_one_line_error_and_leaves_no_file(run_dir, tmp_path, monkeypatch):
-    import charrnn.io
+    import charrnn.base.io
 
     def refuse(path, mode="r", *args, **kwargs):
         if "w" in mode:
@@ -262,7 +262,7 @@ def test_a_failed_write_is_a_one_line_error_and_leaves_no_file(run_dir, tmp_path
         return open_(path, mode, *args, **kwargs)
 
     open_ = open
-    monkeypatch.setattr(charrnn.io, "open", refuse, raising=False)
+    monkeypatch.setattr(charrnn.base.io, "open", refuse, raising=False)
     result = invoke("export", run_dir, tmp_path / "m.safetensors")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
     assert "cannot write" in result.stderr and "Permission denied" in result.stderr

@@ -1,14 +1,17 @@
-"""Fine-tuning (issue 13): `train TEXT --init-from RUN` starts from a trained model's weights."""
+"""Fine-tuning: `train TEXT --init-from RUN` starts from a trained model's weights."""
 import json
 
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn.evaluate import mean_loss, perplexity
-from charrnn.config import TrainConfig
-from charrnn.finetune import PARENT, finetune_config, grown_model
-from charrnn.model import RNNLM
+from charrnn.training import start as training
+from charrnn.infer.evaluate import mean_loss, perplexity
+from charrnn.training.config import TrainConfig
+from charrnn.training.finetune import PARENT, finetune_config, grown_model
+from charrnn.nn.model import RNNLM
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import ConfigError
 from test_cli import assert_error, assert_ok, invoke
 
 TINY = dict(num_hiddens=16, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
@@ -42,8 +45,8 @@ def test_fine_tuning_on_a_text_with_new_characters(parent_run, tmp_path):
     result = invoke("train", text, "--init-from", parent_run, "--epochs", 1, "--out", out, "--eval-every", 300,
                     "--batch-size", 4, "--num-steps", 8)
     assert_ok(result)
-    parent = training.load_checkpoint(parent_run)
-    child = training.load_checkpoint(out / training.CHECKPOINT)
+    parent = load_checkpoint(parent_run)
+    child = load_checkpoint(out / CHECKPOINT)
     old = len(parent.vocab)
     assert child.vocab.idx_to_token[:old] == parent.vocab.idx_to_token  # the parent's ids kept
     added = child.vocab.idx_to_token[old:]
@@ -56,12 +59,12 @@ def test_fine_tuning_on_a_text_with_new_characters(parent_run, tmp_path):
     assert child.progress.step > 0 and child.meta["optimizer"] != parent.meta["optimizer"]
     # a fine-tuned run resumes like any other, with the vocabulary it was given
     assert_ok(invoke("train", "--resume", out, "--epochs", 2))
-    assert training.load_checkpoint(out / training.CHECKPOINT).progress.epoch == 2
+    assert load_checkpoint(out / CHECKPOINT).progress.epoch == 2
 
 
 def test_fine_tuning_starts_from_the_parent_weights(parent_run, tmp_path):
     """Before its first step the child predicts the parent's text as well as the parent does."""
-    parent = training.load_checkpoint(parent_run)
+    parent = load_checkpoint(parent_run)
     config = finetune_config(parent_run, parent.config.corpus, max_tokens=32, eval_every=10**6, sample_length=0,
                              lr=1e-12, batch_size=4, num_steps=8)
     result = training.train(config, tmp_path / "child")
@@ -77,6 +80,6 @@ def validation_split(ckpt):
 def test_the_parent_network_cannot_be_changed(parent_run, tmp_path):
     assert_error(invoke("train", "--init-from", parent_run, "--num-hiddens", 32, "--out", tmp_path / "x"),
                  code=2, says="keeps its num_hiddens (16)")
-    with pytest.raises(training.ConfigError, match="keeps its activation"):
+    with pytest.raises(ConfigError, match="keeps its activation"):
         finetune_config(parent_run, "timemachine", activation="linear")
     assert_error(invoke("train", "--init-from", tmp_path, "--out", tmp_path / "y"), says="not a run directory")

@@ -1,4 +1,4 @@
-"""Fuzzing the CLI (issue 7): random corpora and random options for corpus, train, sample and
+"""Fuzzing the CLI: random corpora and random options for corpus, train, sample and
 evaluate. Whatever comes in: exit code 0, 1 or 2, no traceback, an error on one line, and no
 file written outside --out."""
 import os
@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from charrnn import cli
+from charrnn.cli.options import Clip, Truncation
 
 WORDS = "the time machine traveller said we go into future past strange".split()
 SMALL = ["--num-hiddens", "8", "--batch-size", "2", "--num-steps", "4"]  # given first: fuzzed values win
@@ -40,9 +41,9 @@ def values_for(option):
         valid = st.integers(low, low + 12).map(str)
     elif isinstance(kind, click.FloatRange):
         valid = numbers
-    elif isinstance(kind, cli.Truncation):
+    elif isinstance(kind, Truncation):
         valid = st.one_of(st.just("full"), st.tuples(st.sampled_from(["regular", "randomized"]), numbers).map(":".join))
-    elif isinstance(kind, cli.Clip):
+    elif isinstance(kind, Clip):
         valid = st.one_of(st.just("none"), numbers)
     else:
         valid = st.text(max_size=12)

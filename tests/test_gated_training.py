@@ -8,8 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import cli
-from charrnn import training
-from charrnn.checkpoint import load_model
+from charrnn.training import start as training
+from charrnn.training.checkpoint import load_model
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import CONFIG
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
+from charrnn.training.state import DROPOUT_STREAM
 from test_train import assert_same_checkpoints
 
 TINY = dict(num_hiddens=10, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
@@ -26,7 +31,7 @@ def text_file(tmp_path, write_words):
 
 
 def config(corpus, **changes):
-    return training.TrainConfig(corpus=str(corpus), **{**TINY, **changes})
+    return TrainConfig(corpus=str(corpus), **{**TINY, **changes})
 
 
 @pytest.mark.parametrize("network", [dict(cell="lstm", num_layers=2, dropout=0.3),
@@ -39,8 +44,8 @@ def test_resume_with_dropout_is_bit_exact(tmp_path, text_file, network):
     training.train(config(text_file, epochs=2, **settings), tmp_path / "straight")
     stopped = training.train(config(text_file, max_tokens=320, **settings), tmp_path / "split")
     assert stopped.reason == "max_tokens" and 0 < stopped.progress.step_in_epoch
-    ckpt = training.load_checkpoint(tmp_path / "split" / training.CHECKPOINT)
-    assert ckpt.state.shape == ckpt.model.state_shape(4)
+    ckpt = load_checkpoint(tmp_path / "split" / CHECKPOINT)
+    assert ckpt.training.carried.shape == ckpt.model.state_shape(4)
     training.resume(tmp_path / "split", {"epochs": 2})
     assert_same_checkpoints(tmp_path / "straight", tmp_path / "split")
 
@@ -48,10 +53,10 @@ def test_resume_with_dropout_is_bit_exact(tmp_path, text_file, network):
 def test_dropout_changes_training_and_its_generator_moves(tmp_path, text_file):
     with_dropout = training.train(config(text_file, cell="gru", dropout=0.5, max_tokens=64), tmp_path / "a")
     without = training.train(config(text_file, cell="gru", max_tokens=64), tmp_path / "b")
-    a, b = (load_model(r.out_dir / training.CHECKPOINT) for r in (with_dropout, without))
+    a, b = (load_model(r.out_dir / CHECKPOINT) for r in (with_dropout, without))
     assert not np.array_equal(a.params["W_hh"], b.params["W_hh"])
-    saved = training.load_checkpoint(with_dropout.out_dir / training.CHECKPOINT).meta["dropout_rng"]
-    assert saved != np.random.default_rng([0, training.DROPOUT_STREAM]).bit_generator.state
+    saved = load_checkpoint(with_dropout.out_dir / CHECKPOINT).meta["dropout_rng"]
+    assert saved != np.random.default_rng([0, DROPOUT_STREAM]).bit_generator.state
 
 
 def test_cli_trains_samples_and_evaluates_a_gated_stack(tmp_path, text_file):
@@ -59,9 +64,9 @@ def test_cli_trains_samples_and_evaluates_a_gated_stack(tmp_path, text_file):
     result = invoke("train", text_file, *TINY_ARGS, "--cell", "lstm", "--num-layers", "2", "--dropout", "0.2",
                     "--max-tokens", "400", "--out", out)
     assert result.exit_code == 0, result.output
-    config = json.loads((out / training.CONFIG).read_text())
+    config = json.loads((out / CONFIG).read_text())
     assert (config["cell"], config["num_layers"], config["dropout"]) == ("lstm", 2, 0.2)
-    model = load_model(out / training.CHECKPOINT)
+    model = load_model(out / CHECKPOINT)
     assert (model.cell, model.num_layers, model.dropout) == ("lstm", 2, 0.2)
     sampled = invoke("sample", out, "--length", "20", "--prefix", "the")
     assert sampled.exit_code == 0 and len(sampled.output.strip()) >= 20, sampled.output

@@ -2,12 +2,14 @@
 import numpy as np
 import pytest
 
-from charrnn import model as model_module
-from charrnn.errors import CharrnnError
-from charrnn.gradcheck import (FD_TOLERANCE, REL_ERR_FLOOR, GradcheckReport, errors,
+from charrnn.nn import model as model_module
+from charrnn.base.errors import CharrnnError
+from charrnn.analysis.gradcheck import (FD_TOLERANCE, REL_ERR_FLOOR, GradcheckReport, errors,
                                finite_difference_grads, make_problem, pick_entries,
                                run_gradcheck)
-from charrnn.model import CUT, KEEP, PARAM_NAMES, RNNLM, parse_truncation
+from charrnn.nn.truncation import CUT, KEEP, parse_truncation
+from charrnn.nn.model import PARAM_NAMES, RNNLM
+from charrnn.nn.truncation import path_scales
 
 
 def checks(report):
@@ -79,7 +81,7 @@ def test_a_slightly_wrong_gradient_fails(monkeypatch, name):
 
 
 def test_wrong_chunk_boundaries_fail(monkeypatch):
-    original = model_module.path_scales
+    original = path_scales
 
     def one_step_late(truncation, *args):
         kind, value = parse_truncation(truncation)
@@ -91,7 +93,7 @@ def test_wrong_chunk_boundaries_fail(monkeypatch):
 
 
 def test_unbiasedness_check_catches_a_missing_1_over_p(monkeypatch):
-    original = model_module.path_scales
+    original = path_scales
 
     def unscaled(*args):
         return [s if s is CUT or s is KEEP else (s > 0).astype(s.dtype) for s in original(*args)]

@@ -1,4 +1,4 @@
-"""Guards around a run (issue 12): one process per run directory, sizes that cannot fit, Ctrl-C
+"""Guards around a run: one process per run directory, sizes that cannot fit, Ctrl-C
 while starting, stale temporaries, both splits hashed, a text that moved, failed appends,
 overflowing weights, terminal escapes, and the CLI's last line of defence."""
 import errno
@@ -15,14 +15,19 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from charrnn import io as charrnn_io
-from charrnn import memory
-from charrnn import training
-from charrnn import run as training_loop
+from charrnn.base import io as charrnn_io
+from charrnn.training import memory
+from charrnn.training import start as training
+from charrnn.training import loop as training_loop
 from charrnn.cli import inspection
 from charrnn.cli.render import escape_controls
-from charrnn.io import load_npz, save_npz, temporary_path
-from charrnn.lock import LOCK_FILE, RunLock
+from charrnn.base.io import load_npz, save_npz, temporary_path
+from charrnn.runtime.lock import LOCK_FILE, RunLock
+from charrnn.base.io import append_jsonl
+from charrnn.training.outdir import BEST, CHECKPOINT
+from charrnn.training.outdir import CONFIG, METRICS
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import ConfigError, TrainConfig
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_reliability import TINY, snapshot, train_process, wait_for
 
@@ -49,7 +54,7 @@ def test_a_second_process_is_refused_while_a_run_trains_and_readers_keep_working
     out = tmp_path / "run"
     process = train_process(text_file, out, "--max-time", 300)
     try:
-        wait_for(out / training.METRICS, process)
+        wait_for(out / METRICS, process)
         resumed = invoke("train", "--resume", out, "--max-tokens", 10**6)
         assert_error(resumed, says=f"in use by another charrnn process (PID {process.pid})")
         assert_error(invoke("train", text_file, *TINY, "--out", out), says="already holds a run")
@@ -59,7 +64,7 @@ def test_a_second_process_is_refused_while_a_run_trains_and_readers_keep_working
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
     assert process.returncode == 130
-    tokens = training.load_checkpoint(out / training.CHECKPOINT).progress.tokens
+    tokens = load_checkpoint(out / CHECKPOINT).progress.tokens
     assert_ok(invoke("train", "--resume", out, "--max-tokens", tokens + 64))  # the lock died with its holder
 
 
@@ -68,7 +73,7 @@ def test_the_lock_refuses_a_new_run_before_any_file_is_written(tmp_path, text_fi
     refused naming it, and writes nothing; the lock dies with its holder."""
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from charrnn.lock import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from charrnn.runtime.lock import RunLock\n"
                                f"with RunLock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -91,13 +96,13 @@ def test_two_runs_started_together_into_one_directory_leave_one_run(tmp_path, te
     refusal = next(err for code, err in results if code == 1)
     assert refusal.count("\n") == 1 and any(reason in refusal for reason in (
         "in use by another", "already holds a run", "holds files of another run"))
-    steps = [json.loads(line)["step"] for line in (out / training.METRICS).read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / METRICS).read_text().splitlines()]
     assert steps == sorted(set(steps))  # one run's records, none interleaved
 
 
 def test_a_new_run_refuses_a_directory_holding_any_file_of_an_earlier_run(tmp_path, run_dir, text_file):
     out = copied(run_dir, tmp_path)
-    for name in (training.CHECKPOINT, training.BEST):
+    for name in (CHECKPOINT, BEST):
         (out / name).unlink()
     before = snapshot(out)
     assert_error(invoke("train", text_file, *TINY, "--out", out), says="holds files of another run")
@@ -140,13 +145,13 @@ def test_resume_and_readers_check_memory_before_allocating(tmp_path, run_dir, mo
     before = snapshot(out)
     monkeypatch.setattr(memory, "available_memory", lambda: 10_000)
     assert_error(invoke("train", "--resume", out, "--max-tokens", 5000), says="needs about")
-    assert_error(invoke("sample", out), says=f"reading {out / training.BEST} needs about")
+    assert_error(invoke("sample", out), says=f"reading {out / BEST} needs about")
     assert snapshot(out) == before
 
 
 def test_the_memory_estimate_bounds_a_real_run(tmp_path, text_file):
     """The estimate is above what a run allocates (tracemalloc sees NumPy's arrays), not far above."""
-    config = training.TrainConfig(corpus=str(text_file), num_hiddens=128, batch_size=16, num_steps=32,
+    config = TrainConfig(corpus=str(text_file), num_hiddens=128, batch_size=16, num_steps=32,
                                   max_tokens=16 * 32 * 2, eval_every=512, sample_length=5)
     _, val_data, vocab, _ = training.load_data(config, None)
     network = ("num_hiddens", "activation", "dtype", "cell", "num_layers", "dropout")
@@ -196,9 +201,9 @@ def test_stale_temporaries_of_dead_processes_are_removed_when_a_run_resumes(tmp_
                           text=True).stdout.strip()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        stale = temporary_path(out / training.CHECKPOINT, pid=dead)
+        stale = temporary_path(out / CHECKPOINT, pid=dead)
         stale.write_bytes(b"PK\x03\x04 half a checkpoint")
-        theirs = temporary_path(out / training.BEST, pid=alive.pid)
+        theirs = temporary_path(out / BEST, pid=alive.pid)
         theirs.write_bytes(b"being written")
         assert_ok(invoke("train", "--resume", out, "--max-tokens", 1200))
         assert not stale.exists() and theirs.exists()
@@ -212,11 +217,11 @@ def test_randomized_truncation_whose_inverse_overflows_is_a_usage_error(tmp_path
     assert_error(invoke("train", text_file, *TINY, "--truncation", "randomized:1e-40", "--out", out),
                  code=2, says="1/P overflows float32")
     assert not out.exists()
-    training.TrainConfig(truncation="randomized:1e-40", dtype="float64")  # fits a float64
+    TrainConfig(truncation="randomized:1e-40", dtype="float64")  # fits a float64
 
 
 def test_an_edited_validation_text_is_not_resumed(tmp_path, text_file):
-    """A checkpoint names its text by the SHA-1 of all its token ids (charrnn.store), both splits."""
+    """A checkpoint names its text by the SHA-1 of all its token ids (charrnn.data.store), both splits."""
     text = tmp_path / "text.txt"
     shutil.copy(text_file, text)
     out = tmp_path / "run"
@@ -238,12 +243,12 @@ def test_a_text_that_moved_resumes_from_its_new_path_if_it_is_the_same_text(tmp_
     other.write_text(new.read_text()[::-1])
     assert_error(invoke("train", "--resume", out, other, "--max-tokens", 1200), says="is not the text")
     assert_ok(invoke("train", "--resume", out, new, "--max-tokens", 1200))
-    assert json.loads((out / training.CONFIG).read_text())["corpus"] == str(new.resolve())
+    assert json.loads((out / CONFIG).read_text())["corpus"] == str(new.resolve())
     assert_ok(invoke("train", "--resume", out, "--max-tokens", 1800))  # from the new path, remembered
 
 
 def test_a_failed_metrics_append_names_the_file_and_the_last_good_checkpoint(tmp_path, text_file, monkeypatch):
-    real, calls = training_loop.append_jsonl, [0]
+    real, calls = append_jsonl, [0]
 
     def append_until_full(path, record):
         calls[0] += 1
@@ -253,9 +258,9 @@ def test_a_failed_metrics_append_names_the_file_and_the_last_good_checkpoint(tmp
     monkeypatch.setattr(training_loop, "append_jsonl", append_until_full)
     out = tmp_path / "run"
     result = invoke("train", text_file, *TINY, "--eval-every", 64, "--max-tokens", 640, "--out", out)
-    step = training.load_checkpoint(out / training.CHECKPOINT).progress.step
-    assert_error(result, says=f"cannot append to {out / training.METRICS} (No space left on device)")
-    assert f"the last good checkpoint (step {step}) is {out / training.CHECKPOINT}" in result.stderr
+    step = load_checkpoint(out / CHECKPOINT).progress.step
+    assert_error(result, says=f"cannot append to {out / METRICS} (No space left on device)")
+    assert f"the last good checkpoint (step {step}) is {out / CHECKPOINT}" in result.stderr
 
 
 def test_bptt_memory_changed_on_resume_is_said_to_change_rounding(tmp_path, text_file):
@@ -265,14 +270,14 @@ def test_bptt_memory_changed_on_resume_is_said_to_change_rounding(tmp_path, text
     assert_ok(invoke("train", *maths, "--max-tokens", 1024, "--out", tmp_path / "straight", "--bptt-memory", "store"))
     assert_ok(invoke("train", *maths, "--max-tokens", 512, "--out", tmp_path / "split", "--bptt-memory", "store"))
     assert_ok(invoke("train", "--resume", tmp_path / "split", "--max-tokens", 1024, "--bptt-memory", "recompute"))
-    straight, split = (training.load_checkpoint(tmp_path / name / training.CHECKPOINT).model for name in ("straight", "split"))
+    straight, split = (load_checkpoint(tmp_path / name / CHECKPOINT).model for name in ("straight", "split"))
     for name, value in straight.params.items():  # close, though not bit-identical
         np.testing.assert_allclose(split.params[name], value, rtol=1e-3, atol=1e-5)
 
 
 def test_evaluate_refuses_weights_whose_outputs_overflow_without_a_numpy_warning(tmp_path, run_dir):
     path = tmp_path / "huge.npz"
-    arrays, meta = load_npz(run_dir / training.CHECKPOINT)
+    arrays, meta = load_npz(run_dir / CHECKPOINT)
     arrays["W_xh"] = np.full_like(arrays["W_xh"], 1e3)  # every h_t = tanh(>= 1e3 - ...) = 1
     arrays["W_hq"] = np.full_like(arrays["W_hq"], 3e38)  # finite, but o_t = h_t W_hq overflows
     save_npz(path, arrays, meta)
@@ -285,7 +290,7 @@ def test_evaluate_refuses_weights_whose_outputs_overflow_without_a_numpy_warning
 def test_sample_escapes_control_characters_on_a_terminal_only(tmp_path, run_dir):
     assert escape_controls("a\x1b[31mb\tc\nd\x9b\x7f\x00") == "a\\x1b[31mb\tc\nd\\x9b\\x7f\\x00"
     path = tmp_path / "escape.npz"
-    arrays, meta = load_npz(run_dir / training.CHECKPOINT)
+    arrays, meta = load_npz(run_dir / CHECKPOINT)
     meta["vocab"]["idx_to_token"][1] = "\x1b"  # the most frequent token, drawn often
     save_npz(path, arrays, meta)
     args = ["sample", str(path), "--length", "200", "--prefix", "the"]
@@ -315,8 +320,8 @@ def test_an_infinite_clip_is_a_usage_error(tmp_path, text_file):
     out = tmp_path / "run"
     assert_error(invoke("train", text_file, *TINY, "--clip", "inf", "--out", out), code=2, says="--clip")
     assert not out.exists()
-    with pytest.raises(training.ConfigError, match="max_time must be a finite number"):
-        training.TrainConfig(max_time=float("inf"))
+    with pytest.raises(ConfigError, match="max_time must be a finite number"):
+        TrainConfig(max_time=float("inf"))
 
 
 def test_arguments_that_are_not_utf8_text_are_usage_errors(tmp_path, run_dir, text_file):
@@ -346,7 +351,7 @@ def test_plot_reads_a_hostile_metrics_file_without_a_traceback(tmp_path):
     lines = ["[" * 100_000 + "]" * 100_000, '{"tokens": 5, "train_ppl": "x", "val_ppl": [1]}',
              '{"tokens": ' + "9" * 400 + ', "train_ppl": 3}', '{"tokens": 6, "train_ppl": 1e308, "val_ppl": -1}',
              '{"tokens": 7, "train_ppl": 3.0, "val_ppl": 2.0}']
-    (run / training.METRICS).write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+    (run / METRICS).write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
     result = invoke("plot", run)
     assert_ok(result)
     assert "2.000" in result.stdout

@@ -1,4 +1,4 @@
-"""Hostile checkpoints (issue 12): crafted metadata, zip tricks and size bombs. Each class of
+"""Hostile checkpoints: crafted metadata, zip tricks and size bombs. Each class of
 attack is refused with one line, in under a second and under 100 MB, before anything is built;
 then a hypothesis fuzz of a real checkpoint's bytes finds no traceback, hang or memory blow-up."""
 import copy
@@ -16,11 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import io as charrnn_io
-from charrnn import training
-from charrnn.errors import CharrnnError, CharrnnWarning
-from charrnn.io import META_KEY, load_npz
-from charrnn.sample import sample_text
+from charrnn.base import io as charrnn_io
+from charrnn.base.errors import CharrnnError, CharrnnWarning
+from charrnn.base.io import META_KEY, load_npz
+from charrnn.infer.sample import sample_text
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
 from test_cli import assert_error, assert_ok, invoke
 
 TINY = ["--num-hiddens", "12", "--batch-size", "4", "--num-steps", "8", "--sample-length", "10",
@@ -40,7 +42,7 @@ def run_dir(tmp_path_factory, write_words):
 @pytest.fixture(scope="module")
 def good(run_dir):
     """(bytes, arrays, meta) of the run's checkpoint."""
-    path = run_dir / training.CHECKPOINT
+    path = run_dir / CHECKPOINT
     return (path.read_bytes(), *load_npz(path))
 
 
@@ -59,7 +61,7 @@ def refused_quickly(path, says=""):
     start = time.perf_counter()
     try:
         with pytest.raises(CharrnnError) as err:
-            training.load_checkpoint(path)
+            load_checkpoint(path)
         seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -127,12 +129,12 @@ def test_a_value_of_the_wrong_type_anywhere_is_refused_or_harmless(tmp_path, goo
                 continue
             path = edited(good, tmp_path / "typed.npz", lambda a, m: set_at(m, where, value))
             try:
-                ckpt = training.load_checkpoint(path)
+                ckpt = load_checkpoint(path)
             except CharrnnError as err:
                 assert "\n" not in str(err)
                 continue
             loaded.append((where, value))
-            for name, declared in training.TrainConfig.__annotations__.items():
+            for name, declared in TrainConfig.__annotations__.items():
                 kinds = declared.replace("float", "float | int")  # a JSON integer is a float's value
                 field = getattr(ckpt.config, name)
                 assert field is None or type(field).__name__ in kinds, (where, value, name, field)
@@ -143,7 +145,7 @@ def test_a_value_of_the_wrong_type_anywhere_is_refused_or_harmless(tmp_path, goo
 def test_sample_prefix_of_the_wrong_type_is_refused_before_resume_writes_anything(tmp_path, good, run_dir):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
-    edited(good, out / training.CHECKPOINT, lambda a, m: set_at(m, ("config", "sample_prefix"), 5))
+    edited(good, out / CHECKPOINT, lambda a, m: set_at(m, ("config", "sample_prefix"), 5))
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
     assert_error(invoke("train", "--resume", out, "--max-tokens", 2000), says="config.sample_prefix must be a string")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
@@ -186,9 +188,9 @@ def test_a_gated_stack_is_read_and_claims_about_its_network_are_refused(tmp_path
     out = tmp_path / "run"
     assert_ok(invoke("train", text, *TINY, "--cell", "lstm", "--num-layers", 2, "--dropout", 0.2,
                      "--max-tokens", 256, "--out", out))
-    ckpt = training.load_checkpoint(out / training.CHECKPOINT)
-    assert ckpt.state.shape == (2, 2, 4, 12) and ckpt.dropout_rng is not None
-    good = (None, *load_npz(out / training.CHECKPOINT))
+    ckpt = load_checkpoint(out / CHECKPOINT)
+    assert ckpt.training.carried.shape == (2, 2, 4, 12) and ckpt.training.dropout_rng is not None
+    good = (None, *load_npz(out / CHECKPOINT))
     for where, value in [(("cell",), "gru"), (("cell",), "rnn"), (("num_layers",), 3), (("num_layers",), 10**6),
                          (("dropout",), 1.5), (("dropout",), "0.2"), (("dropout_rng", "state", "inc"), -1)]:
         refused_quickly(edited(good, tmp_path / "claim.npz", lambda a, m: set_at(m, where, value)))
@@ -215,7 +217,7 @@ def patch_headers(data, name, flag=None, method=None):
 def test_zip_tricks_are_one_line_errors(tmp_path, good):
     path = tmp_path / "zip.npz"
     compressed = edited(good, tmp_path / "compressed.npz", lambda a, m: None, compress=True).read_bytes()
-    training.load_checkpoint(tmp_path / "compressed.npz")  # savez_compressed files are read
+    load_checkpoint(tmp_path / "compressed.npz")  # savez_compressed files are read
     with zipfile.ZipFile(tmp_path / "compressed.npz") as archive:
         info = archive.getinfo("W_hh.npy")
     corrupt = bytearray(compressed)
@@ -238,7 +240,7 @@ def test_a_zip64_end_record_announcing_a_billion_members_is_refused(tmp_path, go
     with monkeypatch.context() as patched:
         patched.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)  # makes zipfile write a zip64 end record
         write_npz(path, good[1], good[2])
-    training.load_checkpoint(path)
+    load_checkpoint(path)
     data = bytearray(path.read_bytes())
     record = data.rfind(b"PK\x06\x06")
     struct.pack_into("<Q", data, record + 32, 10**9)  # entries in total
@@ -263,7 +265,7 @@ def npy_header(shape, dtype="<f4"):
 def test_a_zip_bomb_in_an_extra_member_is_refused_unread(tmp_path, run_dir):
     """64 MiB of zeros (64 kB compressed) beside a valid checkpoint: never decompressed."""
     zeros = npy_header((1 << 24,)) + bytes(64 << 20)
-    bomb = add_member(run_dir / training.CHECKPOINT, tmp_path / "bomb.npz", "bomb.npy", zeros)
+    bomb = add_member(run_dir / CHECKPOINT, tmp_path / "bomb.npz", "bomb.npy", zeros)
     assert bomb.stat().st_size < 1 << 20
     refused_quickly(bomb, says="'bomb'")
 
@@ -277,7 +279,7 @@ def rebuilt(source, path, name, payload):
 
 
 def test_members_that_lie_about_their_size_or_repeat_are_refused(tmp_path, run_dir, good):
-    source = run_dir / training.CHECKPOINT
+    source = run_dir / CHECKPOINT
     shape = good[1]["W_hh"].shape
     lies = {  # W_hh whose declared size and header disagree, or that is no array
         "longer than its header": npy_header(shape) + bytes(4 * shape[0] * shape[1] + (32 << 20)),
@@ -306,7 +308,7 @@ def test_a_truncated_checkpoint_is_refused_at_every_length(tmp_path, good):
 def test_every_command_refuses_a_hostile_checkpoint_in_one_line(tmp_path, run_dir, good):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
-    path = out / training.CHECKPOINT
+    path = out / CHECKPOINT
     write_npz(path, good[1], b"[" * 100_000 + b"]" * 100_000)
     for args in (["sample", path], ["evaluate", path], ["train", "--resume", out, "--max-tokens", 2000]):
         assert_error(invoke(*args), says="nested too deeply")
@@ -354,7 +356,7 @@ def test_fuzzed_checkpoint_bytes_never_crash_hang_or_blow_up(tmp_path, good, dat
     tracemalloc.start()
     start = time.perf_counter()
     try:
-        use(training.load_checkpoint(path))
+        use(load_checkpoint(path))
     except CharrnnError as err:
         assert "\n" not in str(err)
     finally:

@@ -1,11 +1,11 @@
-"""Full-state Jacobians and ‖∂L/∂h_t‖ of every cell and depth (issue 11's analyze), checked against
+"""Full-state Jacobians and ‖∂L/∂h_t‖ of every cell and depth, checked against
 finite differences of the model's own forward recurrence (its public step/evaluate/logits)."""
 import numpy as np
 import pytest
 
-from charrnn.analysis import analyze, hidden_grad_norms, jacobian_norms
-from charrnn.jacobians import Recurrence
-from charrnn.model import RNNLM
+from charrnn.analysis.gradients import analyze, hidden_grad_norms, jacobian_norms
+from charrnn.analysis.jacobians import Recurrence
+from charrnn.nn.model import RNNLM
 
 V, H, B, T = 7, 3, 2, 5
 CASES = [(cell, layers) for cell in ("rnn", "gru", "lstm") for layers in (1, 2)]
@@ -128,8 +128,8 @@ def test_analyze_command_on_a_fresh_lstm_and_two_checkpoints_side_by_side(tmp_pa
     from click.testing import CliRunner
 
     from charrnn import cli
-    from charrnn.config import TrainConfig
-    from charrnn.training import train
+    from charrnn.training.config import TrainConfig
+    from charrnn.training.start import train
 
     text = write_words(tmp_path / "words.txt", 300, seed=4)
     small = ["--window", "20", "--draws", "2", "--regular", "5"]

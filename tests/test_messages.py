@@ -1,12 +1,12 @@
-"""Messages and small things (issue 25, items 13-15): --threads past the cores, control
+"""Messages and small things: --threads past the cores, control
 characters in paths, a metrics.jsonl that is no file, export over an existing file."""
 import json
 import os
 
 import pytest
 
-from charrnn import training
-from charrnn.threads import available_cores
+from charrnn.runtime.threads import available_cores
+from charrnn.training.outdir import CHECKPOINT, METRICS
 from test_cli import assert_error, assert_ok, invoke
 
 TINY = ["--num-hiddens", 8, "--batch-size", 2, "--num-steps", 8, "--eval-every", 128, "--sample-length", 4]
@@ -30,7 +30,7 @@ def test_threads_past_the_cores_are_capped_with_a_warning(tmp_path, text_file, t
     result = invoke("--threads", threads, "train", text_file, *TINY, "--max-tokens", 128, "--out", out)
     assert_ok(result)
     assert f"Warning: --threads {threads} is more than the {available_cores()} cores" in result.stderr
-    records = [json.loads(line) for line in (out / training.METRICS).read_text().splitlines()]
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
     assert records and all(record["threads"] <= available_cores() for record in records)
 
 
@@ -52,11 +52,11 @@ def test_a_metrics_file_that_is_a_directory_is_refused_before_training(tmp_path,
     out = tmp_path / "run"
     import shutil
     shutil.copytree(run_dir, out)
-    (out / training.METRICS).unlink()
-    (out / training.METRICS).mkdir()
-    before = (out / training.CHECKPOINT).read_bytes()
+    (out / METRICS).unlink()
+    (out / METRICS).mkdir()
+    before = (out / CHECKPOINT).read_bytes()
     assert_error(invoke("train", "--resume", out, "--max-tokens", 4096), says="is not a regular file")
-    assert (out / training.CHECKPOINT).read_bytes() == before
+    assert (out / CHECKPOINT).read_bytes() == before
 
 
 @pytest.mark.parametrize("kind", ["file", "symlink", "fifo"])

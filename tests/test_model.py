@@ -5,12 +5,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from charrnn import model as model_module
-from charrnn.checkpoint import load_model, load_model_with_extras, save_model
-from charrnn.errors import CharrnnError
-from charrnn.io import load_npz, save_npz
-from charrnn.model import PARAM_NAMES, RNNLM, parse_truncation
-from charrnn.sample import stepper
+from charrnn.nn import model as model_module
+from charrnn.training.checkpoint import load_model, load_model_with_extras, save_model
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import load_npz, save_npz
+from charrnn.nn.model import PARAM_NAMES, RNNLM
+from charrnn.nn.truncation import parse_truncation
+from charrnn.infer.sample import stepper
+from charrnn.nn.truncation import CUT, path_scales
 
 V, H, B, T = 7, 5, 3, 9
 
@@ -293,9 +295,9 @@ def test_randomized_draws_vary_and_follow_rng():
 
 
 def test_randomized_xi_per_step_and_row_is_zero_or_inverse_p():
-    scales = model_module.path_scales("randomized:0.25", 400, 50, np.random.default_rng(0),
+    scales = path_scales("randomized:0.25", 400, 50, np.random.default_rng(0),
                                       np.float32)
-    assert scales[0] is model_module.CUT
+    assert scales[0] is CUT
     xi = np.stack(scales[1:])
     assert xi.shape == (399, 50, 1) and xi.dtype == np.float32
     assert set(np.unique(xi)) == {0.0, 4.0}
@@ -330,7 +332,7 @@ def test_segment_pieces_compose_into_full_bptt():
     full = all_grads(m, X, Y, None, "full")
     bounds = [(0, 4), (4, 7), (7, 10)]
     starts = [None] + [m.forward_loss(X[:, :s], Y[:, :s])[2].reshape(1, 1, B, H) for s, _ in bounds[1:]]
-    scales = model_module.path_scales("full", 10, B, None, m.dtype)
+    scales = path_scales("full", 10, B, None, m.dtype)
     total = {name: 0.0 for name in PARAM_NAMES}
     carry = np.zeros((1, 1, B, H))
     for (s, e), state in reversed(list(zip(bounds, starts))):
@@ -362,7 +364,7 @@ def test_input_grads_segment_sum_matches_a_scatter_add(vocab_size, draw):
     ws.hs[...] = rng.standard_normal(ws.hs.shape)
     ws.dH[...] = rng.standard_normal(ws.dH.shape)
     rows = ws.dH.reshape(30, 40).copy()
-    grads = m.backward_segment(X_tm, [model_module.CUT] * 6, np.zeros((1, 1, 5, 40)), ws)
+    grads = m.backward_segment(X_tm, [CUT] * 6, np.zeros((1, 1, 5, 40)), ws)
     dW_xh, dW_hh, db_h = grads["W_xh"], grads["W_hh"], grads["b_h"]
     expected = np.zeros((vocab_size, 40))
     np.add.at(expected, X_tm.reshape(-1), rows)

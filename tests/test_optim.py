@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from charrnn.errors import CharrnnError
-from charrnn.io import load_npz, save_npz
-from charrnn.model import RNNLM
-from charrnn.optim import SGD, Adagrad, Adam, clip_grad_norm, make_optimizer
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import load_npz, save_npz
+from charrnn.nn.model import RNNLM
+from charrnn.nn.optim import SGD, Adagrad, Adam, clip_grad_norm, make_optimizer
 
 
 def random_arrays(seed, dtype=np.float64, scale=1.0):

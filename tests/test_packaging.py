@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from charrnn.threads import THREAD_VARIABLES
+from charrnn.runtime.threads import THREAD_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,8 @@ def test_a_built_wheel_holds_only_the_charrnn_package(tmp_path):
     top_level = {name.split("/")[0] for name in names}
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"charrnn"}, top_level
     assert "charrnn/cli/__init__.py" in names and "charrnn/__main__.py" in names
+    modules = {path.relative_to(REPO).as_posix() for path in (REPO / "charrnn").rglob("*.py")}
+    assert modules - set(names) == set(), "modules of the source tree missing from the wheel"
     assert "charrnn/corpora/registry.json" in names
     assert "charrnn = charrnn.entry:main" in entry_points
 
@@ -38,7 +40,7 @@ def test_importing_charrnn_and_its_cli_sets_no_environment_and_no_threads():
     script = ("import os, numpy\n"
               "from threadpoolctl import threadpool_info\n"
               "before = (dict(os.environ), threadpool_info())\n"
-              "import charrnn, charrnn.cli, charrnn.training, charrnn.threads\n"
+              "import charrnn, charrnn.cli, charrnn.training.start, charrnn.runtime.threads\n"
               "print(before == (dict(os.environ), threadpool_info()))\n")
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)

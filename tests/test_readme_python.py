@@ -1,4 +1,4 @@
-"""The README's "Use from Python" example runs as printed (issue 13), and `import charrnn` stays cheap."""
+"""The README's "Use from Python" example runs as printed, and `import charrnn` stays cheap."""
 import re
 import subprocess
 import sys
@@ -41,6 +41,15 @@ def test_importing_charrnn_loads_nothing_else_and_every_export_resolves():
     assert loaded.strip() == "[]"
     for name in charrnn.__all__:
         assert getattr(charrnn, name) is not None, name
-    assert charrnn.train is charrnn.training.train and charrnn.resume is charrnn.training.resume
+    assert charrnn.train is charrnn.training.start.train and charrnn.resume is charrnn.training.start.resume
     with pytest.raises(AttributeError):
         charrnn.no_such_name
+
+
+def test_the_readme_is_short_and_no_page_shows_a_machine_path_or_an_issue_number():
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r"/work/|/home/|/tmp/|/root/", text), page.name
+        assert not re.search(r"\bissues? #?\d", text, re.I), page.name

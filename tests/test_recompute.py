@@ -6,13 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn import recompute
-from charrnn import training
-from charrnn.errors import CharrnnError
-from charrnn.model import RNNLM
-from charrnn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
-                               default_segment_steps, loss_and_grads_auto, loss_and_grads_recompute,
+from charrnn.nn import model as model_module
+from charrnn.training import start as training
+from charrnn.base.errors import CharrnnError
+from charrnn.nn.model import RNNLM
+from charrnn.nn.recompute import (DEFAULT_MEMORY_BUDGET, bptt_memory_bytes, choose_bptt_memory,
+                               default_segment_steps, loss_and_grads_recompute,
                                segment_bounds)
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import ConfigError, TrainConfig
 
 V, H = 6, 5
 
@@ -164,35 +167,35 @@ def test_auto_stores_within_the_budget_and_recomputes_beyond():
     assert choose_bptt_memory("auto", model, 1, 10_000_000) == "recompute"
     plain = model.loss_and_grads(X, Y)
     for budget in (needed, 1):
-        assert_same(plain, loss_and_grads_auto(model, X, Y, memory_budget_bytes=budget), rtol=1e-12)
+        assert_same(plain, model.loss_and_grads(X, Y, bptt_memory="auto", memory_budget_bytes=budget), rtol=1e-12)
     with pytest.raises(CharrnnError, match="bptt_memory"):
         choose_bptt_memory("sometimes", model, 2, 30)
 
 
 def test_training_with_recomputation_follows_the_stored_run(tmp_path, monkeypatch):
-    """charrnn.training.train with bptt_memory "recompute" takes the same steps as "store", to round-off."""
+    """charrnn.training.start.train with bptt_memory "recompute" takes the same steps as "store", to round-off."""
     calls = []
 
     def counted(*args, **kwargs):
         calls.append(kwargs["truncation"])
         return loss_and_grads_recompute(*args, **kwargs)
 
-    monkeypatch.setattr(recompute, "loss_and_grads_recompute", counted)
+    monkeypatch.setattr(model_module, "loss_and_grads_recompute", counted)  # where RNNLM.loss_and_grads finds it
     text = tmp_path / "text.txt"
     text.write_text(" ".join(np.random.default_rng(1).choice(["time", "machine", "past", "go"], 300)))
     runs = {}
     for mode in ("store", "recompute"):
-        config = training.TrainConfig(corpus=str(text), num_hiddens=8, batch_size=2, num_steps=40,
+        config = TrainConfig(corpus=str(text), num_hiddens=8, batch_size=2, num_steps=40,
                                       dtype="float64", truncation="randomized:0.5", max_tokens=800,
                                       eval_every=10_000, sample_length=0, bptt_memory=mode)
         runs[mode] = training.train(config, tmp_path / mode)
     assert calls == ["randomized:0.5"] * 10  # every step of the second run, none of the first
-    stored, recomputed = (training.load_checkpoint(runs[m].out_dir / training.CHECKPOINT) for m in runs)
+    stored, recomputed = (load_checkpoint(runs[m].out_dir / CHECKPOINT) for m in runs)
     assert recomputed.config.bptt_memory == "recompute"
     for name, value in stored.model.params.items():
         np.testing.assert_allclose(recomputed.model.params[name], value, rtol=1e-9, atol=1e-12)
     assert runs["recompute"].val_ppl == pytest.approx(runs["store"].val_ppl, rel=1e-9)
-    with pytest.raises(training.ConfigError, match="bptt_memory"):
-        training.TrainConfig(bptt_memory="never")
-    with pytest.raises(training.ConfigError, match="bptt_memory_budget"):
-        training.TrainConfig(bptt_memory_budget=0)
+    with pytest.raises(ConfigError, match="bptt_memory"):
+        TrainConfig(bptt_memory="never")
+    with pytest.raises(ConfigError, match="bptt_memory_budget"):
+        TrainConfig(bptt_memory_budget=0)

@@ -1,4 +1,4 @@
-"""Reliability (issue 7): interrupted runs, exact resume, blow-ups, untrusted files, bad text,
+"""Reliability: interrupted runs, exact resume, blow-ups, untrusted files, bad text,
 bad options, a full or read-only disk. Through the CLI, with tiny models."""
 import copy
 import errno
@@ -21,14 +21,19 @@ import numpy as np
 import pytest
 
 from charrnn import cli
-from charrnn import data
-from charrnn import io as charrnn_io
-from charrnn import outdir
-from charrnn import training
-from charrnn import run as training_loop
-from charrnn.errors import CharrnnError
-from charrnn.io import load_npz, save_npz
-from charrnn.lock import LOCK_FILE
+from charrnn.data import corpus as data
+from charrnn.base import io as charrnn_io
+from charrnn.training import outdir
+from charrnn.training import start as training
+from charrnn.training import loop as training_loop
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import load_npz, save_npz
+from charrnn.runtime.lock import LOCK_FILE
+from charrnn.cli.options import Clip, Truncation
+from charrnn.nn.optim import clip_grad_norm, make_optimizer
+from charrnn.training.outdir import BEST, CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
 from test_cli import assert_error, assert_ok, charrnn_command, invoke
 from test_train import assert_same_run
 
@@ -51,7 +56,7 @@ def run_dir(tmp_path_factory, text_file):
     """A tiny run stopped inside an epoch, so its checkpoint holds Adam's state and a carried state."""
     out = tmp_path_factory.mktemp("run") / "run"
     assert_ok(invoke("train", text_file, *TINY, "--max-tokens", 1000, "--out", out))
-    assert training.STATE_KEY in load_npz(out / training.CHECKPOINT)[0]
+    assert STATE_KEY in load_npz(out / CHECKPOINT)[0]
     return out
 
 
@@ -70,7 +75,7 @@ def wait_for(path, process, timeout=60):
 
 def train_process(text_file, out, *budget):
     """`charrnn train` as a real process: a fresh run, or a resumed one if `out` has a checkpoint."""
-    what = (["--resume", out] if (out / training.CHECKPOINT).exists()
+    what = (["--resume", out] if (out / CHECKPOINT).exists()
             else [text_file, *INTERRUPTED, "--out", out])
     return subprocess.Popen([charrnn_command(), "train", *map(str, what), *map(str, budget)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -79,7 +84,7 @@ def train_process(text_file, out, *budget):
 def assert_resumes_to_the_straight_run(text_file, interrupted, straight):
     """Resumed to a token budget past its checkpoint, `interrupted` ends bit-identical to a run
     given that budget and never stopped."""
-    tokens = training.load_checkpoint(interrupted / training.CHECKPOINT).progress.tokens + 1024
+    tokens = load_checkpoint(interrupted / CHECKPOINT).progress.tokens + 1024
     assert_ok(invoke("train", "--resume", interrupted, "--max-tokens", tokens))
     assert_ok(invoke("train", text_file, *INTERRUPTED, "--max-tokens", tokens, "--out", straight))
     assert_same_run(straight, interrupted)
@@ -91,7 +96,7 @@ def assert_resumes_to_the_straight_run(text_file, interrupted, straight):
 def test_a_signal_at_a_random_moment_then_resume_equals_a_run_never_stopped(tmp_path, text_file, sig, code):
     out = tmp_path / "run"
     process = train_process(text_file, out, "--max-time", 300)
-    wait_for(out / training.METRICS, process)  # the training loop, with its handlers, is running
+    wait_for(out / METRICS, process)  # the training loop, with its handlers, is running
     time.sleep(random.Random(sig).uniform(0, 0.4))
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
@@ -108,12 +113,12 @@ def test_kill_9_at_random_moments_never_loses_the_last_checkpoint(tmp_path, text
     for kill in range(5):
         process = train_process(text_file, out, "--max-time", 300)
         if kill == 0:
-            wait_for(out / training.CHECKPOINT, process)
+            wait_for(out / CHECKPOINT, process)
         time.sleep(delays.uniform(0.2, 1.0))
         process.kill()
         process.communicate(timeout=60)
         assert process.returncode == -signal.SIGKILL
-        step = training.load_checkpoint(out / training.CHECKPOINT).progress.step
+        step = load_checkpoint(out / CHECKPOINT).progress.step
         assert step >= last_step
         last_step = step
     assert last_step > 0
@@ -123,13 +128,13 @@ def test_kill_9_at_random_moments_never_loses_the_last_checkpoint(tmp_path, text
 def test_torn_and_foreign_lines_in_metrics_are_dropped_on_resume(tmp_path, run_dir):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
-    step = training.load_checkpoint(out / training.CHECKPOINT).progress.step
-    kept = (out / training.METRICS).read_bytes()
-    with open(out / training.METRICS, "ab") as f:
+    step = load_checkpoint(out / CHECKPOINT).progress.step
+    kept = (out / METRICS).read_bytes()
+    with open(out / METRICS, "ab") as f:
         f.write(b'[1, 2]\n{"step": "7"}\n"text"\n\xff\xfe\n' + b"[" * 100_000 + b"]" * 100_000 +
                 b'\n{"step": 99999, "reason": "interval"}\n{"step": 1')
     assert_ok(invoke("train", "--resume", out, "--max-tokens", 1200))
-    lines = (out / training.METRICS).read_bytes()
+    lines = (out / METRICS).read_bytes()
     assert lines.startswith(kept)
     records = [json.loads(line) for line in lines[len(kept):].decode("utf-8").splitlines()]
     assert records and all(isinstance(r, dict) and step < r["step"] < 99999 for r in records)
@@ -154,7 +159,7 @@ def read_metrics(out):
     def no_constants(name):
         raise AssertionError(f"{name} in metrics.jsonl")
     return [json.loads(line, parse_constant=no_constants)
-            for line in (out / training.METRICS).read_text().splitlines()]
+            for line in (out / METRICS).read_text().splitlines()]
 
 
 def test_a_real_blow_up_stops_with_the_last_good_checkpoint_and_best_kept(tmp_path, text_file):
@@ -167,18 +172,18 @@ def test_a_real_blow_up_stops_with_the_last_good_checkpoint_and_best_kept(tmp_pa
     records = read_metrics(out)
     good = [r for r in records if r["val_ppl"] is not None]
     assert len(good) >= 2 and records[0]["best"]
-    checkpoint = training.load_checkpoint(out / training.CHECKPOINT)  # refuses non-finite values
+    checkpoint = load_checkpoint(out / CHECKPOINT)  # refuses non-finite values
     assert checkpoint.progress.step == records[-1]["step"]
-    assert f"the last good checkpoint (step {checkpoint.progress.step}) is {out / training.CHECKPOINT}" in result.stderr
+    assert f"the last good checkpoint (step {checkpoint.progress.step}) is {out / CHECKPOINT}" in result.stderr
     assert f"charrnn train --resume {out} --on-nonfinite skip" in result.stderr
-    best = training.load_checkpoint(out / training.BEST)
+    best = load_checkpoint(out / BEST)
     assert best.progress.best_val_ppl == min(r["val_ppl"] for r in good)
     assert best.progress.step == max(r["step"] for r in records if r["best"])
 
 
 def fail_clip_at(monkeypatch, *calls):
     """Make the gradient norm NaN at these 1-based calls of clip_grad_norm (a bad minibatch)."""
-    real, count = training_loop.clip_grad_norm, [0]
+    real, count = clip_grad_norm, [0]
 
     def clip(grads, theta):
         count[0] += 1
@@ -198,7 +203,7 @@ def test_a_nonfinite_minibatch_stops_and_the_suggested_skip_command_goes_on(tmp_
     resumed = invoke(*suggested)
     assert_ok(resumed)
     assert "skipped minibatches" in resumed.stdout
-    final = training.load_checkpoint(out / training.CHECKPOINT)
+    final = load_checkpoint(out / CHECKPOINT)
     assert final.progress.skipped == 1 and final.progress.tokens == 1600
     assert read_metrics(out)[-1]["skipped"] == 1
 
@@ -214,7 +219,7 @@ def test_a_resume_inside_a_run_of_skipped_minibatches_gives_up_where_a_straight_
     out = tmp_path / "resumed"
     fail_clip_at(monkeypatch, *range(3, 8))
     assert_ok(invoke("train", text_file, *TINY, *skip, "--max-tokens", 7 * 32, "--out", out))
-    assert training.load_checkpoint(out / training.CHECKPOINT).progress.skipped_in_a_row == 5
+    assert load_checkpoint(out / CHECKPOINT).progress.skipped_in_a_row == 5
     fail_clip_at(monkeypatch, *range(1, 6))
     resumed = invoke("train", "--resume", out, "--max-tokens", 1600)
     assert_error(resumed, says="the model has diverged")
@@ -225,7 +230,7 @@ def test_a_resume_inside_a_run_of_skipped_minibatches_gives_up_where_a_straight_
 def test_nonfinite_parameters_are_never_saved(tmp_path, text_file, monkeypatch):
     """An update that leaves an inf where the loss cannot see it (the row of <unk>, never an
     input) would pass every loss check: no checkpoint, best or not, is written with it."""
-    real, updates = training.make_optimizer, [0]
+    real, updates = make_optimizer, [0]
 
     def poisoned_optimizer(name, params, lr):
         optimizer = real(name, params, lr)
@@ -242,9 +247,9 @@ def test_nonfinite_parameters_are_never_saved(tmp_path, text_file, monkeypatch):
     out = tmp_path / "run"
     result = invoke("train", text_file, *TINY, "--eval-every", 32, "--epochs", 1, "--out", out)
     assert_error(result, says="non-finite parameters or optimizer state at step 3")
-    assert f"the last good checkpoint (step 2) is {out / training.CHECKPOINT}" in result.stderr
-    assert training.load_checkpoint(out / training.CHECKPOINT).progress.step == 2
-    assert training.load_checkpoint(out / training.BEST).progress.step <= 2
+    assert f"the last good checkpoint (step 2) is {out / CHECKPOINT}" in result.stderr
+    assert load_checkpoint(out / CHECKPOINT).progress.step == 2
+    assert load_checkpoint(out / BEST).progress.step <= 2
 
 
 # ---------------------------------------------------------------------------- untrusted files
@@ -333,7 +338,7 @@ BAD_CHECKPOINTS = {
     "optimizer state missing": (edited(lambda arrays, meta: [arrays.pop(k) for k in list(arrays) if k.startswith("optim.s")]),
                                 "optimizer state has no array"),
     "NaN in the optimizer state": (edited(replace_array("optim.", lambda a: a * np.nan)), "non-finite optimizer"),
-    "carried state of a wrong shape": (edited(replace_array(training.STATE_KEY, lambda a: a[:, :5])), "carried_state"),
+    "carried state of a wrong shape": (edited(replace_array(STATE_KEY, lambda a: a[:, :5])), "carried_state"),
     "progress: tokens": (edited(set_in("progress", "tokens", value=lambda n: n + 1)), "tokens cannot be"),
     "progress: negative step": (edited(set_in("progress", "step", value=-1)), "impossible training progress"),
     "RNG state": (edited(set_in("rng", value={"bit_generator": "MT19937"})), "corrupt training state"),
@@ -344,7 +349,7 @@ BAD_CHECKPOINTS = {
 
 def commands_reading(out):
     """sample, evaluate and train --resume, each given the checkpoint of the run in `out`."""
-    path = out / training.CHECKPOINT
+    path = out / CHECKPOINT
     return [["sample", path, "--length", 5], ["evaluate", path], ["train", "--resume", out, "--max-tokens", 1100]]
 
 
@@ -360,7 +365,7 @@ def test_bad_checkpoints_are_refused_by_every_command(tmp_path, run_dir, variant
     write, says = BAD_CHECKPOINTS[variant]
     out, marker = tmp_path / "run", tmp_path / "unpickled"
     shutil.copytree(run_dir, out)
-    path = out / training.CHECKPOINT
+    path = out / CHECKPOINT
     good = path.read_bytes()
     write(path, good, *load_npz(path), marker)
     before = snapshot(out)
@@ -374,7 +379,7 @@ def test_bad_checkpoints_are_refused_by_every_command(tmp_path, run_dir, variant
 def test_the_pickle_test_would_see_an_unpickling(tmp_path, run_dir):
     """The marker check above is not vacuous: loading the crafted file with pickle allowed writes it."""
     path, marker = tmp_path / "crafted.npz", tmp_path / "unpickled"
-    pickled_array(path, None, *load_npz(run_dir / training.CHECKPOINT), marker)
+    pickled_array(path, None, *load_npz(run_dir / CHECKPOINT), marker)
     with np.load(path, allow_pickle=True) as npz:
         npz["W_hh"]
     assert marker.exists()
@@ -465,7 +470,7 @@ def test_a_huge_single_line_is_valid_text(tmp_path):
                      "--out", tmp_path / "run")
     assert_ok(trained)
     by_count = sorted("abcdefgh ", key=lambda c: line.count(c.encode()), reverse=True)
-    assert training.load_checkpoint(tmp_path / "run").vocab.idx_to_token[1:] == by_count
+    assert load_checkpoint(tmp_path / "run").vocab.idx_to_token[1:] == by_count
 
 
 # ---------------------------------------------------------------------------- bad options
@@ -475,9 +480,9 @@ def out_of_range(option):
     kind = option.type
     if isinstance(kind, click.Choice):
         return ["no-such-choice"]
-    if isinstance(kind, cli.Truncation):
+    if isinstance(kind, Truncation):
         return ["regular:0", "regular:-2", "regular:x", "randomized:0", "randomized:1.5", "randomized:nan", "always"]
-    if isinstance(kind, cli.Clip):
+    if isinstance(kind, Clip):
         return ["0", "-1", "nan", "x"]
     if isinstance(kind, (click.IntRange, click.FloatRange)):
         step = 1 if isinstance(kind, click.IntRange) else 0.5
@@ -562,9 +567,9 @@ def test_the_disk_filling_up_during_training_keeps_the_last_checkpoint(tmp_path,
     out = tmp_path / "run"
     result = invoke("train", text_file, *TINY, "--eval-every", 64, "--max-tokens", 640, "--out", out)
     assert_error(result, says="No space left on device")
-    kept = training.load_checkpoint(out / training.CHECKPOINT)
+    kept = load_checkpoint(out / CHECKPOINT)
     assert f"the last good checkpoint (step {kept.progress.step}) is" in result.stderr and kept.progress.step > 0
-    assert training.load_checkpoint(out / training.BEST).progress.step <= kept.progress.step
+    assert load_checkpoint(out / BEST).progress.step <= kept.progress.step
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
     assert_ok(invoke("train", "--resume", out))

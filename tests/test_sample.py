@@ -5,8 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from charrnn.errors import CharrnnError
-from charrnn.sample import next_token
+from charrnn.base.errors import CharrnnError
+from charrnn.infer.sample import next_token
 
 DRAWS = 10_000
 

@@ -1,14 +1,17 @@
-"""The learning-rate schedule (issue 13): by the fraction of the budget used, with a floor."""
+"""The learning-rate schedule: by the fraction of the budget used, with a floor."""
 import json
 import math
 
 import pytest
 
-from charrnn import training
-from charrnn.checkpoint import Progress
-from charrnn.config import TrainConfig
-from charrnn.io import load_npz, save_npz
-from charrnn.schedule import budget_fraction, learning_rate
+from charrnn.training import start as training
+from charrnn.training.state import Progress
+from charrnn.training.config import TrainConfig
+from charrnn.base.io import load_npz, save_npz
+from charrnn.training.schedule import budget_fraction, learning_rate
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.config import ConfigError
 
 
 def cfg(**changes):
@@ -51,9 +54,9 @@ def test_configurations_saved_before_the_schedule_keep_their_epoch_decay():
     restored = TrainConfig.from_dict(old)
     assert (restored.lr_schedule, restored.lr_decay, restored.lr_floor) == ("epoch", 0.8, 0.1)
     assert cfg().lr_schedule == "cosine"
-    with pytest.raises(training.ConfigError, match="lr_floor"):
+    with pytest.raises(ConfigError, match="lr_floor"):
         cfg(lr_floor=0)
-    with pytest.raises(training.ConfigError, match="lr_schedule"):
+    with pytest.raises(ConfigError, match="lr_schedule"):
         cfg(lr_schedule="linear")
 
 
@@ -66,7 +69,7 @@ def test_a_small_text_keeps_learning_to_the_end_of_a_long_budget(tmp_path, write
     for schedule in ("epoch", "cosine"):
         runs[schedule] = training.train(TrainConfig(corpus=str(text), lr_schedule=schedule, **tiny),
                                         tmp_path / schedule)
-    last_lr = {s: json.loads((tmp_path / s / training.METRICS).read_text().splitlines()[-1])["lr"] for s in runs}
+    last_lr = {s: json.loads((tmp_path / s / METRICS).read_text().splitlines()[-1])["lr"] for s in runs}
     assert last_lr["epoch"] < 0.02 * TrainConfig().lr  # 0.9**39
     assert last_lr["cosine"] == pytest.approx(TrainConfig().lr * 0.1, rel=0.01)
     assert runs["cosine"].train_ppl < runs["epoch"].train_ppl  # it kept learning
@@ -76,14 +79,14 @@ def test_a_run_saved_before_the_schedule_existed_resumes_with_its_epoch_decay(tm
     text = write_words(tmp_path / "words.txt", 300, seed=5)
     tiny = dict(num_hiddens=8, batch_size=4, num_steps=8, eval_every=10**9, sample_length=0)
     training.train(TrainConfig(corpus=str(text), epochs=1, lr_schedule="epoch", lr_decay=0.5, **tiny), tmp_path / "old")
-    path = tmp_path / "old" / training.CHECKPOINT
+    path = tmp_path / "old" / CHECKPOINT
     arrays, meta = load_npz(path)
     for name in ("lr_schedule", "lr_floor", "init_from"):  # as a checkpoint of an older charrnn
         del meta["config"][name]
     save_npz(path, arrays, meta)
     result = training.resume(tmp_path / "old", {"epochs": 2})
     assert result.config.lr_schedule == "epoch" and result.progress.epoch == 2
-    last = json.loads((tmp_path / "old" / training.METRICS).read_text().splitlines()[-1])
+    last = json.loads((tmp_path / "old" / METRICS).read_text().splitlines()[-1])
     assert last["lr"] == pytest.approx(TrainConfig().lr * 0.5)
 
 
@@ -91,7 +94,7 @@ def test_a_time_budget_runs_the_whole_schedule_by_the_clock(tmp_path, write_word
     text = write_words(tmp_path / "words.txt", 300, seed=5)
     tiny = dict(num_hiddens=8, batch_size=4, num_steps=8, eval_every=32, sample_length=0)  # every step
     result = training.train(TrainConfig(corpus=str(text), max_time=1.0, **tiny), tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / training.METRICS).read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     lrs = [r["lr"] for r in records]
     assert result.reason == "max_time" and len(lrs) > 3 and lrs == sorted(lrs, reverse=True)
     assert lrs[-1] < 0.15 * TrainConfig().lr < 0.5 * TrainConfig().lr < lrs[0]

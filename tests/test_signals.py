@@ -1,4 +1,4 @@
-"""Signals honoured in time (issue 25, items 4 and 7): SIGHUP (a closed terminal) is SIGTERM, a
+"""Signals honoured in time: SIGHUP (a closed terminal) is SIGTERM, a
 checkpoint saved; a signal in the middle of a validation pass ends the run within 2 s, and the
 resumed run evaluates that step first, ending bit-identical to a run never stopped."""
 import json
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from charrnn import training
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.outdir import CHECKPOINT, METRICS
 from test_cli import assert_ok, charrnn_command, invoke
 from test_reliability import INTERRUPTED
 from test_train import assert_same_run
@@ -42,12 +43,12 @@ def test_sighup_stops_training_with_a_checkpoint_and_exit_129(tmp_path, text_fil
         process.kill()
     assert process.returncode == 129, stderr
     assert "Interrupted by SIGHUP" in stderr and f"Resume with: charrnn train --resume {out}" in stderr
-    assert training.load_checkpoint(out / training.CHECKPOINT).progress.step > 0
+    assert load_checkpoint(out / CHECKPOINT).progress.step > 0
 
 
 ENDLESS_VALIDATION = """
 import sys, time
-from charrnn import evaluate
+from charrnn.infer import evaluate
 from charrnn.entry import main
 batches = evaluate.contiguous_batches
 def endless(*args, **kwargs):  # a validation pass that would never end: 0.2 s a chunk
@@ -81,11 +82,11 @@ def test_a_signal_during_validation_is_honoured_within_2_s_and_the_run_resumes_e
     finally:
         process.kill()
     assert process.returncode == code and seconds < 2, (seconds, stderr)
-    progress = training.load_checkpoint(out / training.CHECKPOINT).progress
+    progress = load_checkpoint(out / CHECKPOINT).progress
     assert progress.step == 512 // (4 * 8) and progress.last_eval_step != progress.step  # stopped in the pass
-    assert not (out / training.METRICS).exists() or not (out / training.METRICS).read_text().strip()
+    assert not (out / METRICS).exists() or not (out / METRICS).read_text().strip()
     assert_ok(invoke("train", "--resume", out, "--max-tokens", 1536))
     assert_ok(invoke("train", text_file, *INTERRUPTED, "--max-tokens", 1536, "--out", straight))
     assert_same_run(straight, out)
-    records = [json.loads(line) for line in (out / training.METRICS).read_text().splitlines()]
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
     assert [r["step"] for r in records] == [16, 32, 48]

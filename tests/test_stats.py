@@ -1,4 +1,4 @@
-"""Means with intervals, paired differences and the verdict (charrnn.stats)."""
+"""Means with intervals, paired differences and the verdict (charrnn.experiments.stats)."""
 import math
 
 import numpy as np
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from charrnn.stats import describe, mean_curve, mean_interval, paired_difference, verdict
+from charrnn.experiments.stats import describe, mean_curve, mean_interval, paired_difference, verdict
 
 T_975_4 = 2.7764451051977987  # the 97.5th percentile of Student's t with 4 degrees of freedom (tables)
 

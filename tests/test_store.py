@@ -1,4 +1,4 @@
-"""Tests of charrnn.stream and charrnn.store: streamed tokenization into a memory-mapped store."""
+"""Tests of charrnn.data.stream and charrnn.data.store: streamed tokenization into a memory-mapped store."""
 import errno
 import io
 import json
@@ -15,11 +15,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from charrnn import data, store as store_module, stream
-from charrnn.data import load_corpus
-from charrnn.errors import CharrnnError, CharrnnWarning
-from charrnn.store import open_store, read_store
-from charrnn.stream import IdFile
+from charrnn.data import corpus as data
+from charrnn.data import store as store_module
+from charrnn.data import stream
+from charrnn.data.corpus import load_corpus
+from charrnn.base.errors import CharrnnError, CharrnnWarning
+from charrnn.data.store import open_store, read_store
+from charrnn.data.stream import IdFile
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.config import TrainConfig
 
 LEVELS_AND_MODES = [("char", "d2l"), ("char", "raw"), ("word", "d2l"), ("word", "raw")]
 
@@ -30,7 +35,7 @@ def write(path: Path, content) -> Path:
 
 
 def assert_same_as_in_memory(path, level, preprocess, cache_dir, piece_bytes, **limits):
-    """The store of `path` holds the ids and vocabulary that charrnn.data.load_corpus gives."""
+    """The store of `path` holds the ids and vocabulary that charrnn.data.corpus.load_corpus gives."""
     store = open_store(path, level, preprocess, cache_dir=cache_dir, piece_bytes=piece_bytes, **limits)
     ids, vocab = load_corpus(path, level, preprocess)
     if limits:  # load_corpus knows no limits: renumber its ids into the limited vocabulary
@@ -58,7 +63,7 @@ BOUNDARY_TEXTS = {
 }
 
 
-@pytest.mark.filterwarnings("ignore::charrnn.errors.CharrnnWarning")  # d2l drops é (tested below)
+@pytest.mark.filterwarnings("ignore::charrnn.base.errors.CharrnnWarning")  # d2l drops é (tested below)
 @pytest.mark.parametrize("text", BOUNDARY_TEXTS.values(), ids=BOUNDARY_TEXTS.keys())
 @pytest.mark.parametrize("piece_bytes", [1, 2, 3, 5, 1 << 20])
 @pytest.mark.parametrize("level, preprocess", LEVELS_AND_MODES)
@@ -75,7 +80,7 @@ def test_characters_cut_by_every_boundary_are_whole():
         assert all(piece_bytes_.decode() == piece_text for piece_bytes_, piece_text in pieces)
 
 
-@pytest.mark.filterwarnings("ignore::charrnn.errors.CharrnnWarning")  # d2l drops é (tested below)
+@pytest.mark.filterwarnings("ignore::charrnn.base.errors.CharrnnWarning")  # d2l drops é (tested below)
 @settings(max_examples=60, deadline=None)
 @given(text=st.text(st.sampled_from("ab Z\n\r\t\u00a0\u2003é€😀,."), min_size=1, max_size=80),
        piece_bytes=st.integers(1, 9), level_mode=st.sampled_from(LEVELS_AND_MODES))
@@ -271,7 +276,7 @@ def test_an_unwritable_cache_dir_is_one_line(tmp_path):
 
 OPEN_IN_A_PROCESS = """
 import json, sys
-from charrnn.store import open_store
+from charrnn.data.store import open_store
 store = open_store(sys.argv[1], "char", "raw", cache_dir=sys.argv[2], piece_bytes=1 << 12)
 print(json.dumps({"built": store.built, "ids_sha1": store.header["ids_sha1"], "tokens": len(store)}))
 """
@@ -347,9 +352,9 @@ def invoke(*args):
 
 
 def test_training_reads_views_of_the_memory_map_not_int32_copies(tmp_path, write_words):
-    from charrnn import training
+    from charrnn.training import start as training
     path = write_words(tmp_path / "w.txt", 300, seed=1)
-    config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4)
+    config = TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4)
     train, val, vocab, data_id = training.load_data(config, None, cache_dir=tmp_path / "c")
     store = open_store(path, cache_dir=tmp_path / "c")
     for split in (train, val):
@@ -370,12 +375,11 @@ def test_corpus_command_reports_where_the_store_is(tmp_path, write_words):
 
 
 def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, write_words):
-    from charrnn import training
     path = write_words(tmp_path / "w.txt", 400, seed=3)
     run = tmp_path / "run"
     invoke("train", path, "--level", "word", "--max-vocab", "5", "--min-freq", "2", *TINY_RUN,
            "--max-tokens", "64", "--out", run, "--cache-dir", tmp_path / "c")
-    ckpt = training.load_checkpoint(run / training.CHECKPOINT)
+    ckpt = load_checkpoint(run / CHECKPOINT)
     assert len(ckpt.vocab) == 6 and ckpt.config.max_vocab == 5 and ckpt.config.min_freq == 2
     assert ckpt.model.params["W_hq"].shape == (8, 6)
     invoke("train", "--resume", run, "--max-tokens", "128", "--cache-dir", tmp_path / "c")
@@ -387,17 +391,17 @@ def test_word_level_limits_train_end_to_end_and_stay_with_the_run(tmp_path, writ
 
 
 def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_words):
-    from charrnn import training
-    from charrnn.checkpoint import data_sha1
-    from charrnn.io import load_npz, save_npz
+    from charrnn.training import start as training
+    from charrnn.training.checkpoint import legacy_tokens_sha1
+    from charrnn.base.io import load_npz, save_npz
     path = write_words(tmp_path / "w.txt", 300, seed=4)
-    config = training.TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4,
+    config = TrainConfig(corpus=str(path), num_hiddens=8, batch_size=2, num_steps=4,
                                   max_tokens=32, sample_length=5)
     training.train(config, tmp_path / "run", cache_dir=tmp_path / "c")
-    checkpoint = tmp_path / "run" / training.CHECKPOINT
+    checkpoint = tmp_path / "run" / CHECKPOINT
     arrays, meta = load_npz(checkpoint)
     train_ids = training.load_data(config, None, cache_dir=tmp_path / "c")[0]
-    for saved, resumes in [(data_sha1(train_ids), True), ("0" * 40, False)]:
+    for saved, resumes in [(legacy_tokens_sha1(train_ids), True), ("0" * 40, False)]:
         save_npz(checkpoint, arrays, {**meta, "data_sha1": saved})
         if resumes:
             training.resume(tmp_path / "run", {"max_tokens": 64}, cache_dir=tmp_path / "c")
@@ -408,9 +412,9 @@ def test_a_run_saved_with_the_int32_data_sha1_still_resumes(tmp_path, write_word
 
 
 def test_evaluating_another_text_maps_its_ids_to_the_checkpoints(tmp_path):
-    from charrnn.config import TrainConfig
-    from charrnn.evaluate import evaluate_text, mean_loss
-    from charrnn.model import RNNLM
+    from charrnn.training.config import TrainConfig
+    from charrnn.infer.evaluate import evaluate_text, mean_loss
+    from charrnn.nn.model import RNNLM
     trained_on = write(tmp_path / "a.txt", "abcde abcde abcde " * 20)
     other = write(tmp_path / "b.txt", "edcba xyz edcba " * 20)  # another order, and x y z unknown
     vocab = open_store(trained_on, "char", "raw", cache_dir=tmp_path / "c").vocab
@@ -423,7 +427,8 @@ def test_evaluating_another_text_maps_its_ids_to_the_checkpoints(tmp_path):
 
 
 def test_samplers_and_evaluation_give_the_maps_pages_back(tmp_path, monkeypatch, write_words):
-    from charrnn import evaluate, samplers
+    from charrnn.infer import evaluate
+    from charrnn.data import samplers
     store = open_store(write_words(tmp_path / "w.txt", 2000, seed=5), cache_dir=tmp_path / "c")
     assert samplers.memory_map_of(store.ids[10:-10]) is samplers.memory_map_of(store.ids) is not None
     assert samplers.memory_map_of(np.array(store.ids)) is None

@@ -1,4 +1,4 @@
-"""Hostile and unlucky token stores (issue 25, items 1, 2, 5, 8, 10): a store is read as carefully
+"""Hostile and unlucky token stores: a store is read as carefully
 as a checkpoint. Its header is capped, parsed with limits and checked against a schema; its ids
 are verified; a FIFO or device in its place never blocks; what a killed build leaves is cleared.
 Anything wrong is rebuilt (or refused in one line naming the file), never used; then a
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import store as store_module
-from charrnn.errors import CharrnnError
-from charrnn.io import MAX_META_BYTES
-from charrnn.store import open_store, read_store
+from charrnn.data import store as store_module
+from charrnn.base.errors import CharrnnError
+from charrnn.base.io import MAX_META_BYTES
+from charrnn.data.store import open_store, read_store
 
 LIMIT_SECONDS, LIMIT_BYTES = 1.0, 100 * 2**20
 TEXT = "the time machine traveller said we go into the future " * 40
@@ -67,7 +67,7 @@ def refused_quickly(path):
     return str(err.value)
 
 
-# ----------------------------------------------------------------------------- item 1: the header's schema
+# ----------------------------------------------------------------------------- the header's schema
 
 HEADER_EDITS = {
     "a lone surrogate token": lambda h: h["vocab"]["idx_to_token"].__setitem__(1, "\ud800"),
@@ -105,7 +105,7 @@ def test_training_on_a_store_with_a_surrogate_token_retrains_from_a_clean_store(
     assert path.read_bytes() == content
 
 
-# ----------------------------------------------------------------------------- item 2: the ids
+# ----------------------------------------------------------------------------- the ids
 
 def swapped(content, offset):
     """The store with two different ids (the first at `offset`) swapped in place: length, header
@@ -156,7 +156,7 @@ def test_evaluate_and_resume_never_use_altered_ids(tmp_path, write_words):
 
 def test_a_verified_store_is_not_read_again_until_it_changes(built, monkeypatch):
     text, cache, path, content, header, offset = built
-    from charrnn import storeids
+    from charrnn.data import storeids
     passes = []
     original = storeids.verify_ids
     monkeypatch.setattr(storeids, "verify_ids", lambda *a: (passes.append(1), original(*a))[1])
@@ -168,7 +168,7 @@ def test_a_verified_store_is_not_read_again_until_it_changes(built, monkeypatch)
     assert passes == [1]
 
 
-# ----------------------------------------------------------------------------- item 8: the header's size
+# ----------------------------------------------------------------------------- the header's size
 
 def test_a_header_over_the_cap_is_refused_unparsed_and_rebuilt(built):
     text, cache, path, content, header, offset = built
@@ -208,12 +208,12 @@ def test_a_vocabulary_too_large_for_a_header_is_one_line_when_built(tmp_path):
     assert open_store(text, "char", "raw", cache_dir=tmp_path / "cache").built
 
 
-# ----------------------------------------------------------------------------- item 5: FIFOs and devices
+# ----------------------------------------------------------------------------- FIFOs and devices
 
 OPEN = """
 import sys
-from charrnn.errors import CharrnnError
-from charrnn.store import open_store
+from charrnn.base.errors import CharrnnError
+from charrnn.data.store import open_store
 try:
     store = open_store(sys.argv[1], "char", "raw", cache_dir=sys.argv[2])
     print("built" if store.built else "reused")
@@ -258,7 +258,7 @@ def test_a_device_in_place_of_a_store_is_not_read(built):
     refused_quickly(path)
 
 
-# ----------------------------------------------------------------------------- item 10: killed builds
+# ----------------------------------------------------------------------------- killed builds
 
 def dead_pid():
     process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -278,7 +278,7 @@ def test_what_a_killed_build_left_is_removed_by_the_next_build(tmp_path):
 
 SLOW_BUILD = """
 import sys, time
-from charrnn import store
+from charrnn.data import store
 from charrnn.entry import main
 tokenize = store.tokenize_stream
 def slow(*args, **kwargs):

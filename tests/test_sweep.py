@@ -1,4 +1,4 @@
-"""Runs in local worker processes (charrnn.sweep.ProcessBackend): bit-identical to runs alone,
+"""Runs in local worker processes (charrnn.experiments.sweep.ProcessBackend): bit-identical to runs alone,
 workers killed under a run, Ctrl-C. Tiny models; the runs that must be caught in flight are long."""
 import os
 import signal
@@ -8,10 +8,13 @@ import time
 
 import pytest
 
-from charrnn import training
-from charrnn.compare import compare, plan
-from charrnn.runs import run_state
-from charrnn.sweep import ProcessBackend, SerialBackend
+from charrnn.training import start as training
+from charrnn.experiments.compare import compare, plan
+from charrnn.experiments.runs import run_state
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend
+from charrnn.training.outdir import CHECKPOINT
+from charrnn.training.outdir import METRICS
+from charrnn.training.checkpoint import load_checkpoint
 from test_compare import Log, assert_same_arrays, tiny_config
 
 TRUNCATIONS = ("full", "regular:2", "randomized:0.5")
@@ -61,9 +64,9 @@ class KillUnder(Log):
             threading.Thread(target=self.kill, args=(spec,), daemon=True).start()
 
     def kill(self, spec):
-        wait_for(lambda: (spec.out_dir / training.METRICS).is_file())
+        wait_for(lambda: (spec.out_dir / METRICS).is_file())
         (worker,) = [w for w in self.backend.workers if w.spec is not None and w.spec.name == self.name]
-        self.killed = training.load_checkpoint(spec.out_dir / training.CHECKPOINT).progress.tokens
+        self.killed = load_checkpoint(spec.out_dir / CHECKPOINT).progress.tokens
         os.kill(worker.process.pid, signal.SIGKILL)
 
     def on_retry(self, spec, message):

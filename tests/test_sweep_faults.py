@@ -1,4 +1,4 @@
-"""A sweep's directories after faults (issue 25, items 3 and 9): a run killed before its first
+"""A sweep's directories after faults: a run killed before its first
 checkpoint or evaluation, a damaged metrics.jsonl in a finished run, a signal to one worker, the
 sweep itself SIGKILLed. The states are made by hand where a kill would have to hit a window of
 milliseconds; a sweep never exits 0 without every seed, and never trusts a damaged record."""
@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from charrnn import training
-from charrnn.compare import compare, plan
-from charrnn.runs import GRAD_NORMS, execute_run
-from charrnn.sweep import SerialBackend
+from charrnn.training import start as training
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.training.loop import Reporter
+from charrnn.training.outdir import BEST, CHECKPOINT, CONFIG, METRICS, VOCAB
+from charrnn.experiments.compare import compare, plan
+from charrnn.experiments.runs import GRAD_NORMS, execute_run
+from charrnn.experiments.sweep import SerialBackend
 from test_compare import tiny_config
 
 TRUNCATIONS = ("full", "regular:2")
@@ -56,9 +59,9 @@ def copied(finished, tmp_path):
 def test_a_run_killed_between_its_config_and_its_first_checkpoint_is_started_again(finished, tmp_path, text_file):
     out, result = copied(finished, tmp_path)
     run = out / "full-seed1"
-    for name in (training.CHECKPOINT, training.BEST, training.METRICS, GRAD_NORMS):
+    for name in (CHECKPOINT, BEST, METRICS, GRAD_NORMS):
         (run / name).unlink()  # what a SIGKILL 8-87 ms after config.json leaves: config.json, vocab.json
-    assert (run / training.CONFIG).exists() and (run / training.VOCAB).exists()
+    assert (run / CONFIG).exists() and (run / VOCAB).exists()
     assert again(text_file, out) == result
 
 
@@ -67,14 +70,14 @@ def test_a_run_killed_before_its_first_evaluation_keeps_its_mean_gradient_norm(f
     (spec,) = [s for s in plan(tiny_config(text_file), out, TRUNCATIONS, num_seeds=2) if s.name == "regular-2-seed0"]
     shutil.rmtree(spec.out_dir)
 
-    class Killed(training.Reporter):
+    class Killed(Reporter):
         def on_step(self, stats):
             if stats["step"] == 3:
                 raise RuntimeError("SIGKILL")  # dies as a killed process would: no file written after
 
     with pytest.raises(RuntimeError, match="SIGKILL"):
         training.train(spec.config, spec.out_dir, reporter=Killed())
-    assert not (spec.out_dir / GRAD_NORMS).exists() and (spec.out_dir / training.CHECKPOINT).exists()
+    assert not (spec.out_dir / GRAD_NORMS).exists() and (spec.out_dir / CHECKPOINT).exists()
     summary = execute_run(spec)
     assert summary.mean_grad_norm == result["regular:2", 0][2] is not None
 
@@ -99,14 +102,14 @@ def damage_last_record(path, how):
                                  "nested 100,000 deep"])
 def test_a_reused_run_whose_last_record_is_damaged_is_evaluated_again_not_trusted(finished, tmp_path, text_file, how):
     out, result = copied(finished, tmp_path)
-    damage_last_record(out / "regular-2-seed1" / training.METRICS, how)
+    damage_last_record(out / "regular-2-seed1" / METRICS, how)
     assert again(text_file, out) == result
     assert again(text_file, out) == result  # and now reused as it is
 
 
 def test_a_run_whose_records_cannot_be_read_back_fails_by_name_not_as_a_bug(finished, tmp_path, text_file):
     out, result = copied(finished, tmp_path)
-    (out / "full-seed0" / training.METRICS).write_bytes(b"\xff\xfe not json\n")
+    (out / "full-seed0" / METRICS).write_bytes(b"\xff\xfe not json\n")
     # the run's last step was evaluated (last_eval_step) but its record is gone: evaluated again
     assert again(text_file, out) == result
 
@@ -154,7 +157,7 @@ def test_a_signal_to_one_worker_is_a_sweep_that_exits_non_zero_naming_the_run(tm
 
 
 def test_a_sweep_killed_with_sigkill_leaves_no_worker_training(tmp_path, text_file):
-    from charrnn.lock import RunLock
+    from charrnn.runtime.lock import RunLock
     out = tmp_path / "cmp"
     process = subprocess.Popen(command(text_file, out, tokens=10**8), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -169,4 +172,4 @@ def test_a_sweep_killed_with_sigkill_leaves_no_worker_training(tmp_path, text_fi
             os.kill(pid, signal.SIGKILL)
     for run in out.glob("*-seed0"):  # a rerun finds them free, each with a checkpoint to resume from
         with RunLock(run):
-            assert training.load_checkpoint(run / training.CHECKPOINT).progress.step > 0
+            assert load_checkpoint(run / CHECKPOINT).progress.step > 0

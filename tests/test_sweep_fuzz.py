@@ -1,4 +1,4 @@
-"""Fuzzing a sweep's directory (issue 25): the sibling of the checkpoint-bytes fuzz. Files of a
+"""Fuzzing a sweep's directory: the sibling of the checkpoint-bytes fuzz. Files of a
 finished sweep are damaged, deleted, replaced by hostile JSON or by a directory; the same sweep
 run again must report every run with its true numbers, name it failed or interrupted, or refuse
 in one line; never a traceback, never a number read from a damaged record."""
@@ -9,15 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import training
-from charrnn.compare import compare
-from charrnn.errors import CharrnnError
-from charrnn.sweep import SerialBackend
+from charrnn.base.errors import CharrnnError
+from charrnn.experiments.compare import compare
+from charrnn.experiments.sweep import SerialBackend
+from charrnn.training.outdir import BEST, CHECKPOINT, CONFIG, METRICS, VOCAB
 from test_compare import tiny_config
 
 TRUNCATIONS = ("full", "regular:2")
-FILES = [training.METRICS, "grad_norms.json", training.CONFIG, training.VOCAB, training.CHECKPOINT,
-         training.BEST]
+FILES = [METRICS, "grad_norms.json", CONFIG, VOCAB, CHECKPOINT, BEST]
 HOSTILE_JSON = [b"NaN", b"[" * 100_000, b'{"tokens": 720, "val_ppl": NaN}', b'{"tokens": 1e999}', b"\xff\xfe",
                 b'{"step": 10, "sum": 1e308, "count": -1}', b'{"tokens": ' + b"9" * 5000 + b"}", b""]
 

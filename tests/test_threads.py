@@ -1,4 +1,4 @@
-"""BLAS threads (issue 16): `auto` gives OpenBLAS the cores no other process keeps busy and looks
+"""BLAS threads: `auto` gives OpenBLAS the cores no other process keeps busy and looks
 again as training goes; no thread count, nor auto's changes, changes a number of training;
 compare's workers split the cores; the CLI and the Python API take the same setting."""
 import os
@@ -8,10 +8,13 @@ import pytest
 from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
-from charrnn import cli, threads, training
-from charrnn.errors import CharrnnError
-from charrnn.threads import (AUTO, THREAD_VARIABLES, MachineWatch, Threads, available_cores, blas_thread_counts,
+from charrnn import cli
+from charrnn.runtime import threads
+from charrnn.training import start as training
+from charrnn.base.errors import CharrnnError
+from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, MachineWatch, Threads, available_cores, blas_thread_counts,
                              blas_threads, cgroup_quota, check_threads, default_threads, share)
+from charrnn.training.loop import Reporter
 from test_train import InterruptAt, assert_same_checkpoints, config, text_file  # noqa: F401  (a fixture)
 
 NO_THREAD_VARIABLES = dict.fromkeys(THREAD_VARIABLES)  # CliRunner's env: None unsets
@@ -201,7 +204,7 @@ def test_compare_workers_split_the_cores_between_them(monkeypatch, setting, jobs
 
 # ---------------------------------------------------------------- no count changes a number
 
-class ThreadLog(training.Reporter):
+class ThreadLog(Reporter):
     def __init__(self):
         self.counts = []
 

@@ -8,14 +8,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charrnn import training
-from charrnn import run as training_loop
-from charrnn.data import Vocab
-from charrnn.checkpoint import save_model
-from charrnn.errors import CharrnnError, CharrnnWarning
-from charrnn.evaluate import contiguous_batches, mean_loss
-from charrnn.model import RNNLM
-from charrnn.sample import continue_text, generate, sample_text
+from charrnn.training import start as training
+from charrnn.training import loop as training_loop
+from charrnn.data.corpus import Vocab
+from charrnn.training.checkpoint import save_model
+from charrnn.base.errors import CharrnnError, CharrnnWarning
+from charrnn.infer.evaluate import contiguous_batches, mean_loss
+from charrnn.nn.model import RNNLM
+from charrnn.infer.sample import continue_text, generate, sample_text
+from charrnn.data.samplers import SAMPLERS
+from charrnn.training.outdir import BEST, CHECKPOINT
+from charrnn.training.outdir import CONFIG, METRICS, VOCAB
+from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
+from charrnn.training.config import ConfigError, TrainConfig
+from charrnn.training.loop import MAX_SKIPPED_IN_A_ROW, Reporter
 
 TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 TIME_FIELDS = ("elapsed", "tokens_per_s", "step_tokens_per_s", "threads")  # of the machine, not the maths
@@ -28,11 +34,11 @@ def text_file(tmp_path, write_words):
 
 
 def config(corpus, **changes):
-    return training.TrainConfig(corpus=str(corpus), **{**TINY, **changes})
+    return TrainConfig(corpus=str(corpus), **{**TINY, **changes})
 
 
 def metrics(out_dir, scheduled_only=False):
-    records = [json.loads(line) for line in (out_dir / training.METRICS).read_text().splitlines()]
+    records = [json.loads(line) for line in (out_dir / METRICS).read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records
             if not (scheduled_only and r["reason"] == "stop")]
 
@@ -40,7 +46,7 @@ def metrics(out_dir, scheduled_only=False):
 def assert_same_checkpoints(dir_a, dir_b):
     """Bit-identical parameters, optimizer state, carried state, truncation and dropout
     Generators and progress in the two runs' latest checkpoints."""
-    a, b = (training.load_checkpoint(d / training.CHECKPOINT) for d in (dir_a, dir_b))
+    a, b = (load_checkpoint(d / CHECKPOINT) for d in (dir_a, dir_b))
     for name, value in a.model.params.items():
         np.testing.assert_array_equal(value, b.model.params[name], err_msg=name)
     assert a.arrays.keys() == b.arrays.keys()
@@ -77,7 +83,7 @@ def test_resume_after_k_epochs_is_exact(tmp_path, text_file, settings, k):
     assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
-class InterruptAt(training.Reporter):
+class InterruptAt(Reporter):
     """Sends the process a SIGINT after minibatch `step`, as Ctrl-C would."""
 
     def __init__(self, step):
@@ -96,7 +102,7 @@ def test_an_interrupted_run_resumes_to_the_straight_run(tmp_path, text_file, sch
     straight = training.train(cfg, tmp_path / "straight")
     stopped = training.train(cfg, tmp_path / "split", reporter=InterruptAt(40))
     assert stopped.reason == "SIGINT" and 0 < stopped.progress.step_in_epoch
-    assert training.STATE_KEY in training.load_checkpoint(tmp_path / "split" / "checkpoint.npz").arrays
+    assert STATE_KEY in load_checkpoint(tmp_path / "split" / "checkpoint.npz").arrays
     result = training.resume(tmp_path / "split")
     assert result.reason == "epochs" and result.val_ppl == straight.val_ppl
     assert_same_run(tmp_path / "straight", tmp_path / "split")
@@ -106,14 +112,14 @@ def test_an_interrupted_run_resumes_to_the_straight_run(tmp_path, text_file, sch
 
 def test_resume_keeps_the_maths_and_needs_a_budget(tmp_path, text_file):
     training.train(config(text_file, epochs=1), tmp_path / "run")
-    with pytest.raises(training.ConfigError, match="keeps its lr") as err:
+    with pytest.raises(ConfigError, match="keeps its lr") as err:
         training.resume(tmp_path / "run", {"lr": 0.5, "epochs": 2})
     assert err.value.name == "lr"
     with pytest.raises(CharrnnError, match="already reached its budget"):
         training.resume(tmp_path / "run")
     with pytest.raises(CharrnnError, match="already holds a run"):
         training.train(config(text_file, epochs=1), tmp_path / "run")
-    changed = training.TrainConfig(corpus=str(text_file), epochs=1).resumed({"max_time": 5.0, "eval_every": 9})
+    changed = TrainConfig(corpus=str(text_file), epochs=1).resumed({"max_time": 5.0, "eval_every": 9})
     assert (changed.epochs, changed.max_time, changed.eval_every) == (None, 5.0, 9)
 
 
@@ -135,23 +141,23 @@ def test_training_lowers_validation_perplexity_and_writes_its_files(tmp_path, te
     assert [r["step"] for r in records] == sorted(r["step"] for r in records)
     first_words = " ".join(text_file.read_text().split()[:2])  # the default prefix of a user's text
     assert all(r["sample"].startswith(first_words) for r in records)
-    saved = json.loads((tmp_path / "run" / training.CONFIG).read_text())
+    saved = json.loads((tmp_path / "run" / CONFIG).read_text())
     assert saved["num_hiddens"] == 32 and saved["corpus"] == str(text_file.resolve())
-    best = training.load_checkpoint(tmp_path / "run")  # a directory means best.npz
-    assert best.path.name == training.BEST and best.progress.step == result.progress.best_step
-    assert Vocab.load(tmp_path / "run" / training.VOCAB).idx_to_token == best.vocab.idx_to_token
+    best = load_checkpoint(tmp_path / "run")  # a directory means best.npz
+    assert best.path.name == BEST and best.progress.step == result.progress.best_step
+    assert Vocab.load(tmp_path / "run" / VOCAB).idx_to_token == best.vocab.idx_to_token
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_file):
     result = training.train(config(text_file, activation="linear", optimizer="sgd", lr=1e30, clip=None, epochs=2),
                             tmp_path / "run")
     assert result.reason == "nonfinite" and "non-finite" in result.message
-    kept = training.load_checkpoint(tmp_path / "run" / training.CHECKPOINT)  # refuses non-finite params
+    kept = load_checkpoint(tmp_path / "run" / CHECKPOINT)  # refuses non-finite params
     assert kept.progress.step == result.checkpoint_step < result.progress.step
 
 
 def test_a_nonfinite_validation_loss_never_becomes_best(tmp_path, text_file, monkeypatch):
-    real, calls = training_loop.mean_loss, []
+    real, calls = mean_loss, []
 
     def finite_once_then_nan(model, tokens, **kwargs):
         calls.append(1)
@@ -162,7 +168,7 @@ def test_a_nonfinite_validation_loss_never_becomes_best(tmp_path, text_file, mon
     records = metrics(tmp_path / "run")
     assert len(records) > 2 and records[0]["best"] and records[0]["val_ppl"] > 1
     assert all(r["val_ppl"] is None and not r["best"] for r in records[1:])
-    best = training.load_checkpoint(tmp_path / "run" / training.BEST)
+    best = load_checkpoint(tmp_path / "run" / BEST)
     assert best.progress.step == records[0]["step"] and best.progress.best_val_ppl == records[0]["val_ppl"]
 
 
@@ -178,23 +184,23 @@ def test_nonfinite_minibatch_can_be_skipped(tmp_path, text_file, monkeypatch):
     monkeypatch.setattr(RNNLM, "loss_and_grads", nan_on_third_call)
     result = training.train(config(text_file, on_nonfinite="skip", epochs=1), tmp_path / "run")
     assert result.reason == "epochs" and result.progress.skipped == 1
-    assert all(np.isfinite(v).all() for v in training.load_checkpoint(tmp_path / "run").model.params.values())
+    assert all(np.isfinite(v).all() for v in load_checkpoint(tmp_path / "run").model.params.values())
 
 
 def test_skipping_gives_up_on_a_diverged_model(tmp_path, text_file):
     result = training.train(config(text_file, activation="linear", optimizer="sgd", lr=1e30, clip=None,
                                    on_nonfinite="skip", epochs=2), tmp_path / "run")
     assert result.reason == "nonfinite" and "diverged" in result.message
-    assert result.progress.skipped == training.MAX_SKIPPED_IN_A_ROW - 1
+    assert result.progress.skipped == MAX_SKIPPED_IN_A_ROW - 1
 
 
 def test_bad_settings_fail_before_training(tmp_path, text_file):
-    with pytest.raises(training.ConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         training.train(config(text_file, num_steps=5000, epochs=1), tmp_path / "a")
     assert err.value.name == "num_steps" and not (tmp_path / "a").exists()
-    with pytest.raises(training.ConfigError, match="lr must be positive"):
+    with pytest.raises(ConfigError, match="lr must be positive"):
         config(text_file, lr=0)
-    with pytest.raises(training.ConfigError, match="truncation"):
+    with pytest.raises(ConfigError, match="truncation"):
         config(text_file, truncation="regular:0")
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -204,20 +210,20 @@ def test_bad_settings_fail_before_training(tmp_path, text_file):
 
 def test_corrupt_checkpoints_are_refused(tmp_path, text_file):
     training.train(config(text_file, epochs=1), tmp_path / "run")
-    good = (tmp_path / "run" / training.CHECKPOINT).read_bytes()
+    good = (tmp_path / "run" / CHECKPOINT).read_bytes()
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good[: len(good) // 2])
     with pytest.raises(CharrnnError):
-        training.load_checkpoint(truncated)
-    ckpt = training.load_checkpoint(tmp_path / "run" / training.CHECKPOINT)
+        load_checkpoint(truncated)
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     bare_model = tmp_path / "model.npz"
     save_model(ckpt.model, bare_model)
     with pytest.raises(CharrnnError, match="not a charrnn training checkpoint"):
-        training.load_checkpoint(bare_model)
+        load_checkpoint(bare_model)
     small_vocab = tmp_path / "small_vocab.npz"
     save_model(ckpt.model, small_vocab, extra_meta={**ckpt.meta, "vocab": Vocab(list("abc")).to_dict()})
     with pytest.raises(CharrnnError, match="vocabulary of 4 tokens"):
-        training.load_checkpoint(small_vocab)
+        load_checkpoint(small_vocab)
 
 
 def test_contiguous_batches_cover_each_target_once_in_order():
@@ -262,7 +268,7 @@ def test_generation_warms_up_on_the_prefix_then_follows_the_model():
         expected.append(int(np.argmax(logits[0])))
         logits, state = model.step(np.array(expected[-1:]), state)
     assert greedy == "ab c" + vocab.decode(expected, "char")
-    raw = training.TrainConfig(corpus="x", preprocess="raw")  # sample_text reads a prefix as its config says
+    raw = TrainConfig(corpus="x", preprocess="raw")  # sample_text reads a prefix as its config says
     trained = SimpleNamespace(model=model, vocab=vocab, config=raw)
     assert sample_text(trained, "ab c", 12, top_k=1, seed=5).text == greedy
     drawn = [sample_text(trained, "ab c", 30, temperature=3.0, seed=s).text for s in (1, 1, 2)]
@@ -279,20 +285,20 @@ def test_data_seed_fixes_the_order_of_minibatches_and_seed_the_rest(tmp_path, te
     """seed 1 with data_seed 0 sees the minibatches of seed 0, from another initialisation;
     data_seed None is the seed itself, bit for bit."""
     batches = []
-    sampler = training.SAMPLERS["random"]
+    sampler = SAMPLERS["random"]
 
     def recording(*args):
         for X, Y in sampler(*args):
             batches[-1].append(X.copy())
             yield X, Y
 
-    monkeypatch.setitem(training.SAMPLERS, "random", recording)
+    monkeypatch.setitem(SAMPLERS, "random", recording)
     runs = {}
     for name, seeds in {"seed0": {}, "seed1-data0": dict(seed=1, data_seed=0), "seed1": dict(seed=1),
                         "seed1-data1": dict(seed=1, data_seed=1)}.items():
         batches.append([])
         runs[name] = training.train(config(text_file, sampler="random", epochs=2, **seeds), tmp_path / name)
-        runs[name] = (batches[-1], training.load_checkpoint(tmp_path / name / training.CHECKPOINT))
+        runs[name] = (batches[-1], load_checkpoint(tmp_path / name / CHECKPOINT))
     order = {name: np.stack(seen) for name, (seen, _) in runs.items()}
     np.testing.assert_array_equal(order["seed0"], order["seed1-data0"])
     assert not np.array_equal(order["seed0"], order["seed1"])
@@ -305,14 +311,14 @@ def test_data_seed_fixes_the_order_of_minibatches_and_seed_the_rest(tmp_path, te
 def test_a_checkpoint_from_before_data_seed_loads_and_resumes(tmp_path, text_file):
     constant = dict(lr_schedule="constant")  # a schedule that does not follow the budget raised on resume
     training.train(config(text_file, max_tokens=320, **constant), tmp_path / "old")
-    ckpt = training.load_checkpoint(tmp_path / "old" / training.CHECKPOINT)
+    ckpt = load_checkpoint(tmp_path / "old" / CHECKPOINT)
     meta = dict(ckpt.meta, config={k: v for k, v in ckpt.meta["config"].items() if k != "data_seed"})
-    save_model(ckpt.model, tmp_path / "old" / training.CHECKPOINT, extra_arrays=ckpt.arrays, extra_meta=meta)
-    assert training.load_checkpoint(tmp_path / "old" / training.CHECKPOINT).config.data_seed is None
+    save_model(ckpt.model, tmp_path / "old" / CHECKPOINT, extra_arrays=ckpt.arrays, extra_meta=meta)
+    assert load_checkpoint(tmp_path / "old" / CHECKPOINT).config.data_seed is None
     training.resume(tmp_path / "old", {"max_tokens": 960})
     training.train(config(text_file, max_tokens=960, **constant), tmp_path / "new")
     assert_same_run(tmp_path / "new", tmp_path / "old")
-    with pytest.raises(training.ConfigError, match="keeps its data_seed"):
+    with pytest.raises(ConfigError, match="keeps its data_seed"):
         training.resume(tmp_path / "old", {"data_seed": 3, "max_tokens": 1280})
-    with pytest.raises(training.ConfigError, match="data_seed must be a non-negative integer"):
+    with pytest.raises(ConfigError, match="data_seed must be a non-negative integer"):
         config(text_file, data_seed=-1)

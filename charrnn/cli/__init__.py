@@ -21,15 +21,15 @@ import warnings
 import click
 import numpy as np
 
-from ..errors import CharrnnError
-from ..signals import EXIT_CODES, interrupted_name, terminate_as_interrupt
-from ..threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
-from .exporting import export
-from .inspection import analyze, corpus, evaluate, gradcheck, sample
-from .plotting import plot
-from .options import Clip, FiniteRange, ThreadCount, Truncation  # noqa: F401  (the option types, for tests and users)
-from .render import charrnn_warnings, one_line, quiet_stdout
-from .training import COMPARE_EVAL_EVERY, compare, train  # noqa: F401
+from charrnn.base.errors import CharrnnError
+from charrnn.runtime.signals import EXIT_CODES, interrupted_name, terminate_as_interrupt
+from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
+from charrnn.cli.exporting import export
+from charrnn.cli.inspection import analyze, corpus, evaluate, gradcheck, sample
+from charrnn.cli.plotting import plot
+from charrnn.cli.options import ThreadCount
+from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
+from charrnn.cli.training import compare, train
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
@@ -38,7 +38,7 @@ DEBUG_VARIABLE = "CHARRNN_DEBUG"  # set to 1: unexpected exceptions show their t
 
 class CharrnnGroup(click.Group):
     """Turns user-facing errors into one line on stderr and exit code 1 (Ctrl-C: 130, SIGTERM:
-    143, SIGHUP: 129, charrnn.signals), and any other exception into one line that reports a bug
+    143, SIGHUP: 129, charrnn.runtime.signals), and any other exception into one line that reports a bug
     (unless CHARRNN_DEBUG=1)."""
 
     def invoke(self, ctx):
@@ -56,13 +56,15 @@ class CharrnnGroup(click.Group):
             raise click.ClickException(one_line(f"{err.strerror or err}{where}")) from None
         except MemoryError:
             raise click.ClickException("out of memory; try smaller sizes") from None
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (charrnn.signals.Terminated)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (charrnn.runtime.signals.Terminated)
             name = interrupted_name(err)
             click.echo("\nInterrupted." if name == "SIGINT" else f"\nInterrupted by {name}.", err=True)
             ctx.exit(EXIT_CODES[name])
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except ValueError as err:
+            if str(err) == "embedded null byte":  # os.stat of a path given with \0, as click checks it
+                raise click.ClickException("a path holds a NUL character (\\0), which no file name can") from None
             if not str(err).startswith(NUMPY_TOO_BIG):
                 raise_bug(err)
             raise click.ClickException(f"arrays of these sizes cannot exist ({err}); try smaller sizes") from None

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import click
 
-from ..checkpoint import load_checkpoint
-from ..export import TORCH_MODULES, export_model
-from .options import checkpoint_argument
-from .render import say, shown
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.infer.export import TORCH_MODULES, export_model
+from charrnn.cli.options import checkpoint_argument
+from charrnn.cli.render import say, shown
 
 
 @click.command()
@@ -18,7 +18,7 @@ def export(checkpoint, out, force):
 
     CHECKPOINT: a .npz file or a run directory (best.npz there). OUT loads into
     torch.nn.RNN/GRU/LSTM(batch_first=True) + torch.nn.Linear (the decoder.* tensors); its
-    metadata holds the cell, sizes and vocabulary as JSON text (see charrnn.export).
+    metadata holds the cell, sizes and vocabulary as JSON text (see charrnn.infer.export).
     """
     ckpt = load_checkpoint(checkpoint)
     path = export_model(ckpt.model, ckpt.vocab, out, level=ckpt.config.level, preprocess=ckpt.config.preprocess,

@@ -7,22 +7,25 @@ from pathlib import Path
 
 import click
 
-from .. import analysis
-from ..checkpoint import load_checkpoint
-from ..checks import is_text
-from ..data import default_preprocess
-from ..errors import CharrnnError
-from ..evaluate import evaluate_text
-from ..gradcheck import run_gradcheck
-from ..model import RNNLM, network_problem
-from ..plot import check_plot_path, plot_analyses, plot_analysis
-from ..sample import next_token_probs, sample_text
-from ..store import open_store
-from .options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
+from charrnn.analysis import gradients as analysis
+from charrnn.training.checkpoint import load_checkpoint
+from charrnn.base.checks import is_text
+from charrnn.data.corpus import default_preprocess
+from charrnn.base.errors import CharrnnError
+from charrnn.infer.evaluate import evaluate_text
+from charrnn.analysis.gradcheck import run_gradcheck
+from charrnn.nn.model import RNNLM
+from charrnn.nn.cells import network_problem
+from charrnn.analysis.plot import check_plot_path, plot_analyses, plot_analysis
+from charrnn.infer.sample import next_token_probs, sample_text
+from charrnn.data.store import open_store
+from charrnn.data.baselines import ngram_baselines
+from charrnn.data.samplers import split_corpus
+from charrnn.cli.options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
                       checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
                       plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
-from .render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
-                     print_next_tokens, say, shown, warn_unknown)
+from charrnn.cli.render import (escape_controls, print_analysis, print_corpus, print_evaluation, print_gradcheck,
+                     print_next_tokens, print_baselines, say, shown, warn_unknown)
 
 GRADCHECK_DEFAULTS = {name: p.default for name, p in inspect.signature(run_gradcheck).parameters.items()}
 FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "num_hiddens", "activation", "dtype",
@@ -38,22 +41,32 @@ FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "n
 @cache_dir_option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many of the most frequent tokens to list.")
+@click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.val_fraction,
+              show_default=True, help="The share held out for validation, on which the baselines are scored.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, as_json):
-    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path), and
-    where its token store is (made now if need be, and every id read back to check it)."""
+def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, val_fraction, as_json):
+    """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path), the
+    unigram and bigram perplexity of its validation split (what a network must beat), and where
+    its token store is (made now if need be, and every id read back to check it)."""
     preprocess = preprocess or default_preprocess(corpus)
     store = open_store(corpus, level, preprocess, min_freq, max_vocab, data_dir=data_dir, cache_dir=cache_dir)
     store.verify()
     vocab, top_tokens = store.vocab, store.vocab.token_freqs[:top]
+    train, val = split_corpus(store.ids, val_fraction)
+    if len(val) < 2:
+        raise CharrnnError(f"{corpus}: a validation split of {val_fraction:g} holds {len(val)} tokens, "
+                           f"too few to score the baselines; give a larger --val-fraction")
+    baselines = ngram_baselines(train, val, len(vocab))
     if as_json:
         click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
                                "tokens": len(store), "vocab_size": len(vocab),
                                "top": [[token, count] for token, count in top_tokens],
+                               "val_fraction": val_fraction, **baselines.as_dict(),
                                "store": str(store.path), "store_bytes": store.nbytes,
                                "dtype": store.ids.dtype.name}, ensure_ascii=False))
         return
     print_corpus(corpus, level, preprocess, len(store), vocab, top_tokens)
+    print_baselines(baselines)
     say(f"token store: {shown(store.path)} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
         f"{', made now' if store.built else ''})")
 

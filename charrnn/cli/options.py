@@ -1,6 +1,6 @@
 """Option types and the options several commands share, declared once.
 
-Every choice comes from the list of the module that owns it (charrnn.data's LEVELS, the
+Every choice comes from the list of the module that owns it (charrnn.data.corpus's LEVELS, the
 model's ACTIVATIONS, ...), every default from TrainConfig; `training_options` declares the
 training settings once for both `train` and `compare`.
 """
@@ -10,18 +10,22 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .. import analysis
-from ..config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
-from ..data import LEVELS, PREPROCESS_MODES, SAMPLERS
-from ..errors import CharrnnError
-from ..model import ACTIVATIONS, CELLS, DTYPES, parse_truncation
-from ..optim import OPTIMIZERS
-from ..recompute import BPTT_MEMORY_MODES
-from ..schedule import LR_SCHEDULES
-from ..store import CACHE_ENV
-from ..schema import describe
-from ..threads import capped, check_threads
-from .render import one_line, warn
+from charrnn.analysis import gradients as analysis
+from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
+from charrnn.data.corpus import LEVELS
+from charrnn.data.text import PREPROCESS_MODES
+from charrnn.data.samplers import SAMPLERS
+from charrnn.base.errors import CharrnnError
+from charrnn.base.schema import describe
+from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES
+from charrnn.nn.model import DTYPES
+from charrnn.nn.truncation import parse_truncation
+from charrnn.nn.optim import OPTIMIZERS
+from charrnn.nn.recompute import BPTT_MEMORY_MODES
+from charrnn.training.schedule import LR_SCHEDULES
+from charrnn.data.store import CACHE_ENV
+from charrnn.runtime.threads import capped, check_threads
+from charrnn.cli.render import one_line, warn
 
 DEFAULTS = TrainConfig()
 
@@ -40,7 +44,7 @@ class Truncation(click.ParamType):
 
 
 class ThreadCount(click.ParamType):
-    """auto | N, checked by charrnn.threads."""
+    """auto | N, checked by charrnn.runtime.threads."""
 
     name = "auto|N"
 
@@ -102,7 +106,7 @@ class NumberList(click.ParamType):
 
 
 def bad_parameter(err, ctx):
-    """A charrnn.config.ConfigError as click's usage error on the option of its field."""
+    """A charrnn.training.config.ConfigError as click's usage error on the option of its field."""
     return click.BadParameter(one_line(err), ctx, param_hint=f"'--{err.name.replace('_', '-')}'")
 
 
@@ -213,6 +217,11 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.option("--activation", type=activation_choice, default=DEFAULTS.activation, show_default=True,
                      help="The rnn cell's nonlinearity (gated cells have their own)."),
         click.option("--dtype", type=dtype_choice, default=DEFAULTS.dtype, show_default=True),
+        click.option("--output-bias", type=click.Choice(OUTPUT_BIASES), default=DEFAULTS.output_bias,
+                     show_default=True,
+                     help="The output layer's bias at the start: the training text's letter frequencies "
+                          "(log unigram probabilities; the first loss is the unigram's), or zeros (the "
+                          "textbook's; the first loss is log V)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
         click.option("--num-steps", type=click.IntRange(min=1), default=DEFAULTS.num_steps, show_default=True,
                      help="Time steps per minibatch (the BPTT window)."),
@@ -254,6 +263,9 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                           "the first words of the text otherwise]."),
         click.option("--sample-length", type=click.IntRange(min=0), default=DEFAULTS.sample_length,
                      show_default=True),
+        click.option("--sample-temperature", type=FiniteRange(0), default=DEFAULTS.sample_temperature,
+                     show_default=True, help="Temperature of the sample at each evaluation; 0 takes the most "
+                                             "likely token (greedy, as the textbook's predict)."),
         click.option("--bptt-memory", type=click.Choice(BPTT_MEMORY_MODES), default=DEFAULTS.bptt_memory,
                      show_default=True,
                      help="store: keep every hidden state for BPTT; recompute: keep one every ~sqrt(num_steps) "

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import click
 
-from ..curves import read_history
-from ..plot import check_plot_path, plot_runs
-from .render import print_histories, say, shown
+from charrnn.analysis.curves import read_history
+from charrnn.analysis.plot import check_plot_path, plot_runs
+from charrnn.cli.render import print_histories, say, shown
 
 
 @click.command()

@@ -16,12 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
-from ..errors import CharrnnWarning
-from ..plot import sparkline
-from ..sample import unknown_summary
-from ..stats import describe, format_p
-from ..sweep import SweepReporter
-from ..run import Reporter
+from charrnn.base.errors import CharrnnWarning
+from charrnn.analysis.plot import sparkline
+from charrnn.infer.sample import unknown_summary
+from charrnn.experiments.stats import describe, format_p
+from charrnn.experiments.sweep import SweepReporter
+from charrnn.training.loop import Reporter
 
 
 def quiet_stdout():
@@ -47,7 +47,7 @@ console = PipeConsole()
 
 def one_line(text):
     """`text` on one line, its control characters escaped (an OSC sequence in a path or a store's
-    header cannot drive the terminal through an Error: or Warning: line; issue 25, item 14)."""
+    header cannot drive the terminal through an Error: or Warning: line)."""
     return escape_controls(" ".join(str(text).split()))
 
 
@@ -177,6 +177,7 @@ def print_summary(result):
         ("stopped by", result.reason), ("epochs", f"{p.epoch} done, {p.step_in_epoch} steps into the next"),
         ("steps / tokens", f"{p.step:,} / {p.tokens:,}"), ("train perplexity", fmt(result.train_ppl)),
         ("validation perplexity", fmt(result.val_ppl)), ("best validation perplexity", best),
+        *baseline_rows(result.baselines),
         ("tokens/s", f"{result.tokens_per_s:,.0f}"), ("wall time", f"{result.wall_time:.1f} s"),
     ]
     if p.skipped:
@@ -185,6 +186,19 @@ def print_summary(result):
         table.add_row(name, value)
     console.print(table)
     say(f"checkpoint: {shown(result.checkpoint)}\nbest checkpoint: {shown(result.best or '-')}")
+
+
+def baseline_rows(baselines):
+    """The summary's rows for charrnn.data.baselines.Baselines: what the network must beat."""
+    if baselines is None:
+        return []
+    return [("unigram / bigram perplexity", f"{fmt(baselines.unigram)} / {fmt(baselines.bigram)} (validation split)")]
+
+
+def print_baselines(baselines):
+    say(f"validation split ({baselines.scored:,} tokens): unigram perplexity {fmt(baselines.unigram)}, "
+        f"bigram perplexity {fmt(baselines.bigram)} (add-one smoothed, counted on "
+        f"{baselines.counted:,} training tokens)")
 
 
 class SweepProgress(SweepReporter):
@@ -221,7 +235,7 @@ class SweepProgress(SweepReporter):
 
 
 def print_comparison(config, comparison):
-    """The table of a charrnn.compare.Comparison: per strategy over its seeds, the mean and
+    """The table of a charrnn.experiments.compare.Comparison: per strategy over its seeds, the mean and
     interval of the final and best validation perplexity and the paired difference from the
     baseline; then the verdict."""
     seeds = comparison.num_seeds()
@@ -245,7 +259,7 @@ def print_comparison(config, comparison):
 
 
 def print_next_tokens(prefix, probs):
-    """The table of charrnn.sample.next_token_probs: the most likely tokens after `prefix`."""
+    """The table of charrnn.infer.sample.next_token_probs: the most likely tokens after `prefix`."""
     table = Table(title=escape(f"Next token after {prefix!r}"))
     for column in ("rank", "token", "probability"):
         table.add_column(column, justify="left" if column == "token" else "right")
@@ -261,7 +275,7 @@ def signed(estimate, digits):
 
 
 def print_histories(histories):
-    """The table of `charrnn plot` without --out: per run (charrnn.curves.RunHistory), its last
+    """The table of `charrnn plot` without --out: per run (charrnn.analysis.curves.RunHistory), its last
     and best perplexities and both curves as one-line charts on one (log) scale."""
     table = Table(title="Perplexity against training tokens (charts: log scale, shared by all runs)")
     for column in ("run", "tokens", "train ppl", "val ppl", "best val", "training", "validation"):
@@ -281,7 +295,7 @@ def print_histories(histories):
 # ---------------------------------------------------------------------------- evaluate / gradcheck
 
 def print_evaluation(path, result):
-    """The table of a charrnn.evaluate.Evaluation of the checkpoint at `path`."""
+    """The table of a charrnn.infer.evaluate.Evaluation of the checkpoint at `path`."""
     table = Table(title=escape(f"Evaluation of {path}"), show_header=False)
     for name, value in (("text", escape(result.source)), ("tokens", f"{result.tokens:,}"),
                         ("cross-entropy (nats/token)", f"{result.loss:.4f}"),
@@ -291,7 +305,7 @@ def print_evaluation(path, result):
 
 
 def print_gradcheck(report):
-    """One table per check of a charrnn.gradcheck.GradcheckReport, then the verdict."""
+    """One table per check of a charrnn.analysis.gradcheck.GradcheckReport, then the verdict."""
     checks = {}
     for row in report.rows:
         checks.setdefault(row.check, []).append(row)
@@ -313,7 +327,7 @@ def print_gradcheck(report):
 # ---------------------------------------------------------------------------- analyze
 
 def print_analysis(result, source):
-    """Rich tables of a charrnn.analysis.GradientAnalysis."""
+    """Rich tables of a charrnn.analysis.gradients.GradientAnalysis."""
     table = Table(title=f"Gradient analysis of {source}: {result.batch_size} x {result.num_steps} window, "
                         f"{result.network}", show_header=False)
     table.add_column(style="bold")

@@ -5,17 +5,17 @@ from pathlib import Path
 
 import click
 
-from .. import analysis
-from .. import compare as comparison
-from .. import training
-from ..config import BUDGET_FIELDS, ConfigError, TrainConfig
-from ..finetune import finetune_config
-from ..outdir import default_out_dir, last_good_checkpoint
-from ..plot import check_plot_path, plot_comparison
-from ..signals import EXIT_CODES
-from ..sweep import ProcessBackend, SerialBackend
-from .options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
-from .render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say, shown
+from charrnn.analysis import gradients as analysis
+from charrnn.experiments import compare as comparison
+from charrnn.training import start as training
+from charrnn.training.config import BUDGET_FIELDS, ConfigError, TrainConfig
+from charrnn.training.finetune import finetune_config
+from charrnn.training.outdir import default_out_dir, last_good_checkpoint
+from charrnn.analysis.plot import check_plot_path, plot_comparison
+from charrnn.runtime.signals import EXIT_CODES
+from charrnn.experiments.sweep import ProcessBackend, SerialBackend
+from charrnn.cli.options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
+from charrnn.cli.render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say, shown
 
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
 COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
@@ -138,7 +138,7 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
     out = out or comparison.default_out_dir(config)
     with ExitStack() as stack:
         if scheduler is not None:
-            from ..cluster import DaskBackend, connect  # Dask only when asked for
+            from charrnn.experiments.cluster import DaskBackend, connect  # Dask only when asked for
             backend = DaskBackend(stack.enter_context(connect(scheduler)))
         else:
             threads = ctx.obj["threads"]
@@ -156,7 +156,7 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
     if plot is not None and result.summaries:
         plot_comparison(result, plot)
         say(f"figure: {shown(plot)}")
-    problems = []  # the table lacks these seeds: never exit 0 (issue 25, item 3)
+    problems = []  # the table lacks these seeds: never exit 0
     for runs, what, then in ((result.failed, "failed", ""),
                              (result.interrupted, "interrupted", "; the same command resumes them")):
         if runs:
