@@ -149,9 +149,10 @@ def clocked(fn) -> tuple:
 
 # ----------------------------------------------------------------------------- the two engines
 
-def charrnn_engine(vocab_size: int, num_hiddens: int, cell: str = "rnn"):
-    """-> (train_step(X, Y), evaluate(corpus)) for charrnn, as `charrnn train` runs them."""
-    model = RNNLM(vocab_size=vocab_size, num_hiddens=num_hiddens, seed=0, cell=cell)
+def charrnn_engine(vocab_size: int, num_hiddens: int, cell: str = "rnn", kernel: str = "auto"):
+    """-> (train_step(X, Y), evaluate(corpus)) for charrnn, as `charrnn train` runs them;
+    kernel: the time loop's steps (charrnn.nn.fused)."""
+    model = RNNLM(vocab_size=vocab_size, num_hiddens=num_hiddens, seed=0, cell=cell, kernel=kernel)
     optimizer = make_optimizer("sgd", model.params, LR)
     state = None
 
@@ -228,7 +229,7 @@ def train_rates(train_step, batches) -> tuple:
 
 
 def bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torch,
-                 round_seconds=0.25, eval_rounds=5, cell="rnn", probes=None) -> dict:
+                 round_seconds=0.25, eval_rounds=5, cell="rnn", probes=None, kernel="auto") -> dict:
     """Alternating rounds at one hidden size -> the per-round figures, each a list.
 
     A round: charrnn trains on `count` minibatches, PyTorch on the next `count`, then one
@@ -236,7 +237,7 @@ def bench_hidden(train, val, vocab_size, num_hiddens, rounds, threads, with_torc
     first `eval_rounds` rounds also evaluate the validation split with each. A warm-up sizes
     `count` to about `round_seconds` of charrnn's training.
     """
-    engines = {"charrnn": charrnn_engine(vocab_size, num_hiddens, cell)}
+    engines = {"charrnn": charrnn_engine(vocab_size, num_hiddens, cell, kernel)}
     if with_torch:
         engines["torch"] = torch_engine(vocab_size, num_hiddens, threads, cell)
     stream = minibatches(train)

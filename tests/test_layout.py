@@ -16,7 +16,7 @@ LAYERS = {
     "infer": 3,
     "training": 4,
     "analysis": 5,
-    "experiments": 6,
+    "experiments": 6, "serve": 6,
     "cli": 7,
 }
 TOP = 8  # charrnn/__init__.py, __main__.py and entry.py, above everything

@@ -1,4 +1,5 @@
-"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export.
+"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export,
+serve, activations.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -14,6 +15,7 @@ console script (charrnn.entry) first makes Ctrl-C quiet while this package is im
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
     plotting.py     plot
     exporting.py    export
+    serving.py      serve, activations (charrnn.serve)
 """
 import os
 import warnings
@@ -27,6 +29,7 @@ from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, 
 from charrnn.cli.exporting import export
 from charrnn.cli.inspection import analyze, corpus, evaluate, gradcheck, sample
 from charrnn.cli.plotting import plot
+from charrnn.cli.serving import activations, serve
 from charrnn.cli.options import ThreadCount
 from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
 from charrnn.cli.training import compare, train
@@ -98,5 +101,5 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export):
+for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export, serve, activations):
     main.add_command(command)

@@ -18,6 +18,7 @@ from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
 from charrnn.base.schema import describe
 from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES
+from charrnn.nn.fused import KERNELS
 from charrnn.nn.model import DTYPES
 from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
@@ -275,4 +276,8 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
                           "bit-identical with, one never stopped."),
         click.option("--bptt-memory-budget", type=click.IntRange(min=1), default=DEFAULTS.bptt_memory_budget,
                      show_default=True, metavar="MIB", help="MiB of BPTT buffers above which auto recomputes."),
+        click.option("--kernel", type=click.Choice(KERNELS), default=DEFAULTS.kernel, show_default=True,
+                     help="The time loop's per-step work: fused (compiled with numba, one pass per step), "
+                          "numpy (the readable NumPy cells), auto (fused for gru and lstm in float32). The same numbers up to "
+                          "tanh's last bits (~1e-7 in float32); NumPy with a note when numba is missing."),
     )

@@ -144,6 +144,9 @@ class ConsoleReporter(Reporter):
             f"-> {shown(info['out_dir'])}")
         if cfg.init_from:
             say(f"Fine-tuning from {shown(cfg.init_from)}")
+        kernel = info.get("kernel") or {}
+        if kernel.get("fused"):
+            say(f"Fused kernels (numba {kernel['numba']}), compiled or loaded from cache in {kernel['compile_s']:.2f} s")
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
                         unit_scale=True, dynamic_ncols=True, disable=None)
 

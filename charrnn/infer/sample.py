@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from charrnn.data.text import preprocess_text
+from charrnn.nn import fused
 from charrnn.nn.workspace import Workspace
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 
@@ -45,7 +46,7 @@ def stepper(model):
     tokens = np.zeros((1, 1), np.intp)
     logits = np.empty((1, model.vocab_size), model.dtype)
     if model.cell == "rnn" and model.num_layers == 1:  # the common case, at today's speed:
-        recur, rows, W_hh, tmp = model.cells[0].recur, ws.xb, model.params["W_hh"], ws.tmp
+        recur, rows, W_hh, tmp = fused.step_functions(model)[0], ws.xb, model.params["W_hh"], ws.tmp
 
         def advance_rnn(token, h):  # a new row of the table becomes the next state in place
             a = rows[token:token + 1].copy()
@@ -59,7 +60,7 @@ def stepper(model):
         first.append(ws.cs[:, 0])
         last.append(ws.cs[:, 1])
     top = ws.top[0]
-    steps = [(l, cell.forward_step, layer) for l, (cell, layer) in enumerate(zip(model.cells, ws.layers))]
+    steps = list(zip(range(model.num_layers), fused.step_functions(model)[1], ws.layers))  # the model's kernel
 
     def advance(token, state):
         for k, start in enumerate(first):

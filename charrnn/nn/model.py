@@ -52,7 +52,8 @@ import copy
 
 import numpy as np
 
-from charrnn.nn.cells import (CELL_CLASSES, flush_tiny, init_params, layer_suffix, network_problem,
+from charrnn.nn import fused
+from charrnn.nn.cells import (CELL_CLASSES, TINY_DELTA, flush_tiny, init_params, layer_suffix, network_problem,
                               param_shapes, token_grads)
 from charrnn.base.checks import check_int
 from charrnn.base.errors import CharrnnError
@@ -74,7 +75,7 @@ class RNNLM:
     "b_h" (H,), "W_hq" (H,V), "b_q" (V,)), updated in place by the optimizers."""
 
     def __init__(self, vocab_size, num_hiddens, activation="tanh", dtype="float32", seed=0,
-                 cell="rnn", num_layers=1, dropout=0.0):
+                 cell="rnn", num_layers=1, dropout=0.0, kernel="auto"):
         self.vocab_size = check_int(vocab_size, "vocab_size", minimum=1)
         self.num_hiddens = check_int(num_hiddens, "num_hiddens", minimum=1)
         problem = network_problem(cell, num_layers, dropout, activation)
@@ -90,6 +91,7 @@ class RNNLM:
         self.params = init_params(cell, self.param_shapes(), self.num_hiddens,
                                   np.random.default_rng(seed), self.dtype)
         self._working = None if cell == "rnn" else WorkingWeights(self)
+        self.kernel = fused.check_kernel(kernel)  # the time loop's steps: charrnn.nn.fused
         self._workspaces = {}
         self._forward_ws = None
 
@@ -226,12 +228,15 @@ class RNNLM:
     def _run_forward(self, X_tm, ws) -> None:
         """forward_segment after its set-up: layer by layer, the input part of all steps at once,
         then the cell's steps (the recurrence)."""
-        T = len(X_tm)
+        T, use_fused = len(X_tm), fused.uses_fused(self.kernel, self.dtype, self.cell)
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
             self.input_part(X_tm, ws, l)
-            forward_step = cell.forward_step
-            for t in range(T):
-                forward_step(layer, t)
+            if use_fused:
+                fused.forward_steps(cell, layer, T)
+            else:
+                forward_step = cell.forward_step
+                for t in range(T):
+                    forward_step(layer, t)
             if ws.training:
                 np.multiply(layer.hs[1:], ws.masks[:, l], out=ws.dropped[l])
 
@@ -300,20 +305,14 @@ class RNNLM:
             else:  # a contiguous W_hhᵀ runs the backward products ~1.5x faster than the view
                 layer.W_hh_T = self._working.W_hh_T[l]
                 np.copyto(layer.W_hh_T, W_hh.T)
-        grads = {}
+        grads, use_fused = {}, fused.uses_fused(self.kernel, self.dtype, self.cell)
         for l in range(self.num_layers - 1, -1, -1):
             cell, layer, d_state = self.cells[l], ws.layers[l], carry[l]
-            cell.prepare_backward(layer)
-            backward_step, d_views = cell.backward_step, tuple(d_state)  # (dh_next[, dc_next])
-            for t in range(T - 1, -1, -1):
-                scale = scales[t]
-                backward_step(layer, t, d_views, scale is not CUT)
-                if scale is CUT:
-                    d_state.fill(0)
-                elif scale is not KEEP:
-                    d_state *= scale
-            if cell.saturates:
-                flush_tiny(ws.dA, ws.M)  # M is free until the next layer's prepare_backward
+            if use_fused:  # the same steps, prepare_backward and flush_tiny compiled
+                fused.backward_steps(cell, layer, scales, d_state,
+                                     TINY_DELTA.get(self.dtype.name) if cell.saturates else None)
+            else:
+                self._backward_steps(cell, layer, scales, d_state, ws)
             suffix = layer_suffix(l)
             dA = ws.dA.reshape(T * B, -1)
             grads[f"W_hh{suffix}"] = layer.hs[:-1].reshape(T * B, -1).T @ dA
@@ -331,6 +330,22 @@ class RNNLM:
             else:
                 np.multiply(below.reshape(ws.dH.shape), ws.masks[:, l - 1], out=ws.dH)
         return grads
+
+    @staticmethod
+    def _backward_steps(cell, layer, scales, d_state, ws) -> None:
+        """backward_segment's time loop in cells.py's readable steps: T backward steps of one
+        layer, last to first, the path scaled by scales[t]; then flush_tiny of a saturating cell."""
+        cell.prepare_backward(layer)
+        backward_step, d_views = cell.backward_step, tuple(d_state)  # (dh_next[, dc_next])
+        for t in range(len(scales) - 1, -1, -1):
+            scale = scales[t]
+            backward_step(layer, t, d_views, scale is not CUT)
+            if scale is CUT:
+                d_state.fill(0)
+            elif scale is not KEEP:
+                d_state *= scale
+        if cell.saturates:
+            flush_tiny(ws.dA, ws.M)  # M is free until the next layer's prepare_backward
 
     def segment_grads(self, X_tm, Y_tm, scales, carry, count, ws) -> tuple:
         """Loss and gradients of a segment whose forward pass ws already holds -> (loss_sum, grads).

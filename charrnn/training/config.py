@@ -16,6 +16,7 @@ from charrnn.data.text import PREPROCESS_MODES
 from charrnn.data.samplers import SAMPLERS
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES, network_problem
+from charrnn.nn.fused import KERNELS
 from charrnn.nn.model import DTYPES
 from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
@@ -92,6 +93,9 @@ class TrainConfig:
     # ("recompute", charrnn.nn.recompute); "auto" recomputes when storing would pass the budget
     bptt_memory: str = "auto"
     bptt_memory_budget: int = DEFAULT_MEMORY_BUDGET >> 20  # MiB
+    # the time loop's steps: "fused" compiled (numba), "numpy" cells.py's, "auto" fused for gru
+    # and lstm in float32 (charrnn.nn.fused); not a maths field: the same numbers up to tanh's last bits
+    kernel: str = "auto"
 
     def __post_init__(self):
         self.corpus = corpus_key(self.corpus)
@@ -207,7 +211,7 @@ def corpus_key(corpus):
 CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
            "output_bias": OUTPUT_BIASES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
-           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES}
+           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES, "kernel": KERNELS}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 MATHS_FIELDS = frozenset(FIELD_NAMES[: FIELD_NAMES.index("epochs")])
 BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))

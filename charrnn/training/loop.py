@@ -36,6 +36,7 @@ from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.infer.evaluate import EvaluationStopped, mean_loss, perplexity
 from charrnn.base.io import append_jsonl
 from charrnn.data.baselines import Baselines
+from charrnn.nn import fused
 from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm
 from charrnn.infer.sample import continue_text
@@ -116,6 +117,7 @@ class Run:
     def __init__(self, training, *, config, vocab, train_data, val_data, out_dir, reporter, baselines=None):
         self.training, self.config, self.vocab = training, config, vocab
         self.model, self.optimizer, self.progress = training.model, training.optimizer, training.progress
+        self.model.kernel = config.kernel  # the steps of its time loop (charrnn.nn.fused)
         self.train_data, self.val_data, self.out_dir = train_data, val_data, Path(out_dir)
         self.reporter = reporter
         self.baselines = baselines  # charrnn.data.baselines.Baselines of the data, or None
@@ -391,7 +393,7 @@ class Run:
                 "vocab_size": len(self.vocab),
                 "num_params": sum(v.size for v in self.model.params.values()),
                 "baselines": self.baselines,
-                "threads": self.threads.describe()}
+                "threads": self.threads.describe(), "kernel": fused.describe(cfg.kernel, self.model.dtype, self.model.cell)}
 
     def result(self, reason, message):
         p, cfg = self.progress, self.config
