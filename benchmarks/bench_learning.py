@@ -148,7 +148,9 @@ def main():
     parser.add_argument("--tokens", type=int, default=300_000)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--margin", type=float, default=0.1, help="nats by which charrnn's median may trail")
-    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-torch", action="store_true", help="charrnn alone")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="a --json file of an earlier run: its PyTorch results are taken, not run again")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     from charrnn.data.baselines import ngram_baselines
@@ -164,8 +166,14 @@ def main():
           f"bigram {math.log(baselines.bigram):.3f} nats (ppl {baselines.bigram:.2f}); "
           f"{args.tokens:,} tokens, seeds {seeds[0]}..{seeds[-1]}", flush=True)
     sides = ["charrnn"] + ([] if args.no_torch else ["pytorch"])
-    tasks = [(side, text, network, seed, args.tokens) for network in networks for seed in seeds for side in sides]
     results = {}
+    if args.reuse:  # the same recipe on the same data gives PyTorch's same numbers: taken as they were
+        earlier = json.loads(args.reuse.read_text())["networks"]
+        for network in networks:
+            if "pytorch" in earlier.get(network, {}):
+                results.setdefault(network, {})["pytorch"] = {int(k): v for k, v in earlier[network]["pytorch"].items()}
+    tasks = [(side, text, network, seed, args.tokens) for network in networks for seed in seeds for side in sides
+             if seed not in results.get(network, {}).get(side, {})]
     with ProcessPoolExecutor(args.jobs) as pool:
         for side, network, seed, loss, seconds in pool.map(one, tasks):
             results.setdefault(network, {}).setdefault(side, {})[seed] = loss

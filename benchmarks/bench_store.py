@@ -82,7 +82,7 @@ def child(args) -> dict:
                 "dtype": str(store.ids.dtype), "store_bytes": store.nbytes, **rss()}
     from charrnn.training import start as training
     from charrnn.training.config import TrainConfig
-    from charrnn.training.loop import Reporter
+    from charrnn.training.events import Reporter
     first_step, started = [], []
 
     class Timer(Reporter):

@@ -27,7 +27,7 @@ _EXPORTS = {
     "nn.optim": ("SGD", "Adagrad", "Adam", "make_optimizer", "clip_grad_norm"),
     "training.config": ("TrainConfig",),
     "training.start": ("train", "resume"),
-    "training.loop": ("TrainResult", "Reporter"),
+    "training.events": ("TrainResult", "Reporter"),
     "training.notebook": ("NotebookReporter",),
     "training.finetune": ("finetune_config",),
     "training.checkpoint": ("load_checkpoint", "Checkpoint", "save_model", "load_model"),

@@ -73,7 +73,7 @@ def test_the_cli_records_the_resolved_defaults_and_the_options_given(tmp_path, t
     assert saved["num_hiddens"] == 8
     assert {name: saved[name] for name in ("num_layers", "dropout", "lr")} == \
         {name: CELL_DEFAULTS["gru"][name] for name in ("num_layers", "dropout", "lr")}
-    result = invoke("train", text_file, "--max-tokens", "32", "--out", tmp_path / "rnn", *TINY_ARGS)
+    result = invoke("train", text_file, "--max-tokens", "32", "--size", "default", "--out", tmp_path / "rnn", *TINY_ARGS)
     assert result.exit_code == 0, result.output
     assert {name: recorded(tmp_path / "rnn")[name] for name in PER_CELL} == CELL_DEFAULTS["rnn"]
 

@@ -14,7 +14,7 @@ import pytest
 
 from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
-from charrnn.training.loop import Reporter
+from charrnn.training.events import Reporter
 from charrnn.training.outdir import BEST, CHECKPOINT, CONFIG, METRICS, VOCAB
 from charrnn.experiments.compare import compare, plan
 from charrnn.experiments.runs import GRAD_NORMS, execute_run

@@ -14,7 +14,7 @@ from charrnn.training import start as training
 from charrnn.base.errors import CharrnnError
 from charrnn.runtime.threads import (AUTO, THREAD_VARIABLES, MachineWatch, Threads, available_cores, blas_thread_counts,
                              blas_threads, cgroup_quota, check_threads, default_threads, share)
-from charrnn.training.loop import Reporter
+from charrnn.training.events import Reporter
 from test_train import InterruptAt, assert_same_checkpoints, config, text_file  # noqa: F401  (a fixture)
 
 NO_THREAD_VARIABLES = dict.fromkeys(THREAD_VARIABLES)  # CliRunner's env: None unsets

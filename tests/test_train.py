@@ -21,7 +21,8 @@ from charrnn.training.outdir import BEST, CHECKPOINT
 from charrnn.training.outdir import CONFIG, METRICS, VOCAB
 from charrnn.training.checkpoint import STATE_KEY, load_checkpoint
 from charrnn.training.config import ConfigError, TrainConfig
-from charrnn.training.loop import MAX_SKIPPED_IN_A_ROW, Reporter
+from charrnn.training.events import Reporter
+from charrnn.training.loop import MAX_SKIPPED_IN_A_ROW
 
 TINY = dict(num_hiddens=12, batch_size=4, num_steps=8, eval_every=300, sample_length=10)
 TIME_FIELDS = ("elapsed", "tokens_per_s", "step_tokens_per_s", "threads")  # of the machine, not the maths

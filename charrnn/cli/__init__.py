@@ -12,6 +12,7 @@ console script (charrnn.entry) first makes Ctrl-C quiet while this package is im
     options.py      option types, the shared options, the training options of train and compare
     render.py       what the commands print
     training.py     train, compare
+    tuning.py       tune
     inspection.py   corpus, sample, evaluate, gradcheck, analyze
     plotting.py     plot
     exporting.py    export
@@ -33,6 +34,7 @@ from charrnn.cli.serving import activations, serve
 from charrnn.cli.options import ThreadCount
 from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
 from charrnn.cli.training import compare, train
+from charrnn.cli.tuning import tune
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
 NUMPY_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
@@ -101,5 +103,6 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export, serve, activations):
+for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, tune, plot, export, serve,
+                activations):
     main.add_command(command)

@@ -21,7 +21,8 @@ from charrnn.analysis.plot import sparkline
 from charrnn.infer.sample import unknown_summary
 from charrnn.experiments.stats import describe, format_p
 from charrnn.experiments.sweep import SweepReporter
-from charrnn.training.loop import Reporter
+from charrnn.training.budget import below_one_epoch
+from charrnn.training.events import Reporter
 
 
 def quiet_stdout():
@@ -143,12 +144,25 @@ class ConsoleReporter(Reporter):
             f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters "
             f"-> {shown(info['out_dir'])}")
         if cfg.init_from:
-            say(f"Fine-tuning from {shown(cfg.init_from)}")
+            added = info.get("added_tokens")
+            say(f"Fine-tuning from {shown(cfg.init_from)} at lr {cfg.lr:.3g}"
+                + ("" if added is None else f"; {len(added)} token(s) added to its vocabulary"
+                   + (f": {', '.join(map(repr, added[:20]))}{' ...' if len(added) > 20 else ''}" if added else "")))
         kernel = info.get("kernel") or {}
         if kernel.get("fused"):
             say(f"Fused kernels (numba {kernel['numba']}), compiled or loaded from cache in {kernel['compile_s']:.2f} s")
+        if info.get("allowed"):
+            self.on_budget(info["allowed"])
         self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
                         unit_scale=True, dynamic_ncols=True, disable=None)
+
+    def on_budget(self, allowed):
+        about = "about " if allowed["estimated"] else ""
+        line = (f"Budget: {about}{allowed['tokens']:,} tokens = {allowed['epochs']:.3g} epochs, "
+                f"{allowed['steps']:,} steps")
+        short = below_one_epoch(allowed)
+        with tqdm.external_write_mode():
+            say(line + (f" -- {short}" if short else ""), style="yellow" if short else None)
 
     def on_step(self, stats):
         self.bar.update(stats["tokens"] - self.bar.n)
@@ -179,7 +193,7 @@ def print_summary(result):
     rows = [
         ("stopped by", result.reason), ("epochs", f"{p.epoch} done, {p.step_in_epoch} steps into the next"),
         ("steps / tokens", f"{p.step:,} / {p.tokens:,}"), ("train perplexity", fmt(result.train_ppl)),
-        ("validation perplexity", fmt(result.val_ppl)), ("best validation perplexity", best),
+        ("validation perplexity", fmt(result.val_ppl) + capped(result)), ("best validation perplexity", best),
         *baseline_rows(result.baselines),
         ("tokens/s", f"{result.tokens_per_s:,.0f}"), ("wall time", f"{result.wall_time:.1f} s"),
     ]
@@ -189,6 +203,14 @@ def print_summary(result):
         table.add_row(name, value)
     console.print(table)
     say(f"checkpoint: {shown(result.checkpoint)}\nbest checkpoint: {shown(result.best or '-')}")
+
+
+def capped(result):
+    """" (first N of M tokens: --max-time cap)" when the evaluation was capped (charrnn.training.budget)."""
+    total = result.val_total
+    if result.val_tokens is None or total is None or result.val_tokens >= total:
+        return ""
+    return f" (first {result.val_tokens:,} of {total:,} tokens: --max-time cap)"
 
 
 def baseline_rows(baselines):

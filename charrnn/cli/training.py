@@ -1,5 +1,6 @@
 """The commands that train: `train` (a run, or --resume of one) and `compare` (truncations side by side, over seeds)."""
 import shlex
+import time
 from contextlib import ExitStack, closing
 from pathlib import Path
 
@@ -9,13 +10,15 @@ from charrnn.analysis import gradients as analysis
 from charrnn.experiments import compare as comparison
 from charrnn.training import start as training
 from charrnn.training.config import BUDGET_FIELDS, ConfigError, TrainConfig
-from charrnn.training.finetune import finetune_config
+from charrnn.training import autosize
+from charrnn.training.finetune import FINETUNE_LR_SCALE, finetune_config
 from charrnn.training.outdir import default_out_dir, last_good_checkpoint
 from charrnn.analysis.plot import check_plot_path, plot_comparison
 from charrnn.runtime.signals import EXIT_CODES
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend
 from charrnn.cli.options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
-from charrnn.cli.render import ConsoleReporter, SweepProgress, print_comparison, print_summary, say, shown
+from charrnn.cli.render import (ConsoleReporter, SweepProgress, network_words, print_comparison, print_summary, say,
+                                shown)
 
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
 COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
@@ -30,9 +33,15 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
                    "given with it is where the run's text is now: accepted if it is the same text.")
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Fine-tune: start a new run from the weights of this run (its best.npz) or checkpoint, "
-                   "with its network and preprocessing and a fresh optimizer; new tokens get new rows.")
+                   "with its network and preprocessing and a fresh optimizer; new tokens get new rows; "
+                   f"--lr defaults to the parent's x {FINETUNE_LR_SCALE:g}.")
+@click.option("--size", type=click.Choice(autosize.SIZES), default=None,
+              help="auto: choose the network (cell, size, layers, dropout, lr) for the text and the budget "
+                   "(docs/tune.md; --max-time uses a short timed probe); options given win. default: the "
+                   "cell's defaults [default: auto with --max-time or --max-tokens and none of "
+                   "--cell, --num-hiddens, --num-layers, --dropout, --lr; else default].")
 @click.pass_context
-def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
+def train(ctx, data_dir, cache_dir, out, resume, init_from, size, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
     default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run;
     --init-from RUN fine-tunes a trained model on CORPUS.
@@ -51,10 +60,17 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
             if init_from is not None:
                 config = finetune_config(init_from, options["corpus"],
                                          **{k: v for k, v in given.items() if k != "corpus"})
+                result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
+                                        ctx.obj["threads"])
+            elif wants_auto(size, given, options):
+                config, chosen, spent = auto_config(options, given, data_dir, cache_dir)
+                result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
+                                        ctx.obj["threads"], speed=chosen.get("speeds", {}).get(chosen["name"]),
+                                        spent=spent, size_record=chosen)
             else:
                 config = TrainConfig(**options)
-            result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
-                                    ctx.obj["threads"])
+                result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
+                                        ctx.obj["threads"])
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
     print_summary(result)
@@ -67,6 +83,41 @@ def train(ctx, data_dir, cache_dir, out, resume, init_from, **options):
         click.echo(f"Interrupted by {result.reason}: checkpoint saved to {shown(result.checkpoint)}. "
                    f"Resume with: {shown(resume_command)}", err=True)
         ctx.exit(EXIT_CODES[result.reason])
+
+
+def wants_auto(size, given, options) -> bool:
+    """--size auto, or no --size, a --max-time or --max-tokens budget, and no network option."""
+    if size is not None:
+        return size == "auto"
+    budget = options["max_time"] is not None or options["max_tokens"] is not None
+    return budget and not set(autosize.NETWORK_FIELDS) & set(given)
+
+
+def auto_config(options, given, data_dir, cache_dir):
+    """The TrainConfig of `--size auto` -> (config, the choice, seconds the probe took): the
+    rule of charrnn.training.autosize for the text's training tokens and the budget in tokens
+    (the smaller of --max-tokens and --epochs x the text), or the probe's speeds and --max-time;
+    the options given override the choice."""
+    started = time.perf_counter()
+    provisional = TrainConfig(**options)
+    train_data, _, vocab, _ = training.load_data(provisional, data_dir, cache_dir=cache_dir)
+    tokens = [n for n in (options["max_tokens"], options["epochs"] and options["epochs"] * len(train_data)) if n]
+    if tokens or options["max_time"] is None:
+        chosen = autosize.choose_for_tokens(len(train_data), min(tokens or [provisional.epochs * len(train_data)]))
+        spent = 0.0
+    else:
+        speeds = autosize.probe_speeds(train_data, len(vocab), provisional)
+        spent = time.perf_counter() - started
+        chosen = autosize.choose_for_time(len(train_data), options["max_time"] - spent, speeds)
+        say("Probe: " + ", ".join(f"{name} {speed:,.0f} tokens/s" for name, speed in speeds.items())
+            + f" ({spent:.1f} s, counted in the budget)")
+    fields = {k: v for k, v in chosen["fields"].items() if k not in given}
+    config = TrainConfig(**{**options, **fields, "size": "auto"})
+    chosen["config"] = {k: getattr(config, k) for k in autosize.NETWORK_FIELDS}
+    named = sorted(set(autosize.NETWORK_FIELDS) & set(given))
+    say(f"Size auto: {network_words(config)}, lr {config.lr:g} -- {chosen['reason']}"
+        + (f"; given: {', '.join(named)}" if named else ""))
+    return config, chosen, spent
 
 
 def check_schedule_options(ctx, given, schedule, resume):

@@ -98,3 +98,21 @@ def ngram_baselines(train, val, vocab_size) -> Baselines:
         scored += len(targets)
     bigram = None if log_bi is None else math.exp(-bi_sum / scored)
     return Baselines(math.exp(-uni_sum / scored), bigram, min(len(train), MAX_COUNTED), scored, log_uni)
+
+
+def not_learning(baselines, val_ppl, config, epochs):
+    """The "not learning" warning's text when the validation perplexity `val_ppl` of a run of
+    `config` is still above the bigram's (the unigram's where no bigram was counted) after
+    `epochs` epochs (0: at the end of a shorter budget), naming what to try; else None."""
+    level, name = (baselines.bigram, "bigram") if baselines.bigram is not None else (baselines.unigram, "unigram")
+    if not math.isfinite(val_ppl) or val_ppl <= level:  # a non-finite run is told so elsewhere
+        return None
+    tries = [f"--lr {config.lr / 4:g}"]
+    if config.dropout:
+        tries.append("--dropout 0")
+    if config.num_layers > 1 or config.num_hiddens > 128:
+        tries.append("a smaller network (--num-layers 1 --num-hiddens 128)")
+    tries.append("a larger budget")
+    when = "at the end of its budget" if epochs < 1 else f"after {epochs} epoch{'s' if epochs > 1 else ''}"
+    return (f"not learning: validation perplexity {val_ppl:.4g} is still above the {name} model's "
+            f"{level:.4g} {when}; try {', '.join(tries)}")

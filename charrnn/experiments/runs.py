@@ -27,7 +27,8 @@ from charrnn.training.config import BUDGET_FIELDS, MATHS_FIELDS, TrainConfig
 from charrnn.training.finetune import PARENT
 from charrnn.training.outdir import BEST, CHECKPOINT, CONFIG, METRICS, VOCAB, has_evaluation, metrics_records
 from charrnn.training.checkpoint import load_checkpoint
-from charrnn.training.loop import Reporter, budget_reached
+from charrnn.training.events import Reporter
+from charrnn.training.loop import budget_reached
 from charrnn.training.start import resume, train
 
 GRAD_NORMS = "grad_norms.json"  # running sum of the gradient norms, as of the checkpoint's step
@@ -46,6 +47,7 @@ class RunSpec:
     out_dir: Path
     data_dir: Path | None = None
     cache_dir: Path | None = None  # where the corpus' token store is (charrnn.data.store)
+    until: int | None = None  # tokens to bring the run to (a rung of charrnn.experiments.tune); None: its budget
 
     @property
     def truncation(self):
@@ -89,6 +91,8 @@ def run_state(spec) -> str:
         raise CharrnnError(f"{spec.out_dir} holds a run with the budget {budgets[0]}, this comparison asks for "
                            f"{budgets[1]}; with --lr-schedule {spec.config.lr_schedule} the learning rate follows "
                            f"the budget, so that run cannot become this one; choose another --out")
+    if spec.until is not None and ckpt.progress.tokens >= spec.until:
+        return "done"
     if not budget_reached(spec.config, ckpt.progress):
         return "resume"
     if overshoots(spec.config, ckpt.progress):
@@ -107,7 +111,8 @@ def overshoots(config, progress) -> bool:
 
 
 def execute_run(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> RunSummary:
-    """Bring the run of `spec` to its budget: train it, resume it, or find it done -> RunSummary.
+    """Bring the run of `spec` to its budget (or to spec.until tokens, where it pauses with a
+    checkpoint): train it, resume it, or find it done -> RunSummary.
     threads: NumPy's BLAS threads, as charrnn.training.start.train takes them.
 
     should_stop(): polled every minibatch; once true, stop() is called (which must end the run:
@@ -121,12 +126,14 @@ def execute_run(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> R
         recorder = GradNormLog(spec.out_dir, should_stop, stop)
         if state == "new":
             clear_unstarted(spec.out_dir)
-            result = train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir, threads)
+            result = train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir, threads,
+                           pause_at=spec.until)
         else:
             recorder.restore(load_checkpoint(spec.out_dir / CHECKPOINT).progress.step)
             changes = {f.name: getattr(spec.config, f.name) for f in fields(spec.config)  # None: as saved
                        if f.name not in MATHS_FIELDS and (f.name in BUDGET_FIELDS or getattr(spec.config, f.name) is not None)}
-            result = resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir, threads)
+            result = resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir, threads,
+                            pause_at=spec.until)
         if result.reason in STOP_REASONS:
             raise RunInterrupted(f"{spec.name} stopped by {result.reason} at {result.progress.tokens:,} tokens")
         if result.reason == "nonfinite":

@@ -22,6 +22,7 @@ from charrnn.nn.truncation import parse_truncation
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import BPTT_MEMORY_MODES, DEFAULT_MEMORY_BUDGET
 from charrnn.training.schedule import LR_SCHEDULES
+from charrnn.training.autosize import SIZES
 
 DEFAULT_EPOCHS = 30  # the budget when none of epochs / max_tokens / max_time is given
 ON_NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient does to the run
@@ -33,7 +34,7 @@ LEGACY_DEFAULTS = {"lr_schedule": "epoch", "output_bias": "zero"}
 CELL_DEFAULTS = {
     "rnn": {"num_hiddens": 256, "num_layers": 1, "dropout": 0.0, "lr": 1e-2},
     "gru": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.3, "lr": 5e-3},
-    "lstm": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.2, "lr": 1e-2},
+    "lstm": {"num_hiddens": 256, "num_layers": 2, "dropout": 0.2, "lr": 5e-3},
 }
 # the prefix continued at each evaluation, by corpus; other texts: their own first words
 DEFAULT_SAMPLE_PREFIXES = {"timemachine": "time traveller"}
@@ -96,6 +97,9 @@ class TrainConfig:
     # the time loop's steps: "fused" compiled (numba), "numpy" cells.py's, "auto" fused for gru
     # and lstm in float32 (charrnn.nn.fused); not a maths field: the same numbers up to tanh's last bits
     kernel: str = "auto"
+    # how the network was chosen: "default" (CELL_DEFAULTS and the options given) or "auto" (for
+    # the text and the budget, charrnn.training.autosize; the run directory's size.json says why)
+    size: str = "default"
 
     def __post_init__(self):
         self.corpus = corpus_key(self.corpus)
@@ -211,7 +215,7 @@ def corpus_key(corpus):
 CHOICES = {"level": LEVELS, "preprocess": PREPROCESS_MODES, "cell": CELLS, "activation": ACTIVATIONS, "dtype": DTYPES,
            "output_bias": OUTPUT_BIASES,
            "sampler": tuple(SAMPLERS), "optimizer": tuple(OPTIMIZERS), "on_nonfinite": ON_NONFINITE,
-           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES, "kernel": KERNELS}
+           "bptt_memory": BPTT_MEMORY_MODES, "lr_schedule": LR_SCHEDULES, "kernel": KERNELS, "size": SIZES}
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 MATHS_FIELDS = frozenset(FIELD_NAMES[: FIELD_NAMES.index("epochs")])
 BUDGET_FIELDS = frozenset(("epochs", "max_tokens", "max_time"))

@@ -24,6 +24,9 @@ from charrnn.base.errors import CharrnnError
 from charrnn.nn.model import RNNLM
 
 PARENT = "parent.json"  # in a fine-tuned run's directory
+# a fine-tuned run's learning rate when none is given: its parent's, times this (fine-tuning
+# starts from weights that already fit, and a full-size first step would undo part of that)
+FINETUNE_LR_SCALE = 0.3
 TEXT_FIELDS = ("level", "preprocess")  # how the parent read its text, kept with its vocabulary
 
 
@@ -47,7 +50,8 @@ def load_parent(config):
 
 def finetune_config(init_from, corpus, **changes) -> TrainConfig:
     """A TrainConfig for fine-tuning the checkpoint `init_from` on `corpus`: the parent's
-    inherited fields (inherited_fields), the path of its checkpoint file, and `changes`."""
+    inherited fields (inherited_fields), the path of its checkpoint file, and `changes`. Without
+    an lr in `changes`, the parent's learning rate x FINETUNE_LR_SCALE."""
     parent = load_checkpoint(init_from)
     inherited = {name: getattr(parent.config, name) for name in inherited_fields()}
     clash = {name for name in set(changes) & set(inherited) if changes[name] != inherited[name]}
@@ -55,6 +59,8 @@ def finetune_config(init_from, corpus, **changes) -> TrainConfig:
         name = sorted(clash)[0]
         raise ConfigError(name, f"a run fine-tuned from {parent.path} keeps its {name} "
                                 f"({inherited[name]!r}), not {changes[name]!r}")
+    if changes.get("lr") is None:
+        changes["lr"] = parent.config.lr * FINETUNE_LR_SCALE
     return TrainConfig(corpus=corpus, **{**changes, **inherited, "init_from": str(parent.path.resolve())})
 
 

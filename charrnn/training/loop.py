@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -27,17 +26,17 @@ import numpy as np
 
 from charrnn.training.checkpoint import save_checkpoint
 from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpoint
-from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM, Progress
-from charrnn.training.config import BUDGET_FIELDS, TrainConfig
+from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM
+from charrnn.training.config import BUDGET_FIELDS
+from charrnn.training.budget import PROBE_SECONDS, TimeBudget, allowance
+from charrnn.training.events import TrainResult
 from charrnn.data.samplers import SAMPLERS, num_minibatches
-from charrnn.data.corpus import Vocab
 from charrnn.data.text import preprocess_text
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.infer.evaluate import EvaluationStopped, mean_loss, perplexity
 from charrnn.base.io import append_jsonl
-from charrnn.data.baselines import Baselines
+from charrnn.data.baselines import not_learning
 from charrnn.nn import fused
-from charrnn.nn.model import RNNLM
 from charrnn.nn.optim import clip_grad_norm
 from charrnn.infer.sample import continue_text
 from charrnn.training.schedule import budget_fraction, learning_rate
@@ -50,48 +49,6 @@ MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
 def finite_or_none(number):
     """`number` if finite, else None: metrics.jsonl is strict JSON, with no NaN or Infinity."""
     return number if math.isfinite(number) else None
-
-
-@dataclass
-class TrainResult:
-    """How a run ended. `reason`: epochs | max_tokens | max_time | SIGINT | SIGTERM | SIGHUP | nonfinite."""
-
-    reason: str
-    out_dir: Path
-    progress: Progress
-    train_ppl: float | None
-    val_ppl: float | None
-    tokens_per_s: float
-    wall_time: float  # seconds of this session
-    checkpoint: Path | None  # the last good checkpoint
-    checkpoint_step: int | None
-    message: str = ""  # what went wrong, for reason == "nonfinite"
-    model: RNNLM | None = None  # the model as it ended (best.npz holds the best one)
-    vocab: Vocab | None = None
-    config: TrainConfig | None = None
-    baselines: Baselines | None = None  # the unigram and bigram perplexities of the validation split
-
-    @property
-    def best(self):
-        path = self.out_dir / BEST
-        return path if path.is_file() else None
-
-
-class Reporter:
-    """Receives the events of a run; the CLI renders them. This one ignores them."""
-
-    def on_start(self, info):
-        """info: dict with out_dir, resumed, tokens, total_tokens (estimate or None), sizes, threads
-        (the BLAS thread setting, e.g. "auto (2 now)")."""
-
-    def on_step(self, stats):
-        """stats: dict with epoch, step, tokens, loss, perplexity, grad_norm, skipped."""
-
-    def on_validation(self, record):
-        """record: the dict appended to metrics.jsonl."""
-
-    def on_end(self, result):
-        """result: the TrainResult."""
 
 
 def budget_reached(config, progress, elapsed=None, within_epoch=False):
@@ -132,6 +89,11 @@ class Run:
         self.session_tokens = self.progress.tokens
         self.step_seconds = 0.0  # of this session's minibatches alone (step_tokens_per_s)
         self.elapsed_before = self.progress.elapsed
+        self.time_budget = TimeBudget(config.max_time, len(val_data)) if config.max_time else None
+        self.pause_at = None  # tokens after which the run checkpoints and stops ("paused"): a sweep's rung
+        self.allowed = None  # what the budget allows (charrnn.training.budget.allowance), once known
+        self.known_speed = None  # tokens/s measured before the run (the auto-size probe), if any
+        self.added_tokens = None  # a fine-tuned run's tokens that its parent's vocabulary lacked
 
     # ---- the loop ----
 
@@ -151,7 +113,10 @@ class Run:
                     reason, evaluate_end = signals.received or "", False
                 if not reason:
                     reason, message = self.loop(signals)  # non-finite values are checked, not warned about
-                if reason in BUDGET_FIELDS and (evaluate_end or self.progress.last_eval_step != self.progress.step):
+                    if self.time_budget is not None and self.allowed is None:  # a run shorter than its probe
+                        self.say_allowed(self.step_tokens_per_s())
+                if reason in (*BUDGET_FIELDS, "paused") and (
+                        evaluate_end or self.progress.last_eval_step != self.progress.step):
                     self.log_validation("stop")
                     reason = signals.received or reason
                 if reason in STOP_REASONS:
@@ -173,9 +138,11 @@ class Run:
                 self.step_seconds += time.perf_counter() - started
                 if message:
                     return "nonfinite", message
+                self.observe_step(time.perf_counter() - started)
                 if self.eval_due():
                     self.log_validation("interval")
-                reason = signals.received or self.budget_reached(within_epoch=True)
+                paused = self.pause_at is not None and self.progress.tokens >= self.pause_at
+                reason = signals.received or self.budget_reached(within_epoch=True) or paused and "paused"
                 if reason:
                     return reason, ""
             if self.progress.step_in_epoch == 0:
@@ -244,7 +211,8 @@ class Run:
 
     def learning_rate(self):
         """The schedule's learning rate for the next minibatch, from the budget used so far."""
-        fraction = budget_fraction(self.progress, self.config, self.tokens_per_epoch, self.elapsed())
+        elapsed = self.elapsed() if self.time_budget is None else self.time_budget.schedule_time(self.elapsed())
+        fraction = budget_fraction(self.progress, self.config, self.tokens_per_epoch, elapsed)
         return learning_rate(self.config, fraction, self.progress.epoch)
 
     def evaluation_pending(self):
@@ -257,8 +225,29 @@ class Run:
         return self.progress.tokens // every > (self.progress.tokens - self.tokens_per_batch) // every
 
     def budget_reached(self, within_epoch=False):
-        """The name of the first budget used up, or None. Epochs count only at an epoch's end."""
-        return budget_reached(self.config, self.progress, self.elapsed(), within_epoch)
+        """The name of the first budget used up, or None. Epochs count only at an epoch's end; a
+        --max-time run stops when its final evaluation would not fit (charrnn.training.budget)."""
+        reached = budget_reached(self.config, self.progress, self.elapsed(), within_epoch)
+        if reached is None and self.time_budget is not None and self.time_budget.out_of_time(self.elapsed()):
+            return "max_time"
+        return reached
+
+    def observe_step(self, seconds):
+        """Time the latest minibatch for the time budget; once PROBE_SECONDS (or a tenth of the
+        budget) of a --max-time run have passed, say what its budget allows."""
+        if self.time_budget is None:
+            return
+        self.time_budget.observe_step(seconds, self.tokens_per_batch)
+        if self.allowed is None and time.perf_counter() - self.session_start >= min(PROBE_SECONDS,
+                                                                                     0.1 * self.config.max_time):
+            self.say_allowed(self.step_tokens_per_s())
+
+    def say_allowed(self, tokens_per_s=None):
+        """Work out what the budget allows and tell the reporter."""
+        self.allowed = allowance(self.config, self.tokens_per_epoch, self.tokens_per_batch, self.progress.tokens,
+                                 tokens_per_s)
+        if self.allowed is not None:
+            self.reporter.on_budget(self.allowed)
 
     # ---- evaluation and files ----
 
@@ -273,17 +262,22 @@ class Run:
         """
         p = self.progress
         signals = getattr(self, "signals", None)
+        val_tokens = self.time_budget.eval_tokens() if self.time_budget else len(self.val_data)
+        started = time.perf_counter()
         try:
-            val_ppl = perplexity(mean_loss(self.model, self.val_data,
+            val_ppl = perplexity(mean_loss(self.model, self.val_data[:val_tokens],
                                            should_stop=signals and (lambda: signals.received is not None)))
         except EvaluationStopped:
             return
+        if self.time_budget:
+            self.time_budget.observe_eval(time.perf_counter() - started, val_tokens)
         train_loss = p.interval_loss / p.interval_steps if p.interval_steps else None
         improved = math.isfinite(val_ppl) and (p.best_val_ppl is None or val_ppl < p.best_val_ppl)
         record = {
             "reason": reason, "epoch": p.current_epoch(), "step": p.step, "tokens": p.tokens,
             "train_loss": train_loss, "train_ppl": None if train_loss is None else finite_or_none(perplexity(train_loss)),
             "val_ppl": finite_or_none(val_ppl), "best": improved,  # strict JSON: no NaN or Infinity
+            "val_tokens": val_tokens,
             "lr": self.optimizer.lr, "skipped": p.skipped, "elapsed": round(self.elapsed(), 3),
             "tokens_per_s": round(self.tokens_per_s(), 1), "threads": self.threads.count,
             "step_tokens_per_s": round(self.step_tokens_per_s(), 1),
@@ -306,27 +300,13 @@ class Run:
         self.check_learning(val_ppl, at_end=reason == "stop" or self.budget_reached(within_epoch=True) is not None)
 
     def check_learning(self, val_ppl, at_end):
-        """Once a run: a CharrnnWarning when the validation perplexity is still above the
-        bigram's (the unigram's where no bigram was counted) after a whole epoch or at the end
-        of the budget, naming what to try."""
-        b = self.baselines
-        if b is None or self.warned_not_learning or not (self.progress.epoch >= 1 or at_end):
+        """Once a run: charrnn.data.baselines.not_learning's warning, after a whole epoch or at the end."""
+        if self.baselines is None or self.warned_not_learning or not (self.progress.epoch >= 1 or at_end):
             return
-        level, name = (b.bigram, "bigram") if b.bigram is not None else (b.unigram, "unigram")
-        if not math.isfinite(val_ppl) or val_ppl <= level:  # a non-finite run is told so elsewhere
-            return
-        self.warned_not_learning = True
-        cfg = self.config
-        tries = [f"--lr {cfg.lr / 4:g}"]
-        if cfg.dropout:
-            tries.append("--dropout 0")
-        if cfg.num_layers > 1 or cfg.num_hiddens > 128:
-            tries.append("a smaller network (--num-layers 1 --num-hiddens 128)")
-        tries.append("a larger budget")
-        epochs = self.progress.epoch
-        when = "at the end of its budget" if epochs < 1 else f"after {epochs} epoch{'s' if epochs > 1 else ''}"
-        warnings.warn(f"not learning: validation perplexity {val_ppl:.4g} is still above the {name} model's "
-                      f"{level:.4g} {when}; try {', '.join(tries)}", CharrnnWarning, stacklevel=2)
+        message = not_learning(self.baselines, val_ppl, self.config, self.progress.epoch)
+        if message:
+            self.warned_not_learning = True
+            warnings.warn(message, CharrnnWarning, stacklevel=2)
 
     def warn_about_the_sample_prefix(self):
         """A CharrnnWarning if preprocessing changes the prefix continued at each evaluation."""
@@ -354,12 +334,15 @@ class Run:
         """Write the whole state of the run to `out_dir/name`, atomically; a state with a
         non-finite value, or a failed write, leaves the file on disk as it was (CharrnnError)."""
         self.progress.elapsed = self.elapsed()
+        started = time.perf_counter()
         try:
             save_checkpoint(self.out_dir / name, self.training, vocab=self.vocab, config=self.config)
         except CharrnnError as err:
             raise self.failed(f"{err} at step {self.progress.step:,}, {name} not written") from None
         except OSError as err:
             raise self.failed(f"cannot write {self.out_dir / name} ({err.strerror or err})") from None
+        if self.time_budget:
+            self.time_budget.observe_save(time.perf_counter() - started)
         if name == CHECKPOINT:
             self.checkpoint_step = self.progress.step
 
@@ -386,7 +369,10 @@ class Run:
         cfg = self.config
         whole_batches = cfg.max_tokens and -(-cfg.max_tokens // self.tokens_per_batch) * self.tokens_per_batch
         totals = [n for n in (cfg.epochs and cfg.epochs * self.tokens_per_epoch, whole_batches) if n]
-        return {"out_dir": self.out_dir, "resumed": resumed, "config": cfg,
+        if self.allowed is None and (cfg.max_time is None or self.known_speed):
+            self.allowed = allowance(cfg, self.tokens_per_epoch, self.tokens_per_batch, self.progress.tokens,
+                                     self.known_speed)
+        return {"allowed": self.allowed, "added_tokens": self.added_tokens, "out_dir": self.out_dir, "resumed": resumed, "config": cfg,
                 "epoch": self.progress.epoch + 1, "tokens": self.progress.tokens,  # of the next minibatch
                 "total_tokens": min(totals) if totals else None,
                 "train_tokens": len(self.train_data), "val_tokens": len(self.val_data),
@@ -408,4 +394,5 @@ class Run:
             wall_time=time.perf_counter() - self.session_start,
             checkpoint=checkpoint if checkpoint.is_file() else None,
             checkpoint_step=self.checkpoint_step, message=message, model=self.model, vocab=self.vocab,
-            config=cfg, baselines=self.baselines)
+            config=cfg, baselines=self.baselines, val_tokens=self.last_record.get("val_tokens"),
+            val_total=len(self.val_data))

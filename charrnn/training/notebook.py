@@ -7,7 +7,7 @@ evaluation prints one line. The metrics records are kept in `records` for plotti
 """
 from tqdm.auto import tqdm
 
-from charrnn.training.loop import Reporter
+from charrnn.training.events import Reporter
 
 
 class NotebookReporter(Reporter):

@@ -25,16 +25,19 @@ from charrnn.nn.optim import make_optimizer
 from charrnn.training.outdir import (CHECKPOINT, CONFIG, METRICS, VOCAB, check_free_space, check_metrics_file,
                                      check_writable, has_evaluation, keep_metrics_until, prepare_out_dir,
                                      refuse_existing_run)
-from charrnn.training.loop import Reporter, Run
+from charrnn.training.events import Reporter
+from charrnn.training.loop import Run
 from charrnn.training.state import TrainingState
 from charrnn.infer.sample import text_prefix
 from charrnn.data.store import open_store
 from charrnn.data.baselines import ngram_baselines
 from charrnn.nn.cells import init_output_bias
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads
+from charrnn.training.autosize import SIZE_RECORD
 
 
-def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
+def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS, pause_at=None,
+          speed=None, spent=0.0, size_record=None):
     """Start a new run of `config` writing to `out_dir` -> TrainResult. cache_dir: where the
     corpus' token store is (charrnn.data.store.default_cache_dir() if None). threads: NumPy's BLAS
     threads while it trains, "auto" (the cores that are free, looked at again as it goes), N,
@@ -45,6 +48,12 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     the tokens its vocabulary lacks (charrnn.training.finetune), with a fresh optimizer. Everything is
     checked before a file is written (memory before the directory is created); the run holds
     the directory's lock (charrnn.runtime.lock) from then to its end.
+
+    pause_at: tokens after which the run evaluates, checkpoints and stops with reason "paused"
+    (its budget, and so its learning-rate schedule, unchanged: a rung of charrnn.experiments.tune);
+    speed: tokens/s measured before (charrnn.training.autosize's probe), for what a --max-time
+    budget allows; spent: seconds of the budget already used (that probe); size_record: what
+    --size auto chose and why, saved as the run's size.json.
     """
     threads = as_threads(threads)
     refuse_existing_run(out_dir)
@@ -72,14 +81,20 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
         save_json(out_dir / CONFIG, asdict(config))
         if parent:
             save_json(out_dir / PARENT, parent_record(parent, vocab))
+        if size_record is not None:
+            save_json(out_dir / SIZE_RECORD, size_record)
         training = TrainingState.start(model=model, optimizer=optimizer, seed=config.seed, data_id=data_id)
+        training.progress.elapsed = spent
         run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
                   out_dir=out_dir, reporter=reporter or Reporter(), baselines=baselines)
+        run.pause_at, run.known_speed = pause_at, speed
+        run.added_tokens = vocab.idx_to_token[len(parent.vocab):] if parent else None
         run.save(CHECKPOINT)
         return run.start(resumed=False, threads=threads)
 
 
-def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS):
+def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS,
+           pause_at=None):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
@@ -88,7 +103,8 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
     A run at its budget whose last evaluation is not in metrics.jsonl (a signal stopped it, or
     the file was damaged) resumes to evaluate it, and ends. Everything is checked before
     anything is written, under the directory's lock. threads: as
-    for train (a run may resume with another thread count and continue to the same numbers).
+    for train (a run may resume with another thread count and continue to the same numbers);
+    pause_at: as for train.
     """
     out_dir, changes, threads = Path(out_dir), dict(changes or {}), as_threads(threads)
     moved = changes.pop("corpus", None)
@@ -109,6 +125,7 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
         run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
                   out_dir=out_dir, reporter=reporter or Reporter(),
                   baselines=ngram_baselines(train_data, val_data, len(vocab)))
+        run.pause_at = pause_at
         reached = run.budget_reached()
         last_evaluated = has_evaluation(out_dir / METRICS, ckpt.progress.tokens)
         if reached and last_evaluated:
