@@ -11,6 +11,8 @@ filters, no files).
                 TrainResult, Reporter, NotebookReporter, finetune_config
     files       load_checkpoint, Checkpoint, save_model, load_model
     using       sample_text, continue_text, next_token_probs, evaluate_text, mean_loss, perplexity
+    generating  sample (n records or continuations in one batch: top-p, beam, stop, novelty), score
+                (log-probabilities of texts), Generated, Score (docs/records.md)
     machine     blas_threads
     errors      CharrnnError, CharrnnWarning
 
@@ -33,6 +35,7 @@ _EXPORTS = {
     "training.checkpoint": ("load_checkpoint", "Checkpoint", "save_model", "load_model"),
     "infer.sample": ("sample_text", "continue_text", "next_token_probs"),
     "infer.evaluate": ("evaluate_text", "mean_loss", "perplexity"),
+    "infer.generation": ("sample", "score", "Generated", "Score"),
     "runtime.threads": ("blas_threads",),
     "base.errors": ("CharrnnError", "CharrnnWarning"),
 }

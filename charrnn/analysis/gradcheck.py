@@ -58,7 +58,7 @@ class GradcheckReport:
 
 def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activation="tanh",
                   truncation="full", seed=0, with_state=True, max_entries=200,
-                  num_draws=2000, cell="rnn", num_layers=1, dropout=0.0) -> GradcheckReport:
+                  num_draws=2000, cell="rnn", num_layers=1, dropout=0.0, records=0) -> GradcheckReport:
     """Check loss_and_grads on a random float64 model and minibatch -> GradcheckReport.
 
     Always: every parameter against finite differences of the loss ("full"); at most
@@ -66,7 +66,9 @@ def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activ
     (one layer, no dropout): also against the closed forms 9.7.15/9.7.16. "regular:K": each
     chunk against finite differences from its start state held constant, and the chunks' sum
     against the strategy. "randomized:P": P=1 against full, and the mean of num_draws draws
-    against full. cell, num_layers, dropout: the network, as RNNLM's.
+    against full. cell, num_layers, dropout: the network, as RNNLM's. records: record starts
+    per row inside the window, at steps drawn from the seed (charrnn.data.records: the state reset
+    and the gradient cut there), in every check.
     """
     kind, value = parse_truncation(truncation)
     for name, number, least in (("batch_size", batch_size, 1), ("num_steps", num_steps, 1),
@@ -74,13 +76,14 @@ def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activ
         check_int(number, name, minimum=least)
     model, X, Y, state = make_problem(vocab_size, num_hiddens, batch_size, num_steps,
                                       activation, seed, with_state, cell, num_layers, dropout)
-    masks = MaskStream(model, batch_size, seed)
+    check_int(records, "records", minimum=0)
+    masks = MaskStream(model, batch_size, seed, record_starts(batch_size, num_steps, records, seed))
     rng = np.random.default_rng((seed, 1))
     entries = {name: pick_entries(p.shape, max_entries, rng) for name, p in model.params.items()}
     settings = dict(cell=cell, num_layers=num_layers, dropout=dropout, vocab_size=vocab_size,
                     num_hiddens=num_hiddens, batch_size=batch_size, num_steps=num_steps,
                     activation=activation, truncation=truncation, seed=seed,
-                    with_state=with_state, max_entries=max_entries)
+                    with_state=with_state, max_entries=max_entries, records=records)
     report = GradcheckReport(settings=settings)
     full = masks.loss_and_grads(X, Y, state)[1]
 
@@ -90,7 +93,7 @@ def run_gradcheck(vocab_size=8, num_hiddens=6, batch_size=3, num_steps=10, activ
     report.rows += compare("full vs finite differences", full,
                            finite_difference_grads(loss, model.params, entries),
                            FD_TOLERANCE, entries)
-    if activation == "linear" and num_layers == 1 and dropout == 0:
+    if activation == "linear" and num_layers == 1 and dropout == 0 and not records:
         report.rows += compare("full vs closed form 9.7.15/9.7.16", full,
                                linear_closed_form_grads(model.params, X, Y, state),
                                ROUNDOFF_TOLERANCE)
@@ -109,9 +112,13 @@ class MaskStream:
     (seed, 2) anew and advanced past the masks of the steps before `start` (masks are drawn
     time-major, see model.py). Without dropout, plain loss_and_grads / forward_loss."""
 
-    def __init__(self, model, batch_size, seed):
-        self.model, self.seed = model, seed
+    def __init__(self, model, batch_size, seed, resets=None):
+        self.model, self.seed, self.resets = model, seed, resets
         self.per_step = model.num_layers * batch_size * model.num_hiddens
+
+    def part(self, start, num_steps):
+        """The record starts of steps [start, start + num_steps), or None."""
+        return None if self.resets is None else self.resets[:, start:start + num_steps]
 
     def generator(self, start=0):
         rng = np.random.default_rng((self.seed, 2))
@@ -120,13 +127,28 @@ class MaskStream:
         return rng
 
     def loss_and_grads(self, X, Y, state, truncation="full", rng=None, start=0) -> tuple:
-        return self.model.loss_and_grads(X, Y, state, truncation, rng, dropout_rng=self.generator(start))
+        return self.model.loss_and_grads(X, Y, state, truncation, rng, dropout_rng=self.generator(start),
+                                         resets=self.part(start, X.shape[1]))
 
     def loss(self, X, Y, state, start=0) -> float:
         """The mean loss over X, Y, the masks of its steps applied."""
         if self.model.dropout == 0:
-            return self.model.forward_loss(X, Y, state)[0] / X.size
+            return self.model.forward_loss(X, Y, state, self.part(start, X.shape[1]))[0] / X.size
         return self.loss_and_grads(X, Y, state, start=start)[0]
+
+
+def record_starts(batch_size, num_steps, count, seed):
+    """(batch, num_steps) bool: `count` record starts per row at distinct steps in [1, num_steps),
+    drawn from (seed, 3); None when count is 0."""
+    if count == 0:
+        return None
+    if count > num_steps - 1:
+        raise ValueError(f"{count} record starts do not fit inside a window of {num_steps} steps")
+    rng = np.random.default_rng((seed, 3))
+    resets = np.zeros((batch_size, num_steps), bool)
+    for row in resets:
+        row[1 + rng.choice(num_steps - 1, count, replace=False)] = True
+    return resets
 
 
 def make_problem(vocab_size, num_hiddens, batch_size, num_steps, activation, seed, with_state,

@@ -1,5 +1,5 @@
-"""The charrnn command line: corpus, train, sample, evaluate, gradcheck, analyze, compare, plot, export,
-serve, activations.
+"""The charrnn command line: corpus, train, sample, score, evaluate, gradcheck, analyze, compare, tune,
+plot, export, serve, activations.
 
 Parses options, calls charrnn, renders what comes back (render.py: tqdm bar, rich tables). No
 maths here. Errors: charrnn.CharrnnError and OSError -> one line `Error: ...` on stderr, exit
@@ -30,6 +30,7 @@ from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, 
 from charrnn.cli.exporting import export
 from charrnn.cli.inspection import analyze, corpus, evaluate, gradcheck, sample
 from charrnn.cli.plotting import plot
+from charrnn.cli.scoring import score
 from charrnn.cli.serving import activations, serve
 from charrnn.cli.options import ThreadCount
 from charrnn.cli.render import charrnn_warnings, one_line, quiet_stdout
@@ -103,6 +104,6 @@ def main(ctx, threads):
 
 
 
-for command in (corpus, train, sample, evaluate, gradcheck, analyze, compare, tune, plot, export, serve,
+for command in (corpus, train, sample, score, evaluate, gradcheck, analyze, compare, tune, plot, export, serve,
                 activations):
     main.add_command(command)

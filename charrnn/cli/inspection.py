@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from charrnn.analysis import gradients as analysis
 from charrnn.training.checkpoint import load_checkpoint
@@ -21,6 +22,8 @@ from charrnn.infer.sample import next_token_probs, sample_text
 from charrnn.data.store import open_store
 from charrnn.data.baselines import ngram_baselines
 from charrnn.data.samplers import split_corpus
+from charrnn.data.records import END, RECORD_MODES, START, open_records, record_vocab, split_records
+from charrnn.cli.scoring import batch_options, run_batch, wants_batch
 from charrnn.cli.options import (DEFAULTS, FiniteRange, Truncation, activation_choice, cache_dir_option, cell_choice,
                       checkpoint_argument, data_dir_option, dropout_range, dtype_choice, given_options, level_option,
                       plot_option, preprocess_option, randomized_option, regular_option, vocab_limit_options)
@@ -43,8 +46,12 @@ FRESH_MODEL_OPTIONS = ("corpus", "level", "preprocess", "cell", "num_layers", "n
               help="How many of the most frequent tokens to list.")
 @click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.val_fraction,
               show_default=True, help="The share held out for validation, on which the baselines are scored.")
+@click.option("--records", type=click.Choice(RECORD_MODES), default=None,
+              help="Read CORPUS as records (one per line or paragraph): their count, lengths and the "
+                   "<s> and </s> tokens a records model adds to the vocabulary.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, val_fraction, as_json):
+def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, top, val_fraction, records,
+           as_json):
     """Token count, vocabulary size and most frequent tokens of CORPUS (a name or a path), the
     unigram and bigram perplexity of its validation split (what a network must beat), and where
     its token store is (made now if need be, and every id read back to check it)."""
@@ -57,9 +64,10 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
         raise CharrnnError(f"{corpus}: a validation split of {val_fraction:g} holds {len(val)} tokens, "
                            f"too few to score the baselines; give a larger --val-fraction")
     baselines = ngram_baselines(train, val, len(vocab))
+    summary = records and records_summary(store, records, val_fraction, corpus)
     if as_json:
         click.echo(json.dumps({"corpus": corpus, "level": level, "preprocess": preprocess,
-                               "tokens": len(store), "vocab_size": len(vocab),
+                               "tokens": len(store), "vocab_size": len(vocab), **({"records": summary} if records else {}),
                                "top": [[token, count] for token, count in top_tokens],
                                "val_fraction": val_fraction, **baselines.as_dict(),
                                "store": str(store.path), "store_bytes": store.nbytes,
@@ -67,8 +75,27 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
         return
     print_corpus(corpus, level, preprocess, len(store), vocab, top_tokens)
     print_baselines(baselines)
+    if records:
+        say(f"records ({records}): {summary['count']:,}, {summary['held_out']:,} held out; "
+            f"{summary['mean_length']:.1f} tokens on average, the longest {summary['longest']:,} (line "
+            f"{summary['longest_line']:,}); a records model's vocabulary: {summary['vocab_size']} tokens, "
+            f"with {START} ({summary['start_id']}) and {END} ({summary['end_id']})")
     say(f"token store: {shown(store.path)} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
         f"{', made now' if store.built else ''})")
+
+
+def records_summary(store, mode, val_fraction, name) -> dict:
+    """What `corpus --records` shows of a text's records."""
+    if store.header["level"] != "char":
+        raise click.BadParameter("records are read at the char level", param_hint="'--records'")
+    records = open_records(store, mode, num_steps=1 << 40, name=str(name))
+    vocab = record_vocab(store.vocab)
+    lengths = np.asarray(records.ends) - np.asarray(records.starts)
+    longest = int(np.argmax(lengths))
+    return {"mode": mode, "count": records.num_records, "held_out": split_records(records, val_fraction)[1].num_records,
+            "mean_length": float(lengths.mean()), "longest": int(lengths[longest]),
+            "longest_line": int(records.lines[longest]), "vocab_size": len(vocab),
+            "start_id": vocab.token_to_idx[START], "end_id": vocab.token_to_idx[END]}
 
 
 @click.command()
@@ -83,11 +110,17 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--show-probs", type=click.IntRange(min=1), default=None, metavar="N",
               help="Instead of generating, list the N most likely next tokens after PREFIX with their probabilities.")
+@batch_options
+@data_dir_option
+@cache_dir_option
 @click.pass_context
-def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, show_probs):
+def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, show_probs, data_dir, cache_dir,
+           **batch):
     """Continue PREFIX with a trained model. CHECKPOINT: a .npz file or a run directory (best.npz).
 
     The prefix is read as the training text was (its preprocessing); a change is warned about.
+    A model trained on records (--records) generates whole records, one per line; -n N draws N
+    samples in one batch (docs/records.md).
     """
     drawing = given_options(ctx, ["top_k", "temperature"])
     if greedy and drawing:
@@ -100,6 +133,11 @@ def sample(ctx, checkpoint, prefix, length, temperature, top_k, greedy, seed, sh
     if prefix is not None and not is_text(prefix):
         raise click.BadParameter(f"{prefix!r} is not UTF-8 text", param_hint="'--prefix'")
     ckpt = load_checkpoint(checkpoint)
+    if show_probs is None and wants_batch(ckpt, batch):
+        with ctx.obj["applied"].one_row(batch["num_samples"] == 1):
+            run_batch(ctx, ckpt, prefix, length, temperature, top_k, greedy, seed, **batch,
+                      data_dir=data_dir, cache_dir=cache_dir)
+        return
     if prefix is None:
         prefix = ckpt.config.sample_prefix or ckpt.vocab.token_freqs[0][0]  # a run records the prefix it used
     with ctx.obj["applied"].one_row():  # one row at a time: auto's rounding stays exact on one thread
@@ -131,7 +169,10 @@ def evaluate(checkpoint, corpus, data_dir, cache_dir, as_json):
     if as_json:  # strict JSON: a perplexity past a float (loss > ~709 nats) is null
         perplexity = result.perplexity if math.isfinite(result.perplexity) else None
         click.echo(json.dumps({"checkpoint": str(ckpt.path), "source": result.source, "tokens": result.tokens,
-                               "loss": result.loss, "perplexity": perplexity}, ensure_ascii=False, allow_nan=False))
+                               "loss": result.loss, "perplexity": perplexity,
+                               **({"records": result.records, "nats_per_record": result.nats_per_record,
+                                   "nats_per_char": result.loss} if result.records else {})},
+                              ensure_ascii=False, allow_nan=False))
         return
     print_evaluation(ckpt.path, result)
 
@@ -153,6 +194,8 @@ def gradcheck_option(name, **kwargs):
 @gradcheck_option("--activation", type=activation_choice)
 @gradcheck_option("--truncation", type=Truncation())
 @gradcheck_option("--seed", type=click.IntRange(min=0))
+@gradcheck_option("--records", type=click.IntRange(min=0), metavar="N",
+                  help="Record starts per row inside the window: the state is reset and the gradient cut there.")
 @click.option("--with-state/--no-state", default=GRADCHECK_DEFAULTS["with_state"], show_default=True,
               help="Start from a random carried state.")
 @click.pass_context
@@ -165,6 +208,9 @@ def gradcheck(ctx, **options):
     problem = network_problem(options["cell"], options["num_layers"], options["dropout"], options["activation"])
     if problem:
         raise click.BadParameter(problem[1], ctx, param_hint=f"'--{problem[0].replace('_', '-')}'")
+    if options["records"] > options["num_steps"] - 1:
+        raise click.BadParameter(f"{options['records']} record starts do not fit inside a window of "
+                                 f"{options['num_steps']} steps (at most num_steps - 1)", ctx, param_hint="'--records'")
     masks = f", dropout {options['dropout']:g} (masks held fixed)" if options["dropout"] else ""
     say(f"{options['cell']}, {options['num_layers']} layer{'s' * (options['num_layers'] > 1)}, "
         f"hidden {options['num_hiddens']}{masks}; truncation {options['truncation']}")

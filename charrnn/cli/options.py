@@ -15,6 +15,7 @@ from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE,
 from charrnn.data.corpus import LEVELS
 from charrnn.data.text import PREPROCESS_MODES
 from charrnn.data.samplers import SAMPLERS
+from charrnn.data.records import RECORD_MODES
 from charrnn.base.errors import CharrnnError
 from charrnn.base.schema import describe
 from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES
@@ -58,6 +59,20 @@ class ThreadCount(click.ParamType):
             warn(f"--threads {describe(threads)} is more than the {capped(threads)} cores this process may use; "
                  f"using {capped(threads)}")
         return capped(threads)
+
+
+class Procs(click.ParamType):
+    """auto | N >= 1: the processes of `train --procs`."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if text == "auto":
+            return text
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"processes must be 'auto' or an integer >= 1, got {value!r}", param, ctx)
 
 
 class Clip(click.ParamType):
@@ -205,6 +220,10 @@ def training_options(with_truncation=True, eval_every=DEFAULTS.eval_every, defau
         click.option("--val-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
                      default=DEFAULTS.val_fraction, show_default=True,
                      help="Tail of the corpus held out for validation."),
+        click.option("--records", type=click.Choice(RECORD_MODES), default=None,
+                     help="A text of records, one per line or per paragraph (blank-line separated): each "
+                          "trained from a zero state between <s> and </s>, the last --val-fraction of them "
+                          "held out (docs/records.md)."),
         click.option("--num-hiddens", type=click.IntRange(min=1), default=None,
                      help=f"Hidden units per layer {per_cell_default('num_hiddens')}."),
         click.option("--cell", type=cell_choice, default=DEFAULTS.cell, show_default=True,

@@ -151,10 +151,13 @@ class ConsoleReporter(Reporter):
         kernel = info.get("kernel") or {}
         if kernel.get("fused"):
             say(f"Fused kernels (numba {kernel['numba']}), compiled or loaded from cache in {kernel['compile_s']:.2f} s")
+        if info.get("procs", 1) > 1:
+            say(f"on {info['procs']} processes (MPI), the batch of {cfg.batch_size} rows split among them")
         if info.get("allowed"):
             self.on_budget(info["allowed"])
-        self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok",
-                        unit_scale=True, dynamic_ncols=True, disable=None)
+        # under `train --procs` rank 0 writes through mpiexec's pipes to the launcher's terminal
+        self.bar = tqdm(total=info["total_tokens"], initial=info["tokens"], unit="tok", unit_scale=True,
+                        dynamic_ncols=True, disable=False if os.environ.get("CHARRNN_TERMINAL") else None)
 
     def on_budget(self, allowed):
         about = "about " if allowed["estimated"] else ""
@@ -326,6 +329,10 @@ def print_evaluation(path, result):
                         ("cross-entropy (nats/token)", f"{result.loss:.4f}"),
                         ("perplexity", f"{result.perplexity:.3f}")):
         table.add_row(name, value)
+    if getattr(result, "records", None):
+        table.add_row("records", f"{result.records:,}")
+        table.add_row("nats per record", f"{result.nats_per_record:.4f}")
+        table.add_row("nats per character (</s> counted)", f"{result.loss:.4f}")
     console.print(table)
 
 

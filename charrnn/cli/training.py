@@ -1,22 +1,30 @@
 """The commands that train: `train` (a run, or --resume of one) and `compare` (truncations side by side, over seeds)."""
 import shlex
+import sys
 import time
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, nullcontext
+from functools import partial
 from pathlib import Path
 
 import click
 
 from charrnn.analysis import gradients as analysis
 from charrnn.experiments import compare as comparison
+from charrnn.runtime import launch
+from charrnn.runtime.threads import AUTO, Threads
 from charrnn.training import start as training
+from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import BUDGET_FIELDS, ConfigError, TrainConfig
 from charrnn.training import autosize
 from charrnn.training.finetune import FINETUNE_LR_SCALE, finetune_config
-from charrnn.training.outdir import default_out_dir, last_good_checkpoint
+from charrnn.training.loop import Run
+from charrnn.training.outdir import CHECKPOINT, default_out_dir, last_good_checkpoint
+from charrnn.training.parallel import ParallelRun, abort_on_error, current_ranks, follow
 from charrnn.analysis.plot import check_plot_path, plot_comparison
 from charrnn.runtime.signals import EXIT_CODES
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend
-from charrnn.cli.options import FiniteRange, NumberList, Truncation, bad_parameter, config_changes, plot_option, training_options
+from charrnn.cli.options import (FiniteRange, NumberList, Procs, Truncation, bad_parameter, config_changes,
+                                 plot_option, training_options)
 from charrnn.cli.render import (ConsoleReporter, SweepProgress, network_words, print_comparison, print_summary, say,
                                 shown)
 
@@ -40,39 +48,69 @@ COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
                    "(docs/tune.md; --max-time uses a short timed probe); options given win. default: the "
                    "cell's defaults [default: auto with --max-time or --max-tokens and none of "
                    "--cell, --num-hiddens, --num-layers, --dropout, --lr; else default].")
+@click.option("--procs", type=Procs(), default=None, metavar="auto|N",
+              help="Train on N processes of this machine (MPI, each with one BLAS thread); auto: the free "
+                   "cores, or one process for a network too small to gain [default: one process with "
+                   "--threads]. Needs: pip install 'charrnn[mpi]'. For several machines use mpiexec "
+                   "(docs/parallel.md).")
 @click.pass_context
-def train(ctx, data_dir, cache_dir, out, resume, init_from, size, **options):
+def train(ctx, data_dir, cache_dir, out, resume, init_from, size, procs, **options):
     """Train a character-level RNN language model on CORPUS (a registered name or a path;
     default: timemachine). Ctrl-C saves a checkpoint; --resume DIR continues the run;
     --init-from RUN fine-tunes a trained model on CORPUS.
     """
     given = config_changes(ctx, options)
     check_schedule_options(ctx, given, options["lr_schedule"], resume)
+    ranks = current_ranks()  # this process is one of several that mpiexec started, or None
+    if procs is not None:
+        if ranks is not None:
+            raise click.UsageError("--procs starts the processes itself; under mpiexec leave it out", ctx)
+        try:
+            code = launch_ranks(procs, resume, options)
+        except ConfigError as err:
+            raise bad_parameter(err, ctx) from None
+        if code is not None:
+            ctx.exit(code)
+    if ranks is not None and ranks.rank != 0:
+        with abort_on_error(ranks):
+            result = follow(ranks, data_dir, cache_dir, ctx.obj["threads"])
+        ctx.exit(EXIT_CODES.get(result.reason, 1 if result.reason == "nonfinite" else 0))
+    run_class = Run if ranks is None else partial(ParallelRun, ranks=ranks)
     reporter = ConsoleReporter()
     try:
-        if resume is not None:
-            if out is not None and out.resolve() != resume.resolve():
-                raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
-            if init_from is not None:
-                raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
-            result = training.resume(resume, given, data_dir, reporter, cache_dir, ctx.obj["threads"])
-        else:
-            if init_from is not None:
-                config = finetune_config(init_from, options["corpus"],
-                                         **{k: v for k, v in given.items() if k != "corpus"})
-                result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
-                                        ctx.obj["threads"])
-            elif wants_auto(size, given, options):
-                config, chosen, spent = auto_config(options, given, data_dir, cache_dir)
-                result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
-                                        ctx.obj["threads"], speed=chosen.get("speeds", {}).get(chosen["name"]),
-                                        spent=spent, size_record=chosen)
-            else:
-                config = TrainConfig(**options)
-                result = training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir,
-                                        ctx.obj["threads"])
+        with (nullcontext() if ranks is None else abort_on_error(ranks)):  # rank 0 of several: abort them all
+            result = train_or_resume(ctx, data_dir, cache_dir, out, resume, init_from, size, options, given,
+                                     reporter, run_class)
     except ConfigError as err:
         raise bad_parameter(err, ctx) from None
+    report_result(ctx, result)
+
+
+def train_or_resume(ctx, data_dir, cache_dir, out, resume, init_from, size, options, given, reporter, run_class):
+    """-> the TrainResult of the run `train` was asked for (run_class: Run, or ParallelRun on rank 0)."""
+    threads = ctx.obj["threads"]
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            raise click.UsageError("--out cannot differ from --resume: a resumed run writes to its own directory", ctx)
+        if init_from is not None:
+            raise click.UsageError("--init-from starts a new run; --resume continues one", ctx)
+        return training.resume(resume, given, data_dir, reporter, cache_dir, threads, run_class=run_class)
+    if init_from is not None:
+        config = finetune_config(init_from, options["corpus"], **{k: v for k, v in given.items() if k != "corpus"})
+        return training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir, threads,
+                              run_class=run_class)
+    if wants_auto(size, given, options):
+        config, chosen, spent = auto_config(options, given, data_dir, cache_dir)
+        return training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir, threads,
+                              speed=chosen.get("speeds", {}).get(chosen["name"]), spent=spent, size_record=chosen,
+                              run_class=run_class)
+    config = TrainConfig(**options)
+    return training.train(config, out or default_out_dir(config), data_dir, reporter, cache_dir, threads,
+                          run_class=run_class)
+
+
+def report_result(ctx, result):
+    """The summary of a run, and its exit: an error for a non-finite stop, 130/143 after a signal."""
     print_summary(result)
     resume_command = f"charrnn train --resume {shlex.quote(str(result.out_dir))}"
     if result.reason == "nonfinite":
@@ -118,6 +156,26 @@ def auto_config(options, given, data_dir, cache_dir):
     say(f"Size auto: {network_words(config)}, lr {config.lr:g} -- {chosen['reason']}"
         + (f"; given: {', '.join(named)}" if named else ""))
     return config, chosen, spent
+
+
+def launch_ranks(procs, resume, options):
+    """--procs: start the ranks (charrnn.runtime.launch) and wait -> their exit code; None: train here,
+    on one process (--procs 1, or auto's choice, said)."""
+    problem = launch.mpi_problem()
+    if problem:
+        raise click.ClickException(problem)
+    if procs == "auto":
+        with Threads(AUTO) as counted:
+            free = counted.count
+        cfg = load_checkpoint(resume / CHECKPOINT).config if resume else TrainConfig(**options)
+        flops = launch.step_flops(cfg.batch_size, cfg.num_steps, cfg.num_hiddens, cfg.num_layers, cfg.cell,
+                                  launch.GUESSED_VOCAB)
+        procs, note = launch.resolve_procs(procs, free, flops)
+        if note:
+            say(note)
+    if procs <= 1:
+        return None
+    return launch.launch(procs, launch.rank_arguments(sys.argv[1:]))
 
 
 def check_schedule_options(ctx, given, schedule, resume):

@@ -3,6 +3,8 @@
 Perplexity is exp of the mean cross-entropy per token (d2l §9.3); the mean is the loss
 L = (1/T) sum_t l(o_t, y_t) of eq. 9.7.2 taken over a whole text instead of a minibatch.
 """
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
 
@@ -84,6 +86,11 @@ class Evaluation:
     perplexity: float
     unknown: list  # distinct tokens of the text outside the vocabulary (read as <unk>)
     unknown_count: int = 0  # their occurrences
+    records: int | None = None  # a records model's: the records evaluated (tokens: their targets, </s> included)
+
+    @property
+    def nats_per_record(self):
+        return None if not self.records else self.loss * self.tokens / self.records
 
 
 def evaluate_text(model, vocab, config, corpus=None, data_dir=None, cache_dir=None):
@@ -96,6 +103,9 @@ def evaluate_text(model, vocab, config, corpus=None, data_dir=None, cache_dir=No
     to <unk>; a text with more than MAX_UNKNOWN_FRACTION of those is refused as not matching.
     """
     name = config.corpus if corpus is None else corpus
+    if getattr(config, "records", None):
+        from charrnn.infer.records_eval import evaluate_records
+        return evaluate_records(model, vocab, config, corpus, data_dir, cache_dir)
     limits = (config.min_freq, config.max_vocab) if corpus is None else (0, None)
     # the d2l warning for another text; the training text's was given in training
     store = open_store(name, config.level, config.preprocess, *limits, data_dir=data_dir, cache_dir=cache_dir,

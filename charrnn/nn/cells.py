@@ -58,6 +58,10 @@ tried (docs/learning.md). With the frequencies in b_q from the start, no
 such constant signal exists and the layers learn from their inputs. "zero" keeps the
 textbook's b_q = 0.
 
+The previous state h_{t-1} (c_{t-1}) a step reads is layer.hp_t[t] (cp_t[t]), and the backward
+factors read layer.hp (cp): hs[:-1] (cs[:-1]) themselves, or, where records start inside the
+window, ρ_t ⊙ h_{t-1} with the reset mask ρ_t (workspace.Workspace.set_resets, charrnn.data.records).
+
 Backward steps take dh (and dc) = the total gradient reaching the step's output state and leave
 in d_state the gradient reaching the previous state, dh_next (and dc_next), unless the path is
 cut (keep False). The per-step multipliers that do not depend on the gradient are formed for all
@@ -97,7 +101,7 @@ class RNNCell:
 
     def forward_step(self, layer, t):
         """layer.hs[t+1] (= A[t]) holds x_t W_xh + b_h and becomes h_t."""
-        self.recur(layer.hs_t[t + 1], layer.hs_t[t], layer.W_hh, layer.tmp)
+        self.recur(layer.hs_t[t + 1], layer.hp_t[t], layer.W_hh, layer.tmp)
 
     def recur(self, a, h_prev, W_hh, tmp):
         """a <- φ(a + h_prev W_hh) in place, a (B, H) holding x_t W_xh + b_h; tmp (B, H) scratch."""
@@ -139,7 +143,7 @@ class GRUCell:
     def forward_step(self, layer, t):
         """A[t] holds [x W_xr + b_r | x W_xz + b_z] / 2 and x W_xn + b_n; becomes [r | z | n]."""
         H, tmp = self.num_hiddens, layer.tmp
-        h_prev, a = layer.hs_t[t], layer.A_t[t]
+        h_prev, a = layer.hp_t[t], layer.A_t[t]
         np.matmul(h_prev, layer.W_hh, out=tmp)             # [h W_hr / 2 | h W_hz / 2 | h W_hn]
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
@@ -167,7 +171,7 @@ class GRUCell:
         M_r *= r
         M_r *= hn                                           # hn r(1−r)
         np.subtract(1, z, out=M_n)
-        np.subtract(layer.hs[:-1], n, out=M_z)
+        np.subtract(layer.hp, n, out=M_z)
         M_z *= z
         M_z *= M_n                                          # (h_{t−1} − n) z(1−z)
         np.multiply(n, n, out=hn)
@@ -218,14 +222,14 @@ class LSTMCell:
     def forward_step(self, layer, t):
         """A[t] holds the input part (σ blocks halved) and becomes [i | f | g | o]; writes c_t, h_t."""
         H, a = self.num_hiddens, layer.A_t[t]
-        np.matmul(layer.hs_t[t], layer.W_hh, out=layer.tmp)
+        np.matmul(layer.hp_t[t], layer.W_hh, out=layer.tmp)
         a += layer.tmp                                      # F1: + h_{t−1} W_hh (σ blocks halved)
         np.tanh(a, out=a)
         a *= self.gate_scale
         a += self.gate_shift                                # F2: i, f, o = σ(·) = ½ tanh(·/2) + ½, g = tanh(·)
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         c = layer.cs_t[t + 1]
-        np.multiply(f, layer.cs_t[t], out=c)
+        np.multiply(f, layer.cp_t[t], out=c)
         np.multiply(i, g, out=layer.tmp_h)
         c += layer.tmp_h                                    # F3: c_t = f ⊙ c_{t−1} + i ⊙ g
         tanh_c = layer.aux_t[t]
@@ -241,7 +245,7 @@ class LSTMCell:
         np.subtract(1, A, out=M)
         M *= A                                              # σ' = s(1 − s) in the i, f, o blocks
         M_i *= g                                            # B7's g i(1 − i)
-        M_f *= layer.cs[:-1]                                # B7's c_{t−1} f(1 − f)
+        M_f *= layer.cp                                     # B7's c_{t−1} f(1 − f)
         np.multiply(g, g, out=M_g)
         np.subtract(1, M_g, out=M_g)
         M_g *= i                                            # B7's i (1 − g²)

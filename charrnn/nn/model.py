@@ -58,7 +58,7 @@ from charrnn.nn.cells import (CELL_CLASSES, TINY_DELTA, flush_tiny, init_params,
 from charrnn.base.checks import check_int
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.recompute import DEFAULT_MEMORY_BUDGET, choose_bptt_memory, loss_and_grads_recompute
-from charrnn.nn.truncation import CUT, KEEP, path_scales
+from charrnn.nn.truncation import CUT, KEEP, path_scales, with_resets
 from charrnn.nn.workspace import Workspace, WorkingWeights
 
 DTYPES = ("float32", "float64")
@@ -118,14 +118,16 @@ class RNNLM:
     # ---------------------------------------------------------------- public API
 
     def loss_and_grads(self, X, Y, state=None, truncation="full", rng=None, dropout_rng=None,
-                       bptt_memory="store", memory_budget_bytes=DEFAULT_MEMORY_BUDGET) -> tuple:
+                       bptt_memory="store", memory_budget_bytes=DEFAULT_MEMORY_BUDGET, resets=None) -> tuple:
         """Mean cross-entropy (eq. 9.7.2) and its gradient by BPTT -> (loss, grads, state).
 
         X, Y: (batch, num_steps) int; state: see the module docstring (None: zeros), a
         constant. truncation: "full" (every term of eq. 9.7.7), "regular:K" or "randomized:P"
         (see `path_scales`; rng draws ξ). dropout_rng: a numpy Generator drawing the dropout
         masks, required when the model's dropout > 0 (unused otherwise). grads: a fresh dict
-        shaped like params; state: a copy of the last state.
+        shaped like params; state: a copy of the last state. resets: None (one stream per row),
+        or (batch, num_steps) bool, True where a row starts a new record at that step: its state
+        is zero before the step and no gradient crosses back over it (charrnn.data.records).
 
         bptt_memory: "store" keeps every state of the window for the backward pass (below);
         "recompute" keeps one per segment of ~√T steps and recomputes the rest
@@ -136,20 +138,22 @@ class RNNLM:
         if bptt_memory != "store" and len(shape) == 2 and \
                 choose_bptt_memory(bptt_memory, self, *shape, memory_budget_bytes) == "recompute":
             return loss_and_grads_recompute(self, X, Y, state, truncation=truncation, rng=rng,
-                                            dropout_rng=dropout_rng)
+                                            dropout_rng=dropout_rng, resets=resets)
         X, Y, state0 = self.check_batch(X, Y, state)
         B, T = X.shape
-        scales = path_scales(truncation, T, B, rng, self.dtype)
+        resets = self.check_resets(resets, X.shape)
+        scales = with_resets(path_scales(truncation, T, B, rng, self.dtype), resets, self.dtype)
         dropout_rng = self.check_dropout_rng(dropout_rng)
         X_tm = X.T
         ws = self.workspace(B, T)
-        self.forward_segment(X_tm, state0, ws, dropout_rng)
+        self.forward_segment(X_tm, state0, ws, dropout_rng, resets)
         ws.for_backward().carry.fill(0)
         loss_sum, grads = self.segment_grads(X_tm, Y.T, scales, ws.carry, X.size, ws)
         return loss_sum / X.size, grads, self.final_state(ws)
 
-    def forward_loss(self, X, Y, state=None) -> tuple:
-        """Forward only, no dropout -> (loss_sum: float, count: int, state).
+    def forward_loss(self, X, Y, state=None, resets=None) -> tuple:
+        """Forward only, no dropout -> (loss_sum: float, count: int, state). resets: as in
+        loss_and_grads.
 
         loss_sum is the summed cross-entropy in nats over count = batch * num_steps tokens;
         windows longer than EVAL_CHUNK_STEPS steps, or than fit in FORWARD_MEMORY_BUDGET, run in
@@ -157,13 +161,14 @@ class RNNLM:
         """
         X, Y, state = self.check_batch(X, Y, state)
         B, T = X.shape
+        resets = self.check_resets(resets, X.shape)
         per_step = Workspace.forward_bytes_per_step(self, B)
         chunk = max(1, min(EVAL_CHUNK_STEPS, FORWARD_MEMORY_BUDGET // per_step))
         loss_sum = 0.0
         for start in range(0, T, chunk):
             X_tm = X[:, start:start + chunk].T
             ws = self._forward_workspace(B, len(X_tm))
-            self.forward_segment(X_tm, state, ws)
+            self.forward_segment(X_tm, state, ws, None, None if resets is None else resets[start:start + chunk])
             loss_sum += self.softmax_cross_entropy(Y[:, start:start + len(X_tm)].T.reshape(-1), ws)
             state = self.last_state(ws)
         return loss_sum, X.size, self.final_state(ws)
@@ -210,13 +215,15 @@ class RNNLM:
                 np.multiply(p[f"W_xh{suffix}"], scale, out=work.W_xh[l - 1])
                 np.multiply(p[f"b_h{suffix}"], scale, out=work.b_x[l - 1])
 
-    def forward_segment(self, X_tm, state, ws, dropout_rng=None) -> None:
+    def forward_segment(self, X_tm, state, ws, dropout_rng=None, resets=None) -> None:
         """Run the network over X_tm: (T, B) int from `state` ((L, S, B, H) or None for zeros):
         fills ws (states h_0..h_T of every layer, gates, the output layer's input ws.top).
         With dropout > 0 and a dropout_rng, draws this segment's masks from it (training);
-        else no dropout."""
+        else no dropout. resets: None, or (T, B) bool (time-major): row b's state is zero
+        before step t where resets[t, b] (state_{t-1} <- ρ_t ⊙ state_{t-1}, charrnn.data.records)."""
         self.prepare(ws)
         ws.set_state(state)
+        ws.set_resets(resets)
         training = self.dropout > 0 and dropout_rng is not None
         ws.use_dropout(training)
         if training:  # step by step: the same numbers as one draw (T, L, B, H), in a fraction of the memory
@@ -231,11 +238,16 @@ class RNNLM:
         T, use_fused = len(X_tm), fused.uses_fused(self.kernel, self.dtype, self.cell)
         for l, (cell, layer) in enumerate(zip(self.cells, ws.layers)):
             self.input_part(X_tm, ws, l)
-            if use_fused:
+            if use_fused and ws.resets is None:  # record resets run NumPy's steps (ws.mask_prev)
                 fused.forward_steps(cell, layer, T)
+            elif ws.resets is None:
+                forward_step = cell.forward_step
+                for t in range(T):
+                    forward_step(layer, t)
             else:
                 forward_step = cell.forward_step
                 for t in range(T):
+                    ws.mask_prev(layer, t)
                     forward_step(layer, t)
             if ws.training:
                 np.multiply(layer.hs[1:], ws.masks[:, l], out=ws.dropped[l])
@@ -308,14 +320,14 @@ class RNNLM:
         grads, use_fused = {}, fused.uses_fused(self.kernel, self.dtype, self.cell)
         for l in range(self.num_layers - 1, -1, -1):
             cell, layer, d_state = self.cells[l], ws.layers[l], carry[l]
-            if use_fused:  # the same steps, prepare_backward and flush_tiny compiled
+            if use_fused and ws.resets is None:  # the same steps, prepare_backward and flush_tiny compiled
                 fused.backward_steps(cell, layer, scales, d_state,
                                      TINY_DELTA.get(self.dtype.name) if cell.saturates else None)
             else:
                 self._backward_steps(cell, layer, scales, d_state, ws)
             suffix = layer_suffix(l)
             dA = ws.dA.reshape(T * B, -1)
-            grads[f"W_hh{suffix}"] = layer.hs[:-1].reshape(T * B, -1).T @ dA
+            grads[f"W_hh{suffix}"] = layer.hp.reshape(T * B, -1).T @ dA  # h'_{t-1} = ρ_t ⊙ h_{t-1}
             for name, grad in cell.finish_backward(layer).items():
                 grads[name + suffix] = grad
             if l == 0:
@@ -385,6 +397,17 @@ class RNNLM:
             raise CharrnnError(f"a model with dropout {self.dropout:g} needs dropout_rng, a "
                                f"numpy.random.Generator, to train; got {dropout_rng!r}")
         return dropout_rng
+
+    @staticmethod
+    def check_resets(resets, shape):
+        """resets (batch, num_steps) bool or None -> time-major (num_steps, batch) bool, or None
+        when there are none."""
+        if resets is None:
+            return None
+        resets = np.asarray(resets)
+        if resets.shape != shape or resets.dtype != bool:
+            raise CharrnnError(f"resets must be a {shape} array of bools, got {resets.dtype} {resets.shape}")
+        return resets.T if resets.any() else None
 
     def check_batch(self, X, Y, state) -> tuple:
         """Validate a minibatch -> (X, Y, state as (L, S, B, H) or None)."""

@@ -12,12 +12,13 @@ checkpoints plus one segment's workspace, ~ (T/S + S)·B·H + S·B·V; extra tim
 the recurrence. The terms are those of plain BPTT, summed per segment, so the result equals it
 up to floating-point summation order (exactly, when one segment covers the window).
 """
+import copy
 import math
 
 import numpy as np
 
 from charrnn.base.checks import check_choice, check_int
-from charrnn.nn.truncation import path_scales
+from charrnn.nn.truncation import path_scales, with_resets
 
 BPTT_MEMORY_MODES = ("auto", "store", "recompute")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of BPTT buffers above which "auto" recomputes
@@ -77,7 +78,7 @@ def choose_bptt_memory(bptt_memory, model, batch_size, num_steps,
 
 
 def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=None,
-                             segment_steps=None, dropout_rng=None) -> tuple:
+                             segment_steps=None, dropout_rng=None, resets=None) -> tuple:
     """Mean cross-entropy (eq. 9.7.2) and its BPTT gradient, recomputing states per segment.
 
     Same arguments and result as RNNLM.loss_and_grads (X, Y: (batch, num_steps) int; state as
@@ -85,17 +86,19 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     masks) -> (loss, grads, state). segment_steps: steps between checkpoints, default
     round(√num_steps). The dropout masks are drawn segment by segment in time order (the same
     numbers as one draw for the window); a recomputed segment redraws its masks from a copy of
-    dropout_rng's state saved at the segment's start.
+    dropout_rng's state saved at the segment's start. resets: record starts, as there; each
+    segment takes its steps' share.
     """
     X, Y, state0 = model.check_batch(X, Y, state)
     B, T = X.shape
     segment_steps = default_segment_steps(T) if segment_steps is None else segment_steps
     check_int(segment_steps, "segment_steps", minimum=1)
-    scales = path_scales(truncation, T, B, rng, model.dtype)
+    resets = model.check_resets(resets, X.shape)
+    scales = with_resets(path_scales(truncation, T, B, rng, model.dtype), resets, model.dtype)
     dropout_rng = model.check_dropout_rng(dropout_rng)
     X_tm, Y_tm = X.T, Y.T
     bounds = segment_bounds(T, int(segment_steps))
-    checkpoints, rng_states = _checkpoint_states(model, X_tm, state0, bounds, dropout_rng)
+    checkpoints, rng_states = _checkpoint_states(model, X_tm, state0, bounds, dropout_rng, resets)
 
     grads = {name: np.zeros_like(value) for name, value in model.params.items()}
     carry = np.zeros_like(checkpoints[0])  # dL/dstate at the end of the segment
@@ -103,7 +106,8 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     for k in range(len(bounds) - 1, -1, -1):
         start, stop = bounds[k]
         ws = model.workspace(B, stop - start)
-        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, _generator_at(rng_states[k], dropout_rng))
+        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, _generator_at(rng_states[k], dropout_rng),
+                              _part(resets, start, stop))
         if k == len(bounds) - 1:
             final_state = model.final_state(ws)
         segment_loss, segment_grads = model.segment_grads(
@@ -114,7 +118,12 @@ def loss_and_grads_recompute(model, X, Y, state=None, truncation="full", rng=Non
     return loss_sum / X.size, grads, final_state
 
 
-def _checkpoint_states(model, X_tm, state0, bounds, dropout_rng) -> tuple:
+def _part(resets, start, stop):
+    """The (stop - start, B) steps of time-major resets, or None."""
+    return None if resets is None else resets[start:stop]
+
+
+def _checkpoint_states(model, X_tm, state0, bounds, dropout_rng, resets=None) -> tuple:
     """The forward pass alone over all but the last segment -> (checkpoints (num_segments, L, S,
     B, H): the state at each segment's start (state0, or zeros when None); the state of
     dropout_rng's bit generator at each segment's start, None for the last, which is drawn
@@ -129,7 +138,7 @@ def _checkpoint_states(model, X_tm, state0, bounds, dropout_rng) -> tuple:
         if dropout_rng is not None:
             rng_states[k] = dropout_rng.bit_generator.state
         ws = model.workspace(B, stop - start)
-        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, dropout_rng)
+        model.forward_segment(X_tm[start:stop], checkpoints[k], ws, dropout_rng, _part(resets, start, stop))
         checkpoints[k + 1] = model.last_state(ws)
     return checkpoints, rng_states
 
@@ -139,6 +148,6 @@ def _generator_at(bit_state, dropout_rng):
     itself when there is no saved state."""
     if bit_state is None:
         return dropout_rng
-    generator = np.random.Generator(type(dropout_rng.bit_generator)())
+    generator = copy.deepcopy(dropout_rng)  # of the same kind (charrnn.training.parallel's RowShare keeps its rows)
     generator.bit_generator.state = bit_state
     return generator

@@ -64,3 +64,23 @@ def path_scales(truncation, num_steps, batch_size, rng, dtype) -> list:
         xi = kept.astype(dtype) * (1.0 / value)
         return [CUT, *xi]
     return [CUT] + [KEEP] * (num_steps - 1)
+
+
+def with_resets(scales, resets, dtype) -> list:
+    """path_scales with record boundaries: ξ_t ⊙ ρ_t, where ρ_t[b] = 0 if row b starts a new
+    record at step t (resets (T, B) bool), else 1. The forward pass reads ρ_t ⊙ state_{t-1}
+    (workspace.Workspace.set_resets), so ∂state_t/∂state_{t-1} carries the factor ρ_t: the
+    gradient crossing from step t to t-1 is cut exactly where a record starts, for h and c of
+    every layer, and nowhere else. resets None -> scales unchanged."""
+    if resets is None:
+        return scales
+    resets = np.asarray(resets, dtype=bool)
+    if resets.ndim != 2 or len(resets) != len(scales):
+        raise CharrnnError(f"resets must be a (num_steps, batch) array of bools, got shape {resets.shape}")
+    out = list(scales)
+    for t in np.flatnonzero(resets.any(axis=1)).tolist():
+        if out[t] is CUT:
+            continue
+        keep = (~resets[t]).astype(dtype)[:, None]
+        out[t] = keep if out[t] is KEEP else out[t] * keep
+    return out

@@ -19,6 +19,9 @@ class Layer:
     dL/d(pre-activation), recurrent side (rnn: dA is dH); dH (T, B, H) the gradient reaching h_t
     from above (output layer or next layer), made the total dL/dh_t by the backward steps;
     M (T, B, G·H) per-step factors of the backward step; tmp (B, G·H), tmp_h (B, H) scratch.
+    hp (T, B, H), cp (lstm): the previous state as step t reads it, ρ_t ⊙ h_{t-1} (and
+    ρ_t ⊙ c_{t-1}) with ρ_t the reset mask of records (charrnn.data.records); without resets they are
+    hs[:-1] and cs[:-1] themselves, the same views, so the numbers are those of a plain stream.
     The steps read each array X through X_t, the list of its per-step views (X_t[t] is X[t]),
     made once: indexing a list costs a fraction of making a view at every step.
     """
@@ -27,9 +30,17 @@ class Layer:
         self.hs, self.cs, self.A, self.aux, self.tmp, self.tmp_h = hs, cs, A, aux, tmp, tmp_h
         self.hs_t, self.A_t = list(hs), list(A)
         self.cs_t = None if cs is None else list(cs)
+        self.use_prev(None, None)
         self.aux_t = None if aux is None else list(aux)
         self.dA = self.dH = self.M = self.dA_t = self.dH_t = self.M_t = None
         self.W_hh = self.W_hh_T = self.b_hn = None
+
+    def use_prev(self, hp, cp) -> None:
+        """The previous states the steps read: hp, cp (T, B, H) buffers, or None for hs[:-1], cs[:-1]."""
+        self.hp = self.hs[:-1] if hp is None else hp
+        self.cp = (None if self.cs is None else self.cs[:-1]) if cp is None else cp
+        self.hp_t = self.hs_t if hp is None else list(hp)
+        self.cp_t = self.cs_t if cp is None else list(cp)
 
     def set_backward(self, dA, dH, M) -> None:
         """Attach the backward buffers (shared by all layers)."""
@@ -66,6 +77,7 @@ class Workspace:
         self.rows = np.arange(num_steps * batch_size)
         self.masks = self.dropped = None
         self.M = self.dH = self.dA = self.carry = None
+        self.prev = self.prev_c = self.resets = None  # made by the first call with record resets
         self.training = False
         self.layers = [Layer(self.hs[l], None if S == 1 else self.cs[l],
                              self.hs[l, 1:] if not gated else self.A[l], None if not gated else self.aux[l],
@@ -95,6 +107,35 @@ class Workspace:
         self.training = training
         self.inputs = [self.dropped[l] if training else self.hs[l, 1:] for l in range(self.num_layers)]
         self.top = self.inputs[-1]
+
+    def set_resets(self, resets) -> None:
+        """Record boundaries of this call: resets (T, B) bool, True where row b starts a new record
+        at step t (its state before step t is zero), or None. Points each layer's previous states
+        at the masked buffers hp, cp (made on first use), or back at hs[:-1], cs[:-1]."""
+        if resets is None:
+            if self.resets is not None:
+                for layer in self.layers:
+                    layer.use_prev(None, None)
+            self.resets = None
+            return
+        (T, B, H, G, S), L, dtype = self.shape, self.num_layers, self.hs.dtype
+        if self.prev is None:
+            self.prev = np.empty((L, T, B, H), dtype)
+            self.prev_c = np.empty((L, T, B, H), dtype) if S == 2 else None
+            self.keep = np.empty((T, B, 1), dtype)
+        np.logical_not(resets, out=self.keep[..., 0], casting="unsafe")
+        if self.resets is None:
+            for l, layer in enumerate(self.layers):
+                layer.use_prev(self.prev[l], None if S == 1 else self.prev_c[l])
+        self.resets = resets
+
+    def mask_prev(self, layer, t) -> None:
+        """hp[t] = ρ_t ⊙ hs[t] (and cp[t] = ρ_t ⊙ cs[t]) of a layer, before its step t: the reset
+        of the rows that start a record at step t. ×1 keeps an entry exactly."""
+        keep = self.keep[t]
+        np.multiply(layer.hs_t[t], keep, out=layer.hp_t[t])
+        if layer.cs is not None:
+            np.multiply(layer.cs_t[t], keep, out=layer.cp_t[t])
 
     def set_state(self, state) -> None:
         """h_0 (and c_0) of every layer from state (L, S, B, H), or zeros when None."""

@@ -14,6 +14,7 @@ from charrnn.base.checks import is_finite, is_integer, is_text
 from charrnn.data.corpus import LEVELS, default_preprocess, expand_user
 from charrnn.data.text import PREPROCESS_MODES
 from charrnn.data.samplers import SAMPLERS
+from charrnn.data.records import RECORD_MODES
 from charrnn.base.errors import CharrnnError
 from charrnn.nn.cells import ACTIVATIONS, CELLS, OUTPUT_BIASES, network_problem
 from charrnn.nn.fused import KERNELS
@@ -80,6 +81,7 @@ class TrainConfig:
     seed: int = 0  # initialisation and truncation draws (and data order unless data_seed is given)
     data_seed: int | None = None  # order of the minibatches; None: seed. compare pairs runs by it
     init_from: str | None = None  # fine-tuning: the checkpoint whose weights the run starts from
+    records: str | None = None  # None: one stream; "lines" | "paragraphs": a text of records (charrnn.data.records)
     # budget: the run stops at the first one reached (none given: DEFAULT_EPOCHS epochs)
     epochs: int | None = None
     max_tokens: int | None = None
@@ -153,6 +155,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
                 raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.records is not None and self.records not in RECORD_MODES:
+            raise ConfigError("records", f"records must be one of {', '.join(RECORD_MODES)}, got {self.records!r}")
+        if self.records is not None and self.level != "char":
+            raise ConfigError("records", "records are read at the char level (--level char)")
         problem = network_problem(self.cell, self.num_layers, self.dropout, self.activation)
         if problem:
             raise ConfigError(*problem)

@@ -39,6 +39,9 @@ from charrnn.data.baselines import not_learning
 from charrnn.nn import fused
 from charrnn.nn.optim import clip_grad_norm
 from charrnn.infer.sample import continue_text
+from charrnn.infer.decoding import generate_rows
+from charrnn.infer.records_eval import records_loss
+from charrnn.data.records import END, START, packed_batches
 from charrnn.training.schedule import budget_fraction, learning_rate
 from charrnn.runtime.signals import STOP_REASONS, StopSignals
 from charrnn.runtime.threads import Threads
@@ -94,6 +97,7 @@ class Run:
         self.allowed = None  # what the budget allows (charrnn.training.budget.allowance), once known
         self.known_speed = None  # tokens/s measured before the run (the auto-size probe), if any
         self.added_tokens = None  # a fine-tuned run's tokens that its parent's vocabulary lacked
+        self.signals = None  # the StopSignals of start (stop_signals), while it runs
 
     # ---- the loop ----
 
@@ -105,8 +109,8 @@ class Run:
         self.threads = Threads(None) if threads is None else threads
         with self.threads, self.threads.one_row(self.config.batch_size == 1):
             self.reporter.on_start(self.start_info(resumed))
-            with StopSignals() as signals, np.errstate(over="ignore", invalid="ignore"):
-                self.signals = signals
+            with self.stop_signals() as signals, np.errstate(over="ignore", invalid="ignore"):
+                self.signals = signals  # log_validation asks it within a validation pass
                 reason, message = "", ""
                 if resumed and self.evaluation_pending():  # a signal stopped it: evaluate first
                     self.log_validation("interval")
@@ -125,16 +129,21 @@ class Run:
         self.reporter.on_end(result)
         return result
 
+    def stop_signals(self):
+        """What notes Ctrl-C, SIGTERM and SIGHUP during the loop and its validation passes
+        (`received`: the signal's name or None)."""
+        return StopSignals()
+
     def loop(self, signals):
         """-> (reason, message): why the run stopped."""
         while True:
             reached = self.budget_reached()
             if reached:
                 return reached, ""
-            for X, Y in self.epoch_batches():
+            for batch in self.epoch_batches():
                 self.threads.adapt()
                 started = time.perf_counter()
-                message = self.train_step(X, Y)
+                message = self.train_step(*batch)
                 self.step_seconds += time.perf_counter() - started
                 if message:
                     return "nonfinite", message
@@ -152,25 +161,26 @@ class Run:
             self.training.carried = None
 
     def epoch_batches(self):
-        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int."""
+        """The minibatches of the current epoch not done yet: (X, Y) (batch_size, num_steps) int,
+        and the resets of records (charrnn.data.records) for a text of records."""
         rng = np.random.default_rng([self.config.order_seed, SAMPLER_STREAM, self.progress.epoch])
+        if self.config.records:
+            return islice(packed_batches(self.train_data, self.config.batch_size, self.config.num_steps, rng),
+                          self.progress.step_in_epoch, None)
         batches = SAMPLERS[self.config.sampler](self.train_data, self.config.batch_size,
                                                 self.config.num_steps, rng)
         return islice(batches, self.progress.step_in_epoch, None)
 
-    def train_step(self, X, Y):
+    def train_step(self, X, Y, resets=None):
         """One minibatch: loss and gradients by BPTT, clipping, update -> "" or why the run must stop."""
         cfg, training = self.config, self.training
         self.optimizer.lr = self.learning_rate()
-        loss, grads, last_state = self.model.loss_and_grads(  # charrnn.nn.model, its steps charrnn.nn.cells
-            X, Y, training.carried, truncation=cfg.truncation, rng=training.truncation_rng,
-            dropout_rng=training.dropout_rng, bptt_memory=cfg.bptt_memory,
-            memory_budget_bytes=cfg.bptt_memory_budget * 2**20)
+        loss, grads, last_state = self.loss_and_grads(X, Y) if resets is None else self.loss_and_grads(X, Y, resets)
         grad_norm = clip_grad_norm(grads, math.inf if cfg.clip is None else cfg.clip)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step(grads)
-            training.carried = last_state if cfg.sampler == "sequential" else None
+            training.carried = last_state if cfg.sampler == "sequential" or cfg.records else None
         self.count_step(loss if finite else None)
         if not finite:
             problem = self.on_nonfinite(loss, grad_norm)
@@ -181,6 +191,17 @@ class Run:
             "epoch": p.current_epoch(), "step": p.step, "tokens": p.tokens, "loss": loss,
             "perplexity": perplexity(loss), "grad_norm": grad_norm, "skipped": p.skipped})
         return ""
+
+    def loss_and_grads(self, X, Y, resets=None):
+        """The minibatch's mean loss (eq. 9.7.2), its gradients by BPTT and the last state ->
+        (loss, grads, state): RNNLM.loss_and_grads (charrnn.nn.model, its steps charrnn.nn.cells).
+        resets: where rows start a record (charrnn.data.records). charrnn.training.parallel's
+        runs sum those of their ranks' rows."""
+        cfg, training = self.config, self.training
+        return self.model.loss_and_grads(X, Y, training.carried, truncation=cfg.truncation,
+                                         rng=training.truncation_rng, dropout_rng=training.dropout_rng,
+                                         bptt_memory=cfg.bptt_memory,
+                                         memory_budget_bytes=cfg.bptt_memory_budget * 2**20, resets=resets)
 
     def count_step(self, loss):
         """Count a minibatch done; `loss` (None when not finite) joins the running training loss."""
@@ -261,12 +282,10 @@ class Run:
         is recorded, and a resumed run evaluates that step first (`evaluation_pending`).
         """
         p = self.progress
-        signals = getattr(self, "signals", None)
         val_tokens = self.time_budget.eval_tokens() if self.time_budget else len(self.val_data)
         started = time.perf_counter()
         try:
-            val_ppl = perplexity(mean_loss(self.model, self.val_data[:val_tokens],
-                                           should_stop=signals and (lambda: signals.received is not None)))
+            val_ppl = perplexity(self.validation_loss(val_tokens))
         except EvaluationStopped:
             return
         if self.time_budget:
@@ -289,15 +308,36 @@ class Run:
         self.last_record = record
         if improved:
             p.best_val_ppl, p.best_step = val_ppl, p.step
-        try:
-            append_jsonl(self.out_dir / METRICS, record)
-        except OSError as err:
-            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
+        self.append_record(record)
         if improved:
             self.save(BEST)
         self.save(CHECKPOINT)
         self.reporter.on_validation(record)
         self.check_learning(val_ppl, at_end=reason == "stop" or self.budget_reached(within_epoch=True) is not None)
+
+    def validation_loss(self, tokens):
+        """The mean cross-entropy of the model on the first `tokens` of the validation split
+        (charrnn.infer.evaluate); for a text of records, on its first held-out records whole (at
+        least one), each from a zero state (charrnn.infer.records_eval)."""
+        if self.config.records:
+            records = self.val_data
+            targets = np.cumsum(np.asarray(records.ends) - np.asarray(records.starts) + 1)
+            nats, count, _ = records_loss(self.model, records.part(0, max(1, int(np.searchsorted(
+                targets, tokens, side="right")))), should_stop=self.should_stop)
+            return nats / count
+        return mean_loss(self.model, self.val_data[:tokens], should_stop=self.should_stop)
+
+    def should_stop(self):
+        """Whether a signal was received: asked before each chunk of a validation pass, which
+        then ends in charrnn.infer.evaluate.EvaluationStopped."""
+        return self.signals is not None and self.signals.received is not None
+
+    def append_record(self, record):
+        """Append a metrics record to metrics.jsonl."""
+        try:
+            append_jsonl(self.out_dir / METRICS, record)
+        except OSError as err:
+            raise self.failed(f"cannot append to {self.out_dir / METRICS} ({err.strerror or err})") from None
 
     def check_learning(self, val_ppl, at_end):
         """Once a run: charrnn.data.baselines.not_learning's warning, after a whole epoch or at the end."""
@@ -321,12 +361,28 @@ class Run:
         none to show (a prefix without tokens, a model without finite outputs)."""
         cfg = self.config
         temperature = cfg.sample_temperature
+        if cfg.records:
+            return self.sample_record()
         try:
             with self.threads.one_row():
                 return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
                                      level=cfg.level, preprocess=cfg.preprocess, temperature=temperature or 1.0,
                                      greedy=temperature == 0,
                                      seed=[cfg.seed, SAMPLE_STREAM, self.progress.step]).text
+        except CharrnnError:
+            return None
+
+    def sample_record(self):
+        """One record drawn at sample_temperature from <s> to </s> (or sample_length tokens)."""
+        cfg, vocab = self.config, self.vocab
+        try:
+            with self.threads.one_row():
+                seqs, _, _ = generate_rows(self.model, [vocab.token_to_idx[START]], 1, cfg.sample_length,
+                                           np.random.default_rng([cfg.seed, SAMPLE_STREAM, self.progress.step]),
+                                           temperature=cfg.sample_temperature or 1.0,
+                                           greedy=cfg.sample_temperature == 0, end_id=vocab.token_to_idx[END],
+                                           banned=vocab.unk)
+            return vocab.decode(seqs[0], cfg.level)
         except CharrnnError:
             return None
 

@@ -69,6 +69,10 @@ def training_memory_bytes(spec, config, val_tokens) -> int:
                          config.bptt_memory_budget * 2**20)
     rows = max(1, min(EVAL_ROWS, val_tokens - 1))  # as evaluate.contiguous_batches cuts the split
     evaluation = 2 * window_bytes(spec, rows, max(1, min(EVAL_CHUNK_STEPS, (val_tokens - 1) // rows)))
+    if getattr(config, "records", None):  # the previous states ρ_t ⊙ state_{t-1} and ρ (workspace.set_resets)
+        S = 2 if spec.get("cell") == "lstm" else 1
+        train += np.dtype(spec["dtype"]).itemsize * config.num_steps * config.batch_size * (
+            spec.get("num_layers", 1) * S * spec["num_hiddens"] + 1)
     return (4 + slots) * param_bytes(spec) + 8 * largest + train + evaluation
 
 

@@ -7,6 +7,7 @@ charrnn.training.outdir, the checkpoint format in charrnn.training.checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from charrnn.training.loop import Run
 from charrnn.training.state import TrainingState
 from charrnn.infer.sample import text_prefix
 from charrnn.data.store import open_store
+from charrnn.data.records import (open_records, packed_batches, record_vocab, records_log_unigram, split_records,
+                                  stream_ids)
 from charrnn.data.baselines import ngram_baselines
 from charrnn.nn.cells import init_output_bias
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads
@@ -37,7 +40,7 @@ from charrnn.training.autosize import SIZE_RECORD
 
 
 def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS, pause_at=None,
-          speed=None, spent=0.0, size_record=None):
+          speed=None, spent=0.0, size_record=None, run_class=Run):
     """Start a new run of `config` writing to `out_dir` -> TrainResult. cache_dir: where the
     corpus' token store is (charrnn.data.store.default_cache_dir() if None). threads: NumPy's BLAS
     threads while it trains, "auto" (the cores that are free, looked at again as it goes), N,
@@ -54,14 +57,16 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     speed: tokens/s measured before (charrnn.training.autosize's probe), for what a --max-time
     budget allows; spent: seconds of the budget already used (that probe); size_record: what
     --size auto chose and why, saved as the run's size.json.
+    run_class: what trains, Run or (rank 0 of several processes) charrnn.training.parallel's
+    ParallelRun.
     """
     threads = as_threads(threads)
     refuse_existing_run(out_dir)
     parent = load_parent(config) if config.init_from else None
     train_data, val_data, vocab, data_id = load_data(config, data_dir, parent and parent.vocab, cache_dir)
     check_vocab_fits(vocab)
-    if config.sample_prefix is None:  # the run records the prefix it uses
-        config = replace(config, sample_prefix=DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
+    if config.sample_prefix is None:  # the run records the prefix it uses; a record's sample starts at <s>
+        config = replace(config, sample_prefix="" if config.records else DEFAULT_SAMPLE_PREFIXES.get(config.corpus)
                          or text_prefix(vocab, train_data, config.level))
     network = {name: getattr(config, name) for name in ("num_hiddens", "activation", "dtype", "cell",
                                                          "num_layers", "dropout")}
@@ -72,10 +77,11 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
     with RunLock(out_dir):
         refuse_existing_run(out_dir)  # again: another process may have started one meanwhile
         remove_stale_temporaries(out_dir)
-        baselines = ngram_baselines(train_data, val_data, len(vocab))
+        baselines = ngram_baselines(stream_ids(train_data), stream_ids(val_data), len(vocab))
         model = grown_model(parent.model, len(vocab), config.seed) if parent else RNNLM(**spec, seed=config.seed)
         if not parent and config.output_bias == "unigram":
-            init_output_bias(model.params, baselines.log_unigram)
+            init_output_bias(model.params, records_log_unigram(train_data, vocab, config.records)
+                             if config.records else baselines.log_unigram)
         optimizer = make_optimizer(config.optimizer, model.params, config.lr)
         vocab.save(out_dir / VOCAB)
         save_json(out_dir / CONFIG, asdict(config))
@@ -85,7 +91,7 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
             save_json(out_dir / SIZE_RECORD, size_record)
         training = TrainingState.start(model=model, optimizer=optimizer, seed=config.seed, data_id=data_id)
         training.progress.elapsed = spent
-        run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
+        run = run_class(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
                   out_dir=out_dir, reporter=reporter or Reporter(), baselines=baselines)
         run.pause_at, run.known_speed = pause_at, speed
         run.added_tokens = vocab.idx_to_token[len(parent.vocab):] if parent else None
@@ -94,7 +100,7 @@ def train(config, out_dir, data_dir=None, reporter=None, cache_dir=None, threads
 
 
 def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, threads=DEFAULT_THREADS,
-           pause_at=None):
+           pause_at=None, run_class=Run):
     """Continue the run in `out_dir` from its latest checkpoint -> TrainResult.
 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
@@ -119,12 +125,12 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
                                                                  ckpt.vocab if config.init_from else None, cache_dir)
         saved_id = ckpt.training.data_id  # a run from before token stores saved legacy_tokens_sha1's
         if vocab.idx_to_token != ckpt.vocab.idx_to_token or (
-                saved_id != data_id and saved_id != legacy_tokens_sha1(train_data)):
+                saved_id != data_id and (config.records or saved_id != legacy_tokens_sha1(train_data))):
             raise CharrnnError(f"corpus {config.corpus!r} is not the text the run in {out_dir} was trained on")
         training = replace(ckpt.training, data_id=data_id)
-        run = Run(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
+        run = run_class(training, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
                   out_dir=out_dir, reporter=reporter or Reporter(),
-                  baselines=ngram_baselines(train_data, val_data, len(vocab)))
+                  baselines=ngram_baselines(stream_ids(train_data), stream_ids(val_data), len(vocab)))
         run.pause_at = pause_at
         reached = run.budget_reached()
         last_evaluated = has_evaluation(out_dir / METRICS, ckpt.progress.tokens)
@@ -172,6 +178,8 @@ def load_data(config, data_dir, base_vocab=None, cache_dir=None):
     corpus, vocab = store.ids, store.vocab
     if base_vocab is not None:
         corpus, vocab = extend_vocab(base_vocab, corpus, vocab)
+    if config.records:
+        return load_records(config, store, corpus, vocab)
     train_data, val_data = split_corpus(corpus, config.val_fraction)
     try:
         next(SAMPLERS[config.sampler](train_data, config.batch_size, config.num_steps,
@@ -183,3 +191,21 @@ def load_data(config, data_dir, base_vocab=None, cache_dir=None):
         raise ConfigError("val_fraction", f"val_fraction {config.val_fraction} leaves {len(val_data)} "
                           f"validation tokens; at least 2 are needed")
     return train_data, val_data, vocab, store.split_sha1(len(train_data))
+
+
+def load_records(config, store, corpus, vocab):
+    """load_data for a text of records (charrnn.data.records): train, val as RecordSets, the last
+    val_fraction of the records held out whole; the vocabulary with <s> and </s>."""
+    vocab = record_vocab(vocab)
+    records = open_records(store, config.records, config.num_steps, vocab, corpus, name=config.corpus)
+    train_data, val_data = split_records(records, config.val_fraction)
+    if next(packed_batches(train_data, config.batch_size, config.num_steps), None) is None:
+        raise ConfigError("num_steps", f"the {train_data.num_records:,} training records ({len(train_data):,} "
+                          f"tokens with their ends) are too few for one minibatch of batch_size "
+                          f"{config.batch_size} x num_steps {config.num_steps}")
+    if val_data.num_records < 1:
+        raise ConfigError("val_fraction", f"val_fraction {config.val_fraction} holds out no record of "
+                          f"{records.num_records:,}; give a larger one")
+    named = f"{store.split_sha1(int(train_data.ends[-1]))} records {config.records} {train_data.num_records}"
+    return train_data, val_data, vocab, hashlib.sha1(named.encode()).hexdigest()
+
