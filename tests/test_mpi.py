@@ -5,8 +5,8 @@ under a timeout.
 N = 1, 2, 3 ranks train one process's parameters (1e-12 relative in float64, after 20 steps of
 rnn, gru and lstm with 2 layers, dropout, randomized truncation and carried state; one rank:
 bit for bit); a fixed N is bit-identical across resume, and a run resumes with another N.
-Faults: Ctrl-C to the launcher and SIGTERM to one rank save one checkpoint and stop all; a
-killed rank or a rank that fails stops the others within seconds, with one line naming it.
+Faults: Ctrl-C to the launcher and SIGTERM to one rank save one checkpoint and stop all, as SIGHUP
+to one rank does within a validation pass; a killed rank or a rank that fails stops the others within seconds, with one line naming it.
 
 Needs mpi4py and mpiexec (`pip install -e ".[mpi]"`); skipped without them, except in CI,
 which installs them: there their absence fails.
@@ -141,8 +141,8 @@ def test_mpiexec_trains_as_the_launcher_does_and_rank_0_alone_speaks(text, tmp_p
     assert_same_checkpoints(tmp_path / "bare", tmp_path / "launched")
 
 
-def start(args, **kwargs):
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, **kwargs)
+def start(args, env=ENV, **kwargs):
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
 def wait_for_training(out, process, timeout=60):
@@ -193,6 +193,54 @@ def test_sigterm_to_one_rank_stops_all_ranks_after_one_checkpoint(text, tmp_path
     stdout, stderr = ranks.communicate(timeout=30)
     assert ranks.returncode == 143, stderr
     assert stderr.count("Interrupted by SIGTERM") == 1 and checkpoint(out).progress.step > 10
+
+
+ENDLESS_VALIDATION = """
+import os, sys, time
+from pathlib import Path
+from charrnn.training import parallel
+from charrnn.entry import main
+batches = parallel.contiguous_batches
+def endless(*args, **kwargs):  # a validation pass that would never end: 0.2 s a chunk
+    Path(os.environ["VALIDATING"], os.environ["PMI_RANK"]).touch()
+    for X, Y in batches(*args, **kwargs):
+        time.sleep(0.2)
+        yield X, Y
+    while True:
+        time.sleep(0.2)
+        yield X, Y
+parallel.contiguous_batches = endless
+sys.argv = ["charrnn", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def test_sighup_to_one_rank_within_validation_stops_every_rank_in_the_pass(text, tmp_path):
+    """The ranks sum their signals before each chunk of the split validation, so all leave the pass
+    at the same chunk; nothing is recorded, and the resumed run evaluates that step first."""
+    out, marks = tmp_path / "run", tmp_path / "validating"
+    marks.mkdir()
+    ranks = start([MPIEXEC, "-n", "2", sys.executable, "-c", ENDLESS_VALIDATION, *train_args(text, out, 10**8)],
+                  env={**ENV, "VALIDATING": str(marks)})
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < 2:
+        assert ranks.poll() is None and time.monotonic() < deadline, ranks.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    os.kill(rank_pids(ranks)[1], signal.SIGHUP)
+    stdout, stderr = ranks.communicate(timeout=30)
+    seconds = time.monotonic() - sent
+    assert ranks.returncode == 129 and seconds < 5, (seconds, stderr)
+    assert stderr.count("Interrupted by SIGHUP") == 1
+    progress = checkpoint(out).progress
+    assert progress.step == 10 and progress.last_eval_step != progress.step  # stopped in the first pass
+    assert not (out / METRICS).exists() or not (out / METRICS).read_text().strip()
+    resumed = subprocess.run([sys.executable, "-m", "charrnn", "train", "--resume", str(out), "--max-tokens",
+                              str(B * T * 12)], capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [(r["reason"], r["step"]) for r in records] == [("interval", 10), ("stop", 12)]
 
 
 def test_a_killed_rank_stops_the_others_within_seconds_with_one_line(text, tmp_path):

@@ -104,3 +104,21 @@ def test_the_fused_kernels_give_way_to_numpys_steps_where_records_start(cell):
     assert results[0][0] == results[1][0]
     for name, grad in results[0][1].items():
         assert np.array_equal(grad, results[1][1][name]), name
+
+
+def test_a_records_validation_pass_stops_within_a_batch_when_asked():
+    """records_loss asks should_stop before each packed batch, as mean_loss does before each chunk
+    (a signal is honoured within a validation pass, charrnn.training.loop.Run.should_stop)."""
+    from charrnn.data.records import RecordSet
+    from charrnn.infer.evaluate import EvaluationStopped
+    from charrnn.infer.records_eval import records_loss
+    lengths = [5, 9, 3, 12, 7, 4]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    records = RecordSet(np.arange(sum(lengths)) % 5, starts, starts + np.array(lengths), np.arange(6) + 1, 5, 6)
+    model = RNNLM(7, 6, dtype="float64", seed=0, cell="gru")
+    asked = []
+    with pytest.raises(EvaluationStopped):
+        records_loss(model, records, batch_size=2, num_steps=4, should_stop=lambda: asked.append(1) or len(asked) > 2)
+    assert len(asked) == 3  # two batches done, stopped before the third
+    whole = records_loss(model, records, batch_size=2, num_steps=4)
+    assert records_loss(model, records, batch_size=2, num_steps=4, should_stop=lambda: False) == whole

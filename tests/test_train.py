@@ -109,9 +109,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_
 def test_a_nonfinite_validation_loss_never_becomes_best(tmp_path, text_file, monkeypatch):
     real, calls = mean_loss, []
 
-    def finite_once_then_nan(model, tokens):
+    def finite_once_then_nan(model, tokens, **kwargs):
         calls.append(1)
-        return real(model, tokens) if len(calls) == 1 else math.nan
+        return real(model, tokens, **kwargs) if len(calls) == 1 else math.nan
 
     monkeypatch.setattr(training_loop, "mean_loss", finite_once_then_nan)
     training.train(config(text_file, epochs=1), tmp_path / "run")

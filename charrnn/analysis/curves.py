@@ -1,16 +1,16 @@
 """The history of a run read back from its metrics.jsonl: perplexity against tokens.
 
 Each evaluation of a run appends one record (charrnn.training.loop); a resumed run first drops the
-records after its checkpoint, so the file reads as one run. A torn last line (a run killed while
-writing) is skipped.
+records after its checkpoint, so the file reads as one run. The records are read as
+charrnn.training.outdir.metrics_records gives them: each line parsed as untrusted JSON, a torn,
+foreign or hostile line, or one without a token count, skipped.
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from charrnn.base.checks import is_finite, is_integer
+from charrnn.base.checks import is_finite
 from charrnn.base.errors import CharrnnError
-from charrnn.training.outdir import METRICS
+from charrnn.training.outdir import METRICS, metrics_records
 
 
 @dataclass
@@ -34,14 +34,8 @@ def read_history(run_dir) -> RunHistory:
     if not path.is_file():
         what = "no such directory" if not Path(run_dir).is_dir() else f"no {METRICS} in it"
         raise CharrnnError(f"{run_dir} is not a run directory ({what})")
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # torn, foreign or hostile lines
-            continue
-        if isinstance(record, dict) and is_integer(record.get("tokens")) and 0 <= record["tokens"] < 2**63:
-            records.append(record)
+    records = [{key: record.get(key) for key in ("tokens", "train_ppl", "val_ppl")}  # not the samples
+               for record in metrics_records(path)]
     if not records:
         raise CharrnnError(f"{path} holds no evaluation yet")
     records.sort(key=lambda record: record["tokens"])

@@ -33,7 +33,7 @@ MAX_MEMBERS = 4096  # arrays in one .npz (a checkpoint of cells.MAX_LAYERS gru l
 READ_CHUNK = 16 << 20  # bytes decompressed at a time
 NAME = re.compile(r"[A-Za-z0-9_.]{1,200}")  # an array's name, as charrnn writes them
 DEFLATE_MAX_RATIO = 1100  # deflate expands at most ~1032x
-TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?:tmp|scratch)")  # write_atomic's, charrnn.data.store's
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, OSError,
               ValueError, NotImplementedError, RuntimeError)
 
@@ -88,10 +88,11 @@ def _is_running(pid) -> bool:
 
 
 def remove_stale_temporaries(directory) -> list:
-    """Delete the temporaries `write_atomic` left in `directory` when its process died (kill -9)
-    -> the paths removed. Those of running processes are theirs and stay."""
+    """Delete the temporaries `write_atomic` (`.<name>.<pid>.tmp`) and a token store's build
+    (`.<name>.<pid>.scratch`) left in `directory` when their process died (kill -9) -> the paths
+    removed. Those of running processes are theirs and stay."""
     removed = []
-    for path in Path(directory).glob(".*.tmp"):
+    for path in [*Path(directory).glob(".*.tmp"), *Path(directory).glob(".*.scratch")]:
         match = TEMPORARY.fullmatch(path.name)
         if match and path.is_file() and not _is_running(int(match["pid"])):
             try:
@@ -141,6 +142,16 @@ def _finite_float(text):
     return value
 
 
+def json_limit_problem(data: bytes):
+    """Why parse_json would refuse `data` before parsing it ("is N bytes, over ..."), or None:
+    a writer checks with it that what it writes will be read back."""
+    if len(data) > MAX_META_BYTES:
+        return f"is {len(data):,} bytes, over the {MAX_META_BYTES:,} charrnn reads"
+    if data.count(b"[") + data.count(b"{") > MAX_META_CONTAINERS:
+        return f"holds more than {MAX_META_CONTAINERS:,} JSON arrays and objects"
+    return None
+
+
 def parse_json(data: bytes, what) -> dict:
     """Untrusted JSON bytes -> the dict they hold; anything else -> CharrnnError naming `what`.
 
@@ -148,10 +159,9 @@ def parse_json(data: bytes, what) -> dict:
     objects (each costs memory); while parsing: NaN, Infinity, numbers beyond a float, nesting
     deeper than the interpreter's stack, text that is not UTF-8.
     """
-    if len(data) > MAX_META_BYTES:
-        raise CharrnnError(f"{what} is {len(data):,} bytes, over the {MAX_META_BYTES:,} charrnn reads")
-    if data.count(b"[") + data.count(b"{") > MAX_META_CONTAINERS:
-        raise CharrnnError(f"{what} holds more than {MAX_META_CONTAINERS:,} JSON arrays and objects")
+    problem = json_limit_problem(data)
+    if problem:
+        raise CharrnnError(f"{what} {problem}")
     try:
         value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:

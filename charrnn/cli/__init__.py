@@ -34,6 +34,7 @@ from charrnn.cli.scoring import score
 from charrnn.cli.serving import activations, serve
 from charrnn.cli.training import compare, train
 from charrnn.cli.tuning import tune
+from charrnn.runtime.signals import EXIT_CODES, interrupted_name, terminate_as_interrupt
 from charrnn.runtime.threads import DEFAULT_THREADS, THREAD_VARIABLES, Threads, default_threads
 
 # NumPy's ValueErrors for sizes past the address space (MemoryError covers the rest)
@@ -42,12 +43,13 @@ DEBUG_VARIABLE = "CHARRNN_DEBUG"  # set to 1: unexpected exceptions show their t
 
 
 class CharrnnGroup(click.Group):
-    """Turns user-facing errors into one line on stderr and exit code 1 (Ctrl-C: 130), and any
-    other exception into one line that reports a bug (unless CHARRNN_DEBUG=1)."""
+    """Turns user-facing errors into one line on stderr and exit code 1 (Ctrl-C: 130, SIGTERM:
+    143, SIGHUP: 129, charrnn.runtime.signals), and any other exception into one line that reports a bug
+    (unless CHARRNN_DEBUG=1)."""
 
     def invoke(self, ctx):
         try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
+            with np.errstate(all="ignore"), warnings.catch_warnings(), terminate_as_interrupt():
                 warnings.simplefilter("ignore", RuntimeWarning)  # numbers are checked, not warned about
                 return super().invoke(ctx)
         except CharrnnError as err:
@@ -60,9 +62,10 @@ class CharrnnGroup(click.Group):
             raise click.ClickException(one_line(f"{err.strerror or err}{where}")) from None
         except MemoryError:
             raise click.ClickException("out of memory; try smaller sizes") from None
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (charrnn.runtime.signals.Terminated)
+            name = interrupted_name(err)
+            click.echo("\nInterrupted." if name == "SIGINT" else f"\nInterrupted by {name}.", err=True)
+            ctx.exit(EXIT_CODES[name])
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except ValueError as err:

@@ -41,6 +41,7 @@ from charrnn.cli.render import (
     print_gradcheck,
     print_next_tokens,
     say,
+    shown,
     warn_unknown,
 )
 from charrnn.cli.scoring import batch_options, run_batch, wants_batch
@@ -105,7 +106,7 @@ def corpus(corpus, level, preprocess, min_freq, max_vocab, data_dir, cache_dir, 
             f"{summary['mean_length']:.1f} tokens on average, the longest {summary['longest']:,} (line "
             f"{summary['longest_line']:,}); a records model's vocabulary: {summary['vocab_size']} tokens, "
             f"with {START} ({summary['start_id']}) and {END} ({summary['end_id']})")
-    say(f"token store: {store.path} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
+    say(f"token store: {shown(store.path)} ({store.nbytes:,} bytes, {store.ids.dtype.name} ids"
         f"{', made now' if store.built else ''})")
 
 
@@ -319,7 +320,7 @@ def analyze(ctx, checkpoints, num_steps, batch_size, offset, regular_steps, keep
     for result, source in zip(results, sources):
         print_analysis(result, source)
     if plot is not None:
-        say(f"figure: {plot}")
+        say(f"figure: {shown(plot)}")
 
 
 def checkpoint_subject(checkpoint, data_dir, cache_dir) -> tuple:

@@ -12,7 +12,8 @@ from click.core import ParameterSource
 
 from charrnn.analysis import gradients as analysis
 from charrnn.base.errors import CharrnnError
-from charrnn.cli.render import one_line
+from charrnn.base.schema import describe
+from charrnn.cli.render import one_line, warn
 from charrnn.data.records import RECORD_MODES
 from charrnn.data.samplers import SAMPLERS
 from charrnn.data.store import CACHE_ENV
@@ -24,7 +25,7 @@ from charrnn.nn.model import DTYPES
 from charrnn.nn.optim import OPTIMIZERS
 from charrnn.nn.recompute import BPTT_MEMORY_MODES
 from charrnn.nn.truncation import parse_truncation
-from charrnn.runtime.threads import check_threads
+from charrnn.runtime.threads import capped, check_threads
 from charrnn.training.config import CELL_DEFAULTS, DEFAULT_EPOCHS, ON_NONFINITE, TrainConfig
 from charrnn.training.schedule import LR_SCHEDULES
 
@@ -51,9 +52,13 @@ class ThreadCount(click.ParamType):
 
     def convert(self, value, param, ctx):
         try:
-            return check_threads(value)
+            threads = check_threads(value)
         except CharrnnError as err:
             self.fail(str(err), param, ctx)
+        if capped(threads) != threads:
+            warn(f"--threads {describe(threads)} is more than the {capped(threads)} cores this process may use; "
+                 f"using {capped(threads)}")
+        return capped(threads)
 
 
 class Procs(click.ParamType):

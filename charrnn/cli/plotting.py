@@ -5,7 +5,7 @@ import click
 
 from charrnn.analysis.curves import read_history
 from charrnn.analysis.plot import check_plot_path, plot_runs
-from charrnn.cli.render import print_histories, say
+from charrnn.cli.render import print_histories, say, shown
 
 
 @click.command()
@@ -23,4 +23,4 @@ def plot(runs, out):
         plot_runs(histories, out)
     print_histories(histories)
     if out is not None:
-        say(f"figure: {out}")
+        say(f"figure: {shown(out)}")

@@ -47,7 +47,15 @@ console = PipeConsole()
 
 
 def one_line(text):
-    return " ".join(str(text).split())
+    """`text` on one line, its control characters escaped (an OSC sequence in a path or a store's
+    header cannot drive the terminal through an Error: or Warning: line)."""
+    return escape_controls(" ".join(str(text).split()))
+
+
+def shown(value):
+    """A user-provided value (a path, a corpus name) inside a line of output: every control
+    character, newline and tab included, written as an escape, so it stays on its line."""
+    return ANY_CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value))
 
 
 def warn(message):
@@ -85,6 +93,7 @@ def print_wide(renderable):
 
 
 CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Unicode's Cc but newline and tab
+ANY_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc
 
 
 def escape_controls(text):
@@ -105,7 +114,7 @@ def fmt(value, digits=3):
 # ---------------------------------------------------------------------------- corpus
 
 def print_corpus(corpus, level, preprocess, num_tokens, vocab, top_tokens):
-    say(f"{corpus}: {num_tokens:,} tokens, vocabulary of {len(vocab):,} ({level}, {preprocess})")
+    say(f"{shown(corpus)}: {num_tokens:,} tokens, vocabulary of {len(vocab):,} ({level}, {preprocess})")
     table = Table()
     for column in ("rank", "token", "count", "share"):
         table.add_column(column, justify="left" if column == "token" else "right")
@@ -131,12 +140,12 @@ class ConsoleReporter(Reporter):
     def on_start(self, info):
         cfg = info["config"]
         verb = f"Resuming at epoch {info['epoch']}, {info['tokens']:,} tokens:" if info["resumed"] else "Training"
-        say(f"{verb} {cfg.corpus} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
+        say(f"{verb} {shown(cfg.corpus)} ({info['train_tokens']:,} train / {info['val_tokens']:,} validation tokens, "
             f"vocabulary {info['vocab_size']}), {network_words(cfg)}, {info['num_params']:,} parameters "
-            f"-> {info['out_dir']}")
+            f"-> {shown(info['out_dir'])}")
         if cfg.init_from:
             added = info.get("added_tokens")
-            say(f"Fine-tuning from {cfg.init_from} at lr {cfg.lr:.3g}"
+            say(f"Fine-tuning from {shown(cfg.init_from)} at lr {cfg.lr:.3g}"
                 + ("" if added is None else f"; {len(added)} token(s) added to its vocabulary"
                    + (f": {', '.join(map(repr, added[:20]))}{' ...' if len(added) > 20 else ''}" if added else "")))
         kernel = info.get("kernel") or {}
@@ -196,7 +205,7 @@ def print_summary(result):
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    say(f"checkpoint: {result.checkpoint}\nbest checkpoint: {result.best or '-'}")
+    say(f"checkpoint: {shown(result.checkpoint)}\nbest checkpoint: {shown(result.best or '-')}")
 
 
 def capped(result):

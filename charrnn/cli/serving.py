@@ -11,7 +11,7 @@ import numpy as np
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import save_npz, write_atomic
 from charrnn.cli.options import checkpoint_argument
-from charrnn.cli.render import say, warn
+from charrnn.cli.render import say, shown, warn
 from charrnn.serve.engine import activation_payload, load_runs
 from charrnn.serve.limits import Limits, RequestError
 from charrnn.serve.page import render_page
@@ -68,11 +68,11 @@ def serve(ctx, runs, host, port):
         warn(f"listening on {host}: other machines can reach the server and its runs (no password, no TLS)")
     sock = listen(host, port)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    address = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(make_app(served, Limits()), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2, lifespan="off")
     server = uvicorn.Server(config)
-    say(f"serving {', '.join(run.name for run in served)} at http://{shown}:{bound}/ (Ctrl-C stops)")
+    say(f"serving {', '.join(shown(run.name) for run in served)} at http://{address}:{bound}/ (Ctrl-C stops)")
     try:
         with ctx.obj["applied"].one_row():  # one row at a time: the numbers of `charrnn sample`
             server.run(sockets=[sock])
@@ -113,7 +113,7 @@ def activations(checkpoint, text_file, out, npz, max_chars):
     if out is not None:
         html = render_page(data).encode("utf-8")
         write_atomic(out, lambda f: f.write(html))
-        say(f"{out}: {len(data['tokens']):,} tokens, {data['layers']} layer(s) of {data['units']} units")
+        say(f"{shown(out)}: {len(data['tokens']):,} tokens, {data['layers']} layer(s) of {data['units']} units")
     if npz is not None:
         arrays = {"tokens": np.array(data["tokens"]), "ids": reading.ids}
         for l in range(run.model.num_layers):
@@ -121,4 +121,4 @@ def activations(checkpoint, text_file, out, npz, max_chars):
                 arrays[f"layer{l}_{name}"] = reading.states[:, l, s]
         save_npz(npz, arrays, {"run": str(run.path), "cell": run.model.cell, "level": run.config.level,
                                "text": reading.preprocessed})
-        say(f"{npz}: the tokens and {len(arrays) - 2} state array(s) of shape {reading.states[:, 0, 0].shape}")
+        say(f"{shown(npz)}: the tokens and {len(arrays) - 2} state array(s) of shape {reading.states[:, 0, 0].shape}")

@@ -20,10 +20,19 @@ from charrnn.cli.options import (
     plot_option,
     training_options,
 )
-from charrnn.cli.render import ConsoleReporter, SweepProgress, network_words, print_comparison, print_summary, say
+from charrnn.cli.render import (
+    ConsoleReporter,
+    SweepProgress,
+    network_words,
+    print_comparison,
+    print_summary,
+    say,
+    shown,
+)
 from charrnn.experiments import compare as comparison
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend
 from charrnn.runtime import launch
+from charrnn.runtime.signals import EXIT_CODES
 from charrnn.runtime.threads import AUTO, Threads
 from charrnn.training import autosize
 from charrnn.training import start as training
@@ -34,7 +43,6 @@ from charrnn.training.loop import Run
 from charrnn.training.outdir import CHECKPOINT, default_out_dir, last_good_checkpoint
 from charrnn.training.parallel import ParallelRun, abort_on_error, current_ranks, follow
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 COMPARE_TOKENS = 500_000  # compare's budget when none is given
 COMPARE_EVAL_EVERY = 50_000  # compare's default --eval-every
 
@@ -125,8 +133,8 @@ def report_result(ctx, result):
         raise click.ClickException(f"{result.message}; {kept}. Lower --lr, clip the gradient with --clip, "
                                    f"or resume with --on-nonfinite skip: {resume_command} --on-nonfinite skip")
     if result.reason in EXIT_CODES:
-        click.echo(f"Interrupted by {result.reason}: checkpoint saved to {result.checkpoint}. "
-                   f"Resume with: {resume_command}", err=True)
+        click.echo(f"Interrupted by {result.reason}: checkpoint saved to {shown(result.checkpoint)}. "
+                   f"Resume with: {shown(resume_command)}", err=True)
         ctx.exit(EXIT_CODES[result.reason])
 
 
@@ -263,15 +271,20 @@ def compare(ctx, regular_steps, keep_probs, num_seeds, jobs, scheduler, baseline
         result, interrupted = comparison.compare(config, out, truncations, num_seeds, data_dir, backend,
                                                  progress, chosen[0], cache_dir)
     if interrupted:
-        click.echo(f"Interrupted: {len(result.summaries)} finished runs kept in {out}, the runs in progress "
+        click.echo(f"Interrupted: {len(result.summaries)} finished runs kept in {shown(out)}, the runs in progress "
                    f"checkpointed; the same command goes on from there.", err=True)
         ctx.exit(EXIT_CODES["SIGINT"])
     if result.summaries:
         print_comparison(config, result)
-    say(f"runs: {out}")
+    say(f"runs: {shown(out)}")
     if plot is not None and result.summaries:
         plot_comparison(result, plot)
-        say(f"figure: {plot}")
-    if result.failed:
-        failures = "; ".join(f"{name}: {message}" for name, message in result.failed.items())
-        raise click.ClickException(f"{len(result.failed)} run(s) failed ({failures})")
+        say(f"figure: {shown(plot)}")
+    problems = []  # the table lacks these seeds: never exit 0
+    for runs, what, then in ((result.failed, "failed", ""),
+                             (result.interrupted, "interrupted", "; the same command resumes them")):
+        if runs:
+            listed = "; ".join(f"{name}: {message}" for name, message in runs.items())
+            problems.append(f"{len(runs)} run(s) {what} ({listed}){then}")
+    if problems:
+        raise click.ClickException("; ".join(problems))

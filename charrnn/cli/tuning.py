@@ -10,11 +10,11 @@ import click
 
 from charrnn.cli.options import FiniteRange, bad_parameter, cache_dir_option, data_dir_option
 from charrnn.cli.render import ConsoleReporter, console, fmt, print_summary, say
-from charrnn.cli.training import EXIT_CODES
 from charrnn.data.baselines import ngram_baselines
 from charrnn.experiments import tune as tuning
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend, SweepReporter
 from charrnn.runtime.lock import RunLock
+from charrnn.runtime.signals import EXIT_CODES
 from charrnn.training import start as training
 from charrnn.training.autosize import CANDIDATES, probe_speeds
 from charrnn.training.budget import round_down

@@ -36,8 +36,11 @@ from tqdm import tqdm
 
 from charrnn.base.checks import check_choice, check_int
 from charrnn.base.errors import CharrnnError
-from charrnn.base.io import write_atomic
+from charrnn.base.io import MAX_META_BYTES, json_limit_problem, parse_json, remove_stale_temporaries, write_atomic
+from charrnn.base.schema import SchemaError
 from charrnn.data.corpus import check_registered, default_data_dir, default_preprocess, find_corpus
+from charrnn.data.storeheader import token_store_header
+from charrnn.data.storeids import check_ids, open_regular, verify_ids, write_stamp
 from charrnn.data.stream import ID_DTYPES, PIECE_BYTES, CodePointCounts, IdFile, id_dtype, tokenize_stream
 from charrnn.data.text import PREPROCESS_MODES, blank_text_error, letters_among, warn_if_letters_dropped
 from charrnn.data.vocab import LEVELS, Vocab
@@ -54,7 +57,7 @@ CACHE_ENV = "CHARRNN_CACHE_DIR"
 SUFFIX = ".tokens"
 SETTLE_NS = 20_000_000  # a text is read only once its last modification is this old (a coarse tick: <= 10 ms)
 _PREFIX = len(MAGIC) + 8
-_MAX_HEADER_BYTES = 1 << 30
+MAX_HEADER_BYTES = MAX_META_BYTES  # a store's header is capped, and parsed, as a checkpoint's metadata
 
 
 def default_cache_dir() -> Path:
@@ -89,15 +92,12 @@ class TokenStore:
 
     def verify(self) -> None:
         """Read every id: CharrnnError unless their SHA-1 is the header's and each is < len(vocab)."""
-        sha1, largest, offset = hashlib.sha1(), 0, self.path.stat().st_size - self.ids.nbytes
-        with open(self.path, "rb") as f:  # read, not mapped: the map is advised for random access
-            f.seek(offset)
-            while data := f.read(IdFile.CHUNK * self.ids.itemsize):
-                sha1.update(data)
-                largest = max(largest, int(np.frombuffer(data, self.ids.dtype).max()))
-        if sha1.hexdigest() != self.header["ids_sha1"] or largest >= len(self.vocab):
-            raise CharrnnError(f"token store {self.path} is corrupt (its ids do not match its header); "
-                               "delete it and it will be rebuilt")
+        fd = _open_store(self.path)
+        try:
+            verify_ids(fd, self.path, os.fstat(fd).st_size - self.ids.nbytes, self.ids.dtype,
+                        self.header["ids_sha1"], len(self.vocab))
+        finally:
+            os.close(fd)
 
 
 def open_store(name_or_path, level="char", preprocess=None, min_freq=0, max_vocab=None, *,
@@ -134,6 +134,7 @@ def open_store(name_or_path, level="char", preprocess=None, min_freq=0, max_voca
             store = _try_read(path, expected)  # built by another process while we waited?
             if store is not None:
                 return _opened(store, name_or_path, warn_dropped)
+            remove_stale_temporaries(cache_dir)  # scratch and temporaries of killed builds
             _build(path, text_path, settings, piece_bytes, progress, name_or_path, entry)
     except OSError as err:
         free = "free space there, or " if err.errno == errno.ENOSPC else ""
@@ -162,8 +163,9 @@ def store_name(text_path: Path, settings: dict) -> str:
 @contextmanager
 def _locked(lock_path: Path, progress):
     """Hold an exclusive flock on `lock_path` (created if need be; never deleted, as deleting
-    a lock file races with another process opening it)."""
-    with open(lock_path, "a") as lock:
+    a lock file races with another process opening it). A FIFO or device there is refused at
+    once, not opened for writing (which would wait for a reader)."""
+    with open(open_regular(lock_path, os.O_RDWR | os.O_CREAT, f"the lock file {lock_path}"), "r+b") as lock:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -220,8 +222,14 @@ def _build(path: Path, text_path: Path, settings: dict, piece_bytes: int, progre
                       **settings, "dtype": dtype.name, "num_tokens": id_file.count,
                       "dropped_letters": list(letters_among(dropped.counts)),
                       "ids_sha1": "0" * 40, "vocab": vocab.to_dict()}
+            too_large = json_limit_problem(_header_bytes(header))
+            if too_large:
+                raise CharrnnError(f"{text_path} has {len(tokens):,} distinct tokens, too many for a token store "
+                                   f"(its header {too_large}, as a checkpoint's metadata); use --level char "
+                                   f"or a smaller text")
             write_atomic(path, lambda out: _write_store(out, header, dtype,
                                                         (np.take(renumber, chunk) for chunk in id_file.chunks())))
+            write_stamp(path, os.stat(path), header)  # the ids were verified as they were written
     finally:
         scratch_path.unlink(missing_ok=True)
 
@@ -260,8 +268,12 @@ def _write_store(out, header: dict, dtype, id_chunks) -> None:
     _write_header(out, header)  # the same length: only the 40 hex digits changed
 
 
+def _header_bytes(header: dict) -> bytes:
+    return json.dumps(header, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
 def _write_header(out, header: dict) -> None:
-    data = json.dumps(header, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    data = _header_bytes(header)
     out.write(MAGIC + len(data).to_bytes(8, "little") + data)
     out.write(bytes(-(_PREFIX + len(data)) % ALIGN))
 
@@ -269,44 +281,57 @@ def _write_header(out, header: dict) -> None:
 # ----------------------------------------------------------------------------- reading
 
 def _try_read(path: Path, expected: dict):
-    """The store at `path` if it is valid and current, else None (missing, stale or corrupt:
-    the caller builds it again)."""
+    """The store at `path` if it is valid, current and its ids verified, else None (missing,
+    stale or corrupt: the caller builds it again)."""
     try:
-        return read_store(path, expected)
+        return read_store(path, expected, verify=True)
     except CharrnnError:
         return None
 
 
-def read_store(path, expected: dict | None = None) -> TokenStore:
-    """Open a store file read-only, checking its structure (not every id: TokenStore.verify).
+def read_store(path, expected: dict | None = None, verify: bool = False) -> TokenStore:
+    """Open a store file read-only, as carefully as charrnn.training.checkpoint reads a checkpoint: a
+    regular file (a FIFO or device is refused unopened for reading), a header of at most
+    MAX_HEADER_BYTES parsed with charrnn.base.io.parse_json's limits and checked whole against the
+    schema (`_header_problem`), zero padding, exactly the ids the header implies.
 
     expected: {"text", "level", "preprocess", "min_freq", "max_vocab", "registered_sha1"} that
     the store must have been made with; the text must also still have the recorded size and
-    modification time. Anything else -> CharrnnError naming the path and what is wrong.
+    modification time. verify: the ids are checked too (`check_ids`: a pass over them unless
+    the file is, to its ctime, the one last verified). Anything wrong -> CharrnnError naming
+    the path and what is wrong.
     """
     path = Path(path)
-    header, offset = _read_header(path)
-    problem = _header_problem(header, path.stat().st_size - offset)
-    if problem is None and expected is not None:
-        problem = _staleness(header, expected)
-    if problem is not None:
-        raise CharrnnError(f"token store {path} is not usable: {problem}")
+    fd = _open_store(path)
     try:
-        vocab = Vocab.from_dict(header["vocab"])
-    except CharrnnError as err:
-        raise CharrnnError(f"token store {path} is not usable: {err}") from None
-    if id_dtype(len(vocab)) != np.dtype(header["dtype"]):
-        raise CharrnnError(f"token store {path} is not usable: dtype {header['dtype']} "
-                           f"for a vocabulary of {len(vocab)}")
-    ids = _map_ids(path, np.dtype(header["dtype"]).newbyteorder("<"), offset, header["num_tokens"])
+        stat = os.fstat(fd)
+        header, offset = _read_header(fd, path, stat.st_size)
+        problem = _header_problem(header, stat.st_size - offset)
+        if problem is None and expected is not None:
+            problem = _staleness(header, expected)
+        if problem is not None:
+            raise CharrnnError(f"token store {path} is not usable: {problem}")
+        vocab = Vocab.from_dict(header["vocab"])  # checked: cannot fail
+        dtype = np.dtype(header["dtype"]).newbyteorder("<")
+        if verify:
+            check_ids(fd, path, stat, header, offset, len(vocab))
+        ids = _map_ids(fd, path, dtype, offset, header["num_tokens"])
+    finally:
+        os.close(fd)
     return TokenStore(path, ids, vocab, header)
 
 
-def _map_ids(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
+def _open_store(path: Path) -> int:
+    try:
+        return open_regular(path, os.O_RDONLY, f"token store {path}")
+    except OSError as err:
+        raise CharrnnError(f"cannot read token store {path}: {err.strerror or err}") from None
+
+
+def _map_ids(fd: int, path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
     """The ids of a store file as a read-only array backed by a memory map of the file."""
     try:
-        with open(path, "rb") as f:
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as err:
         raise CharrnnError(f"cannot map token store {path}: {err}") from None
     if hasattr(mmap, "MADV_RANDOM"):  # minibatches read small, scattered windows: no read-ahead
@@ -314,46 +339,42 @@ def _map_ids(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray
     return np.frombuffer(mapped, dtype, count, offset)
 
 
-def _read_header(path: Path):
-    """-> (header dict, offset of the ids); CharrnnError if the file is not a store."""
+def _read_header(fd: int, path: Path, file_size: int):
+    """-> (header dict, offset of the ids); CharrnnError if the file is not a store or its
+    header is over MAX_HEADER_BYTES, past the file's end, not safe JSON, or padded with other
+    than zeros. Nothing is read beyond what the cap allows."""
     try:
-        with open(path, "rb") as f:
-            prefix = f.read(_PREFIX)
-            if len(prefix) < _PREFIX or prefix[:len(MAGIC)] != MAGIC:
-                raise CharrnnError(f"{path} is not a charrnn token store (version {FORMAT_VERSION})")
-            length = int.from_bytes(prefix[len(MAGIC):], "little")
-            if length > _MAX_HEADER_BYTES:
-                raise CharrnnError(f"token store {path} is corrupt (header of {length:,} bytes)")
-            data = f.read(length)
+        prefix = os.pread(fd, _PREFIX, 0)
+        if len(prefix) < _PREFIX or prefix[:len(MAGIC)] != MAGIC:
+            raise CharrnnError(f"{path} is not a charrnn token store (version {FORMAT_VERSION})")
+        length = int.from_bytes(prefix[len(MAGIC):], "little")
+        offset = _PREFIX + length + (-(_PREFIX + length) % ALIGN)
+        if length > MAX_HEADER_BYTES or offset > file_size:
+            raise CharrnnError(f"token store {path} is corrupt (a header of {length:,} bytes in a file of "
+                               f"{file_size:,}; at most {MAX_HEADER_BYTES:,})")
+        data = os.pread(fd, offset - _PREFIX, _PREFIX)
     except OSError as err:
         raise CharrnnError(f"cannot read token store {path}: {err.strerror or err}") from None
-    try:
-        header = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CharrnnError(f"token store {path} is corrupt (truncated or unreadable header)") from None
-    if not isinstance(header, dict):
-        raise CharrnnError(f"token store {path} is corrupt (header is not a JSON object)")
-    return header, _PREFIX + length + (-(_PREFIX + length) % ALIGN)
+    if len(data) != offset - _PREFIX or data[length:].count(0) != len(data) - length:
+        raise CharrnnError(f"token store {path} is corrupt (truncated header or padding that is not zeros)")
+    return parse_json(data[:length], f"the header of token store {path}"), offset
 
 
 def _header_problem(header: dict, ids_bytes: int):
-    """What is malformed in a header, given the bytes that follow it, or None."""
+    """What is malformed in a header, given the bytes that follow it, or None: exactly the keys
+    a store has, each checked as a checkpoint's metadata is (charrnn.data.storeheader.token_store_header),
+    the dtype the vocabulary needs, and the bytes of ids the header implies."""
     if header.get("format") != "charrnn token store" or header.get("version") != FORMAT_VERSION:
         return "not a charrnn token store of this version"
-    text = header.get("text")
-    if not (isinstance(text, dict) and isinstance(text.get("path"), str) and _is_count(text.get("size"))
-            and _is_count(text.get("mtime_ns")) and _is_sha1(text.get("sha1"))):
-        return "malformed text record"
-    if header.get("dtype") not in [dtype.name for dtype in ID_DTYPES] or not _is_sha1(header.get("ids_sha1")):
-        return "malformed dtype or ids_sha1"
-    dropped = header.get("dropped_letters")
-    if not (isinstance(dropped, list) and len(dropped) == 2 and _is_count(dropped[0]) and isinstance(dropped[1], str)):
-        return "malformed dropped_letters"
-    num_tokens = header.get("num_tokens")
-    if not _is_count(num_tokens) or num_tokens < 1:
-        return f"bad num_tokens {num_tokens!r}"
-    if ids_bytes != num_tokens * np.dtype(header["dtype"]).itemsize:
-        return (f"{ids_bytes:,} bytes of ids where the header says {num_tokens:,} {header['dtype']} "
+    try:
+        token_store_header(header, LEVELS, PREPROCESS_MODES, [dtype.name for dtype in ID_DTYPES])
+        vocab = Vocab.from_dict(header["vocab"])
+    except (SchemaError, CharrnnError) as err:
+        return str(err)
+    if id_dtype(len(vocab)) != np.dtype(header["dtype"]):
+        return f"dtype {header['dtype']} for a vocabulary of {len(vocab)}"
+    if ids_bytes != header["num_tokens"] * np.dtype(header["dtype"]).itemsize:
+        return (f"{ids_bytes:,} bytes of ids where the header says {header['num_tokens']:,} {header['dtype']} "
                 "(truncated or overlong)")
     return None
 
@@ -376,11 +397,3 @@ def _staleness(header: dict, expected: dict):
     if expected["registered_sha1"] not in (None, text["sha1"]):
         return f"{expected['text']} is not the registered text"
     return None
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_sha1(value) -> bool:
-    return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)

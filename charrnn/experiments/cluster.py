@@ -16,6 +16,7 @@ the runs poll (once a second): each stops, keeping its checkpoint of the last ev
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import uuid
 
@@ -32,16 +33,42 @@ EXTRA = "pip install 'charrnn[cluster]'"
 
 
 def connect(address, timeout=CONNECT_TIMEOUT):
-    """A distributed.Client of the scheduler at `address`; missing Dask or no answer within
-    `timeout` seconds -> CharrnnError (one line)."""
+    """A distributed.Client of the scheduler at `address`; missing Dask, or no answer within
+    `timeout` seconds -> CharrnnError (one line). Dask's own timeout covers the connection, not
+    the handshake after it: a peer that accepts and never speaks would be waited on forever, so
+    the client is made in a thread given `timeout` s."""
     try:
         from distributed import Client
     except ImportError:
         raise CharrnnError(f"--scheduler needs Dask distributed, which is not installed: {EXTRA}") from None
-    try:
-        return Client(address, timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError, ValueError, TypeError) as err:
-        raise CharrnnError(f"cannot reach the Dask scheduler at {address} ({one_line(err)})") from None
+
+    class QuietClient(Client):
+        def __del__(self):  # one that never connected has nothing to close: no wait, no traceback
+            if getattr(self, "status", None) == "running":
+                try:
+                    super().__del__()
+                except Exception:
+                    pass
+
+    made = {}
+
+    def make():
+        try:
+            made["client"] = QuietClient(address, timeout=timeout, set_as_default=False)
+        except Exception as err:  # handed to the caller's thread
+            made["error"] = err
+
+    maker = threading.Thread(target=make, name="charrnn-dask-connect", daemon=True)
+    maker.start()
+    maker.join(timeout)
+    err = made.get("error")
+    if maker.is_alive():
+        raise CharrnnError(f"cannot reach the Dask scheduler at {address} (no answer within {timeout} s)")
+    if isinstance(err, (OSError, TimeoutError, ValueError, TypeError, AssertionError)):
+        raise CharrnnError(f"cannot reach the Dask scheduler at {address} ({one_line(err)})")
+    if err is not None:
+        raise err
+    return made["client"]
 
 
 class StopPoller:

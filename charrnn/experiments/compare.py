@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from charrnn.analysis.gradients import DEFAULT_TRUNCATIONS as TRUNCATED
@@ -87,13 +87,14 @@ class StrategyStats:
 
 @dataclass
 class Comparison:
-    """The runs of a sweep, what failed, and their statistics against `baseline`."""
+    """The runs of a sweep, what failed or was interrupted, and their statistics against `baseline`."""
 
     truncations: list
     summaries: list  # RunSummary of every finished run
     failed: dict  # run name -> message
     baseline: str = "full"
     confidence: float = CONFIDENCE
+    interrupted: dict = field(default_factory=dict)  # run name -> message: stopped, though the sweep was not
 
     def strategies(self) -> list:
         out = []
@@ -162,4 +163,5 @@ def compare(config, out_dir, truncations=DEFAULT_TRUNCATIONS, num_seeds=1, data_
     outcomes, interrupted = (backend or SerialBackend()).run(specs, done, reporter or SweepReporter())
     summaries = [o.summary for o in outcomes if o.status == "done"]
     failed = {o.spec.name: o.message for o in outcomes if o.status == "failed"}
-    return Comparison(list(truncations), summaries, failed, baseline), interrupted
+    stopped = {o.spec.name: o.message or o.status for o in outcomes if o.status in ("interrupted", "not started")}
+    return Comparison(list(truncations), summaries, failed, baseline, interrupted=stopped), interrupted

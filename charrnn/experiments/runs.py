@@ -15,15 +15,19 @@ import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from charrnn.analysis.curves import perplexity_or_none
 from charrnn.base.checks import is_finite, is_integer
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import save_json
+from charrnn.runtime.lock import RunLock
+from charrnn.runtime.signals import STOP_REASONS
 from charrnn.runtime.threads import DEFAULT_THREADS
 from charrnn.training.checkpoint import load_checkpoint
 from charrnn.training.config import BUDGET_FIELDS, MATHS_FIELDS, TrainConfig
 from charrnn.training.events import Reporter
+from charrnn.training.finetune import PARENT
 from charrnn.training.loop import budget_reached
-from charrnn.training.outdir import CHECKPOINT, METRICS
+from charrnn.training.outdir import BEST, CHECKPOINT, CONFIG, METRICS, VOCAB, has_evaluation, metrics_records
 from charrnn.training.schedule import BUDGET_SCHEDULES
 from charrnn.training.start import resume, train
 
@@ -94,7 +98,8 @@ def run_state(spec) -> str:
     if overshoots(spec.config, ckpt.progress):
         raise CharrnnError(f"{spec.out_dir} holds a longer run ({ckpt.progress.tokens:,} tokens) than this "
                            f"comparison asks for; choose another --out")
-    return "done"
+    # its last evaluation lost (a signal in it, a damaged metrics.jsonl): resuming evaluates it again
+    return "done" if has_evaluation(spec.out_dir / METRICS, ckpt.progress.tokens) else "resume"
 
 
 def overshoots(config, progress) -> bool:
@@ -120,8 +125,7 @@ def execute_run(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> R
             raise RunInterrupted(f"{spec.name} not started: the sweep was stopped")
         recorder = GradNormLog(spec.out_dir, should_stop, stop)
         if state == "new":
-            for stale in (METRICS, GRAD_NORMS):  # of a run that died before its first checkpoint
-                (spec.out_dir / stale).unlink(missing_ok=True)
+            clear_unstarted(spec.out_dir)
             result = train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir, threads,
                            pause_at=spec.until)
         else:
@@ -130,11 +134,23 @@ def execute_run(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> R
                        if f.name not in MATHS_FIELDS and (f.name in BUDGET_FIELDS or getattr(spec.config, f.name) is not None)}
             result = resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir, threads,
                             pause_at=spec.until)
-        if result.reason in ("SIGINT", "SIGTERM"):
+        if result.reason in STOP_REASONS:
             raise RunInterrupted(f"{spec.name} stopped by {result.reason} at {result.progress.tokens:,} tokens")
         if result.reason == "nonfinite":
             raise CharrnnError(f"{spec.name}: {result.message}")
     return read_run(spec)
+
+
+def clear_unstarted(out_dir) -> None:
+    """Remove the files of a run that died before its first checkpoint (config.json, vocab.json,
+    ... written in the milliseconds before it), under the run's lock, so that the sweep can start
+    it again; a directory holding a checkpoint, or in use, is left as it is."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir() or any((out_dir / name).exists() for name in (CHECKPOINT, BEST)):
+        return
+    with RunLock(out_dir):
+        for name in (CONFIG, VOCAB, PARENT, METRICS, GRAD_NORMS):
+            (out_dir / name).unlink(missing_ok=True)
 
 
 def stop_by_sigint():
@@ -146,7 +162,11 @@ def read_run(spec) -> RunSummary:
     """The summary of the finished run of `spec`, from its directory."""
     progress = load_checkpoint(spec.out_dir / CHECKPOINT).progress
     curve = read_curve(spec.out_dir / METRICS)
-    last = curve[-1] if curve else {}
+    final = [point for point in curve if point["tokens"] == progress.tokens]
+    if not final:
+        raise CharrnnError(f"{spec.out_dir / METRICS} holds no evaluation at the run's last step "
+                           f"({progress.tokens:,} tokens)")
+    last = final[-1]
     norms = read_grad_norms(spec.out_dir)
     known = norms is not None and norms["step"] == progress.step and norms["count"] > 0
     return RunSummary(spec.name, spec.truncation, spec.seed, budget_reached(spec.config, progress),
@@ -156,12 +176,16 @@ def read_run(spec) -> RunSummary:
 
 
 def read_curve(path) -> list:
-    """The evaluations of a run from its metrics.jsonl -> [{tokens, elapsed, val_ppl, tokens_per_s}]."""
-    curve = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        curve.append({key: record.get(key) for key in ("tokens", "elapsed", "val_ppl", "tokens_per_s")})
-    return curve
+    """The evaluations of a run from its metrics.jsonl -> [{tokens, elapsed, val_ppl, tokens_per_s}],
+    each checked (charrnn.training.outdir.metrics_records): a perplexity that is not a finite number >= 1
+    reads as None, a time or rate that is not a finite number >= 0 too."""
+    return [{"tokens": record["tokens"], "elapsed": _seconds(record.get("elapsed")),
+             "val_ppl": perplexity_or_none(record.get("val_ppl")),
+             "tokens_per_s": _seconds(record.get("tokens_per_s"))} for record in metrics_records(path)]
+
+
+def _seconds(value):
+    return float(value) if is_finite(value) and value >= 0 else None
 
 
 def read_grad_norms(out_dir):
@@ -185,9 +209,12 @@ class GradNormLog(Reporter):
         self.total, self.count, self.stopping = 0.0, 0, False
 
     def restore(self, step):
-        """Go on from the sums saved at checkpoint `step`; saved at another step: not known."""
+        """Go on from the sums saved at checkpoint `step` (at step 0 they are known: nothing);
+        saved at another step: not known."""
         norms = read_grad_norms(self.out_dir)
-        if norms is not None and norms["step"] == step:
+        if step == 0:
+            self.total, self.count = 0.0, 0
+        elif norms is not None and norms["step"] == step:
             self.total, self.count = norms["sum"], norms["count"]
         else:
             self.total, self.count = math.nan, 0
@@ -204,7 +231,7 @@ class GradNormLog(Reporter):
         self.save(record["step"])
 
     def on_end(self, result):
-        if result.reason in ("SIGINT", "SIGTERM"):
+        if result.reason in STOP_REASONS:
             self.save(result.progress.step)
 
     def save(self, step):

@@ -21,15 +21,17 @@ second Ctrl-C kills the workers; their runs resume from their last checkpoint ne
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from charrnn.base.errors import CharrnnError
 from charrnn.experiments.runs import RunInterrupted, execute_run, read_run, stop_by_sigint
+from charrnn.runtime.signals import terminate_as_interrupt
 from charrnn.runtime.threads import DEFAULT_THREADS, Threads, share
 
 START_METHOD = "spawn"  # fresh interpreters: no inherited threads, locks or state
@@ -73,14 +75,19 @@ def start_sweep(specs, done, reporter) -> dict:
     outcomes = {}
     for spec in specs:
         if spec.name in done:
-            outcomes[spec.name] = Outcome(spec, "done", read_run(spec), reused=True)
+            outcomes[spec.name] = finished(spec, "done", "", 0)
+            outcomes[spec.name].reused = outcomes[spec.name].status == "done"
             reporter.on_run_end(outcomes[spec.name])
     return outcomes
 
 
 def finished(spec, status, message, attempts) -> Outcome:
-    """The Outcome of a run that ended with `status` (the directory holds the summary)."""
-    summary = read_run(spec) if status == "done" else None
+    """The Outcome of a run that ended with `status` (the directory holds the summary); a
+    directory whose summary cannot be read (a damaged metrics.jsonl) -> a failed run."""
+    try:
+        summary = read_run(spec) if status == "done" else None
+    except CharrnnError as err:
+        return Outcome(spec, "failed", None, one_line(err), attempts)
     return Outcome(spec, status, summary, message, attempts)
 
 
@@ -119,11 +126,31 @@ def attempt(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> tuple
     return "done", ""
 
 
+ORPHAN_POLL = 0.5  # seconds between a worker's looks at whether the sweep is still there
+
+
+def stop_when_orphaned(poll=ORPHAN_POLL):
+    """Start a thread that stops this worker's run (a SIGINT to itself: the run checkpoints and
+    stops) once its parent, the sweep, is gone (SIGKILLed: it never said so); the worker then
+    finds its pipe closed and ends. No orphan trains on."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="charrnn-orphan-watch", daemon=True).start()
+
+
 def worker_loop(conn, stop_event, threads=1, limit=None):
     """A worker process: takes runs from `conn` until None, runs each with `threads` BLAS threads
-    (auto: at most `limit`), answers each with (status, message). SIGINT is left to the run in
-    progress (which checkpoints and stops)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between runs; a run installs its own handler
+    (auto: at most `limit`), answers each with (status, message). SIGINT and SIGHUP are left to
+    the run in progress (which checkpoints and stops); an orphaned worker stops its run."""
+    for sig in (signal.SIGINT, getattr(signal, "SIGHUP", None)):  # between runs; a run installs its own
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+    stop_when_orphaned()
     try:
         for spec in iter(conn.recv, None):
             try:
@@ -168,22 +195,6 @@ class Worker:
         self.conn.close()
 
 
-@contextmanager
-def sigterm_as_ctrl_c():
-    """SIGTERM (only this process gets it) stops the sweep as Ctrl-C does, workers included."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class ProcessBackend:
     """At most `jobs` runs at once, in `jobs` worker processes that live for the sweep and split
     the cores: `threads` ("auto", N or None) is shared out among them (charrnn.runtime.threads.share)."""
@@ -200,7 +211,7 @@ class ProcessBackend:
         self.stop_event = self.context.Event()
         self.workers = workers = []  # the live workers, each with the run it has (spec)
         try:
-            with sigterm_as_ctrl_c():
+            with terminate_as_interrupt():  # SIGTERM, SIGHUP: as Ctrl-C, workers included
                 workers += [Worker(self.context, self.stop_event, self.threads) for _ in range(min(self.jobs, len(queue)))]
                 self.loop(workers, queue, outcomes, reporter)
         except KeyboardInterrupt:

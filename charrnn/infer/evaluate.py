@@ -48,11 +48,19 @@ def contiguous_batches(corpus, num_rows=EVAL_ROWS, num_steps=EVAL_CHUNK_STEPS, i
             release_pages(mapping)
 
 
-def mean_loss(model, corpus, id_map=None):
+class EvaluationStopped(Exception):
+    """mean_loss gave up because should_stop() said so."""
+
+
+def mean_loss(model, corpus, id_map=None, should_stop=None):
     """Mean cross-entropy (nats per token) of `model` on `corpus`: (n,) int; forward only.
-    id_map: as in contiguous_batches."""
+    id_map: as in contiguous_batches. should_stop(): asked before each chunk of EVAL_ROWS x
+    EVAL_CHUNK_STEPS tokens; true -> EvaluationStopped (a signal is honoured within a chunk,
+    not after the whole pass)."""
     total, count, state = 0.0, 0, None
     for X, Y in contiguous_batches(corpus, id_map=id_map):
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
         loss_sum, n, state = model.forward_loss(X, Y, state)
         total += float(loss_sum)
         count += int(n)

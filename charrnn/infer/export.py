@@ -29,6 +29,7 @@ Dropout (training only) and the state are not part of the weights; a PyTorch mod
 dropout 0 and evaluated gives charrnn's logits.
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,12 @@ def export_metadata(model, vocab, level="char", preprocess="d2l") -> dict:
     return {key: json.dumps(value) for key, value in settings.items()}
 
 
-def export_model(model, vocab, path, level="char", preprocess="d2l") -> Path:
+def export_model(model, vocab, path, level="char", preprocess="d2l", force=False) -> Path:
     """Write the model's weights and settings to the safetensors file `path` -> path.
 
     The path must end in .safetensors (so that a checkpoint or a text is never overwritten by
-    mistake); the file is written atomically, whole or not at all.
+    mistake) and name nothing yet (a file, a symlink, a FIFO) unless `force`; the file is
+    written atomically, whole or not at all.
     """
     path = Path(path)
     if path.suffix != SUFFIX:
@@ -95,6 +97,8 @@ def export_model(model, vocab, path, level="char", preprocess="d2l") -> Path:
     if not path.parent.is_dir():
         problem = "is not a folder" if path.parent.exists() else "does not exist"
         raise CharrnnError(f"cannot write {path}: {path.parent} {problem}")
+    if os.path.lexists(path) and not force:
+        raise CharrnnError(f"{path} exists; give --force to replace it")
     data = save(torch_state_dict(model), metadata=export_metadata(model, vocab, level, preprocess))
     try:
         write_atomic(path, lambda f: f.write(data))

@@ -6,16 +6,20 @@ import numpy as np
 from charrnn.data.records import END, START, RecordSet, open_records, packed_batches, split_records
 from charrnn.data.store import open_store
 from charrnn.infer.decoding import log_softmax
-from charrnn.infer.evaluate import Evaluation, perplexity
+from charrnn.infer.evaluate import Evaluation, EvaluationStopped, perplexity
 from charrnn.nn.workspace import Workspace
 
 
-def records_loss(model, records: RecordSet, batch_size=32, num_steps=64) -> tuple:
+def records_loss(model, records: RecordSet, batch_size=32, num_steps=64, should_stop=None) -> tuple:
     """Σ of -log p over every target of the records, forward only, packed as in training and
-    padded at the end -> (nats, targets, num_records); targets = Σ (n_k + 1), the ends included."""
+    padded at the end -> (nats, targets, num_records); targets = Σ (n_k + 1), the ends included.
+    should_stop(): asked before each packed batch; true -> charrnn.infer.evaluate.EvaluationStopped
+    (as mean_loss: a signal is honoured within a validation pass)."""
     batch_size = max(1, min(batch_size, records.num_records))
     ws, state, total, count = Workspace(model, batch_size, num_steps), None, 0.0, 0
     for X, Y, resets, mask in packed_batches(records, batch_size, num_steps, pad=True):
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
         model.forward_segment(X.T, state, ws, None, resets.T)
         log_p = log_softmax(model.logits(ws.top.reshape(X.size, -1)))
         picked = log_p[np.arange(X.size), Y.T.reshape(-1)]

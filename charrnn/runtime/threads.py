@@ -52,6 +52,12 @@ def check_threads(value):
     raise CharrnnError(f"threads must be 'auto' or an integer >= 1, got {value!r}")
 
 
+def capped(threads):
+    """A thread count of more than available_cores() -> available_cores(), which is what BLAS can
+    use (OpenBLAS caps itself lower, 40x slower than one per core); "auto" as it is."""
+    return threads if threads == AUTO else min(threads, available_cores())
+
+
 def default_threads():
     """The thread setting when none is given: DEFAULT_THREADS, or None (leave the BLAS library
     as it started) when the user set one of THREAD_VARIABLES."""
@@ -71,7 +77,7 @@ class Threads:
     """
 
     def __init__(self, threads=DEFAULT_THREADS, limit=None, watch=None):
-        self.setting = None if threads is None else check_threads(threads)
+        self.setting = None if threads is None else capped(check_threads(threads))
         self.auto = self.setting == AUTO
         self.watch, self.most = None, 1
         if self.auto:

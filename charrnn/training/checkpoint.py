@@ -11,7 +11,7 @@ the TrainConfig, the Progress, the optimizer's counters, the states of the trunc
 dropout Generators and the SHA-1 that names the text (both splits: charrnn.data.store): a
 TrainingState (charrnn.training.state) and what it was trained on. `save_checkpoint` writes
 exactly the keys `load_checkpoint` reads back, and it reads nothing else: a file is checked whole
-(charrnn.base.io's limits, charrnn.training.schema's types and ranges, each array's header
+(charrnn.base.io's limits, charrnn.base.schema's types and ranges, each array's header
 against the shape the metadata gives, the memory it needs) before anything is built from it.
 """
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.base import io as charrnn_io
+from charrnn.base import schema
 from charrnn.base.errors import CharrnnError
 from charrnn.base.io import NpzReader, save_npz
 from charrnn.data.vocab import Vocab
 from charrnn.nn.cells import ACTIVATIONS, CELLS, network_problem
 from charrnn.nn.model import DTYPES, RNNLM
 from charrnn.nn.optim import OPTIMIZERS, make_optimizer
-from charrnn.training import schema
 from charrnn.training.config import TrainConfig
 from charrnn.training.memory import check_memory, param_bytes, param_shapes, state_shape
 from charrnn.training.outdir import BEST, CHECKPOINT

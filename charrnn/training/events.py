@@ -15,7 +15,7 @@ from charrnn.training.state import Progress
 
 @dataclass
 class TrainResult:
-    """How a run ended. `reason`: epochs | max_tokens | max_time | SIGINT | SIGTERM | nonfinite |
+    """How a run ended. `reason`: epochs | max_tokens | max_time | SIGINT | SIGTERM | SIGHUP | nonfinite |
     paused (at the token count a sweep asked for, charrnn.runs)."""
 
     reason: str

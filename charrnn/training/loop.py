@@ -31,12 +31,12 @@ from charrnn.data.records import END, START, packed_batches
 from charrnn.data.samplers import SAMPLERS, num_minibatches
 from charrnn.data.text import preprocess_text
 from charrnn.infer.decoding import generate_rows
-from charrnn.infer.evaluate import mean_loss, perplexity
+from charrnn.infer.evaluate import EvaluationStopped, mean_loss, perplexity
 from charrnn.infer.records_eval import records_loss
 from charrnn.infer.sample import continue_text
 from charrnn.nn import fused
 from charrnn.nn.optim import clip_grad_norm
-from charrnn.runtime.signals import StopSignals
+from charrnn.runtime.signals import STOP_REASONS, StopSignals
 from charrnn.runtime.threads import Threads
 from charrnn.training.budget import PROBE_SECONDS, TimeBudget, allowance
 from charrnn.training.checkpoint import save_checkpoint
@@ -97,29 +97,41 @@ class Run:
         self.allowed = None  # what the budget allows (charrnn.training.budget.allowance), once known
         self.known_speed = None  # tokens/s measured before the run (the auto-size probe), if any
         self.added_tokens = None  # a fine-tuned run's tokens that its parent's vocabulary lacked
+        self.signals = None  # the StopSignals of start (stop_signals), while it runs
 
     # ---- the loop ----
 
-    def start(self, resumed, threads=None):
+    def start(self, resumed, threads=None, evaluate_end=False):
         """Train until a budget, a signal or a non-finite value stops the run -> TrainResult.
-        threads: the BLAS threads (charrnn.runtime.threads.Threads, not entered yet); None leaves them."""
+        threads: the BLAS threads (charrnn.runtime.threads.Threads, not entered yet); None leaves them.
+        evaluate_end: evaluate when a budget ends the run even if the step was evaluated (its
+        record was lost)."""
         self.threads = Threads(None) if threads is None else threads
         with self.threads, self.threads.one_row(self.config.batch_size == 1):
             self.reporter.on_start(self.start_info(resumed))
             with self.stop_signals() as signals, np.errstate(over="ignore", invalid="ignore"):
-                reason, message = self.loop(signals)  # non-finite values are checked, not warned about
-                if self.time_budget is not None and self.allowed is None:  # a run shorter than its probe
-                    self.say_allowed(self.step_tokens_per_s())
-                if reason in (*BUDGET_FIELDS, "paused") and self.progress.last_eval_step != self.progress.step:
+                self.signals = signals  # log_validation asks it within a validation pass
+                reason, message = "", ""
+                if resumed and self.evaluation_pending():  # a signal stopped it: evaluate first
+                    self.log_validation("interval")
+                    reason, evaluate_end = signals.received or "", False
+                if not reason:
+                    reason, message = self.loop(signals)  # non-finite values are checked, not warned about
+                    if self.time_budget is not None and self.allowed is None:  # a run shorter than its probe
+                        self.say_allowed(self.step_tokens_per_s())
+                if reason in (*BUDGET_FIELDS, "paused") and (
+                        evaluate_end or self.progress.last_eval_step != self.progress.step):
                     self.log_validation("stop")
-                elif reason in ("SIGINT", "SIGTERM"):
+                    reason = signals.received or reason
+                if reason in STOP_REASONS:
                     self.save(CHECKPOINT)
         result = self.result(reason, message)
         self.reporter.on_end(result)
         return result
 
     def stop_signals(self):
-        """What notes Ctrl-C and SIGTERM during the loop (`received`: the signal's name or None)."""
+        """What notes Ctrl-C, SIGTERM and SIGHUP during the loop and its validation passes
+        (`received`: the signal's name or None)."""
         return StopSignals()
 
     def loop(self, signals):
@@ -224,6 +236,10 @@ class Run:
         fraction = budget_fraction(self.progress, self.config, self.tokens_per_epoch, elapsed)
         return learning_rate(self.config, fraction, self.progress.epoch)
 
+    def evaluation_pending(self):
+        """Whether the checkpoint's minibatch was due an evaluation that a signal stopped."""
+        return 0 < self.progress.step != self.progress.last_eval_step and self.eval_due()
+
     def eval_due(self):
         """Whether the last minibatch crossed a multiple of eval_every tokens."""
         every = self.config.eval_every
@@ -262,12 +278,16 @@ class Run:
         reason "interval" (every eval_every tokens) restarts the running training loss; the
         extra evaluation when a budget ends the run ("stop") does not, nor counts as the last
         evaluation, so a run stopped and resumed logs the same "interval" records as a run
-        never stopped (plus its "stop" records).
+        never stopped (plus its "stop" records). A signal stops the pass within a chunk: nothing
+        is recorded, and a resumed run evaluates that step first (`evaluation_pending`).
         """
         p = self.progress
         val_tokens = self.time_budget.eval_tokens() if self.time_budget else len(self.val_data)
         started = time.perf_counter()
-        val_ppl = perplexity(self.validation_loss(val_tokens))
+        try:
+            val_ppl = perplexity(self.validation_loss(val_tokens))
+        except EvaluationStopped:
+            return
         if self.time_budget:
             self.time_budget.observe_eval(time.perf_counter() - started, val_tokens)
         train_loss = p.interval_loss / p.interval_steps if p.interval_steps else None
@@ -303,9 +323,14 @@ class Run:
             records = self.val_data
             targets = np.cumsum(np.asarray(records.ends) - np.asarray(records.starts) + 1)
             nats, count, _ = records_loss(self.model, records.part(0, max(1, int(np.searchsorted(
-                targets, tokens, side="right")))))
+                targets, tokens, side="right")))), should_stop=self.should_stop)
             return nats / count
-        return mean_loss(self.model, self.val_data[:tokens])
+        return mean_loss(self.model, self.val_data[:tokens], should_stop=self.should_stop)
+
+    def should_stop(self):
+        """Whether a signal was received: asked before each chunk of a validation pass, which
+        then ends in charrnn.infer.evaluate.EvaluationStopped."""
+        return self.signals is not None and self.signals.received is not None
 
     def append_record(self, record):
         """Append a metrics record to metrics.jsonl."""

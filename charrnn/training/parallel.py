@@ -38,15 +38,15 @@ from dataclasses import replace
 import numpy as np
 
 from charrnn.base.errors import CharrnnError
-from charrnn.infer.evaluate import contiguous_batches
+from charrnn.infer.evaluate import EvaluationStopped, contiguous_batches
 from charrnn.runtime.launch import world_size
-from charrnn.runtime.signals import StopSignals
+from charrnn.runtime.signals import STOP_REASONS, StopSignals
 from charrnn.training.events import Reporter
 from charrnn.training.loop import Run
 from charrnn.training.outdir import CHECKPOINT
 from charrnn.training.start import as_threads, load_data
 
-SIGNAL_NAMES = ("SIGINT", "SIGTERM")  # the order of their counts in the step's buffer
+SIGNAL_NAMES = STOP_REASONS  # SIGINT, SIGTERM, SIGHUP: the order of their counts in the step's buffer
 
 
 def split_rows(batch_size, size, rank) -> slice:
@@ -166,7 +166,7 @@ class RowShare(np.random.Generator):
 class GradientSum:
     """The one buffer a step sums over the ranks (module docstring): the gradients in parameter
     order and the loss, each scaled by this rank's share b_r/B of the batch; then rank 0's clock
-    (the others add 0) and each rank's count of SIGINT and SIGTERM received."""
+    (the others add 0) and each rank's count of SIGINT, SIGTERM and SIGHUP received."""
 
     def __init__(self, params, share, ranks):
         self.ranks, self.share = ranks, share
@@ -234,18 +234,19 @@ class ParallelRun(Run):
         self.clock = self.elapsed_before  # rank 0's seconds of training as of the last sum
         self.signals = None
 
-    def spec(self, resumed) -> dict:
+    def spec(self, resumed, evaluate_end=False) -> dict:
         """What the other ranks need from rank 0 to join the run (follow)."""
         self.model._workspaces.clear()  # buffers, not state: no need to send them
         self.model._forward_ws = None
         return {"training": replace(self.training, carried=self.whole_carried), "config": self.config,
-                "vocab": self.vocab, "out_dir": self.out_dir, "resumed": resumed}
+                "vocab": self.vocab, "out_dir": self.out_dir, "resumed": resumed,
+                "evaluate_end": evaluate_end}
 
-    def start(self, resumed, threads=None):
+    def start(self, resumed, threads=None, evaluate_end=False):
         if self.ranks.rank == 0:
-            self.ranks.comm.bcast(self.spec(resumed), root=0)
+            self.ranks.comm.bcast(self.spec(resumed, evaluate_end), root=0)
         self.whole_carried, self.started = None, True
-        return super().start(resumed, threads)
+        return super().start(resumed, threads, evaluate_end)
 
     def start_info(self, resumed):
         return {**super().start_info(resumed), "procs": self.ranks.size}
@@ -273,9 +274,15 @@ class ParallelRun(Run):
 
     def validation_loss(self, tokens):
         """charrnn.infer.evaluate.mean_loss of the first `tokens` of the validation split, the
-        evaluation's rows split across the ranks."""
+        evaluation's rows split across the ranks. Before each chunk the ranks sum the signals they
+        received (share_signals), so that all of them stop the pass at the same chunk
+        (EvaluationStopped, as Run's: a signal is honoured within the pass)."""
         total, state = np.zeros(2), None
         for X, Y in contiguous_batches(self.val_data[:tokens]):
+            if self.signals is not None:
+                self.share_signals()
+                if self.signals.received is not None:
+                    raise EvaluationStopped
             rows = self.ranks.rows(len(X))
             if rows.stop > rows.start:
                 loss_sum, count, state = self.model.forward_loss(X[rows], Y[rows], state)
@@ -283,6 +290,14 @@ class ParallelRun(Run):
         self.ranks.sum(total)
         total = self.ranks.comm.bcast(total, root=0)  # rank 0's bits everywhere: "best" is decided alike
         return total[0] / total[1]
+
+    def share_signals(self):
+        """What any rank received -> self.signals.received (a small sum over the ranks)."""
+        counts = np.array([self.signals.local.received == name for name in SIGNAL_NAMES], dtype=np.float64)
+        self.ranks.sum(counts)
+        received = next((name for name, count in zip(SIGNAL_NAMES, counts) if count > 0), None)
+        if self.signals.received is None:
+            self.signals.received = received
 
     def sample(self):
         return super().sample() if self.ranks.rank == 0 else None
@@ -334,4 +349,4 @@ def follow(ranks, data_dir=None, cache_dir=None, threads=None):
                            f"(give every rank the same data, e.g. --data-dir on shared storage)")
     run = ParallelRun(training, ranks=ranks, config=config, vocab=vocab, train_data=train_data, val_data=val_data,
                       out_dir=spec["out_dir"], reporter=Reporter())
-    return run.start(spec["resumed"], as_threads(threads))
+    return run.start(spec["resumed"], as_threads(threads), spec["evaluate_end"])

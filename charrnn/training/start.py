@@ -45,7 +45,9 @@ from charrnn.training.outdir import (
     METRICS,
     VOCAB,
     check_free_space,
+    check_metrics_file,
     check_writable,
+    has_evaluation,
     keep_metrics_until,
     prepare_out_dir,
     refuse_existing_run,
@@ -120,7 +122,9 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
     changes: config fields given again (budget, on_nonfinite, eval_every, sample settings);
     a field that fixes the maths may only be given with its saved value, except `corpus`: the
     text's new path when it moved, accepted if its tokens hash as the run's did.
-    Everything is checked before anything is written, under the directory's lock. threads: as
+    A run at its budget whose last evaluation is not in metrics.jsonl (a signal stopped it, or
+    the file was damaged) resumes to evaluate it, and ends. Everything is checked before
+    anything is written, under the directory's lock. threads: as
     for train (a run may resume with another thread count and continue to the same numbers);
     pause_at: as for train.
     """
@@ -145,17 +149,19 @@ def resume(out_dir, changes=None, data_dir=None, reporter=None, cache_dir=None, 
                   baselines=ngram_baselines(stream_ids(train_data), stream_ids(val_data), len(vocab)))
         run.pause_at = pause_at
         reached = run.budget_reached()
-        if reached:
+        last_evaluated = has_evaluation(out_dir / METRICS, ckpt.progress.tokens)
+        if reached and last_evaluated:
             raise CharrnnError(f"the run in {out_dir} already reached its budget ({reached}={getattr(config, reached)}); "
                                f"give a larger --epochs, --max-tokens or --max-time to go on")
         spec = model_spec(ckpt.model)
         check_training_memory(spec, config, len(val_data), held=checkpoint_bytes(spec, config.optimizer))
         check_writable(out_dir)
+        check_metrics_file(out_dir)
         check_free_space(out_dir, checkpoint_bytes(spec, config.optimizer))
         remove_stale_temporaries(out_dir)
         save_json(out_dir / CONFIG, asdict(config))
         keep_metrics_until(out_dir / METRICS, ckpt.progress.step)
-        return run.start(resumed=True, threads=threads)
+        return run.start(resumed=True, threads=threads, evaluate_end=not last_evaluated)
 
 
 def as_threads(threads):

@@ -1,5 +1,6 @@
-"""What the metadata of a model file or training checkpoint must be, checked before anything is
-built from it.
+"""What the metadata of a model file or training checkpoint, and a token store's header, must be,
+checked before anything is built from it. In the base layer because both charrnn.training.checkpoint
+and charrnn.data.storeheader check with it.
 
 A file is untrusted: its JSON (parsed with limits by charrnn.base.io.parse_json) may hold any type
 anywhere, integers of any size, strings with lone surrogates. Every value charrnn uses is checked
@@ -169,3 +170,4 @@ def pcg64_state(value, where="rng") -> dict:
     integer(value["has_uint32"], f"{where}.has_uint32", 0, 1)
     integer(value["uinteger"], f"{where}.uinteger", 0, (1 << 32) - 1)
     return value
+
