@@ -179,8 +179,8 @@ def loss_and_grads(cell, params, X, Y, state=None, masks=None, activation="tanh"
             grads[f"b_h{suffix(l)}"] += delta.sum(axis=0)
             for name, grad in extra.items():
                 grads[name] += grad
-            if l == 0:
-                np.add.at(grads["W_xh"], x, delta)
+            if l == 0:  # layer 0's input is the one-hot token: x_tᵀ δ_t as for the layers above
+                grads["W_xh"] += np.eye(len(grads["W_xh"]))[x].T @ delta
             else:
                 grads[f"W_xh{suffix(l)}"] += x.T @ delta
                 from_above = (delta @ p[f"W_xh{suffix(l)}"].T) * mask(t, l - 1)        # B3, the layer below
