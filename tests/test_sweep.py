@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from charrnn.base.errors import CharrnnWarning
 from charrnn.experiments.compare import compare, plan
-from charrnn.experiments.runs import run_state
+from charrnn.experiments.runs import RunSpec, execute_run, run_state
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend
 from charrnn.training import start as training
 from charrnn.training.checkpoint import load_checkpoint
@@ -159,3 +160,15 @@ def test_ctrl_c_in_a_terminal_stops_the_command_and_its_workers_cleanly(tmp_path
     for spec in specs:
         training.train(spec.config, tmp_path / "straight" / spec.name)
         assert_same_arrays(spec.out_dir, tmp_path / "straight" / spec.name)
+
+
+def test_a_run_of_a_sweep_that_does_not_learn_leaves_the_saying_to_the_sweep(tmp_path, text_file, recwarn):
+    """A sweep (compare, tune) reports its runs' perplexities itself: a worker's run prints no
+    not-learning warning of its own, which would land among the sweep's lines unformatted."""
+    spec = RunSpec("stuck", tiny_config(text_file, lr=1e-6), tmp_path / "stuck")
+    summary = execute_run(spec, threads=1)
+    assert summary.reason == "max_tokens"
+    assert not [w for w in recwarn if "not learning" in str(w.message)]
+    # the same run alone does say it (the warning the sweep's run left out)
+    with pytest.warns(CharrnnWarning, match="not learning"):
+        training.train(tiny_config(text_file, lr=1e-6), tmp_path / "alone", threads=1)

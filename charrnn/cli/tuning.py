@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from charrnn.cli.options import FiniteRange, bad_parameter, cache_dir_option, data_dir_option
-from charrnn.cli.render import ConsoleReporter, console, fmt, print_summary, say
+from charrnn.cli.render import ConsoleReporter, fmt, print_summary, print_wide, say
 from charrnn.data.baselines import ngram_baselines
 from charrnn.experiments import tune as tuning
 from charrnn.experiments.sweep import ProcessBackend, SerialBackend, SweepReporter
@@ -188,7 +188,7 @@ def print_leaderboard(study, best_max_time=None, out=None):
         cells = [f"{p[k]:.3g}" if isinstance(p.get(k), float) else str(p.get(k, "-")) for k in tuning.TRIAL_FIELDS]
         ppl = "-" if row["loss"] is None else fmt(math.exp(row["loss"]))
         table.add_row(str(row["number"]), row["state"], f"{row['tokens']:,}", ppl, *cells, row["note"])
-    console.print(table)
+    print_wide(table)  # its full width in a pipe too, as every table with many columns
     best = tuning.best_trial(study)
     if best is None:
         say("no trial has completed yet")

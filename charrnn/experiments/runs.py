@@ -12,12 +12,13 @@ import json
 import math
 import os
 import signal
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from charrnn.analysis.curves import perplexity_or_none
 from charrnn.base.checks import is_finite, is_integer
-from charrnn.base.errors import CharrnnError
+from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.base.io import save_json
 from charrnn.runtime.lock import RunLock
 from charrnn.runtime.signals import STOP_REASONS
@@ -124,21 +125,26 @@ def execute_run(spec, should_stop=None, stop=None, threads=DEFAULT_THREADS) -> R
         if should_stop is not None and should_stop():
             raise RunInterrupted(f"{spec.name} not started: the sweep was stopped")
         recorder = GradNormLog(spec.out_dir, should_stop, stop)
-        if state == "new":
-            clear_unstarted(spec.out_dir)
-            result = train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir, threads,
-                           pause_at=spec.until)
-        else:
-            recorder.restore(load_checkpoint(spec.out_dir / CHECKPOINT).progress.step)
-            changes = {f.name: getattr(spec.config, f.name) for f in fields(spec.config)  # None: as saved
-                       if f.name not in MATHS_FIELDS and (f.name in BUDGET_FIELDS or getattr(spec.config, f.name) is not None)}
-            result = resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir, threads,
-                            pause_at=spec.until)
+        with warnings.catch_warnings():  # a sweep reports its runs' perplexities (and tune prunes
+            warnings.filterwarnings("ignore", "not learning", CharrnnWarning)  # the stuck) itself
+            result = _train_or_resume(spec, state, recorder, threads)
         if result.reason in STOP_REASONS:
             raise RunInterrupted(f"{spec.name} stopped by {result.reason} at {result.progress.tokens:,} tokens")
         if result.reason == "nonfinite":
             raise CharrnnError(f"{spec.name}: {result.message}")
     return read_run(spec)
+
+
+def _train_or_resume(spec, state, recorder, threads):
+    """execute_run's training: a new run of spec, or the resume of one under way -> TrainResult."""
+    if state == "new":
+        clear_unstarted(spec.out_dir)
+        return train(spec.config, spec.out_dir, spec.data_dir, recorder, spec.cache_dir, threads,
+                     pause_at=spec.until)
+    recorder.restore(load_checkpoint(spec.out_dir / CHECKPOINT).progress.step)
+    changes = {f.name: getattr(spec.config, f.name) for f in fields(spec.config)  # None: as saved
+               if f.name not in MATHS_FIELDS and (f.name in BUDGET_FIELDS or getattr(spec.config, f.name) is not None)}
+    return resume(spec.out_dir, changes, spec.data_dir, recorder, spec.cache_dir, threads, pause_at=spec.until)
 
 
 def clear_unstarted(out_dir) -> None:
