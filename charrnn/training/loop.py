@@ -27,13 +27,10 @@ import numpy as np
 from charrnn.base.errors import CharrnnError, CharrnnWarning
 from charrnn.base.io import append_jsonl
 from charrnn.data.baselines import not_learning
-from charrnn.data.records import END, START, packed_batches
+from charrnn.data.records import packed_batches
 from charrnn.data.samplers import SAMPLERS, num_minibatches
-from charrnn.data.text import preprocess_text
-from charrnn.infer.decoding import generate_rows
 from charrnn.infer.evaluate import EvaluationStopped, mean_loss, perplexity
 from charrnn.infer.records_eval import records_loss
-from charrnn.infer.sample import continue_text
 from charrnn.nn import fused
 from charrnn.nn.optim import clip_grad_norm
 from charrnn.runtime.signals import STOP_REASONS, StopSignals
@@ -43,8 +40,9 @@ from charrnn.training.checkpoint import save_checkpoint
 from charrnn.training.config import BUDGET_FIELDS
 from charrnn.training.events import TrainResult
 from charrnn.training.outdir import BEST, CHECKPOINT, METRICS, last_good_checkpoint
+from charrnn.training.samples import evaluation_sample, warn_about_the_sample_prefix
 from charrnn.training.schedule import budget_fraction, learning_rate
-from charrnn.training.state import SAMPLE_STREAM, SAMPLER_STREAM
+from charrnn.training.state import SAMPLER_STREAM
 
 MAX_SKIPPED_IN_A_ROW = 10  # --on-nonfinite skip gives up after this many
 
@@ -85,7 +83,7 @@ class Run:
         self.tokens_per_batch = config.batch_size * config.num_steps
         self.tokens_per_epoch = (num_minibatches(len(train_data), config.batch_size, config.num_steps)
                                  * self.tokens_per_batch)
-        self.warn_about_the_sample_prefix()
+        warn_about_the_sample_prefix(config)
         self.checkpoint_step = self.progress.step  # of the checkpoint.npz on disk
         self.last_record = {}  # the latest metrics record of this session
         self.session_start = time.perf_counter()
@@ -348,43 +346,10 @@ class Run:
             self.warned_not_learning = True
             warnings.warn(message, CharrnnWarning, stacklevel=2)
 
-    def warn_about_the_sample_prefix(self):
-        """A CharrnnWarning if preprocessing changes the prefix continued at each evaluation."""
-        prefix, preprocess = self.config.sample_prefix, self.config.preprocess
-        if prefix is not None and preprocess_text(prefix, preprocess) != prefix:
-            warnings.warn(f"{preprocess!r} preprocessing changes the sample prefix {prefix!r} to "
-                          f"{preprocess_text(prefix, preprocess)!r}", CharrnnWarning, stacklevel=2)
-
     def sample(self):
-        """The continuation of the sample prefix drawn at sample_temperature (0: greedy, as the
-        textbook's predict) from default_rng([seed, SAMPLE_STREAM, step]), or None when there is
-        none to show (a prefix without tokens, a model without finite outputs)."""
-        cfg = self.config
-        temperature = cfg.sample_temperature
-        if cfg.records:
-            return self.sample_record()
-        try:
-            with self.threads.one_row():
-                return continue_text(self.model, self.vocab, cfg.sample_prefix or "", cfg.sample_length,
-                                     level=cfg.level, preprocess=cfg.preprocess, temperature=temperature or 1.0,
-                                     greedy=temperature == 0,
-                                     seed=[cfg.seed, SAMPLE_STREAM, self.progress.step]).text
-        except CharrnnError:
-            return None
-
-    def sample_record(self):
-        """One record drawn at sample_temperature from <s> to </s> (or sample_length tokens)."""
-        cfg, vocab = self.config, self.vocab
-        try:
-            with self.threads.one_row():
-                seqs, _, _ = generate_rows(self.model, [vocab.token_to_idx[START]], 1, cfg.sample_length,
-                                           np.random.default_rng([cfg.seed, SAMPLE_STREAM, self.progress.step]),
-                                           temperature=cfg.sample_temperature or 1.0,
-                                           greedy=cfg.sample_temperature == 0, end_id=vocab.token_to_idx[END],
-                                           banned=vocab.unk)
-            return vocab.decode(seqs[0], cfg.level)
-        except CharrnnError:
-            return None
+        """What the evaluation after this step shows (charrnn.training.samples), on one thread."""
+        with self.threads.one_row():
+            return evaluation_sample(self.model, self.vocab, self.config, self.progress.step)
 
     def save(self, name):
         """Write the whole state of the run to `out_dir/name`, atomically; a state with a
